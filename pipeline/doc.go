@@ -1,0 +1,8 @@
+// Package pipeline is groupmatch's vocabulary: the batchAdd request, the
+// records and resolved-record messages that travel between the stages on
+// Kafka, outcomes and reasons, and their codecs.
+//
+// The stages (ingest, matcher, sink) never import each other; they meet only
+// in the message types defined here. This package imports no other package of
+// groupmatch.
+package pipeline

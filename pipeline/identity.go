@@ -1,0 +1,47 @@
+package pipeline
+
+// IdentityKind names one kind of identifier a record can be matched by. The
+// values are the platform's identityType names and are the only values of the
+// matchedBy metric label.
+type IdentityKind string
+
+// The identity kinds. KindThirdID ("id") is the enterprise's own customer id.
+const (
+	KindUnionID IdentityKind = "unionid"
+	KindOpenID  IdentityKind = "openid"
+	KindPhone   IdentityKind = "phone"
+	KindThirdID IdentityKind = "id"
+)
+
+// IdentityKinds lists every kind, in identifyWay 1 order.
+var IdentityKinds = []IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID}
+
+// Outcome is the final class of one record; each maps to one batch counter.
+type Outcome string
+
+// The outcomes. Only OutcomeMatched records are applied to groups.
+const (
+	OutcomeMatched   Outcome = "MATCHED"   // counted in success
+	OutcomeNotFound  Outcome = "NOT_FOUND" // counted in unmatched
+	OutcomeAmbiguous Outcome = "AMBIGUOUS" // counted in ambiguous
+	OutcomeInvalid   Outcome = "INVALID"   // counted in invalid
+	OutcomeFailed    Outcome = "FAILED"    // counted in failed (dead-lettered)
+)
+
+// Reason explains why a record was not applied; it is the key of a batch
+// result's errorCounts. The set is closed so it can be a metric label.
+type Reason string
+
+// The reasons.
+const (
+	ReasonNone                Reason = ""
+	ReasonNotFound            Reason = "NOT_FOUND"
+	ReasonAmbiguous           Reason = "AMBIGUOUS"
+	ReasonMissingIdentity     Reason = "MISSING_IDENTITY"
+	ReasonInvalidPhone        Reason = "INVALID_PHONE"
+	ReasonInvalidIdentityType Reason = "INVALID_IDENTITY_TYPE"
+	ReasonNoGroups            Reason = "NO_GROUPS"
+	ReasonGroupNameTooLong    Reason = "GROUP_NAME_TOO_LONG"
+	ReasonUndecodable         Reason = "UNDECODABLE"
+	ReasonProcessingFailed    Reason = "PROCESSING_FAILED"
+)

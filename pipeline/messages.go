@@ -1,0 +1,160 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Version is the "v" field of every message this version of groupmatch
+// writes. Decoders accept exactly this version.
+const Version = 1
+
+// ErrUndecodable wraps every decoding failure: the message can never be
+// processed and belongs in the dead-letter topic.
+var ErrUndecodable = errors.New("undecodable message")
+
+// RecordMessage is the value of a groupmatch.records message: one record of an
+// accepted batch, with the batch's parameters. Ingest writes it; the matcher
+// reads it.
+type RecordMessage struct {
+	V        int       `json:"v"`
+	TenantID int64     `json:"tenantId"`
+	BatchID  int64     `json:"batchId"`
+	Index    int       `json:"index"` // 0-based position in the request's data
+	Params   Params    `json:"params"`
+	Record   RawRecord `json:"record"`
+}
+
+// RecordRef is what a batch result may show of a record that was not
+// applied: the enterprise's thirdId and masked forms of the other identifiers.
+type RecordRef struct {
+	ThirdID string `json:"thirdId,omitempty"`
+	Phone   string `json:"phone,omitempty"`   // masked
+	OpenID  string `json:"openid,omitempty"`  // masked
+	UnionID string `json:"unionid,omitempty"` // masked
+}
+
+// ResolvedMessage is the value of a groupmatch.resolved message: the matcher's
+// verdict on one record. The sink applies it.
+type ResolvedMessage struct {
+	V          int          `json:"v"`
+	TenantID   int64        `json:"tenantId"`
+	BatchID    int64        `json:"batchId"`
+	Index      int          `json:"index"`
+	OptType    OptType      `json:"optType"`
+	Outcome    Outcome      `json:"outcome"`
+	Reason     Reason       `json:"reason,omitempty"`
+	MatchedBy  IdentityKind `json:"matchedBy,omitempty"`  // set when Outcome is MATCHED
+	CustomerID int64        `json:"customerId,omitempty"` // set when Outcome is MATCHED
+	Created    bool         `json:"created,omitempty"`    // the customer was created (isMatching=false)
+	Conflict   bool         `json:"conflict,omitempty"`   // a lower-priority identifier named another customer
+	Groups     []string     `json:"groups,omitempty"`     // normalised group names, when MATCHED
+	Ref        *RecordRef   `json:"ref,omitempty"`        // set when Outcome is not MATCHED
+}
+
+// EncodeRecord returns the JSON value of m, with V set to Version.
+func EncodeRecord(m RecordMessage) ([]byte, error) {
+	m.V = Version
+	return json.Marshal(m)
+}
+
+// DecodeRecord parses a groupmatch.records value. Any error wraps
+// ErrUndecodable.
+func DecodeRecord(b []byte) (RecordMessage, error) {
+	var m RecordMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%w: record: %v", ErrUndecodable, err)
+	}
+	if err := checkHeader("record", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
+		return m, err
+	}
+	if m.Params.OptType != OptAdd && m.Params.OptType != OptDelete {
+		return m, fmt.Errorf("%w: record: bad optType", ErrUndecodable)
+	}
+	return m, nil
+}
+
+// EncodeResolved returns the JSON value of m, with V set to Version.
+func EncodeResolved(m ResolvedMessage) ([]byte, error) {
+	m.V = Version
+	return json.Marshal(m)
+}
+
+// DecodeResolved parses a groupmatch.resolved value. Any error wraps
+// ErrUndecodable.
+func DecodeResolved(b []byte) (ResolvedMessage, error) {
+	var m ResolvedMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%w: resolved: %v", ErrUndecodable, err)
+	}
+	if err := checkHeader("resolved", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
+		return m, err
+	}
+	if m.OptType != OptAdd && m.OptType != OptDelete {
+		return m, fmt.Errorf("%w: resolved: bad optType", ErrUndecodable)
+	}
+	switch m.Outcome {
+	case OutcomeMatched:
+		if m.CustomerID <= 0 || len(m.Groups) == 0 {
+			return m, fmt.Errorf("%w: resolved: matched without customer or groups", ErrUndecodable)
+		}
+	case OutcomeNotFound, OutcomeAmbiguous, OutcomeInvalid, OutcomeFailed:
+	default:
+		return m, fmt.Errorf("%w: resolved: bad outcome", ErrUndecodable)
+	}
+	return m, nil
+}
+
+func checkHeader(what string, v int, tenant, batch int64, index int) error {
+	switch {
+	case v != Version:
+		return fmt.Errorf("%w: %s: version %d, want %d", ErrUndecodable, what, v, Version)
+	case tenant <= 0 || batch <= 0 || batch > MaxBatchID:
+		return fmt.Errorf("%w: %s: bad tenantId or batchId", ErrUndecodable, what)
+	case index < 0 || index >= MaxRecords:
+		return fmt.Errorf("%w: %s: bad index %d", ErrUndecodable, what, index)
+	}
+	return nil
+}
+
+// RecordKey is the Kafka key of a records message: the tenant and the record's
+// leading identifier, so that all records naming one identity meet in one
+// matcher partition (find-or-create by thirdId relies on it).
+func RecordKey(tenantID int64, identity string) []byte {
+	return append(strconv.AppendInt(nil, tenantID, 10), append([]byte{'/'}, identity...)...)
+}
+
+// ResolvedKey is the Kafka key of a resolved message: tenant and customer, so
+// one customer's membership writes stay in one sink partition, in order. A
+// record that matched no customer is keyed by its batch instead.
+func ResolvedKey(m ResolvedMessage) []byte {
+	k := strconv.AppendInt(nil, m.TenantID, 10)
+	if m.CustomerID > 0 {
+		k = append(k, "/c"...)
+		return strconv.AppendInt(k, m.CustomerID, 10)
+	}
+	k = append(k, "/b"...)
+	return strconv.AppendInt(k, m.BatchID, 10)
+}
+
+// Topics names the Kafka topics groupmatch uses.
+type Topics struct {
+	Requests string // batchAdd bodies published directly by feeds
+	Records  string // one message per record: ingest -> matcher
+	Resolved string // one message per resolved record: matcher -> sink
+	Events   string // request and batch events for feeds
+	DLQ      string // dead letters
+}
+
+// DefaultTopics returns the documented topic names.
+func DefaultTopics() Topics {
+	return Topics{
+		Requests: "groupmatch.requests",
+		Records:  "groupmatch.records",
+		Resolved: "groupmatch.resolved",
+		Events:   "groupmatch.events",
+		DLQ:      "groupmatch.dlq",
+	}
+}

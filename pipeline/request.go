@@ -1,0 +1,59 @@
+package pipeline
+
+// MaxRecords is the largest number of records one batchAdd request may carry.
+const MaxRecords = 500
+
+// MaxGroupNameLen is the longest group name, in characters (runes).
+const MaxGroupNameLen = 64
+
+// MaxBatchID is the largest batch id, and the largest customer id: 2^53-1, so
+// JavaScript clients read ids exactly.
+const MaxBatchID = 1<<53 - 1
+
+// OptType says whether a batch adds customers to groups or removes them.
+type OptType string
+
+// The two operations of batchAdd.
+const (
+	OptAdd    OptType = "add"
+	OptDelete OptType = "delete"
+)
+
+// Matching types of publicParams.matchingType.
+const (
+	MatchingExact = 1
+	MatchingFuzzy = 2
+)
+
+// Identify ways of publicParams.identifyWay (fuzzy matching only).
+const (
+	// IdentifyUnionIDFirst walks unionid > openid > phone > customer id.
+	IdentifyUnionIDFirst = 1
+	// IdentifyThirdIDFirst walks customer id > phone > openid > unionid.
+	IdentifyThirdIDFirst = 2
+)
+
+// AppTypes lists the application types accurateMatchType may name.
+var AppTypes = []string{"gzh", "workwechat", "YOUZAN", "EZR", "contentminiapp", "contenthome"}
+
+// Params is a batch's publicParams after validation: OptType is lower case,
+// MatchingType/IdentifyWay are zero when they do not apply.
+type Params struct {
+	IsMatching   bool    `json:"isMatching"`
+	MatchingType int     `json:"matchingType,omitempty"`
+	IdentifyWay  int     `json:"identifyWay,omitempty"`
+	AppType      string  `json:"accurateMatchType,omitempty"`
+	AppID        string  `json:"accurateMatchValue,omitempty"`
+	OptType      OptType `json:"optType"`
+}
+
+// RawRecord is one element of a request's data, as the caller sent it (JSON
+// null reads as ""). Normalisation happens in the matcher.
+type RawRecord struct {
+	IdentityType string `json:"identityType,omitempty"`
+	ThirdID      string `json:"thirdId,omitempty"`
+	OpenID       string `json:"openid,omitempty"`
+	UnionID      string `json:"unionid,omitempty"`
+	Phone        string `json:"phone,omitempty"`
+	Groups       string `json:"groups,omitempty"`
+}

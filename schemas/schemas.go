@@ -1,0 +1,103 @@
+// Package schemas holds groupmatch's contracts with the outside world: the
+// PostgreSQL schema as numbered migrations, and (in json/) the JSON Schemas of
+// the API body and of every Kafka message. Everything is embedded in the
+// binary.
+package schemas
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed sql/*.sql
+var migrations embed.FS
+
+// migrateLockID is the advisory lock that serialises concurrent migrators.
+const migrateLockID = 0x67726f75706d61 // "groupma"
+
+// Migration is one numbered SQL file.
+type Migration struct {
+	Version int
+	Name    string
+	SQL     string
+}
+
+// Migrations returns the embedded migrations in version order.
+func Migrations() ([]Migration, error) {
+	entries, err := fs.ReadDir(migrations, "sql")
+	if err != nil {
+		return nil, fmt.Errorf("schemas: %w", err)
+	}
+	var ms []Migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("schemas: migration %q is not named NNNN_name.sql", e.Name())
+		}
+		b, err := migrations.ReadFile(path.Join("sql", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("schemas: %w", err)
+		}
+		ms = append(ms, Migration{Version: v, Name: e.Name(), SQL: string(b)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
+	for i := range ms {
+		if ms[i].Version != i+1 {
+			return nil, fmt.Errorf("schemas: migration %d missing", i+1)
+		}
+	}
+	return ms, nil
+}
+
+// Migrate applies every migration not yet applied, each in its own
+// transaction, and returns how many it applied. It holds a session advisory
+// lock throughout, so concurrent migrators (several processes starting at
+// once) apply each migration exactly once; running it again applies nothing.
+func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrateLockID)); err != nil {
+		return 0, fmt.Errorf("schemas: lock: %w", err)
+	}
+	defer func() {
+		// A fresh context: the lock must be released even when ctx is done.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrateLockID))
+	}()
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return 0, fmt.Errorf("schemas: create schema_migrations: %w", err)
+	}
+	var current int
+	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&current); err != nil {
+		return 0, fmt.Errorf("schemas: read version: %w", err)
+	}
+	if current > len(ms) {
+		return 0, fmt.Errorf("schemas: database is at version %d, newer than this binary's %d", current, len(ms))
+	}
+	applied := 0
+	for _, m := range ms[current:] {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.Version, m.Name)
+			return err
+		})
+		if err != nil {
+			return applied, fmt.Errorf("schemas: apply %s: %w", m.Name, err)
+		}
+		applied++
+	}
+	return applied, nil
+}
