@@ -158,3 +158,20 @@ func DefaultTopics() Topics {
 		DLQ:      "groupmatch.dlq",
 	}
 }
+
+// Position names one record of one batch.
+type Position struct {
+	TenantID int64 `json:"tenantId"`
+	BatchID  int64 `json:"batchId"`
+	Index    int   `json:"index"`
+}
+
+// PeekPosition extracts the record position from a message value that failed
+// to decode, so that the record can still be counted as failed and its batch
+// can finish. ok is false when the value names no valid position.
+func PeekPosition(b []byte) (p Position, ok bool) {
+	if json.Unmarshal(b, &p) != nil {
+		return p, false
+	}
+	return p, checkHeader("peek", Version, p.TenantID, p.BatchID, p.Index) == nil
+}

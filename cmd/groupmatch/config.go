@@ -1,0 +1,152 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// options are the settings shared by the commands. Each flag falls back to
+// an environment variable, named in its help text.
+type options struct {
+	brokers        string
+	databaseURL    string
+	httpAddr       string
+	topicPrefix    string
+	partitions     int
+	rateLimit      float64
+	rateBurst      int
+	matcherChunk   int
+	sinkChunk      int
+	dbMaxConns     int
+	pendingTimeout time.Duration
+	logLevel       string
+	logFormat      string
+}
+
+const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/groupmatch?sslmode=disable"
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(env(name, "")); err == nil {
+		return v
+	}
+	return def
+}
+
+func envFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(env(name, ""), 64); err == nil {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(env(name, "")); err == nil {
+		return v
+	}
+	return def
+}
+
+// newFlagSet returns a flag set whose usage prints synopsis and the flags.
+func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(strings.Fields(synopsis)[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: groupmatch %s\n\nFlags (each falls back to the environment variable named):\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// addKafka registers --kafka-brokers and --topic-prefix.
+func (o *options) addKafka(fs *flag.FlagSet) {
+	fs.StringVar(&o.brokers, "kafka-brokers", env("KAFKA_BROKERS", "127.0.0.1:9092"), "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
+	fs.StringVar(&o.topicPrefix, "topic-prefix", env("TOPIC_PREFIX", "groupmatch."), "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+}
+
+// addDatabase registers --database-url and --db-max-conns.
+func (o *options) addDatabase(fs *flag.FlagSet) {
+	fs.StringVar(&o.databaseURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (DATABASE_URL)")
+	fs.IntVar(&o.dbMaxConns, "db-max-conns", envInt("DB_MAX_CONNS", 8), "largest PostgreSQL connection pool per process (DB_MAX_CONNS)")
+}
+
+// addLog registers --log-level and --log-format.
+func (o *options) addLog(fs *flag.FlagSet) {
+	fs.StringVar(&o.logLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", env("LOG_FORMAT", "json"), "json or text (LOG_FORMAT)")
+}
+
+// addStages registers the settings of the pipeline stages.
+func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
+	fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
+	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
+	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
+	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
+	fs.IntVar(&o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction (SINK_CHUNK)")
+	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+}
+
+// addPartitions registers --partitions.
+func (o *options) addPartitions(fs *flag.FlagSet) {
+	fs.IntVar(&o.partitions, "partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of the records and resolved topics (TOPIC_PARTITIONS)")
+}
+
+func (o *options) brokerList() []string {
+	var out []string
+	for _, b := range strings.Split(o.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (o *options) topics() pipeline.Topics {
+	return pipeline.Topics{
+		Requests: o.topicPrefix + "requests",
+		Records:  o.topicPrefix + "records",
+		Resolved: o.topicPrefix + "resolved",
+		Events:   o.topicPrefix + "events",
+		DLQ:      o.topicPrefix + "dlq",
+	}
+}
+
+func (o *options) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	switch o.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be json or text")
+}
+
+// parse parses args, rejecting stray positional arguments unless allowed.
+func parse(fs *flag.FlagSet, args []string, positional int) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > positional {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(positional))
+	}
+	return nil
+}

@@ -1,0 +1,82 @@
+// Command groupmatch imports enterprise customer groups into the platform
+// and identifies every imported person among the platform's customers. It
+// runs the stages of the pipeline (ingest, matcher, sink), a complete
+// development system (dev), and the operator's tools.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `groupmatch imports customer groups and matches their members to platform customers.
+
+Usage: groupmatch <command> [flags]
+
+Commands:
+  dev                everything on one machine: in-process Kafka broker, PostgreSQL, all stages
+  serve              all stages in one process, against KAFKA_BROKERS and DATABASE_URL
+  ingest             the HTTP API: accepts batches and writes records to Kafka
+  matcher            resolves records to customers
+  sink               applies group writes and batch progress to PostgreSQL
+  broker             only dev's in-process Kafka-protocol broker (development and tests only)
+  migrate            applies the database schema; safe to run again
+  topics             creates the Kafka topics; safe to run again
+  app create         creates an application and prints its credentials once
+  app disable        disables an application; its tokens stop working
+  directory load     loads customers from JSON lines
+
+Run "groupmatch <command> --help" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "groupmatch:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run dispatches a command line. It returns flag.ErrHelp after printing
+// help.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "dev":
+		return cmdDev(ctx, rest, stdout, stderr)
+	case "serve":
+		return cmdStages(ctx, "serve", []string{stageIngest, stageMatcher, stageSink}, rest, stdout, stderr)
+	case "ingest", "matcher", "sink":
+		return cmdStages(ctx, cmd, []string{cmd}, rest, stdout, stderr)
+	case "broker":
+		return cmdBroker(ctx, rest, stdout, stderr)
+	case "migrate":
+		return cmdMigrate(ctx, rest, stdout, stderr)
+	case "topics":
+		return cmdTopics(ctx, rest, stdout, stderr)
+	case "app":
+		return cmdApp(ctx, rest, stdout, stderr)
+	case "directory":
+		return cmdDirectory(ctx, rest, stdout, stderr)
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}

@@ -1,0 +1,456 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/time/rate"
+
+	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// MaxBodyBytes is the largest batchAdd body accepted (1 MiB).
+const MaxBodyBytes = 1 << 20
+
+// Config configures a Service. Zero values take the documented defaults.
+type Config struct {
+	Brokers []string        // required
+	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	// RateLimit is each application's sustained request rate per second,
+	// default 100; RateBurst its burst, default 200.
+	RateLimit float64
+	RateBurst int
+	// RequestTimeout bounds accepting one batch (PostgreSQL and Kafka);
+	// default 10 s.
+	RequestTimeout time.Duration
+	// PendingTimeout is the age after which a batch never accepted is
+	// aborted by the janitor; default 60 s. It must exceed RequestTimeout.
+	PendingTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Auth is what ingest needs of the application store.
+type Auth interface {
+	Authenticate(ctx context.Context, accessToken string) (apps.Principal, error)
+	IssueToken(ctx context.Context, appID, secret string) (apps.Tokens, error)
+	Refresh(ctx context.Context, refreshToken string) (apps.Tokens, error)
+}
+
+// Service is the ingest stage: the HTTP API of SPEC §3–§4. It validates and
+// authenticates requests, records batches, and writes one message per
+// record to the records topic. It never touches group memberships.
+type Service struct {
+	cfg      Config
+	store    *Store
+	auth     Auth
+	records  *kafka.Writer
+	metrics  *Metrics
+	log      *slog.Logger
+	draining atomic.Bool
+
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter // by appid; one per application
+}
+
+// New returns an ingest service.
+func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("ingest: no brokers")
+	}
+	if cfg.Topics == (pipeline.Topics{}) {
+		cfg.Topics = pipeline.DefaultTopics()
+	}
+	if cfg.RateLimit <= 0 {
+		cfg.RateLimit = 100
+	}
+	if cfg.RateBurst <= 0 {
+		cfg.RateBurst = 200
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.PendingTimeout <= 0 {
+		cfg.PendingTimeout = 60 * time.Second
+	}
+	if cfg.PendingTimeout <= cfg.RequestTimeout {
+		return nil, errors.New("ingest: PendingTimeout must exceed RequestTimeout")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	w := stream.NewWriter(cfg.Brokers, cfg.Topics.Records)
+	w.WriteTimeout = cfg.RequestTimeout
+	return &Service{
+		cfg: cfg, store: store, auth: auth, metrics: metrics,
+		log: cfg.Logger.With("stage", "ingest"), records: w,
+		limiters: make(map[string]*rate.Limiter),
+	}, nil
+}
+
+// Close releases the Kafka writer.
+func (s *Service) Close() error { return s.records.Close() }
+
+// Drain makes the service refuse new batches with 503 and report not ready;
+// call it when shutdown begins.
+func (s *Service) Drain() { s.draining.Store(true) }
+
+// Ready reports whether the service takes work.
+func (s *Service) Ready() error {
+	if s.draining.Load() {
+		return errors.New("ingest: shutting down")
+	}
+	return nil
+}
+
+// RunJanitor aborts batches left PENDING by a crashed ingest, every interval,
+// until ctx is done.
+func (s *Service) RunJanitor(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			n, err := s.store.AbortStale(ctx, s.cfg.PendingTimeout)
+			if err != nil {
+				s.log.Warn("janitor", "err", err)
+			} else if n > 0 {
+				s.log.Warn("aborted batches never accepted", "batches", n)
+				s.metrics.BatchesAborted.Add(float64(n))
+			}
+		}
+	}
+}
+
+// Handler returns the HTTP API: every route under /api/integrate/ and
+// /api/open/, the platform's gateway prefix.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, prefix := range []string{"/api/integrate", "/api/open"} {
+		mux.Handle("POST "+prefix+"/audience/group/rel/batchAdd", s.route("batchAdd", s.authed(s.batchAdd)))
+		mux.Handle("GET "+prefix+"/audience/group/rel/batchResult", s.route("batchResult", s.authed(s.batchResult)))
+		mux.Handle("GET "+prefix+"/audience/group/list", s.route("groupList", s.authed(s.groupList)))
+		mux.Handle("GET "+prefix+"/audience/group/members", s.route("groupMembers", s.authed(s.groupMembers)))
+		mux.Handle("GET "+prefix+"/app/getOrgAccessToken", s.route("getOrgAccessToken", http.HandlerFunc(s.getToken)))
+		mux.Handle("GET "+prefix+"/app/refreshOrgAccessToken", s.route("refreshOrgAccessToken", http.HandlerFunc(s.refreshToken)))
+	}
+	mux.Handle("/", s.route("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "404", "NOT_FOUND", "no such API")
+	})))
+	return mux
+}
+
+// statusRecorder remembers the status code for metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Service) route(name string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		s.metrics.InFlight.Inc()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		s.metrics.InFlight.Dec()
+		s.metrics.Requests.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
+		s.metrics.RequestSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	})
+}
+
+type principalKey struct{}
+
+// authed checks X-Token (401), the audience.group permission (403) and the
+// application's rate limit (429) before h runs.
+func (s *Service) authed(h func(http.ResponseWriter, *http.Request, apps.Principal)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.auth.Authenticate(r.Context(), r.Header.Get("X-Token"))
+		switch {
+		case errors.Is(err, apps.ErrTokenInvalid):
+			writeError(w, http.StatusUnauthorized, "100200", "TOKEN_INVALID", "X-Token is missing, invalid or expired")
+			return
+		case err != nil:
+			s.log.Error("authenticate", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
+			return
+		case !p.Can(apps.ScopeGroup):
+			writeError(w, http.StatusForbidden, "403", "PERMISSION_DENIED", "the application lacks the permission "+apps.ScopeGroup)
+			return
+		}
+		if wait, ok := s.allow(p.AppID); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeError(w, http.StatusTooManyRequests, "429", "RATE_LIMITED", "rate limit of the application exceeded")
+			return
+		}
+		h(w, r, p)
+	})
+}
+
+// allow takes one token of the application's limiter; when none is left it
+// returns how long until one is.
+func (s *Service) allow(appID string) (time.Duration, bool) {
+	s.mu.Lock()
+	l := s.limiters[appID]
+	if l == nil {
+		l = rate.NewLimiter(rate.Limit(s.cfg.RateLimit), s.cfg.RateBurst)
+		s.limiters[appID] = l
+	}
+	s.mu.Unlock()
+	now := time.Now()
+	res := l.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Principal) {
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "shutting down; nothing was accepted, retry is safe")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "413", "PAYLOAD_TOO_LARGE", "body exceeds 1 MiB")
+			return
+		}
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "body could not be read")
+		return
+	}
+	req, err := DecodeRequest(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", err.Error())
+		return
+	}
+	id, err := s.Accept(r.Context(), p, req)
+	if err != nil {
+		s.log.Error("batch not accepted", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "Kafka or PostgreSQL unavailable; nothing was accepted, retry is safe")
+		return
+	}
+	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: id})
+}
+
+// Accept records a batch and writes its records to Kafka, returning the
+// batch id only once Kafka acknowledged every record and the batch is marked
+// accepted. On error nothing was accepted: the batch is aborted (now, or by
+// the janitor after PendingTimeout if PostgreSQL is down), so its records are
+// never applied and the id is never PROCESSING for ever.
+func (s *Service) Accept(ctx context.Context, p apps.Principal, req Request) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	id, err := s.store.CreateBatch(ctx, p.TenantID, p.AppID, req.Params, len(req.Records))
+	if err != nil {
+		return 0, err
+	}
+	msgs := make([]kafka.Message, len(req.Records))
+	for i, rec := range req.Records {
+		v, err := pipeline.EncodeRecord(pipeline.RecordMessage{
+			TenantID: p.TenantID, BatchID: id, Index: i, Params: req.Params, Record: rec,
+		})
+		if err != nil {
+			s.abort(ctx, id)
+			return 0, fmt.Errorf("ingest: encode record: %w", err)
+		}
+		msgs[i] = kafka.Message{Key: pipeline.RecordKey(p.TenantID, leadingIdentity(req.Params, rec)), Value: v}
+	}
+	if err := s.records.WriteMessages(ctx, msgs...); err != nil {
+		s.abort(ctx, id)
+		return 0, fmt.Errorf("ingest: write records of batch %d: %w", id, err)
+	}
+	if err := s.store.Accept(ctx, id); err != nil {
+		s.abort(ctx, id)
+		return 0, err
+	}
+	s.metrics.BatchesAccepted.Inc()
+	s.metrics.RecordsAccepted.Add(float64(len(msgs)))
+	s.log.Info("batch accepted", "batch_id", id, "records", len(msgs), "tenant_id", p.TenantID)
+	return id, nil
+}
+
+func (s *Service) abort(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.store.Abort(ctx, id); err != nil {
+		s.log.Warn("abort failed; the janitor will abort the batch", "batch_id", id, "err", err)
+		return
+	}
+	s.metrics.BatchesAborted.Inc()
+}
+
+// leadingIdentity is the raw identifier a record is keyed by on the records
+// topic: the one matching will try first.
+func leadingIdentity(p pipeline.Params, r pipeline.RawRecord) string {
+	field := func(kind string) string {
+		switch strings.ToLower(strings.TrimSpace(kind)) {
+		case "phone":
+			return r.Phone
+		case "openid":
+			return r.OpenID
+		case "unionid":
+			return r.UnionID
+		default:
+			return r.ThirdID
+		}
+	}
+	switch {
+	case !p.IsMatching:
+		return strings.TrimSpace(r.ThirdID)
+	case p.MatchingType == pipeline.MatchingExact:
+		return strings.TrimSpace(field(r.IdentityType))
+	}
+	order := []string{"unionid", "openid", "phone", "id"}
+	if p.IdentifyWay == pipeline.IdentifyThirdIDFirst {
+		order = []string{"id", "phone", "openid", "unionid"}
+	}
+	for _, k := range order {
+		if v := strings.TrimSpace(field(k)); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (s *Service) batchResult(w http.ResponseWriter, r *http.Request, p apps.Principal) {
+	q := r.URL.Query()
+	id, err := strconv.ParseInt(q.Get("batchId"), 10, 64)
+	if err != nil || id <= 0 {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "batchId must be a positive integer")
+		return
+	}
+	pageNo, ok := intParam(w, q.Get("pageNo"), "pageNo", 1, 1, math.MaxInt32)
+	if !ok {
+		return
+	}
+	pageSize, ok := intParam(w, q.Get("pageSize"), "pageSize", 100, 1, 1000)
+	if !ok {
+		return
+	}
+	res, err := s.store.BatchResult(r.Context(), p.TenantID, id, pageNo, pageSize)
+	if s.readFailed(w, err, "batch") {
+		return
+	}
+	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: res})
+}
+
+func (s *Service) groupList(w http.ResponseWriter, r *http.Request, p apps.Principal) {
+	groups, err := s.store.Groups(r.Context(), p.TenantID)
+	if s.readFailed(w, err, "") {
+		return
+	}
+	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: groups})
+}
+
+func (s *Service) groupMembers(w http.ResponseWriter, r *http.Request, p apps.Principal) {
+	q := r.URL.Query()
+	name := strings.TrimSpace(q.Get("groupName"))
+	if name == "" {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "groupName is required")
+		return
+	}
+	pageSize, ok := intParam(w, q.Get("pageSize"), "pageSize", 100, 1, 1000)
+	if !ok {
+		return
+	}
+	page, err := s.store.Members(r.Context(), p.TenantID, name, q.Get("cursor"), pageSize)
+	if errors.Is(err, errBadCursor) {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "cursor "+err.Error())
+		return
+	}
+	if s.readFailed(w, err, "group") {
+		return
+	}
+	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: page})
+}
+
+// readFailed answers a failed read: 404 for ErrNotFound, 503 otherwise.
+func (s *Service) readFailed(w http.ResponseWriter, err error, what string) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "404", "NOT_FOUND", "no such "+what)
+	default:
+		s.log.Error("read", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
+	}
+	return true
+}
+
+func (s *Service) getToken(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	t, err := s.auth.IssueToken(r.Context(), q.Get("instanceAppid"), q.Get("instanceSecrect"))
+	s.answerToken(w, t, err, "100100", "APP_CREDENTIALS_INVALID", "instanceAppid or instanceSecrect is wrong")
+}
+
+func (s *Service) refreshToken(w http.ResponseWriter, r *http.Request) {
+	t, err := s.auth.Refresh(r.Context(), r.URL.Query().Get("orgRefreshToken"))
+	s.answerToken(w, t, err, "100200", "TOKEN_INVALID", "orgRefreshToken is invalid or expired")
+}
+
+func (s *Service) answerToken(w http.ResponseWriter, t apps.Tokens, err error, code, errorCode, msg string) {
+	switch {
+	case errors.Is(err, apps.ErrBadCredentials), errors.Is(err, apps.ErrTokenInvalid):
+		writeError(w, http.StatusUnauthorized, code, errorCode, msg)
+	case err != nil:
+		s.log.Error("token", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
+	default:
+		writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "0", Msg: "操作成功", Data: t})
+	}
+}
+
+// envelope is the platform's answer shape; Data is null on errors.
+type envelope struct {
+	Code      string `json:"code"`
+	ErrorCode string `json:"errorCode"`
+	Msg       string `json:"msg"`
+	Data      any    `json:"data"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, errorCode, msg string) {
+	writeJSON(w, status, envelope{Code: code, ErrorCode: errorCode, Msg: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, e envelope) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(e) // the client may be gone; nothing to do
+}
+
+// intParam parses an optional integer query parameter within [lo, hi],
+// answering 400 itself when it is bad.
+func intParam(w http.ResponseWriter, raw, name string, def, lo, hi int) (int, bool) {
+	if raw == "" {
+		return def, true
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil || v < lo || v > hi {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", fmt.Sprintf("%s must be an integer from %d to %d", name, lo, hi))
+		return 0, false
+	}
+	return v, true
+}

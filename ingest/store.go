@@ -1,0 +1,278 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// ErrNotFound means the batch or group does not exist for the caller's
+// tenant. Another tenant's objects are reported the same way.
+var ErrNotFound = errors.New("ingest: not found")
+
+// errNotAccepted means a PENDING batch was aborted before ingest could
+// accept it.
+var errNotAccepted = errors.New("ingest: batch was aborted before acceptance")
+
+// Store is ingest's PostgreSQL state: batches and the reads of §4.
+type Store struct{ db *pgxpool.Pool }
+
+// NewStore returns a store on db.
+func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
+
+// Ping checks that PostgreSQL answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
+// CreateBatch allocates the next batch id (acceptance order) and records
+// the batch as PENDING: its records are not to be applied until Accept.
+func (s *Store) CreateBatch(ctx context.Context, tenantID int64, appID string, p pipeline.Params, total int) (int64, error) {
+	params, err := json.Marshal(p)
+	if err != nil {
+		return 0, fmt.Errorf("ingest: encode params: %w", err)
+	}
+	var id int64
+	err = s.db.QueryRow(ctx, `
+		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
+		VALUES (nextval('batch_id_seq'), $1, $2, $3, $4, 'PENDING', $5) RETURNING batch_id`,
+		tenantID, appID, string(p.OptType), params, total).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("ingest: create batch: %w", err)
+	}
+	return id, nil
+}
+
+// Accept moves a batch from PENDING to PROCESSING once all its records are
+// in Kafka. It fails with errNotAccepted if the batch was aborted meanwhile.
+func (s *Store) Accept(ctx context.Context, batchID int64) error {
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'PROCESSING' WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+	if err != nil {
+		return fmt.Errorf("ingest: accept batch: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return errNotAccepted
+	}
+	return nil
+}
+
+// Abort marks a PENDING batch FAILED and aborted: its records, should any
+// have reached Kafka, are never applied. The caller was told 503.
+func (s *Store) Abort(ctx context.Context, batchID int64) error {
+	_, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+		WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+	if err != nil {
+		return fmt.Errorf("ingest: abort batch: %w", err)
+	}
+	return nil
+}
+
+// AbortStale aborts batches left PENDING for longer than age (their ingest
+// died between allocating and accepting them) and returns how many.
+func (s *Store) AbortStale(ctx context.Context, age time.Duration) (int64, error) {
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+		WHERE status = 'PENDING' AND accepted_at < now() - make_interval(secs => $1)`, age.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("ingest: abort stale batches: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Failure is one record of a batch that was not applied.
+type Failure struct {
+	Index   int    `json:"index"`
+	ThirdID string `json:"thirdId,omitempty"`
+	Phone   string `json:"phone,omitempty"`
+	OpenID  string `json:"openid,omitempty"`
+	UnionID string `json:"unionid,omitempty"`
+	Reason  string `json:"reason"`
+}
+
+// BatchResult is the data of batchResult (SPEC §4).
+type BatchResult struct {
+	BatchID       int64          `json:"batchId"`
+	Status        string         `json:"status"`
+	OptType       string         `json:"optType"`
+	Total         int            `json:"total"`
+	Processed     int            `json:"processed"`
+	Success       int            `json:"success"`
+	Unmatched     int            `json:"unmatched"`
+	Ambiguous     int            `json:"ambiguous"`
+	Invalid       int            `json:"invalid"`
+	Failed        int            `json:"failed"`
+	MatchedBy     map[string]int `json:"matchedBy"`
+	GroupsCreated int            `json:"groupsCreated"`
+	Conflicts     int            `json:"conflicts"`
+	ErrorCounts   map[string]int `json:"errorCounts"`
+	AcceptedAt    time.Time      `json:"acceptedAt"`
+	FinishedAt    *time.Time     `json:"finishedAt"`
+	Failures      []Failure      `json:"failures"`
+	PageNo        int            `json:"pageNo"`
+	PageSize      int            `json:"pageSize"`
+	FailureTotal  int            `json:"failureTotal"`
+}
+
+// BatchResult reads a batch of the tenant with one page of its failures. A
+// batch whose acceptance never completed (the caller got 503) reads as
+// FAILED with nothing processed; one still being accepted reads PROCESSING.
+func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo, pageSize int) (BatchResult, error) {
+	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize,
+		MatchedBy: map[string]int{}, ErrorCounts: map[string]int{}, Failures: []Failure{}}
+	var mu, mo, mp, mi int
+	err := s.db.QueryRow(ctx, `
+		SELECT status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,
+		       matched_unionid, matched_openid, matched_phone, matched_id, groups_created, conflicts,
+		       accepted_at, finished_at
+		FROM batches WHERE batch_id = $1 AND tenant_id = $2`, batchID, tenantID).Scan(
+		&r.Status, &r.OptType, &r.Total, &r.Processed, &r.Success, &r.Unmatched, &r.Ambiguous, &r.Invalid, &r.Failed,
+		&mu, &mo, &mp, &mi, &r.GroupsCreated, &r.Conflicts, &r.AcceptedAt, &r.FinishedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	if err != nil {
+		return r, fmt.Errorf("ingest: read batch: %w", err)
+	}
+	if r.Status == "PENDING" {
+		r.Status = "PROCESSING"
+	}
+	for k, v := range map[pipeline.IdentityKind]int{pipeline.KindUnionID: mu, pipeline.KindOpenID: mo, pipeline.KindPhone: mp, pipeline.KindThirdID: mi} {
+		if v > 0 {
+			r.MatchedBy[string(k)] = v
+		}
+	}
+	rows, err := s.db.Query(ctx, `SELECT reason, count(*) FROM batch_records
+		WHERE batch_id = $1 AND reason IS NOT NULL GROUP BY reason`, batchID)
+	if err != nil {
+		return r, fmt.Errorf("ingest: read error counts: %w", err)
+	}
+	for rows.Next() {
+		var reason string
+		var n int
+		if err := rows.Scan(&reason, &n); err != nil {
+			return r, fmt.Errorf("ingest: read error counts: %w", err)
+		}
+		r.ErrorCounts[reason] = n
+		r.FailureTotal += n
+	}
+	if err := rows.Err(); err != nil {
+		return r, fmt.Errorf("ingest: read error counts: %w", err)
+	}
+	rows, err = s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}') FROM batch_records
+		WHERE batch_id = $1 AND reason IS NOT NULL ORDER BY rec_index LIMIT $2 OFFSET $3`,
+		batchID, pageSize, (pageNo-1)*pageSize)
+	if err != nil {
+		return r, fmt.Errorf("ingest: read failures: %w", err)
+	}
+	for rows.Next() {
+		var f Failure
+		var ref pipeline.RecordRef
+		if err := rows.Scan(&f.Index, &f.Reason, &ref); err != nil {
+			return r, fmt.Errorf("ingest: read failures: %w", err)
+		}
+		f.ThirdID, f.Phone, f.OpenID, f.UnionID = ref.ThirdID, ref.Phone, ref.OpenID, ref.UnionID
+		r.Failures = append(r.Failures, f)
+	}
+	if err := rows.Err(); err != nil {
+		return r, fmt.Errorf("ingest: read failures: %w", err)
+	}
+	return r, nil
+}
+
+// Group is one entry of group/list.
+type Group struct {
+	GroupID     int64  `json:"groupId"`
+	GroupName   string `json:"groupName"`
+	Category    string `json:"category"`
+	MemberCount int64  `json:"memberCount"`
+}
+
+// Groups lists the tenant's groups by name with their member counts.
+func (s *Store) Groups(ctx context.Context, tenantID int64) ([]Group, error) {
+	rows, err := s.db.Query(ctx, `
+		SELECT g.group_id, g.name, g.category,
+		       (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present)
+		FROM groups g WHERE g.tenant_id = $1 AND g.visible ORDER BY g.name`, tenantID)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: list groups: %w", err)
+	}
+	groups, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Group, error) {
+		var g Group
+		err := r.Scan(&g.GroupID, &g.GroupName, &g.Category, &g.MemberCount)
+		return g, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ingest: list groups: %w", err)
+	}
+	if groups == nil {
+		groups = []Group{}
+	}
+	return groups, nil
+}
+
+// Member is one entry of group/members.
+type Member struct {
+	CustomerID int64  `json:"customerId"`
+	ThirdID    string `json:"thirdId,omitempty"`
+}
+
+// MembersPage is the data of group/members.
+type MembersPage struct {
+	GroupName   string   `json:"groupName"`
+	MemberCount int64    `json:"memberCount"`
+	Members     []Member `json:"members"`
+	NextCursor  string   `json:"nextCursor"`
+}
+
+// Members reads one page of a group's members in customer id order. The
+// cursor is opaque to callers: "" starts at the beginning, and the page's
+// NextCursor ("" on the last page) continues.
+func (s *Store) Members(ctx context.Context, tenantID int64, name, cursor string, pageSize int) (MembersPage, error) {
+	page := MembersPage{GroupName: name, Members: []Member{}}
+	var after int64
+	if cursor != "" {
+		var err error
+		if after, err = strconv.ParseInt(cursor, 36, 64); err != nil || after < 0 {
+			return page, errBadCursor
+		}
+	}
+	var groupID int64
+	err := s.db.QueryRow(ctx, `SELECT group_id, (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present)
+		FROM groups g WHERE tenant_id = $1 AND name = $2 AND visible`, tenantID, name).Scan(&groupID, &page.MemberCount)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return page, ErrNotFound
+	}
+	if err != nil {
+		return page, fmt.Errorf("ingest: read group: %w", err)
+	}
+	rows, err := s.db.Query(ctx, `
+		SELECT m.customer_id, coalesce(c.third_id, '') FROM memberships m
+		LEFT JOIN customers c ON c.tenant_id = $1 AND c.customer_id = m.customer_id
+		WHERE m.group_id = $2 AND m.present AND m.customer_id > $3
+		ORDER BY m.customer_id LIMIT $4`, tenantID, groupID, after, pageSize+1)
+	if err != nil {
+		return page, fmt.Errorf("ingest: read members: %w", err)
+	}
+	for rows.Next() {
+		var m Member
+		if err := rows.Scan(&m.CustomerID, &m.ThirdID); err != nil {
+			return page, fmt.Errorf("ingest: read members: %w", err)
+		}
+		page.Members = append(page.Members, m)
+	}
+	if err := rows.Err(); err != nil {
+		return page, fmt.Errorf("ingest: read members: %w", err)
+	}
+	if len(page.Members) > pageSize {
+		page.Members = page.Members[:pageSize]
+		page.NextCursor = strconv.FormatInt(page.Members[pageSize-1].CustomerID, 36)
+	}
+	return page, nil
+}
+
+var errBadCursor = errors.New("cursor is not one this API returned")

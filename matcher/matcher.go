@@ -1,0 +1,273 @@
+// Package matcher is the middle stage: it consumes records, identifies each
+// among the platform's customers by the rules of SPEC §5, and forwards a
+// verdict per record to the resolved topic, keyed by tenant and customer.
+//
+// A chunk costs one directory round trip (one query per identity kind) and
+// at most one find-or-create transaction, never a query per record.
+package matcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// Config configures a Stage. Zero values take the documented defaults.
+type Config struct {
+	Brokers []string        // required
+	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	GroupID string          // consumer group; default "groupmatch-matcher"
+	// MaxChunk is the most records resolved together; default 2000.
+	MaxChunk int
+	// Linger is how long a chunk waits to fill; default 5 ms.
+	Linger time.Duration
+	// Retry bounds retries of transient failures; the zero value retries
+	// until shutdown.
+	Retry  retry.Policy
+	Logger *slog.Logger
+}
+
+// Stage is a running matcher consumer.
+type Stage struct {
+	cfg      Config
+	dir      Directory
+	consumer *stream.Consumer
+	out      *kafka.Writer
+	dlq      *kafka.Writer
+	metrics  *Metrics
+	log      *slog.Logger
+}
+
+// New returns a matcher stage resolving against dir.
+func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("matcher: no brokers")
+	}
+	if cfg.Topics == (pipeline.Topics{}) {
+		cfg.Topics = pipeline.DefaultTopics()
+	}
+	if cfg.GroupID == "" {
+		cfg.GroupID = "groupmatch-matcher"
+	}
+	if cfg.MaxChunk <= 0 {
+		cfg.MaxChunk = 2000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Logger.With("stage", "matcher")
+	c, err := stream.NewConsumer(stream.ConsumerConfig{
+		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records,
+		MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("matcher: %w", err)
+	}
+	return &Stage{
+		cfg: cfg, dir: dir, consumer: c, metrics: metrics, log: log,
+		out: stream.NewWriter(cfg.Brokers, cfg.Topics.Resolved),
+		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ),
+	}, nil
+}
+
+// Run consumes until ctx is done; see stream.Consumer.Run for shutdown.
+func (s *Stage) Run(ctx context.Context) error {
+	defer s.out.Close()
+	defer s.dlq.Close()
+	return s.consumer.Run(ctx, s.handle)
+}
+
+// Consumer exposes the stage's consumer for lag and reader metrics.
+func (s *Stage) Consumer() *stream.Consumer { return s.consumer }
+
+// tenantHits is the Hits of one tenant over a chunk's look-up results.
+type tenantHits struct {
+	all    map[Key][]Binding
+	tenant int64
+}
+
+func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []Binding {
+	return h.all[Key{TenantID: h.tenant, Kind: kind, Value: value}]
+}
+
+// item is one record of a chunk on its way through the stage.
+type item struct {
+	msg  pipeline.RecordMessage
+	norm Normalized
+	out  pipeline.ResolvedMessage
+}
+
+func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
+	start := time.Now()
+	items := make([]item, 0, len(msgs))
+	var dead []kafka.Message
+	var failed []pipeline.ResolvedMessage
+	for _, m := range msgs {
+		rec, err := pipeline.DecodeRecord(m.Value)
+		if err != nil {
+			dead = append(dead, stream.DeadLetter(m, "matcher", "undecodable", err))
+			s.metrics.DeadLetters.WithLabelValues("undecodable").Inc()
+			s.log.Warn("undecodable record", "partition", m.Partition, "offset", m.Offset, "err", err)
+			if pos, ok := pipeline.PeekPosition(m.Value); ok {
+				failed = append(failed, pipeline.ResolvedMessage{
+					TenantID: pos.TenantID, BatchID: pos.BatchID, Index: pos.Index, OptType: pipeline.OptAdd,
+					Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonUndecodable,
+				})
+			}
+			continue
+		}
+		items = append(items, item{msg: rec, norm: Normalize(rec.Params, rec.Record)})
+	}
+
+	lookStart := time.Now()
+	if err := s.resolve(ctx, items); err != nil {
+		return err
+	}
+	s.metrics.LookupSeconds.Observe(time.Since(lookStart).Seconds())
+
+	out := make([]kafka.Message, 0, len(items)+len(failed))
+	for i := range items {
+		r := &items[i].out
+		matchedBy := string(r.MatchedBy)
+		if matchedBy == "" {
+			matchedBy = "none"
+		}
+		s.metrics.Records.WithLabelValues(string(r.Outcome), matchedBy).Inc()
+		if r.Conflict {
+			s.metrics.Conflicts.Inc()
+		}
+		m, err := resolvedMessage(*r)
+		if err != nil {
+			return err
+		}
+		out = append(out, m)
+	}
+	for _, r := range failed {
+		s.metrics.Records.WithLabelValues(string(r.Outcome), "none").Inc()
+		m, err := resolvedMessage(r)
+		if err != nil {
+			return err
+		}
+		out = append(out, m)
+	}
+	if err := s.write(ctx, s.dlq, dead); err != nil {
+		return fmt.Errorf("matcher: write dead letters: %w", err)
+	}
+	if err := s.write(ctx, s.out, out); err != nil {
+		return fmt.Errorf("matcher: write resolved: %w", err)
+	}
+	s.metrics.ChunkSeconds.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+func resolvedMessage(r pipeline.ResolvedMessage) (kafka.Message, error) {
+	v, err := pipeline.EncodeResolved(r)
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("matcher: encode: %w", err)
+	}
+	return kafka.Message{Key: pipeline.ResolvedKey(r), Value: v}, nil
+}
+
+// resolve fills items[i].out: one batched look-up for the matching records,
+// one find-or-create for the isMatching=false ones.
+func (s *Stage) resolve(ctx context.Context, items []item) error {
+	var keys []Key
+	var creates []CreateRequest
+	var createItems []int
+	for i := range items {
+		it := &items[i]
+		p, n := it.msg.Params, &it.norm
+		if n.Invalid != pipeline.ReasonNone {
+			continue
+		}
+		if !p.IsMatching {
+			creates = append(creates, CreateRequest{
+				TenantID: it.msg.TenantID, ThirdID: n.Value(pipeline.KindThirdID),
+				Phone: n.Value(pipeline.KindPhone), OpenID: n.Value(pipeline.KindOpenID), UnionID: n.Value(pipeline.KindUnionID),
+				AppType: p.AppType, AppID: p.AppID,
+			})
+			createItems = append(createItems, i)
+			continue
+		}
+		for _, k := range n.Lookups(p) {
+			keys = append(keys, Key{TenantID: it.msg.TenantID, Kind: k, Value: n.Value(k)})
+		}
+	}
+	var hits map[Key][]Binding
+	if len(keys) > 0 {
+		err := retry.Do(ctx, s.cfg.Retry, func() error {
+			var err error
+			hits, err = s.dir.Lookup(ctx, keys)
+			return err
+		}, s.notify)
+		if err != nil {
+			return fmt.Errorf("matcher: %w", err)
+		}
+	}
+	var made []CreateResult
+	if len(creates) > 0 {
+		err := retry.Do(ctx, s.cfg.Retry, func() error {
+			var err error
+			made, err = s.dir.FindOrCreate(ctx, creates)
+			return err
+		}, s.notify)
+		if err != nil {
+			return fmt.Errorf("matcher: %w", err)
+		}
+	}
+	for i := range items {
+		it := &items[i]
+		p, n := it.msg.Params, &it.norm
+		var v Verdict
+		if p.IsMatching || n.Invalid != pipeline.ReasonNone {
+			v = Resolve(p, n, tenantHits{all: hits, tenant: it.msg.TenantID})
+		}
+		it.out = verdictMessage(it.msg, n, v)
+	}
+	for j, i := range createItems {
+		it := &items[i]
+		v := Verdict{Outcome: pipeline.OutcomeMatched, MatchedBy: pipeline.KindThirdID, CustomerID: made[j].CustomerID}
+		if made[j].Ambiguous {
+			v = Verdict{Outcome: pipeline.OutcomeAmbiguous, Reason: pipeline.ReasonAmbiguous}
+		}
+		it.out = verdictMessage(it.msg, &it.norm, v)
+		it.out.Created = made[j].Created
+	}
+	return nil
+}
+
+func verdictMessage(rec pipeline.RecordMessage, n *Normalized, v Verdict) pipeline.ResolvedMessage {
+	r := pipeline.ResolvedMessage{
+		V: pipeline.Version, TenantID: rec.TenantID, BatchID: rec.BatchID, Index: rec.Index,
+		OptType: rec.Params.OptType, Outcome: v.Outcome, Reason: v.Reason,
+	}
+	if v.Outcome == pipeline.OutcomeMatched {
+		r.MatchedBy, r.CustomerID, r.Conflict, r.Groups = v.MatchedBy, v.CustomerID, v.Conflict, n.Groups
+		return r
+	}
+	ref := n.Ref
+	r.Ref = &ref
+	return r
+}
+
+func (s *Stage) notify(err error, wait time.Duration) {
+	s.metrics.Retries.Inc()
+	s.log.Warn("directory unavailable; retrying", "err", err, "wait", wait)
+}
+
+// write produces msgs, retrying transient failures. A retry may duplicate
+// messages; the sink's ledger makes that harmless.
+func (s *Stage) write(ctx context.Context, w *kafka.Writer, msgs []kafka.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	return retry.Do(ctx, s.cfg.Retry, func() error { return w.WriteMessages(ctx, msgs...) }, s.notify)
+}

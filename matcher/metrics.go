@@ -1,0 +1,49 @@
+package matcher
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the matcher's Prometheus metrics. Labels are bounded:
+// outcome, matched_by (an identity kind or "none") and error class.
+type Metrics struct {
+	Records       *prometheus.CounterVec // by outcome, matched_by
+	Conflicts     prometheus.Counter
+	LookupSeconds prometheus.Histogram
+	ChunkSeconds  prometheus.Histogram
+	Retries       prometheus.Counter
+	DeadLetters   *prometheus.CounterVec // by class
+}
+
+// NewMetrics registers the matcher's metrics on reg, labelled stage="matcher".
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": "matcher"}, reg)
+	m := &Metrics{
+		Records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_matcher_records_total",
+			Help: "Records resolved, by outcome and by the identifier that matched.",
+		}, []string{"outcome", "matched_by"}),
+		Conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_matcher_conflicts_total",
+			Help: "Matched records whose lower-priority identifier named another customer.",
+		}),
+		LookupSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groupmatch_matcher_lookup_duration_seconds",
+			Help:    "Time of one chunk's batched directory look-ups and find-or-create.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		ChunkSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groupmatch_matcher_chunk_duration_seconds",
+			Help:    "Time to resolve and forward one chunk, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		Retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_retries_total",
+			Help: "Transient failures that were retried.",
+		}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_dlq_messages_total",
+			Help: "Messages sent to the dead-letter topic, by error class.",
+		}, []string{"class"}),
+	}
+	reg.MustRegister(m.Records, m.Conflicts, m.LookupSeconds, m.ChunkSeconds, m.Retries, m.DeadLetters)
+	return m
+}

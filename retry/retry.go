@@ -1,0 +1,109 @@
+// Package retry decides whether a failed operation may be tried again and
+// runs it with jittered exponential backoff. Errors are classified by
+// behaviour (pgconn.SafeToRetry, SQLSTATE classes, net and Kafka error
+// interfaces), never by their text.
+package retry
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrTransient marks an error as worth retrying whatever it wraps.
+var ErrTransient = errors.New("transient")
+
+// Transient reports whether err is worth retrying: the database or broker
+// may answer differently later. Everything else (bad SQL, constraint
+// violations, bad data) is permanent.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrTransient) {
+		return true
+	}
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", // connection exception
+			"40", // transaction rollback: serialization failure, deadlock
+			"53", // insufficient resources
+			"57", // operator intervention: admin shutdown, cannot connect now
+			"58": // system error
+			return true
+		}
+		return false
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	var temp interface{ Temporary() bool }
+	if errors.As(err, &temp) && temp.Temporary() {
+		return true // kafka-go's kafka.Error and net errors
+	}
+	var timeout interface{ Timeout() bool }
+	if errors.As(err, &timeout) && timeout.Timeout() {
+		return true
+	}
+	var netErr *net.OpError
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Policy bounds a retry loop.
+type Policy struct {
+	// MaxElapsed is how long transient errors are retried before giving
+	// up; zero retries until ctx is done.
+	MaxElapsed time.Duration
+	// Initial and Max bound the randomised interval between attempts;
+	// defaults 50 ms and 5 s.
+	Initial, Max time.Duration
+}
+
+// Do runs op until it succeeds, fails permanently, MaxElapsed passes or ctx
+// is done. notify, if not nil, sees each transient failure before the wait.
+// The last error is returned.
+func Do(ctx context.Context, p Policy, op func() error, notify func(err error, wait time.Duration)) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = p.Initial
+	if b.InitialInterval <= 0 {
+		b.InitialInterval = 50 * time.Millisecond
+	}
+	b.MaxInterval = p.Max
+	if b.MaxInterval <= 0 {
+		b.MaxInterval = 5 * time.Second
+	}
+	b.MaxElapsedTime = p.MaxElapsed
+	b.RandomizationFactor = 0.5
+	wrapped := func() error {
+		err := op()
+		if err != nil && !Transient(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	err := backoff.RetryNotify(wrapped, backoff.WithContext(b, ctx), notify)
+	var perm *backoff.PermanentError
+	if errors.As(err, &perm) {
+		return perm.Err
+	}
+	return err
+}

@@ -1,0 +1,65 @@
+package sink
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the sink's Prometheus metrics. Labels are bounded sets:
+// outcomes, statuses and error classes.
+type Metrics struct {
+	Records       *prometheus.CounterVec // by outcome
+	Duplicates    prometheus.Counter
+	ChunkSeconds  prometheus.Histogram
+	Finished      *prometheus.CounterVec // by status
+	BatchLatency  prometheus.Histogram
+	Retries       prometheus.Counter
+	DeadLetters   *prometheus.CounterVec // by class
+	PendingWaits  prometheus.Counter
+	DroppedRecord prometheus.Counter
+}
+
+// NewMetrics registers the sink's metrics on reg, labelled stage="sink".
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": "sink"}, reg)
+	m := &Metrics{
+		Records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_sink_records_total",
+			Help: "Records whose outcome the sink recorded, by outcome (MATCHED records were applied to groups).",
+		}, []string{"outcome"}),
+		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_sink_duplicate_records_total",
+			Help: "Redelivered records the ledger had already applied.",
+		}),
+		ChunkSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groupmatch_sink_chunk_duration_seconds",
+			Help:    "Time to apply one chunk in PostgreSQL, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		Finished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_batches_finished_total",
+			Help: "Batches that reached a final status, by status.",
+		}, []string{"status"}),
+		BatchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groupmatch_batch_latency_seconds",
+			Help:    "Time from a batch's acceptance to its final status.",
+			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5, 10, 30, 60, 300},
+		}),
+		Retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_retries_total",
+			Help: "Transient failures that were retried.",
+		}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_dlq_messages_total",
+			Help: "Messages sent to the dead-letter topic, by error class.",
+		}, []string{"class"}),
+		PendingWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_sink_pending_batch_waits_total",
+			Help: "Chunks that waited for ingest to accept their batch.",
+		}),
+		DroppedRecord: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_sink_aborted_records_total",
+			Help: "Records of batches whose acceptance failed; never applied.",
+		}),
+	}
+	reg.MustRegister(m.Records, m.Duplicates, m.ChunkSeconds, m.Finished, m.BatchLatency,
+		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord)
+	return m
+}

@@ -1,0 +1,212 @@
+// Package sink is the last stage: it consumes resolved records and applies
+// group additions and deletions to PostgreSQL with exact per-batch progress.
+//
+// Every record's effect happens once: a ledger row keyed by (batch id,
+// record index) is written in the same transaction as the membership change
+// and the batch counters, and the Kafka offset is committed only after that
+// transaction commits. For one (group, customer), the change with the highest
+// (batch id, record index) wins whatever order changes arrive in, so the final
+// state equals applying batches one after another in acceptance order.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// Config configures a Stage. Zero values take the documented defaults.
+type Config struct {
+	Brokers []string         // required
+	Topics  pipeline.Topics  // default pipeline.DefaultTopics()
+	GroupID string           // consumer group; default "groupmatch-sink"
+	// MaxChunk is the most records applied in one transaction; default 2000.
+	MaxChunk int
+	// Linger is how long a chunk waits to fill; default 5 ms.
+	Linger time.Duration
+	// Retry bounds retries of transient failures; the zero value retries
+	// until shutdown.
+	Retry  retry.Policy
+	Logger *slog.Logger
+}
+
+// Stage is a running sink consumer.
+type Stage struct {
+	cfg      Config
+	store    Store
+	consumer *stream.Consumer
+	dlq      *kafka.Writer
+	metrics  *Metrics
+	log      *slog.Logger
+}
+
+// New returns a sink stage applying to store.
+func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("sink: no brokers")
+	}
+	if cfg.Topics == (pipeline.Topics{}) {
+		cfg.Topics = pipeline.DefaultTopics()
+	}
+	if cfg.GroupID == "" {
+		cfg.GroupID = "groupmatch-sink"
+	}
+	if cfg.MaxChunk <= 0 {
+		cfg.MaxChunk = 2000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Logger.With("stage", "sink")
+	c, err := stream.NewConsumer(stream.ConsumerConfig{
+		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Resolved,
+		MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sink: %w", err)
+	}
+	return &Stage{
+		cfg: cfg, store: store, consumer: c, metrics: metrics, log: log,
+		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ),
+	}, nil
+}
+
+// Run consumes until ctx is done; see stream.Consumer.Run for shutdown.
+func (s *Stage) Run(ctx context.Context) error {
+	defer s.dlq.Close()
+	return s.consumer.Run(ctx, s.handle)
+}
+
+// Consumer exposes the stage's consumer for lag and reader metrics.
+func (s *Stage) Consumer() *stream.Consumer { return s.consumer }
+
+type deadLetter struct {
+	msg   kafka.Message
+	class string
+	err   error
+}
+
+func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
+	start := time.Now()
+	recs := make([]pipeline.ResolvedMessage, 0, len(msgs))
+	origin := make([]int, 0, len(msgs)) // recs[i] came from msgs[origin[i]]
+	var dead []deadLetter
+	for i, m := range msgs {
+		r, err := pipeline.DecodeResolved(m.Value)
+		if err != nil {
+			dead = append(dead, deadLetter{m, "undecodable", err})
+			// Count the record failed if the message still names it, so
+			// its batch can finish.
+			if pos, ok := pipeline.PeekPosition(m.Value); ok {
+				recs = append(recs, failedRecord(pos, pipeline.ReasonUndecodable))
+				origin = append(origin, i)
+			}
+			continue
+		}
+		recs = append(recs, r)
+		origin = append(origin, i)
+	}
+	more, err := s.apply(ctx, msgs, recs, origin)
+	if err != nil {
+		return err
+	}
+	dead = append(dead, more...)
+	if err := s.deadLetter(ctx, dead); err != nil {
+		return err
+	}
+	s.metrics.ChunkSeconds.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// apply applies recs with retries. A chunk that fails permanently is split
+// in halves until the failing record is alone; that record is counted
+// FAILED and dead-lettered, so one bad record never stalls the pipeline.
+func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline.ResolvedMessage, origin []int) ([]deadLetter, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	var res ApplyResult
+	err := retry.Do(ctx, s.cfg.Retry, func() error {
+		var err error
+		res, err = s.store.Apply(ctx, recs)
+		return err
+	}, func(err error, wait time.Duration) {
+		s.metrics.Retries.Inc()
+		if errors.Is(err, ErrBatchPending) {
+			s.metrics.PendingWaits.Inc()
+			return
+		}
+		s.log.Warn("apply failed; retrying", "err", err, "wait", wait, "records", len(recs))
+	})
+	if err == nil {
+		s.observe(res)
+		var dead []deadLetter
+		for _, i := range res.Orphans {
+			dead = append(dead, deadLetter{msgs[origin[i]], "orphan", errors.New("sink: no such batch or record index for the tenant")})
+		}
+		return dead, nil
+	}
+	if retry.Transient(err) || ctx.Err() != nil {
+		return nil, err // shutting down or out of retry budget: redeliver
+	}
+	if len(recs) > 1 {
+		h := len(recs) / 2
+		d1, err := s.apply(ctx, msgs, recs[:h], origin[:h])
+		if err != nil {
+			return nil, err
+		}
+		d2, err := s.apply(ctx, msgs, recs[h:], origin[h:])
+		return append(d1, d2...), err
+	}
+	r := recs[0]
+	s.log.Error("record failed permanently; dead-lettering it",
+		"batch_id", r.BatchID, "record_index", r.Index, "partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", err)
+	dead := []deadLetter{{msgs[origin[0]], "permanent", err}}
+	if r.Outcome == pipeline.OutcomeFailed {
+		return dead, nil // even the failure could not be recorded: leave it to the DLQ
+	}
+	more, err2 := s.apply(ctx, msgs, []pipeline.ResolvedMessage{failedRecord(pipeline.Position{TenantID: r.TenantID, BatchID: r.BatchID, Index: r.Index}, pipeline.ReasonProcessingFailed)}, origin)
+	return append(dead, more...), err2
+}
+
+func (s *Stage) observe(res ApplyResult) {
+	s.metrics.Duplicates.Add(float64(res.Duplicates))
+	s.metrics.DroppedRecord.Add(float64(res.Dropped))
+	for _, f := range res.Finished {
+		s.metrics.Finished.WithLabelValues(f.Status).Inc()
+		s.metrics.BatchLatency.Observe(f.Latency.Seconds())
+		s.log.Info("batch finished", "batch_id", f.BatchID, "status", f.Status, "latency", f.Latency)
+	}
+}
+
+func (s *Stage) deadLetter(ctx context.Context, dead []deadLetter) error {
+	if len(dead) == 0 {
+		return nil
+	}
+	out := make([]kafka.Message, len(dead))
+	for i, d := range dead {
+		out[i] = stream.DeadLetter(d.msg, "sink", d.class, d.err)
+		s.metrics.DeadLetters.WithLabelValues(d.class).Inc()
+		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", d.err)
+	}
+	err := retry.Do(ctx, s.cfg.Retry, func() error { return s.dlq.WriteMessages(ctx, out...) }, nil)
+	if err != nil {
+		return fmt.Errorf("sink: write dead letters: %w", err)
+	}
+	return nil
+}
+
+func failedRecord(p pipeline.Position, reason pipeline.Reason) pipeline.ResolvedMessage {
+	return pipeline.ResolvedMessage{
+		V: pipeline.Version, TenantID: p.TenantID, BatchID: p.BatchID, Index: p.Index,
+		OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeFailed, Reason: reason,
+	}
+}

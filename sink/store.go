@@ -1,0 +1,533 @@
+package sink
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
+)
+
+// ErrBatchPending means a record's batch is not accepted yet (ingest is still
+// writing its records to Kafka). It is transient: retry the chunk.
+var ErrBatchPending = fmt.Errorf("sink: batch not yet accepted: %w", retry.ErrTransient)
+
+// Store applies chunks of resolved records. Implementations must make each
+// record's effect happen once however often it is applied.
+type Store interface {
+	Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error)
+}
+
+// ApplyResult says what a chunk did.
+type ApplyResult struct {
+	Applied    int // records newly recorded in the ledger
+	Duplicates int // records the ledger had already
+	Dropped    int // records of aborted batches, never applied
+	// Orphans are positions (indexes into the chunk) of records whose batch
+	// does not exist for their tenant, or has no such index; the caller
+	// dead-letters them.
+	Orphans  []int
+	Finished []FinishedBatch // batches that reached a final status
+}
+
+// FinishedBatch is a batch that reached its final status in a chunk.
+type FinishedBatch struct {
+	BatchID  int64
+	TenantID int64
+	Status   string
+	Latency  time.Duration // accept to final
+}
+
+// PGStore is the PostgreSQL Store.
+type PGStore struct {
+	db *pgxpool.Pool
+	// PendingTimeout is how long a PENDING batch may wait for its ingest
+	// to accept it before the sink aborts it; it must exceed ingest's
+	// longest request.
+	PendingTimeout time.Duration
+}
+
+var _ Store = (*PGStore)(nil)
+
+// NewPGStore returns a store on db.
+func NewPGStore(db *pgxpool.Pool) *PGStore {
+	return &PGStore{db: db, PendingTimeout: 60 * time.Second}
+}
+
+type batchState struct {
+	tenantID int64
+	status   string
+	aborted  bool
+	stale    bool
+	total    int
+}
+
+type ledgerKey struct {
+	batch int64
+	index int
+}
+
+// Apply writes a chunk in one transaction: ledger rows (batch, index) with
+// ON CONFLICT DO NOTHING, then, for the rows that were new, group creation,
+// membership changes guarded by position (the highest (batch, index) wins,
+// deletes leave tombstones), and one counter update per batch. A chunk
+// holding a record of a batch still PENDING fails with ErrBatchPending and
+// changes nothing.
+func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
+	var res ApplyResult
+	batches, err := s.batchStates(ctx, recs)
+	if err != nil {
+		return res, err
+	}
+	// Keep the records that can be applied, first copy of each position.
+	seen := make(map[ledgerKey]bool, len(recs))
+	live := make([]*pipeline.ResolvedMessage, 0, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		st, ok := batches[r.BatchID]
+		switch {
+		case !ok || st.tenantID != r.TenantID || r.Index >= st.total:
+			res.Orphans = append(res.Orphans, i)
+			continue
+		case st.aborted:
+			res.Dropped++
+			continue
+		case st.status == "PENDING":
+			return ApplyResult{}, ErrBatchPending
+		}
+		k := ledgerKey{r.BatchID, r.Index}
+		if seen[k] {
+			res.Duplicates++
+			continue
+		}
+		seen[k] = true
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return res, nil
+	}
+	slices.SortFunc(live, func(a, b *pipeline.ResolvedMessage) int {
+		return cmp.Or(cmp.Compare(a.BatchID, b.BatchID), cmp.Compare(a.Index, b.Index))
+	})
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		fresh, err := insertLedger(ctx, tx, live)
+		if err != nil {
+			return err
+		}
+		res.Applied = len(fresh)
+		res.Duplicates += len(live) - len(fresh)
+		if len(fresh) == 0 {
+			return nil
+		}
+		created, err := applyMemberships(ctx, tx, fresh)
+		if err != nil {
+			return err
+		}
+		res.Finished, err = updateCounters(ctx, tx, fresh, created)
+		return err
+	})
+	if err != nil {
+		return ApplyResult{}, fmt.Errorf("sink: apply chunk: %w", err)
+	}
+	return res, nil
+}
+
+// batchStates reads the batches of a chunk, aborting those PENDING for
+// longer than PendingTimeout (their ingest died before accepting them).
+func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessage) (map[int64]batchState, error) {
+	ids := make([]int64, 0, 4)
+	for i := range recs {
+		if !slices.Contains(ids, recs[i].BatchID) {
+			ids = append(ids, recs[i].BatchID)
+		}
+	}
+	out := make(map[int64]batchState, len(ids))
+	var stale []int64
+	rows, err := s.db.Query(ctx, `
+		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < now() - make_interval(secs => $2)
+		FROM batches WHERE batch_id = ANY($1)`, ids, s.PendingTimeout.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("sink: read batches: %w", err)
+	}
+	for rows.Next() {
+		var id int64
+		var st batchState
+		if err := rows.Scan(&id, &st.tenantID, &st.status, &st.aborted, &st.total, &st.stale); err != nil {
+			return nil, fmt.Errorf("sink: read batches: %w", err)
+		}
+		if st.status == "PENDING" && st.stale {
+			stale = append(stale, id)
+		}
+		out[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: read batches: %w", err)
+	}
+	if len(stale) == 0 {
+		return out, nil
+	}
+	// The same compare-and-set ingest uses: exactly one of accept and abort wins.
+	rows, err = s.db.Query(ctx, `
+		UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+		WHERE batch_id = ANY($1) AND status = 'PENDING' RETURNING batch_id`, stale)
+	if err != nil {
+		return nil, fmt.Errorf("sink: abort stale batches: %w", err)
+	}
+	aborted, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("sink: abort stale batches: %w", err)
+	}
+	for _, id := range aborted {
+		st := out[id]
+		st.status, st.aborted = "FAILED", true
+		out[id] = st
+	}
+	// A stale batch that was accepted meanwhile is read again next time.
+	for _, id := range stale {
+		if !slices.Contains(aborted, id) {
+			return nil, ErrBatchPending
+		}
+	}
+	return out, nil
+}
+
+// insertLedger records each record once and returns those that were new.
+func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage) ([]*pipeline.ResolvedMessage, error) {
+	n := len(recs)
+	batchIDs := make([]int64, n)
+	indexes := make([]int32, n)
+	outcomes := make([]string, n)
+	reasons := make([]string, n)
+	matchedBy := make([]string, n)
+	customers := make([]int64, n)
+	refs := make([][]byte, n)
+	for i, r := range recs {
+		batchIDs[i], indexes[i] = r.BatchID, int32(r.Index)
+		outcomes[i], reasons[i], matchedBy[i] = string(r.Outcome), string(r.Reason), string(r.MatchedBy)
+		customers[i] = r.CustomerID
+		if r.Outcome != pipeline.OutcomeMatched && r.Ref != nil {
+			b, err := json.Marshal(r.Ref)
+			if err != nil {
+				return nil, fmt.Errorf("sink: encode ref: %w", err)
+			}
+			refs[i] = b
+		}
+	}
+	rows, err := tx.Query(ctx, `
+		INSERT INTO batch_records (batch_id, rec_index, outcome, reason, matched_by, customer_id, ref)
+		SELECT b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::jsonb[]) AS u(b, i, o, r, m, c, j)
+		ON CONFLICT DO NOTHING
+		RETURNING batch_id, rec_index`,
+		batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs)
+	if err != nil {
+		return nil, fmt.Errorf("sink: insert ledger: %w", err)
+	}
+	inserted := make(map[ledgerKey]bool, n)
+	for rows.Next() {
+		var k ledgerKey
+		if err := rows.Scan(&k.batch, &k.index); err != nil {
+			return nil, fmt.Errorf("sink: insert ledger: %w", err)
+		}
+		inserted[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: insert ledger: %w", err)
+	}
+	fresh := recs[:0:0]
+	for _, r := range recs {
+		if inserted[ledgerKey{r.BatchID, r.Index}] {
+			fresh = append(fresh, r)
+		}
+	}
+	return fresh, nil
+}
+
+type groupKey struct {
+	tenant int64
+	name   string
+}
+
+type memberKey struct {
+	group    int64
+	customer int64
+}
+
+type memberChange struct {
+	present bool
+	batch   int64
+	index   int
+}
+
+// applyMemberships creates the groups that adds name, then writes each
+// (group, customer) change guarded by position. It returns, per batch, how
+// many groups the batch made visible.
+func applyMemberships(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage) (map[int64]int, error) {
+	// Groups named, with the first batch that adds to each.
+	type groupUse struct {
+		add      bool
+		addBatch int64
+	}
+	uses := make(map[groupKey]groupUse)
+	for _, r := range recs {
+		if r.Outcome != pipeline.OutcomeMatched {
+			continue
+		}
+		for _, g := range r.Groups {
+			k := groupKey{r.TenantID, g}
+			u := uses[k]
+			if r.OptType == pipeline.OptAdd && (!u.add || r.BatchID < u.addBatch) {
+				u.add, u.addBatch = true, r.BatchID
+			}
+			uses[k] = u
+		}
+	}
+	created := make(map[int64]int)
+	if len(uses) == 0 {
+		return created, nil
+	}
+	keys := make([]groupKey, 0, len(uses))
+	for k := range uses {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b groupKey) int {
+		return cmp.Or(cmp.Compare(a.tenant, b.tenant), cmp.Compare(a.name, b.name))
+	})
+	tenants := make([]int64, len(keys))
+	names := make([]string, len(keys))
+	visible := make([]bool, len(keys))
+	for i, k := range keys {
+		tenants[i], names[i], visible[i] = k.tenant, k.name, uses[k].add
+	}
+	// A delete of a group nobody added creates it invisibly, so its
+	// tombstones order later adds; an add makes it visible ("created").
+	rows, err := tx.Query(ctx, `
+		INSERT INTO groups (tenant_id, name, visible)
+		SELECT t, n, v FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS u(t, n, v) ORDER BY t, n
+		ON CONFLICT (tenant_id, name) DO UPDATE SET visible = true
+		WHERE NOT groups.visible AND excluded.visible
+		RETURNING tenant_id, name, group_id, visible`, tenants, names, visible)
+	if err != nil {
+		return nil, fmt.Errorf("sink: upsert groups: %w", err)
+	}
+	ids := make(map[groupKey]int64, len(keys))
+	for rows.Next() {
+		var k groupKey
+		var id int64
+		var vis bool
+		if err := rows.Scan(&k.tenant, &k.name, &id, &vis); err != nil {
+			return nil, fmt.Errorf("sink: upsert groups: %w", err)
+		}
+		ids[k] = id
+		if vis {
+			created[uses[k].addBatch]++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: upsert groups: %w", err)
+	}
+	if len(ids) < len(keys) {
+		tenants, names = tenants[:0], names[:0]
+		for _, k := range keys {
+			if _, ok := ids[k]; !ok {
+				tenants, names = append(tenants, k.tenant), append(names, k.name)
+			}
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT g.tenant_id, g.name, g.group_id FROM groups g
+			JOIN unnest($1::bigint[], $2::text[]) AS u(t, n) ON g.tenant_id = u.t AND g.name = u.n`, tenants, names)
+		if err != nil {
+			return nil, fmt.Errorf("sink: read groups: %w", err)
+		}
+		for rows.Next() {
+			var k groupKey
+			var id int64
+			if err := rows.Scan(&k.tenant, &k.name, &id); err != nil {
+				return nil, fmt.Errorf("sink: read groups: %w", err)
+			}
+			ids[k] = id
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("sink: read groups: %w", err)
+		}
+	}
+
+	// One change per (group, customer): the highest position in the chunk.
+	changes := make(map[memberKey]memberChange)
+	for _, r := range recs {
+		if r.Outcome != pipeline.OutcomeMatched {
+			continue
+		}
+		for _, g := range r.Groups {
+			id, ok := ids[groupKey{r.TenantID, g}]
+			if !ok {
+				return nil, fmt.Errorf("sink: group of batch %d vanished", r.BatchID)
+			}
+			k := memberKey{id, r.CustomerID}
+			c, ok := changes[k]
+			if !ok || r.BatchID > c.batch || (r.BatchID == c.batch && r.Index > c.index) {
+				changes[k] = memberChange{present: r.OptType == pipeline.OptAdd, batch: r.BatchID, index: r.Index}
+			}
+		}
+	}
+	mkeys := make([]memberKey, 0, len(changes))
+	for k := range changes {
+		mkeys = append(mkeys, k)
+	}
+	slices.SortFunc(mkeys, func(a, b memberKey) int {
+		return cmp.Or(cmp.Compare(a.group, b.group), cmp.Compare(a.customer, b.customer))
+	})
+	n := len(mkeys)
+	groupIDs, customerIDs := make([]int64, n), make([]int64, n)
+	present, batchIDs, indexes := make([]bool, n), make([]int64, n), make([]int32, n)
+	for i, k := range mkeys {
+		c := changes[k]
+		groupIDs[i], customerIDs[i] = k.group, k.customer
+		present[i], batchIDs[i], indexes[i] = c.present, c.batch, int32(c.index)
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO memberships (group_id, customer_id, present, batch_id, rec_index)
+		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bool[], $4::bigint[], $5::int[])
+		ON CONFLICT (group_id, customer_id) DO UPDATE
+		SET present = excluded.present, batch_id = excluded.batch_id, rec_index = excluded.rec_index
+		WHERE (memberships.batch_id, memberships.rec_index) < (excluded.batch_id, excluded.rec_index)`,
+		groupIDs, customerIDs, present, batchIDs, indexes)
+	if err != nil {
+		return nil, fmt.Errorf("sink: write memberships: %w", err)
+	}
+	return created, nil
+}
+
+// counters is one batch's increments from one chunk.
+type counters struct {
+	processed, success, unmatched, ambiguous, invalid, failed int32
+	byUnionID, byOpenID, byPhone, byID                        int32
+	conflicts, groupsCreated                                  int32
+}
+
+func (c *counters) count(r *pipeline.ResolvedMessage) {
+	c.processed++
+	switch r.Outcome {
+	case pipeline.OutcomeMatched:
+		c.success++
+		switch r.MatchedBy {
+		case pipeline.KindUnionID:
+			c.byUnionID++
+		case pipeline.KindOpenID:
+			c.byOpenID++
+		case pipeline.KindPhone:
+			c.byPhone++
+		case pipeline.KindThirdID:
+			c.byID++
+		}
+		if r.Conflict {
+			c.conflicts++
+		}
+	case pipeline.OutcomeNotFound:
+		c.unmatched++
+	case pipeline.OutcomeAmbiguous:
+		c.ambiguous++
+	case pipeline.OutcomeInvalid:
+		c.invalid++
+	default:
+		c.failed++
+	}
+}
+
+// updateCounters adds the chunk's increments to each batch once, finishing
+// the batches whose every record now has an outcome. Rows are locked in
+// batch id order so concurrent sinks cannot deadlock on them.
+func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage, created map[int64]int) ([]FinishedBatch, error) {
+	per := make(map[int64]*counters)
+	var ids []int64
+	for _, r := range recs {
+		c := per[r.BatchID]
+		if c == nil {
+			c = &counters{}
+			per[r.BatchID] = c
+			ids = append(ids, r.BatchID)
+		}
+		c.count(r)
+	}
+	for id, n := range created {
+		if c := per[id]; c != nil {
+			c.groupsCreated += int32(n)
+		}
+	}
+	slices.Sort(ids)
+	cols := make([][]int32, 12)
+	for _, id := range ids {
+		c := per[id]
+		for i, v := range []int32{c.processed, c.success, c.unmatched, c.ambiguous, c.invalid, c.failed,
+			c.byUnionID, c.byOpenID, c.byPhone, c.byID, c.groupsCreated, c.conflicts} {
+			cols[i] = append(cols[i], v)
+		}
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE batch_id = ANY($1) ORDER BY batch_id FOR UPDATE`, ids); err != nil {
+		return nil, fmt.Errorf("sink: lock batches: %w", err)
+	}
+	args := []any{ids}
+	for _, c := range cols {
+		args = append(args, c)
+	}
+	rows, err := tx.Query(ctx, `
+		UPDATE batches b SET
+			processed = b.processed + d.processed,
+			success = b.success + d.success,
+			unmatched = b.unmatched + d.unmatched,
+			ambiguous = b.ambiguous + d.ambiguous,
+			invalid = b.invalid + d.invalid,
+			failed = b.failed + d.failed,
+			matched_unionid = b.matched_unionid + d.m_unionid,
+			matched_openid = b.matched_openid + d.m_openid,
+			matched_phone = b.matched_phone + d.m_phone,
+			matched_id = b.matched_id + d.m_id,
+			groups_created = b.groups_created + d.groups_created,
+			conflicts = b.conflicts + d.conflicts,
+			status = CASE
+				WHEN b.processed + d.processed < b.total THEN b.status
+				WHEN b.success + d.success = b.total THEN 'SUCCESS'
+				WHEN b.success + d.success = 0 THEN 'FAILED'
+				ELSE 'PARTIAL_SUCCESS' END,
+			finished_at = CASE WHEN b.processed + d.processed = b.total THEN clock_timestamp() END
+		FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[],
+			$8::int[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[])
+			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
+			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
+		WHERE b.batch_id = d.batch_id
+		RETURNING b.batch_id, b.tenant_id, b.status, b.finished_at IS NOT NULL,
+			extract(epoch FROM coalesce(b.finished_at, now()) - b.accepted_at)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sink: update counters: %w", err)
+	}
+	var finished []FinishedBatch
+	updated := 0
+	for rows.Next() {
+		var f FinishedBatch
+		var done bool
+		var secs float64
+		if err := rows.Scan(&f.BatchID, &f.TenantID, &f.Status, &done, &secs); err != nil {
+			return nil, fmt.Errorf("sink: update counters: %w", err)
+		}
+		updated++
+		if done {
+			f.Latency = time.Duration(secs * float64(time.Second))
+			finished = append(finished, f)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: update counters: %w", err)
+	}
+	if updated != len(ids) {
+		return nil, errors.New("sink: a batch vanished while its records were applied")
+	}
+	return finished, nil
+}
