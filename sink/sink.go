@@ -25,9 +25,9 @@ import (
 
 // Config configures a Stage. Zero values take the documented defaults.
 type Config struct {
-	Brokers []string         // required
-	Topics  pipeline.Topics  // default pipeline.DefaultTopics()
-	GroupID string           // consumer group; default "groupmatch-sink"
+	Brokers []string        // required
+	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	GroupID string          // consumer group; default "groupmatch-sink"
 	// MaxChunk is the most records applied in one transaction; default 2000.
 	MaxChunk int
 	// Linger is how long a chunk waits to fill; default 5 ms.
