@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/devenv"
+	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+// system is a running groupmatch (all stages in this process) on a fresh
+// database and an in-process broker.
+type system struct {
+	t    *testing.T
+	base string // http://host:port
+	pool *pgxpool.Pool
+	apps *apps.Store
+	opts *options
+	logs *lockedWriter
+}
+
+func startSystem(t *testing.T) *system {
+	t.Helper()
+	b, err := devenv.StartBroker(devenv.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	pool, dbURL := schematest.NewPool(t)
+	o := &options{
+		brokers: b.Addr(), databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
+		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
+		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := createTopics(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(a string) { addr <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("stages stopped with %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("stages did not stop within 20 s")
+		}
+	})
+	select {
+	case a := <-addr:
+		return &system{t: t, base: "http://" + a, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	case err := <-done:
+		t.Fatalf("stages did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("stages did not start within 30 s")
+	}
+	return nil
+}
+
+// app creates an application and returns a fresh access token for it.
+func (s *system) app(tenant string, scopes ...string) (apps.Credentials, string) {
+	s.t.Helper()
+	creds, err := s.apps.Create(context.Background(), tenant, "test-app", scopes)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var env struct {
+		Code string
+		Data apps.Tokens
+	}
+	s.get("/api/open/app/getOrgAccessToken?instanceAppid="+creds.AppID+"&instanceSecrect="+creds.Secret, "", http.StatusOK, &env)
+	if env.Data.Access == "" || env.Data.Expire != 7200 {
+		s.t.Fatalf("token answer %+v", env)
+	}
+	return creds, env.Data.Access
+}
+
+func (s *system) loadDirectory(tenant, lines string) {
+	s.t.Helper()
+	ctx := context.Background()
+	id, err := s.apps.EnsureTenant(ctx, tenant)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	p, err := matcher.NewLoader(s.pool).Load(ctx, id, strings.NewReader(lines))
+	if err != nil || len(p.Bad) > 0 {
+		s.t.Fatalf("load directory: %v, bad lines %v", err, p.Bad)
+	}
+}
+
+// envelope is the API's answer with data left raw.
+type envelope struct {
+	Code      string          `json:"code"`
+	ErrorCode string          `json:"errorCode"`
+	Msg       string          `json:"msg"`
+	Data      json.RawMessage `json:"data"`
+}
+
+func (s *system) do(method, path, token string, body []byte, wantStatus int, out any) *http.Response {
+	s.t.Helper()
+	req, err := http.NewRequest(method, s.base+path, bytes.NewReader(body))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("X-Token", token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		s.t.Fatalf("%s %s: HTTP %d %s, want %d", method, path, resp.StatusCode, raw, wantStatus)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			s.t.Fatalf("%s %s: %v in %s", method, path, err, raw)
+		}
+	}
+	return resp
+}
+
+func (s *system) get(path, token string, wantStatus int, out any) {
+	s.t.Helper()
+	s.do(http.MethodGet, path, token, nil, wantStatus, out)
+}
+
+// postBatch posts a batchAdd body and returns the batch id.
+func (s *system) postBatch(token, body string) int64 {
+	s.t.Helper()
+	var env struct {
+		Code, ErrorCode string
+		Data            int64
+	}
+	s.do(http.MethodPost, "/api/integrate/audience/group/rel/batchAdd", token, []byte(body), http.StatusOK, &env)
+	if env.Code != "200" || env.ErrorCode != "SUCCESS" || env.Data <= 0 {
+		s.t.Fatalf("batchAdd answered %+v", env)
+	}
+	return env.Data
+}
+
+type batchResult struct {
+	BatchID       int64          `json:"batchId"`
+	Status        string         `json:"status"`
+	OptType       string         `json:"optType"`
+	Total         int            `json:"total"`
+	Processed     int            `json:"processed"`
+	Success       int            `json:"success"`
+	Unmatched     int            `json:"unmatched"`
+	Ambiguous     int            `json:"ambiguous"`
+	Invalid       int            `json:"invalid"`
+	Failed        int            `json:"failed"`
+	MatchedBy     map[string]int `json:"matchedBy"`
+	GroupsCreated int            `json:"groupsCreated"`
+	Conflicts     int            `json:"conflicts"`
+	ErrorCounts   map[string]int `json:"errorCounts"`
+	FinishedAt    *time.Time     `json:"finishedAt"`
+	Failures      []struct {
+		Index   int    `json:"index"`
+		ThirdID string `json:"thirdId"`
+		Phone   string `json:"phone"`
+		Reason  string `json:"reason"`
+	} `json:"failures"`
+	FailureTotal int `json:"failureTotal"`
+}
+
+// waitFinal polls batchResult until the batch is final.
+func (s *system) waitFinal(token string, id int64, within time.Duration) batchResult {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		var env struct {
+			Data batchResult
+		}
+		s.get(fmt.Sprintf("/api/integrate/audience/group/rel/batchResult?batchId=%d&pageSize=1000", id), token, http.StatusOK, &env)
+		if env.Data.Status != "PROCESSING" {
+			return env.Data
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("batch %d still PROCESSING after %s: %+v", id, within, env.Data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type membersPage struct {
+	GroupName   string `json:"groupName"`
+	MemberCount int64  `json:"memberCount"`
+	Members     []struct {
+		CustomerID int64  `json:"customerId"`
+		ThirdID    string `json:"thirdId"`
+	} `json:"members"`
+	NextCursor string `json:"nextCursor"`
+}
+
+// members reads every member of a group, page by page.
+func (s *system) members(token, group string, pageSize int) []int64 {
+	s.t.Helper()
+	var ids []int64
+	cursor := ""
+	for {
+		var env struct{ Data membersPage }
+		s.get(fmt.Sprintf("/api/integrate/audience/group/members?groupName=%s&pageSize=%d&cursor=%s",
+			url.QueryEscape(group), pageSize, url.QueryEscape(cursor)), token, http.StatusOK, &env)
+		for _, m := range env.Data.Members {
+			ids = append(ids, m.CustomerID)
+		}
+		if env.Data.NextCursor == "" {
+			if int64(len(ids)) != env.Data.MemberCount {
+				s.t.Fatalf("group %s: read %d members, memberCount says %d", group, len(ids), env.Data.MemberCount)
+			}
+			return ids
+		}
+		cursor = env.Data.NextCursor
+	}
+}
+
+func equalIDs(got []int64, want ...int64) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// lockedWriter serialises writes of concurrent loggers into one buffer.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprint(l.w)
+}

@@ -1,0 +1,504 @@
+package matcher
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// Params of the three modes, as ingest hands them over after validation.
+var (
+	exactParams   = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingExact, OptType: pipeline.OptAdd}
+	fuzzyParams   = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyUnionIDFirst, OptType: pipeline.OptAdd}
+	fuzzy2Params  = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyThirdIDFirst, OptType: pipeline.OptAdd}
+	noMatchParams = pipeline.Params{IsMatching: false, OptType: pipeline.OptAdd}
+)
+
+func TestIsBlocked(t *testing.T) {
+	tests := []struct {
+		in   string
+		want bool
+	}{
+		{"", true},
+		{"   ", true},
+		{"\u3000", true},
+		{"null", true},
+		{"NULL", true},
+		{" Null ", true},
+		{"undefined", true},
+		{"UNDEFINED", true},
+		{"0", true},
+		{"000", true},
+		{"0000", true},
+		{"00000000000", true},
+		{"-1", true},
+		{" -1\t", true},
+		{"nil", false},
+		{"nul", false},
+		{"nulls", false},
+		{"-2", false},
+		{"-0", false},
+		{"1", false},
+		{"0001", false},
+		{"1000", false},
+		{"abcd", false},
+		{"undefine", false},
+		{"13800000000", false},
+		{"oA_xyz", false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%q", tt.in), func(t *testing.T) {
+			if got := IsBlocked(tt.in); got != tt.want {
+				t.Errorf("IsBlocked(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNormalizePhone(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want string // "" means malformed
+	}{
+		{"cn mobile", "13800000000", "13800000000"},
+		{"cn mobile trimmed", "  13912345678\t", "13912345678"},
+		{"cn mobile spaces", "138 0000 0000", "13800000000"},
+		{"cn mobile dashes", "138-0000-0000", "13800000000"},
+		{"cn mobile brackets", "(138)0000-0000", "13800000000"},
+		{"plus86", "+8613800000000", "13800000000"},
+		{"plus86 spaces dashes", "+86 138-0000-0000", "13800000000"},
+		{"plus86 bracketed", "(+86) 138 0000 0000", "13800000000"},
+		{"0086", "008613800000000", "13800000000"},
+		{"0086 spaces", "0086 138 0000 0000", "13800000000"},
+		{"86", "8613800000000", "13800000000"},
+		{"86 dashes", "86-138-0000-0000", "13800000000"},
+		{"full-width digits and brackets", "（＋８６）１３８－００００－００００", "13800000000"},
+		{"ideographic space", "138\u30000000\u30000000", "13800000000"},
+		{"en dash", "138\u20130000\u20130000", "13800000000"},
+		{"second digit 9", "19912345678", "19912345678"},
+		{"e164 us", "+1 (415) 555-2671", "+14155552671"},
+		{"e164 uk", "+44 20 7946 0958", "+442079460958"},
+		{"e164 00 prefix becomes plus", "0044 20 7946 0958", "+442079460958"},
+		{"e164 shortest 8 digits", "+12345678", "+12345678"},
+		{"e164 longest 15 digits", "+123456789012345", "+123456789012345"},
+		{"e164 cn landline kept whole", "+86 755 1234 5678", "+8675512345678"},
+		{"e164 plus without 86 before cn mobile", "+13800000000", "+13800000000"},
+
+		{"empty", "", ""},
+		{"zero", "0", ""},
+		{"letters", "138abc00000", ""},
+		{"dots", "138.0000.0000", ""},
+		{"extension", "13800000000 ext 12", ""},
+		{"ten digits", "1380000000", ""},
+		{"twelve digits", "138000000000", ""},
+		{"second digit 2", "12800000000", ""},
+		{"second digit 0", "10800000000", ""},
+		{"first digit 2", "23800000000", ""},
+		{"plus86 bad mobile", "+86 128 0000 0000", "+8612800000000"},
+		{"86 bad mobile no plus", "8612800000000", ""},
+		{"86 landline no plus", "8675512345678", ""},
+		{"bare foreign number", "442079460958", ""},
+		{"plus in the middle", "138+00000000", ""},
+		{"two plus", "++8613800000000", ""},
+		{"plus then 00", "+008613800000000", ""},
+		{"e164 leading zero", "+0441234567", ""},
+		{"e164 7 digits", "+1234567", ""},
+		{"e164 16 digits", "+1234567890123456", ""},
+		{"00 prefix 7 digits", "001234567", ""},
+		{"way too long", "+86 138 0000 0000 0000 0000 0000", ""},
+		{"only separators", "( - )", ""},
+		{"only plus", "+", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := NormalizePhone(tt.in)
+			if want := tt.want != ""; ok != want || got != tt.want {
+				t.Errorf("NormalizePhone(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, want)
+			}
+		})
+	}
+}
+
+var phoneShape = regexp.MustCompile(`^(1[3-9]\d{9}|\+[1-9]\d{7,14})$`)
+
+func FuzzNormalizePhone(f *testing.F) {
+	for _, s := range []string{"13800000000", "+86 138-0000-0000", "0044 20 7946 0958", "（＋８６）１３８", "+", "00", "8613800000000"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, ok := NormalizePhone(s)
+		if !ok {
+			if c != "" {
+				t.Fatalf("NormalizePhone(%q) = %q with ok=false", s, c)
+			}
+			return
+		}
+		if !phoneShape.MatchString(c) {
+			t.Fatalf("NormalizePhone(%q) = %q, not canonical", s, c)
+		}
+		if again, ok := NormalizePhone(c); !ok || again != c {
+			t.Fatalf("NormalizePhone(%q) = %q, %v; want it unchanged", c, again, ok)
+		}
+	})
+}
+
+func TestNormalizeGroups(t *testing.T) {
+	cjk64 := strings.Repeat("客", 64)
+	cjk65 := strings.Repeat("客", 65)
+	many := make([]string, 40)
+	for i := range many {
+		many[i] = fmt.Sprintf("g%d", i%25)
+	}
+	manyWant := make([]string, 25)
+	for i := range manyWant {
+		manyWant[i] = fmt.Sprintf("g%d", i)
+	}
+	tests := []struct {
+		name        string
+		in          string
+		want        []string
+		wantTooLong bool
+	}{
+		{"empty", "", nil, false},
+		{"one", "vip", []string{"vip"}, false},
+		{"comma", "vip,new", []string{"vip", "new"}, false},
+		{"full-width comma", "vip，新客户", []string{"vip", "新客户"}, false},
+		{"mixed commas", "a，b,c，d", []string{"a", "b", "c", "d"}, false},
+		{"trimmed", "  vip , new\t", []string{"vip", "new"}, false},
+		{"ideographic space trimmed", "\u3000会员\u3000，新客", []string{"会员", "新客"}, false},
+		{"blank names dropped", ",vip,, ,new,", []string{"vip", "new"}, false},
+		{"only blanks", " , ，, ", nil, false},
+		{"duplicates keep first order", "b,a,b,c,a", []string{"b", "a", "c"}, false},
+		{"duplicates after trimming", "vip, vip ,vip，vip", []string{"vip"}, false},
+		{"case-sensitive", "VIP,vip", []string{"VIP", "vip"}, false},
+		{"inner spaces kept", "gold member", []string{"gold member"}, false},
+		{"64 cjk runes ok", cjk64, []string{cjk64}, false},
+		{"65 cjk runes too long", "vip," + cjk65, []string{"vip", cjk65}, true},
+		{"65 ascii too long", strings.Repeat("a", 65), []string{strings.Repeat("a", 65)}, true},
+		{"64 ascii plus spaces ok", "  " + strings.Repeat("a", 64) + "  ", []string{strings.Repeat("a", 64)}, false},
+		{"many names dedup via set", strings.Join(many, ","), manyWant, false},
+		{"lone 0xEF byte is part of a name", "a\xefb", []string{"a\xefb"}, false},
+		{"null is a name", "null", []string{"null"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, tooLong := NormalizeGroups(tt.in)
+			if !slices.Equal(got, tt.want) || tooLong != tt.wantTooLong {
+				t.Errorf("NormalizeGroups(%q) = %q, %v; want %q, %v", tt.in, got, tooLong, tt.want, tt.wantTooLong)
+			}
+		})
+	}
+}
+
+func TestParseIdentityType(t *testing.T) {
+	tests := []struct {
+		in     string
+		want   pipeline.IdentityKind
+		wantOK bool
+	}{
+		{"phone", pipeline.KindPhone, true},
+		{"PHONE", pipeline.KindPhone, true},
+		{" Phone ", pipeline.KindPhone, true},
+		{"id", pipeline.KindThirdID, true},
+		{"ID", pipeline.KindThirdID, true},
+		{"thirdId", pipeline.KindThirdID, true},
+		{"THIRDID", pipeline.KindThirdID, true},
+		{"openid", pipeline.KindOpenID, true},
+		{"openId", pipeline.KindOpenID, true},
+		{"unionid", pipeline.KindUnionID, true},
+		{"UnionID", pipeline.KindUnionID, true},
+		{"", "", false},
+		{"email", "", false},
+		{"third_id", "", false},
+		{"mobile", "", false},
+		{"null", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%q", tt.in), func(t *testing.T) {
+			got, ok := ParseIdentityType(tt.in)
+			if got != tt.want || ok != tt.wantOK {
+				t.Errorf("ParseIdentityType(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+func TestMaskPhone(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"13800000000", "138****0000"},
+		{"13912345678", "139****5678"},
+		{"+14155552671", "+14****2671"},
+		{"+442079460958", "+44****0958"},
+		{"+12345678", "+1****78"},
+		{"1234567", "1****7"},
+		{"12345", "1****5"},
+		{"1234", "****"},
+		{"1", "****"},
+		{"", ""},
+		{"１３８００００００００", "１３８****００００"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			if got := MaskPhone(tt.in); got != tt.want {
+				t.Errorf("MaskPhone(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMaskID(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"oA_xY1234567Q9Zk", "oA_x****9Zk"},
+		{"o6_bmjrPTlm6_2sgVt7hMZOPfL2M", "o6_b****L2M"},
+		{"abcdefghijkl", "abcd****jkl"},
+		{"abcdefghijk", "ab****jk"},
+		{"abcdefgh", "ab****gh"},
+		{"abcdefg", "a****g"},
+		{"abcde", "a****e"},
+		{"abcd", "****"},
+		{"a", "****"},
+		{"", ""},
+		{"会员编号一二三四五六七八", "会员编号****六七八"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			if got := MaskID(tt.in); got != tt.want {
+				t.Errorf("MaskID(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMaskNeverRevealsLongValues(t *testing.T) {
+	for n := 0; n <= 40; n++ {
+		s := strings.Repeat("x", n)
+		for _, mask := range []func(string) string{MaskPhone, MaskID} {
+			got := mask(s)
+			switch {
+			case n == 0 && got != "":
+				t.Errorf("mask of empty = %q", got)
+			case n > 0 && !strings.Contains(got, maskStars):
+				t.Errorf("mask of %d runes = %q, no stars", n, got)
+			case n > 4 && utf8.RuneCountInString(strings.ReplaceAll(got, maskStars, "")) >= n:
+				t.Errorf("mask of %d runes = %q keeps everything", n, got)
+			}
+		}
+	}
+}
+
+// raw builds a RawRecord with groups "vip" unless overridden by the caller.
+func raw(r pipeline.RawRecord) pipeline.RawRecord {
+	if r.Groups == "" {
+		r.Groups = "vip"
+	}
+	return r
+}
+
+func TestNormalize(t *testing.T) {
+	type values struct{ union, open, phone, third string }
+	tests := []struct {
+		name          string
+		p             pipeline.Params
+		r             pipeline.RawRecord
+		wantInvalid   pipeline.Reason
+		wantValues    values
+		wantType      pipeline.IdentityKind
+		wantMalformed bool
+	}{
+		// Normalisation of values.
+		{"values trimmed, phone canonical", fuzzyParams,
+			raw(pipeline.RawRecord{ThirdID: " crm-1 ", OpenID: " oA1 ", UnionID: "\tu1\n", Phone: " +86 138-0000-0000 "}),
+			"", values{"u1", "oA1", "13800000000", "crm-1"}, "", false},
+		{"blocked values absent", fuzzyParams,
+			raw(pipeline.RawRecord{ThirdID: "NULL", OpenID: "undefined", UnionID: "0000", Phone: "-1"}),
+			pipeline.ReasonMissingIdentity, values{}, "", false},
+		{"blocked phone is not malformed", fuzzyParams,
+			raw(pipeline.RawRecord{Phone: "00000000000", UnionID: "u1"}),
+			"", values{union: "u1"}, "", false},
+		{"openid kept case-sensitive", fuzzyParams,
+			raw(pipeline.RawRecord{OpenID: "oA_XyZ"}),
+			"", values{open: "oA_XyZ"}, "", false},
+
+		// isMatching=false.
+		{"no matching: thirdId", noMatchParams,
+			raw(pipeline.RawRecord{ThirdID: "crm-1"}), "", values{third: "crm-1"}, "", false},
+		{"no matching: thirdId missing", noMatchParams,
+			raw(pipeline.RawRecord{Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, "", false},
+		{"no matching: thirdId blocked", noMatchParams,
+			raw(pipeline.RawRecord{ThirdID: "undefined", UnionID: "u1"}), pipeline.ReasonMissingIdentity, values{union: "u1"}, "", false},
+		{"no matching: malformed phone dropped, not invalid", noMatchParams,
+			raw(pipeline.RawRecord{ThirdID: "crm-1", Phone: "12345"}), "", values{third: "crm-1"}, "", true},
+		{"no matching: identityType ignored", noMatchParams,
+			raw(pipeline.RawRecord{ThirdID: "crm-1", IdentityType: "email"}), "", values{third: "crm-1"}, "", false},
+
+		// Exact.
+		{"exact: phone", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "phone", Phone: "13800000000"}), "", values{phone: "13800000000"}, pipeline.KindPhone, false},
+		{"exact: PHONE upper case", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "PHONE", Phone: "13800000000"}), "", values{phone: "13800000000"}, pipeline.KindPhone, false},
+		{"exact: thirdId means id", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "thirdId", ThirdID: "crm-1"}), "", values{third: "crm-1"}, pipeline.KindThirdID, false},
+		{"exact: identityType missing", exactParams,
+			raw(pipeline.RawRecord{Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, "", false},
+		{"exact: identityType blocked", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "null", Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, "", false},
+		{"exact: identityType unknown", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "email", Phone: "13800000000"}), pipeline.ReasonInvalidIdentityType, values{phone: "13800000000"}, "", false},
+		{"exact: named field empty", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "unionid", Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, pipeline.KindUnionID, false},
+		{"exact: named field blocked", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "openid", OpenID: "undefined"}), pipeline.ReasonMissingIdentity, values{}, pipeline.KindOpenID, false},
+		{"exact: named phone blocked", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "phone", Phone: "0"}), pipeline.ReasonMissingIdentity, values{}, pipeline.KindPhone, false},
+		{"exact: named phone malformed", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "phone", Phone: "1380000", UnionID: "u1"}), pipeline.ReasonInvalidPhone, values{union: "u1"}, pipeline.KindPhone, true},
+		{"exact: malformed phone not named is not judged", exactParams,
+			raw(pipeline.RawRecord{IdentityType: "unionid", Phone: "1380000", UnionID: "u1"}), "", values{union: "u1"}, pipeline.KindUnionID, true},
+
+		// Fuzzy.
+		{"fuzzy: identityType ignored even unknown", fuzzyParams,
+			raw(pipeline.RawRecord{IdentityType: "email", UnionID: "u1"}), "", values{union: "u1"}, "", false},
+		{"fuzzy: nothing", fuzzyParams,
+			raw(pipeline.RawRecord{}), pipeline.ReasonMissingIdentity, values{}, "", false},
+		{"fuzzy: malformed phone only", fuzzyParams,
+			raw(pipeline.RawRecord{Phone: "138-0000-000", ThirdID: "null"}), pipeline.ReasonInvalidPhone, values{}, "", true},
+		{"fuzzy: malformed phone plus good unionid", fuzzyParams,
+			raw(pipeline.RawRecord{Phone: "138-0000-000", UnionID: "u1"}), "", values{union: "u1"}, "", true},
+		{"fuzzy: e164 phone", fuzzy2Params,
+			raw(pipeline.RawRecord{Phone: "+44 20 7946 0958"}), "", values{phone: "+442079460958"}, "", false},
+
+		// Groups, and precedence after identity.
+		{"no groups", fuzzyParams,
+			pipeline.RawRecord{UnionID: "u1", Groups: " , ，"}, pipeline.ReasonNoGroups, values{union: "u1"}, "", false},
+		{"group name too long", fuzzyParams,
+			pipeline.RawRecord{UnionID: "u1", Groups: "vip," + strings.Repeat("组", 65)}, pipeline.ReasonGroupNameTooLong, values{union: "u1"}, "", false},
+		{"identity before groups", fuzzyParams,
+			pipeline.RawRecord{Phone: "null", Groups: ","}, pipeline.ReasonMissingIdentity, values{}, "", false},
+		{"invalid phone before groups", exactParams,
+			pipeline.RawRecord{IdentityType: "phone", Phone: "abc", Groups: strings.Repeat("组", 65)}, pipeline.ReasonInvalidPhone, values{}, pipeline.KindPhone, true},
+		{"identity type before groups", exactParams,
+			pipeline.RawRecord{IdentityType: "email", Groups: ""}, pipeline.ReasonInvalidIdentityType, values{}, "", false},
+		{"no groups before too long", noMatchParams,
+			pipeline.RawRecord{ThirdID: "crm-1", Groups: ""}, pipeline.ReasonNoGroups, values{third: "crm-1"}, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := Normalize(tt.p, tt.r)
+			got := values{n.Value(pipeline.KindUnionID), n.Value(pipeline.KindOpenID), n.Value(pipeline.KindPhone), n.Value(pipeline.KindThirdID)}
+			if n.Invalid != tt.wantInvalid {
+				t.Errorf("Invalid = %q, want %q", n.Invalid, tt.wantInvalid)
+			}
+			if got != tt.wantValues {
+				t.Errorf("values = %+v, want %+v", got, tt.wantValues)
+			}
+			if n.IdentityType != tt.wantType {
+				t.Errorf("IdentityType = %q, want %q", n.IdentityType, tt.wantType)
+			}
+			if n.PhoneMalformed != tt.wantMalformed {
+				t.Errorf("PhoneMalformed = %v, want %v", n.PhoneMalformed, tt.wantMalformed)
+			}
+		})
+	}
+}
+
+func TestNormalizeGroupsField(t *testing.T) {
+	n := Normalize(fuzzyParams, pipeline.RawRecord{UnionID: "u1", Groups: " vip，新客户, vip ,,"})
+	if want := []string{"vip", "新客户"}; !slices.Equal(n.Groups, want) {
+		t.Errorf("Groups = %q, want %q", n.Groups, want)
+	}
+}
+
+func TestNormalizeRef(t *testing.T) {
+	tests := []struct {
+		name string
+		r    pipeline.RawRecord
+		want pipeline.RecordRef
+	}{
+		{"all fields", pipeline.RawRecord{ThirdID: " crm-17 ", Phone: "+86 138-0000-0000", OpenID: "oA_xY1234567Q9Zk", UnionID: "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"},
+			pipeline.RecordRef{ThirdID: "crm-17", Phone: "138****0000", OpenID: "oA_x****9Zk", UnionID: "o6_b****L2M"}},
+		{"malformed phone shown masked as sent", pipeline.RawRecord{Phone: " 138-0000-000 "},
+			pipeline.RecordRef{Phone: "138****-000"}},
+		{"blocked values left out, thirdId as sent", pipeline.RawRecord{ThirdID: "null", Phone: "0", OpenID: "undefined", UnionID: "-1"},
+			pipeline.RecordRef{ThirdID: "null"}},
+		{"nothing", pipeline.RawRecord{}, pipeline.RecordRef{}},
+		{"e164", pipeline.RawRecord{Phone: "0044 20 7946 0958"}, pipeline.RecordRef{Phone: "+44****0958"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Normalize(fuzzyParams, raw(tt.r)).Ref; got != tt.want {
+				t.Errorf("Ref = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNormalizedValueUnknownKind(t *testing.T) {
+	n := Normalize(fuzzyParams, raw(pipeline.RawRecord{UnionID: "u1", OpenID: "o1", Phone: "13800000000", ThirdID: "t1"}))
+	if got := n.Value("email"); got != "" {
+		t.Errorf(`Value("email") = %q, want ""`, got)
+	}
+	if got := n.Value(""); got != "" {
+		t.Errorf(`Value("") = %q, want ""`, got)
+	}
+}
+
+func TestNormalizedLookups(t *testing.T) {
+	full := pipeline.RawRecord{UnionID: "u1", OpenID: "o1", Phone: "13800000000", ThirdID: "t1"}
+	scoped := exactParams
+	scoped.AppType, scoped.AppID = "gzh", "wx1"
+	tests := []struct {
+		name string
+		p    pipeline.Params
+		r    pipeline.RawRecord
+		want []pipeline.IdentityKind
+	}{
+		{"invalid: none", fuzzyParams, raw(pipeline.RawRecord{}), nil},
+		{"no matching: id only", noMatchParams, raw(full), []pipeline.IdentityKind{pipeline.KindThirdID}},
+		{"exact: identityType only", exactParams, raw(withType(full, "openid")), []pipeline.IdentityKind{pipeline.KindOpenID}},
+		{"exact scoped: identityType only", scoped, raw(withType(full, "phone")), []pipeline.IdentityKind{pipeline.KindPhone}},
+		{"fuzzy: every kind present", fuzzyParams, raw(full),
+			[]pipeline.IdentityKind{pipeline.KindUnionID, pipeline.KindOpenID, pipeline.KindPhone, pipeline.KindThirdID}},
+		{"fuzzy way 2: same set", fuzzy2Params, raw(full),
+			[]pipeline.IdentityKind{pipeline.KindUnionID, pipeline.KindOpenID, pipeline.KindPhone, pipeline.KindThirdID}},
+		{"fuzzy: blocked and malformed left out", fuzzyParams,
+			raw(pipeline.RawRecord{UnionID: "NULL", OpenID: "o1", Phone: "12", ThirdID: "t1"}),
+			[]pipeline.IdentityKind{pipeline.KindOpenID, pipeline.KindThirdID}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := Normalize(tt.p, tt.r)
+			if got := n.Lookups(tt.p); !slices.Equal(got, tt.want) {
+				t.Errorf("Lookups = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func withType(r pipeline.RawRecord, identityType string) pipeline.RawRecord {
+	r.IdentityType = identityType
+	return r
+}
+
+func BenchmarkNormalize(b *testing.B) {
+	r := pipeline.RawRecord{
+		IdentityType: "phone",
+		ThirdID:      "crm-000123",
+		OpenID:       "oA_xY1234567Q9ZkAbCdEfGhIjKl",
+		UnionID:      "o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+		Phone:        "+86 138-0000-0000",
+		Groups:       "vip，新客户,vip",
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		n := Normalize(fuzzyParams, r)
+		if n.Invalid != pipeline.ReasonNone {
+			b.Fatal(n.Invalid)
+		}
+	}
+}
