@@ -16,7 +16,13 @@ import (
 	"github.com/groupmatch/groupmatch/stream"
 )
 
+// defaultDataDir is dev's data folder: under the user's cache directory, or
+// under /var/tmp for root, whose home the postgres user (which a private
+// cluster runs as, since initdb refuses root) cannot enter.
 func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/tmp/groupmatch/dev"
+	}
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		dir = os.TempDir()

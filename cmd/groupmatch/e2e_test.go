@@ -79,6 +79,14 @@ func startSystem(t *testing.T) *system {
 	return nil
 }
 
+// dbOnly is a fresh database for tests that run their own processes.
+type dbOnly struct{ url string }
+
+func startSystemDB(t *testing.T) dbOnly {
+	t.Helper()
+	return dbOnly{url: schematest.NewDatabase(t)}
+}
+
 // app creates an application and returns a fresh access token for it.
 func (s *system) app(tenant string, scopes ...string) (apps.Credentials, string) {
 	s.t.Helper()

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBinary builds groupmatch once per test binary run.
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "groupmatch-bin-")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "groupmatch")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		if err != nil {
+			buildOnce.err = err
+			buildOnce.path = string(out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatalf("go build: %v\n%s", buildOnce.err, buildOnce.path)
+	}
+	return buildOnce.path
+}
+
+// proc is a groupmatch process started by a test.
+type proc struct {
+	t      *testing.T
+	name   string
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    bytes.Buffer // stdout and stderr, interleaved
+	lines  chan string
+	exited chan error
+}
+
+// startProc runs the binary with args and extra environment; the process is
+// killed when the test ends if still running.
+func startProc(t *testing.T, env []string, stdin io.Reader, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: args[0], lines: make(chan string, 4096), exited: make(chan error, 1)}
+	p.cmd = exec.Command(binary(t), args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdin = stdin
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default: // nobody waits for lines any more
+			}
+		}
+	}()
+	go func() {
+		err := p.cmd.Wait()
+		pw.Close()
+		p.exited <- err
+	}()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", p.name, p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// waitFor returns the first submatch of re in the process's output.
+func (p *proc) waitFor(re *regexp.Regexp, within time.Duration) string {
+	p.t.Helper()
+	timeout := time.After(within)
+	for {
+		select {
+		case line := <-p.lines:
+			if m := re.FindStringSubmatch(line); m != nil {
+				return m[len(m)-1]
+			}
+		case err := <-p.exited:
+			p.exited <- err
+			p.t.Fatalf("%s exited (%v) before printing %s:\n%s", p.name, err, re, p.output())
+		case <-timeout:
+			p.t.Fatalf("%s did not print %s within %s:\n%s", p.name, re, within, p.output())
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit within 10 s.
+func (p *proc) stop() {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil {
+			p.t.Errorf("%s exited with %v after SIGTERM", p.name, err)
+		}
+	case <-time.After(shutdownTimeout + 2*time.Second):
+		p.t.Errorf("%s did not exit within %s of SIGTERM", p.name, shutdownTimeout)
+	}
+}
+
+// runProc runs a short command to completion and returns its stdout.
+func runProc(t *testing.T, env []string, stdin io.Reader, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = stdin
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("groupmatch %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+var (
+	brokerAddrRE = regexp.MustCompile(`^KAFKA_BROKERS=(\S+)`)
+	httpAddrRE   = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+)
+
+// cluster is groupmatch run as separate processes of the built binary.
+type cluster struct {
+	env     []string
+	broker  *proc
+	base    string // ingest's http://host:port
+	ingest  *proc
+	matcher *proc
+	sink    *proc
+}
+
+func startCluster(t *testing.T, dbURL string) *cluster {
+	t.Helper()
+	c := &cluster{}
+	c.broker = startProc(t, nil, nil, "broker", "--addr", "127.0.0.1:0", "--partitions", "4")
+	brokers := c.broker.waitFor(brokerAddrRE, 30*time.Second)
+	c.env = []string{"KAFKA_BROKERS=" + brokers, "DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}
+	runProc(t, c.env, nil, "migrate")
+	runProc(t, c.env, nil, "topics", "--partitions", "4")
+	c.ingest = c.start(t, "ingest")
+	c.base = "http://" + c.ingest.waitFor(httpAddrRE, 30*time.Second)
+	c.matcher = c.start(t, "matcher")
+	c.matcher.waitFor(httpAddrRE, 30*time.Second)
+	c.sink = c.start(t, "sink")
+	c.sink.waitFor(httpAddrRE, 30*time.Second)
+	return c
+}
+
+func (c *cluster) start(t *testing.T, stage string) *proc {
+	return startProc(t, c.env, nil, stage)
+}
+
+// Each stage as its own process of the built binary: one batch end to end,
+// then a graceful stop of every process.
+func TestMultiProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	s := startSystemDB(t)
+	c := startCluster(t, s.url)
+	var creds struct {
+		Tenant, InstanceAppid, InstanceSecrect string
+	}
+	out := runProc(t, c.env, nil, "app", "create", "--tenant", "multi", "--name", "crm", "--scope", "audience.group")
+	if err := json.Unmarshal([]byte(out), &creds); err != nil || creds.InstanceAppid == "" || creds.Tenant != "multi" {
+		t.Fatalf("app create printed %q: %v", out, err)
+	}
+	loaded := runProc(t, c.env, strings.NewReader(testDirectory+"not json\n"), "directory", "load", "--tenant", "multi", "-")
+	if !strings.Contains(loaded, "loaded 5 customers from 6 lines (1 bad)") {
+		t.Fatalf("directory load printed %q", loaded)
+	}
+	h := &system{t: t, base: c.base}
+	var tok struct{ Data struct{ OrgAccessToken string } }
+	h.get("/api/open/app/getOrgAccessToken?instanceAppid="+creds.InstanceAppid+"&instanceSecrect="+creds.InstanceSecrect, "", 200, &tok)
+	id := h.postBatch(tok.Data.OrgAccessToken, `{"publicParams": {"isMatching": true, "matchingType": 1, "optType": "add"},
+		"data": [{"identityType": "unionid", "unionid": "union-1", "groups": "vip"}, {"identityType": "phone", "phone": "13800000009", "groups": "vip"}]}`)
+	res := h.waitFinal(tok.Data.OrgAccessToken, id, 30*time.Second)
+	if res.Status != "PARTIAL_SUCCESS" || res.Success != 1 || res.Ambiguous != 1 || res.MatchedBy["unionid"] != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	if got := h.members(tok.Data.OrgAccessToken, "vip", 10); !equalIDs(got, 1) {
+		t.Fatalf("vip members %v, want 1", got)
+	}
+	for _, p := range []*proc{c.ingest, c.matcher, c.sink, c.broker} {
+		p.stop()
+	}
+}
