@@ -1,0 +1,46 @@
+# groupmatch — see README.md.
+GO        ?= go
+BIN       ?= bin/groupmatch
+FUZZTIME  ?= 5m
+PKGS      := ./...
+
+.PHONY: run build test lint deps fuzz fuzz-short clean
+
+## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
+run:
+	$(GO) run ./cmd/groupmatch dev --demo
+
+## build: the groupmatch binary in bin/
+build:
+	$(GO) build -o $(BIN) ./cmd/groupmatch
+
+## deps: Go modules and the services the tests need (PostgreSQL)
+deps:
+	$(GO) mod download
+	bash .ci/ensure-postgres.sh
+
+## test: every test, and a short run of each fuzz target on its seed corpus (< 10 min)
+test: deps lint
+	$(GO) test -count=1 -timeout 9m $(PKGS)
+	$(MAKE) --no-print-directory fuzz-short
+
+## lint: formatting and go vet
+lint:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$fmt" ]; then echo "gofmt would change: $$fmt"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Fuzz targets as package:Target pairs.
+FUZZ_TARGETS := ./ingest:FuzzDecodeRequest ./matcher:FuzzNormalizePhone
+
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		$(GO) test -count=1 -run '^$$' -fuzz "^$$name$$" -fuzztime 10s $$pkg || exit 1; done
+
+## fuzz: long fuzz runs (FUZZTIME each, default 5m)
+fuzz:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		$(GO) test -count=1 -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,771 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// Request is a validated batchAdd body.
+type Request struct {
+	// Params is publicParams after validation: OptType is "add" or
+	// "delete"; MatchingType, IdentifyWay, AppType and AppID are zero where
+	// they do not apply (see DecodeRequest).
+	Params pipeline.Params
+	// Records holds 1 to pipeline.MaxRecords records in request order, so
+	// Records[i] is data[i]. Their fields are exactly as sent (JSON null
+	// reads as ""); identity normalisation is the matcher's job.
+	Records []pipeline.RawRecord
+}
+
+// RequestError says why a batchAdd body was rejected as a whole: the API
+// answers HTTP 400, errorCode INVALID_PARAMETER, with Error() as msg.
+//
+// Field is the path of the offending part of the body: "body" (the body as a
+// whole), "publicParams", "publicParams.matchingType", "data", "data[3]" or
+// "data[3].phone" (indexes count from 0). Msg completes the sentence:
+// Error() is Field + " " + Msg, e.g. "publicParams.identifyWay is required
+// when matchingType=2". Neither ever contains a value the caller sent; they
+// name only fields, allowed values, counts and byte offsets, so an error may
+// be logged and returned as is.
+type RequestError struct {
+	Field string
+	Msg   string
+}
+
+// Error returns Field + " " + Msg.
+func (e *RequestError) Error() string { return e.Field + " " + e.Msg }
+
+// Problems of a string value; each completes a RequestError.
+const (
+	msgNotString = "must be a string"
+	msgNotUTF8   = "must be valid UTF-8 text"
+	msgNUL       = "must not contain NUL characters"
+	msgTwice     = "appears more than once"
+)
+
+// DecodeRequest decodes and validates a batchAdd body (SPEC §4). Every
+// client mistake yields a *RequestError; no other error is returned.
+//
+// The body must be exactly one JSON object (white space around it and a
+// leading UTF-8 byte order mark are allowed) holding:
+//
+//   - publicParams, an object:
+//     isMatching (boolean) and optType ("add" or "delete" in any letter case,
+//     surrounding white space ignored; returned in lower case) are required.
+//     When isMatching is true, matchingType must be 1 (exact) or 2 (fuzzy),
+//     and identifyWay must be 1 or 2 when matchingType is 2. When isMatching
+//     is false, matchingType and identifyWay are ignored whatever they hold
+//     and returned as 0, and so is identifyWay when matchingType is 1.
+//     accurateMatchType and accurateMatchValue, when present and not null,
+//     must be strings; trimmed of white space, an empty one counts as absent.
+//     With matchingType 1 they are given both or neither; with matchingType
+//     2 neither; with isMatching false both are kept (they bind created
+//     identities to that application) and one alone is ignored. The type
+//     must be one of pipeline.AppTypes, compared ignoring letter case and
+//     returned in the listed spelling ("youzan" → "YOUZAN"); the value is
+//     returned trimmed.
+//   - data, an array of 1 to pipeline.MaxRecords objects. A record's
+//     identityType, thirdId, openid, unionid, phone and groups must each be
+//     a string or null (null reads as ""). Whether a record is usable (a
+//     known identityType, a usable identity, a valid phone, group names) is
+//     judged per record later and never rejects the body here.
+//
+// Integers are JSON numbers without a fractional part whose value fits an
+// int64: 1, 1.0 and 10e-1 are the integer 1; 1.5, 1e400, "1" and true are
+// not integers. JSON null for any member means the member is absent.
+//
+// Members are matched by their exact, case-sensitive names (after decoding
+// any escapes in them), as the platform's Java clients send them and unlike
+// encoding/json's default, which folds case. Other members, at any level,
+// are ignored whatever they hold, because the platform's clients send
+// extras; a differently cased name such as "Phone" is such an other member.
+//
+// Duplicate names are rejected: a member of the top level, of publicParams or
+// of a record that this function reads, given twice, is an error naming it
+// ("data[2].phone appears more than once"), because in an import request
+// taking the first or the last silently could add or delete the wrong
+// customers. Ignored members may repeat.
+//
+// Text is checked, as encoding/json would silently replace what it cannot
+// represent: a string member that is read must be valid UTF-8, hold no
+// unpaired surrogate escape (\ud800) and no NUL character (\u0000, which
+// PostgreSQL cannot store); invalid UTF-8 anywhere else in the body is an
+// error naming "body".
+//
+// Cost is linear in len(body), with a stack that does not grow with
+// nesting: a body whose top level is not an object is rejected on its first
+// byte, and values nested deeper than encoding/json's limit of 10000 levels
+// are rejected as invalid JSON. The caller bounds len(body) (the HTTP API
+// allows 1 MiB). The Request returned shares no memory with body, and
+// concurrent calls share nothing.
+//
+// When a body has several problems, the one reported is the first of: the
+// body is empty or its top level is not an object; it is not valid JSON
+// ("is not valid JSON near byte N", N counting the bytes up to and including
+// the first wrong one) or has more after the object; the first problem met
+// reading the body in order (publicParams is checked when its object has
+// been read, in the order listed above); publicParams missing; data missing;
+// invalid UTF-8 outside the members read.
+func DecodeRequest(body []byte) (Request, error) {
+	d := decoder{utf8OK: utf8.Valid(body)}
+	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
+		body, d.offset = body[len(utf8BOM):], int64(len(utf8BOM))
+	}
+	d.b = body
+	req, rerr := d.request()
+	if rerr != nil {
+		return Request{}, rerr
+	}
+	return req, nil
+}
+
+// utf8BOM is the byte order mark some Windows clients put before a body;
+// RFC 8259 allows a parser to ignore it, and so does DecodeRequest.
+const utf8BOM = "\ufeff"
+
+// decoder holds the state of one DecodeRequest call; it is not shared.
+//
+// encoding/json checks the syntax of the whole body first (json.Valid, with
+// its nesting limit); the decoder then walks the body, known to be valid
+// JSON, with a cursor and no recursion. Walking costs one pass and allocates
+// only the strings it returns, where a json.Decoder reading value by value
+// costs several times as much.
+type decoder struct {
+	b      []byte // the body without a BOM; valid JSON once request has checked it
+	i      int    // the cursor: b[:i] has been read
+	offset int64  // of b in the caller's body
+	utf8OK bool   // the whole body is valid UTF-8
+	// Last decoded identityType and groups: most batches repeat them, so
+	// equal values share one string instead of allocating each.
+	lastIdentityType, lastGroups string
+}
+
+func (d *decoder) request() (Request, *RequestError) {
+	switch d.space(); {
+	case d.i == len(d.b):
+		return Request{}, &RequestError{"body", "is empty"}
+	case d.b[d.i] != '{':
+		// Decided on the first byte, however long or deep the rest is.
+		return Request{}, &RequestError{"body", "must be a JSON object"}
+	case !json.Valid(d.b):
+		return Request{}, d.syntaxError()
+	}
+	d.i++ // '{'
+	var (
+		req                  Request
+		seenParams, seenData bool // the name was met
+		hasParams, hasData   bool // ... with a value other than null
+		rerr                 *RequestError
+	)
+	for {
+		key, ok := d.member()
+		if !ok {
+			break
+		}
+		switch string(key) {
+		case "publicParams":
+			if seenParams {
+				return Request{}, &RequestError{"publicParams", msgTwice}
+			}
+			seenParams = true
+			req.Params, hasParams, rerr = d.params()
+		case "data":
+			if seenData {
+				return Request{}, &RequestError{"data", msgTwice}
+			}
+			seenData = true
+			req.Records, hasData, rerr = d.records()
+		default:
+			d.value()
+		}
+		if rerr != nil {
+			return Request{}, rerr
+		}
+	}
+	switch {
+	case !hasParams:
+		return Request{}, &RequestError{"publicParams", "is required"}
+	case !hasData:
+		return Request{}, &RequestError{"data", "is required"}
+	case !d.utf8OK:
+		return Request{}, &RequestError{"body", "is not valid UTF-8"}
+	}
+	return req, nil
+}
+
+// syntaxError says why d.b, which starts with '{', is not valid JSON. Only
+// an offset is kept: encoding/json's messages may quote the caller's bytes.
+func (d *decoder) syntaxError() *RequestError {
+	// A Decoder reading one value tells a truncated body from a syntax
+	// error (with the count of bytes read up to and including the bad one)
+	// and from a complete object followed by more.
+	dec := json.NewDecoder(bytes.NewReader(d.b))
+	var skip struct{}
+	err := dec.Decode(&skip)
+	var se *json.SyntaxError
+	switch {
+	case err == nil:
+		return &RequestError{"body", "has data after the JSON object"}
+	case errors.As(err, &se):
+		return &RequestError{"body", fmt.Sprintf("is not valid JSON near byte %d", d.offset+se.Offset)}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &RequestError{"body", "is not valid JSON: it ends too early"}
+	default:
+		return &RequestError{"body", "is not valid JSON"}
+	}
+}
+
+// The walking methods below rely on d.b being valid JSON: they find every
+// byte that the grammar requires where they look for it.
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// space moves the cursor past white space.
+func (d *decoder) space() {
+	for d.i < len(d.b) && isSpace(d.b[d.i]) {
+		d.i++
+	}
+}
+
+// next moves the cursor past white space and a comma to the next member or
+// element of the object or array being read, whose opening bracket has been
+// read. ok is false, and the closing bracket has been read, at its end.
+func (d *decoder) next() (ok bool) {
+	d.space()
+	if c := d.b[d.i]; c == '}' || c == ']' {
+		d.i++
+		return false
+	}
+	if d.b[d.i] == ',' {
+		d.i++
+		d.space()
+	}
+	return true
+}
+
+// member reads the name of the next member of the current object and the
+// colon after it; ok is false at the end of the object. The name is returned
+// without quotes and with any escapes decoded, so "\u0070hone" is "phone";
+// it may share memory with the body.
+func (d *decoder) member() (key []byte, ok bool) {
+	if !d.next() {
+		return nil, false
+	}
+	raw := d.str()
+	d.space()
+	d.i++ // ':'
+	if bytes.IndexByte(raw, '\\') >= 0 {
+		return unquote(raw), true
+	}
+	return raw[1 : len(raw)-1], true
+}
+
+// unquote decodes raw, a valid JSON string with its quotes.
+func unquote(raw []byte) []byte {
+	var s string
+	_ = json.Unmarshal(raw, &s) // cannot fail: raw is a valid JSON string
+	return []byte(s)
+}
+
+// str reads a string token and returns it with its quotes.
+func (d *decoder) str() []byte {
+	start := d.i
+	for d.i++; ; d.i++ {
+		switch d.b[d.i] {
+		case '\\':
+			d.i++ // the escaped byte; the rest of a \u escape is plain
+		case '"':
+			d.i++
+			return d.b[start:d.i]
+		}
+	}
+}
+
+// value reads the next value, whatever it is, and returns it. Nested values
+// are skipped by counting brackets, without recursion.
+func (d *decoder) value() []byte {
+	d.space()
+	start := d.i
+	switch d.b[d.i] {
+	case '"':
+		return d.str()
+	case '{', '[':
+		depth := 0
+		for {
+			switch d.b[d.i] {
+			case '"':
+				d.str()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					d.i++
+					return d.b[start:d.i]
+				}
+			}
+			d.i++
+		}
+	}
+	// A number, true, false or null: up to the next delimiter or the end.
+	for d.i < len(d.b) {
+		switch d.b[d.i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return d.b[start:d.i]
+		}
+		d.i++
+	}
+	return d.b[start:d.i]
+}
+
+// The members of publicParams that are read, as indexes of paramValues.
+const (
+	pIsMatching = iota
+	pMatchingType
+	pIdentifyWay
+	pAppType
+	pAppID
+	pOptType
+	nParams
+)
+
+var paramNames = [nParams]string{
+	pIsMatching:   "isMatching",
+	pMatchingType: "matchingType",
+	pIdentifyWay:  "identifyWay",
+	pAppType:      "accurateMatchType",
+	pAppID:        "accurateMatchValue",
+	pOptType:      "optType",
+}
+
+// paramValues holds publicParams' members as sent (slices of the body); nil
+// means not given.
+type paramValues [nParams][]byte
+
+func paramErr(i int, msg string) *RequestError {
+	return &RequestError{"publicParams." + paramNames[i], msg}
+}
+
+// params reads publicParams; ok is false when it is null.
+func (d *decoder) params() (p pipeline.Params, ok bool, rerr *RequestError) {
+	d.space()
+	switch d.b[d.i] {
+	case '{':
+		d.i++
+	case 'n':
+		d.value()
+		return p, false, nil
+	default:
+		return p, false, &RequestError{"publicParams", "must be an object"}
+	}
+	var v paramValues
+	for {
+		key, ok := d.member()
+		if !ok {
+			break
+		}
+		value := d.value()
+		i := paramIndex(key)
+		if i < 0 {
+			continue
+		}
+		if v[i] != nil {
+			return p, false, paramErr(i, msgTwice)
+		}
+		v[i] = value
+	}
+	p, rerr = d.validateParams(&v)
+	return p, rerr == nil, rerr
+}
+
+func paramIndex(key []byte) int {
+	for i, name := range paramNames {
+		if string(key) == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (d *decoder) validateParams(v *paramValues) (pipeline.Params, *RequestError) {
+	var p pipeline.Params
+	switch raw := v[pIsMatching]; {
+	case isAbsent(raw):
+		return p, paramErr(pIsMatching, "is required")
+	case string(raw) == "true":
+		p.IsMatching = true
+	case string(raw) != "false":
+		return p, paramErr(pIsMatching, "must be a boolean")
+	}
+
+	if p.IsMatching {
+		mt, rerr := requiredOneOrTwo(v, pMatchingType, "is required when isMatching=true")
+		if rerr != nil {
+			return p, rerr
+		}
+		p.MatchingType = mt
+		if mt == pipeline.MatchingFuzzy {
+			iw, rerr := requiredOneOrTwo(v, pIdentifyWay, "is required when matchingType=2")
+			if rerr != nil {
+				return p, rerr
+			}
+			p.IdentifyWay = iw
+		}
+	}
+
+	appType, rerr := d.paramText(v, pAppType)
+	if rerr != nil {
+		return p, rerr
+	}
+	appID, rerr := d.paramText(v, pAppID)
+	if rerr != nil {
+		return p, rerr
+	}
+	appType, appID = strings.TrimSpace(appType), strings.TrimSpace(appID)
+	switch {
+	case appType == "" && appID == "":
+	case p.MatchingType == pipeline.MatchingFuzzy:
+		i := pAppType
+		if appType == "" {
+			i = pAppID
+		}
+		return p, paramErr(i, "is only allowed when matchingType=1")
+	case appType == "" || appID == "":
+		if !p.IsMatching {
+			break // one alone binds nothing; ignored
+		}
+		if appID == "" {
+			return p, paramErr(pAppID, "is required when accurateMatchType is given")
+		}
+		return p, paramErr(pAppType, "is required when accurateMatchValue is given")
+	default:
+		canonical := canonicalAppType(appType)
+		if canonical == "" {
+			return p, paramErr(pAppType, "must be one of "+strings.Join(pipeline.AppTypes, ", "))
+		}
+		p.AppType, p.AppID = canonical, appID
+	}
+
+	opt, rerr := d.paramText(v, pOptType)
+	if rerr != nil {
+		return p, rerr
+	}
+	switch opt = strings.TrimSpace(opt); {
+	case isAbsent(v[pOptType]):
+		return p, paramErr(pOptType, "is required")
+	case strings.EqualFold(opt, string(pipeline.OptAdd)):
+		p.OptType = pipeline.OptAdd
+	case strings.EqualFold(opt, string(pipeline.OptDelete)):
+		p.OptType = pipeline.OptDelete
+	default:
+		return p, paramErr(pOptType, `must be "add" or "delete"`)
+	}
+	return p, nil
+}
+
+// requiredOneOrTwo reads publicParams member i, which must be the integer 1
+// or 2; missing is the message when it is absent.
+func requiredOneOrTwo(v *paramValues, i int, missing string) (int, *RequestError) {
+	raw := v[i]
+	if isAbsent(raw) {
+		return 0, paramErr(i, missing)
+	}
+	n, ok := parseInt(raw)
+	if !ok {
+		return 0, paramErr(i, "must be an integer")
+	}
+	if n != 1 && n != 2 {
+		return 0, paramErr(i, "must be 1 or 2")
+	}
+	return int(n), nil
+}
+
+// paramText reads publicParams member i as text; absent reads as "".
+func (d *decoder) paramText(v *paramValues, i int) (string, *RequestError) {
+	if isAbsent(v[i]) {
+		return "", nil
+	}
+	s, problem := d.text(v[i], nil)
+	if problem != "" {
+		return "", paramErr(i, problem)
+	}
+	return s, nil
+}
+
+func canonicalAppType(s string) string {
+	for _, t := range pipeline.AppTypes {
+		if strings.EqualFold(s, t) {
+			return t
+		}
+	}
+	return ""
+}
+
+// records reads data; ok is false when it is null.
+func (d *decoder) records() (recs []pipeline.RawRecord, ok bool, rerr *RequestError) {
+	d.space()
+	switch d.b[d.i] {
+	case '[':
+		d.i++
+	case 'n':
+		d.value()
+		return nil, false, nil
+	default:
+		return nil, false, &RequestError{"data", "must be an array"}
+	}
+	n := 0
+	for ; d.next(); n++ {
+		if n >= pipeline.MaxRecords {
+			d.value() // too many: only count the rest, for the message
+			continue
+		}
+		rec, rerr := d.record(n)
+		if rerr != nil {
+			return nil, false, rerr
+		}
+		recs = append(recs, rec)
+	}
+	if n == 0 || n > pipeline.MaxRecords {
+		return nil, false, &RequestError{"data", fmt.Sprintf("must hold 1 to %d records, got %d", pipeline.MaxRecords, n)}
+	}
+	return recs, true, nil
+}
+
+// record reads data[i]; the cursor is at its first byte.
+func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
+	var rec pipeline.RawRecord
+	if d.b[d.i] != '{' {
+		return rec, &RequestError{fmt.Sprintf("data[%d]", i), "must be an object"}
+	}
+	d.i++
+	var seen uint8 // one bit per member read
+	for {
+		key, ok := d.member()
+		if !ok {
+			return rec, nil
+		}
+		raw := d.value()
+		var (
+			dst   *string
+			bit   uint8
+			cache *string
+		)
+		switch string(key) {
+		case "identityType":
+			dst, bit, cache = &rec.IdentityType, 1<<0, &d.lastIdentityType
+		case "thirdId":
+			dst, bit = &rec.ThirdID, 1<<1
+		case "openid":
+			dst, bit = &rec.OpenID, 1<<2
+		case "unionid":
+			dst, bit = &rec.UnionID, 1<<3
+		case "phone":
+			dst, bit = &rec.Phone, 1<<4
+		case "groups":
+			dst, bit, cache = &rec.Groups, 1<<5, &d.lastGroups
+		default:
+			continue
+		}
+		if seen&bit != 0 {
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, key), msgTwice}
+		}
+		seen |= bit
+		if isAbsent(raw) {
+			continue
+		}
+		s, problem := d.text(raw, cache)
+		if problem != "" {
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, key), problem}
+		}
+		*dst = s
+	}
+}
+
+// isAbsent reports whether a member value stands for "not given": missing
+// (nil) or JSON null. raw is one JSON value without surrounding space.
+func isAbsent(raw []byte) bool {
+	return raw == nil || string(raw) == "null"
+}
+
+// text decodes raw, one complete JSON value, as a string. problem is
+// non-empty when raw is not a string or not clean text (see DecodeRequest).
+// When cache is not nil and the value equals *cache, *cache is returned
+// instead of a new string, and *cache becomes the value.
+func (d *decoder) text(raw []byte, cache *string) (s, problem string) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", msgNotString
+	}
+	inner := raw[1 : len(raw)-1]
+	if !d.utf8OK && !utf8.Valid(inner) {
+		return "", msgNotUTF8
+	}
+	if bytes.IndexByte(inner, '\\') < 0 {
+		// No escapes: the bytes are the text, and cannot hold NUL or
+		// another control character (the JSON scanner rejects those).
+		if cache != nil {
+			if *cache == string(inner) {
+				return *cache, ""
+			}
+			*cache = string(inner)
+			return *cache, ""
+		}
+		return string(inner), ""
+	}
+	if !surrogatesPaired(inner) {
+		return "", msgNotUTF8
+	}
+	text := unquote(raw)
+	if bytes.IndexByte(text, 0) >= 0 {
+		return "", msgNUL
+	}
+	return string(text), ""
+}
+
+// surrogatesPaired reports whether every \u escape of a UTF-16 surrogate in
+// the body of a valid JSON string is a high surrogate directly followed by a
+// low one; encoding/json would replace any other with U+FFFD.
+func surrogatesPaired(s []byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character; a valid string has one
+		if s[i] != 'u' {
+			continue
+		}
+		r := hex4(s[i+1 : i+5])
+		i += 4
+		switch {
+		case r >= 0xd800 && r < 0xdc00:
+			if i+7 > len(s) || s[i+1] != '\\' || s[i+2] != 'u' {
+				return false
+			}
+			if lo := hex4(s[i+3 : i+7]); lo < 0xdc00 || lo > 0xdfff {
+				return false
+			}
+			i += 6
+		case r >= 0xdc00 && r <= 0xdfff:
+			return false
+		}
+	}
+	return true
+}
+
+// hex4 returns the value of four hexadecimal digits, or -1.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+// parseInt returns the value of raw, one complete JSON value, when it is a
+// number without a fractional part that fits an int64 ("1", "1.0", "10e-1",
+// "-0"). It decides exactly, from the digits, so that no float rounding makes
+// 1.0000000000000000001 an integer, and in time linear in len(raw) whatever
+// the exponent.
+func parseInt(raw []byte) (int64, bool) {
+	if len(raw) == 0 || (raw[0] != '-' && (raw[0] < '0' || raw[0] > '9')) {
+		return 0, false // not a number
+	}
+	neg := raw[0] == '-'
+	if neg {
+		raw = raw[1:]
+	}
+	// raw = intPart [ "." frac ] [ ("e"|"E") [sign] exp ], as JSON's grammar.
+	end := len(raw)
+	expAt := bytes.IndexAny(raw, "eE")
+	if expAt >= 0 {
+		end = expAt
+	}
+	mant := raw[:end]
+	intPart, frac := mant, []byte(nil)
+	if dot := bytes.IndexByte(mant, '.'); dot >= 0 {
+		intPart, frac = mant[:dot], mant[dot+1:]
+	}
+	const maxExp = 1 << 20 // beyond any digit count of a bounded body
+	exp := 0
+	if expAt >= 0 {
+		e := raw[expAt+1:]
+		expNeg := len(e) > 0 && e[0] == '-'
+		if len(e) > 0 && (e[0] == '-' || e[0] == '+') {
+			e = e[1:]
+		}
+		for _, c := range e {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			if exp < maxExp {
+				exp = exp*10 + int(c-'0')
+			}
+		}
+		if expNeg {
+			exp = -exp
+		}
+	}
+	// The value is digits × 10^(exp-len(frac)), digits = intPart‖frac.
+	n := len(intPart) + len(frac)
+	digit := func(i int) byte {
+		if i < len(intPart) {
+			return intPart[i]
+		}
+		return frac[i-len(intPart)]
+	}
+	first, last := -1, -1 // the first and last non-zero digit
+	for i := 0; i < n; i++ {
+		c := digit(i)
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if c != '0' {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	if first < 0 {
+		return 0, true // zero, whatever the exponent
+	}
+	scale := exp - len(frac) + (n - 1 - last) // power of ten after the last non-zero digit
+	if scale < 0 || last-first+1+scale > 19 {
+		return 0, false // a fraction, or beyond int64
+	}
+	var u uint64
+	for i := first; i <= last; i++ {
+		u = u*10 + uint64(digit(i)-'0')
+	}
+	for range scale {
+		u *= 10
+	}
+	// At most 19 digits: u < 10^19 < 2^64, so no step above overflowed.
+	switch {
+	case !neg && u <= 1<<63-1:
+		return int64(u), true
+	case neg && u <= 1<<63:
+		return int64(-u), true
+	}
+	return 0, false
+}
