@@ -210,7 +210,9 @@ func TestMultiProcess(t *testing.T) {
 		t.Fatalf("directory load printed %q", loaded)
 	}
 	h := &system{t: t, base: c.base}
-	var tok struct{ Data struct{ OrgAccessToken string } }
+	var tok struct {
+		Data struct{ OrgAccessToken string }
+	}
 	h.get("/api/open/app/getOrgAccessToken?instanceAppid="+creds.InstanceAppid+"&instanceSecrect="+creds.InstanceSecrect, "", 200, &tok)
 	id := h.postBatch(tok.Data.OrgAccessToken, `{"publicParams": {"isMatching": true, "matchingType": 1, "optType": "add"},
 		"data": [{"identityType": "unionid", "unionid": "union-1", "groups": "vip"}, {"identityType": "phone", "phone": "13800000009", "groups": "vip"}]}`)
