@@ -1,0 +1,306 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+const tenant = 1
+
+// newBatch records a batch row in the given status.
+func newBatch(t *testing.T, db *pgxpool.Pool, id int64, total int, status string) {
+	t.Helper()
+	_, err := db.Exec(context.Background(), `INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
+		VALUES ($1, $2, 'app', 'add', '{}', $3, $4)`, id, tenant, status, total)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func matched(batch int64, index int, opt pipeline.OptType, customer int64, groups ...string) pipeline.ResolvedMessage {
+	return pipeline.ResolvedMessage{V: 1, TenantID: tenant, BatchID: batch, Index: index, OptType: opt,
+		Outcome: pipeline.OutcomeMatched, MatchedBy: pipeline.KindThirdID, CustomerID: customer, Groups: groups}
+}
+
+type batchRow struct {
+	status                                                     string
+	processed, success, unmatched, ambiguous, invalid, failed int
+	groupsCreated, conflicts                                   int
+}
+
+func readBatch(t *testing.T, db *pgxpool.Pool, id int64) batchRow {
+	t.Helper()
+	var b batchRow
+	err := db.QueryRow(context.Background(), `SELECT status, processed, success, unmatched, ambiguous, invalid, failed,
+		groups_created, conflicts FROM batches WHERE batch_id = $1`, id).Scan(&b.status, &b.processed, &b.success,
+		&b.unmatched, &b.ambiguous, &b.invalid, &b.failed, &b.groupsCreated, &b.conflicts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// members returns "group/customer" of every present membership, sorted.
+func members(t *testing.T, db *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT g.name, m.customer_id FROM memberships m
+		JOIN groups g USING (group_id) WHERE m.present ORDER BY 1, 2`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var g string
+		var c int64
+		if err := rows.Scan(&g, &c); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%s/%d", g, c))
+	}
+	return out
+}
+
+func TestApplyCountsOnceAndFinishes(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	newBatch(t, db, 1, 4, "PROCESSING")
+	chunk := []pipeline.ResolvedMessage{
+		matched(1, 0, pipeline.OptAdd, 10, "vip", "new"),
+		{V: 1, TenantID: tenant, BatchID: 1, Index: 1, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeNotFound, Reason: pipeline.ReasonNotFound,
+			Ref: &pipeline.RecordRef{ThirdID: "x", Phone: "138****0000"}},
+		matched(1, 0, pipeline.OptAdd, 10, "vip", "new"), // duplicate inside the chunk
+	}
+	res, err := s.Apply(ctx, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Applied != 2 || res.Duplicates != 1 || len(res.Finished) != 0 {
+		t.Fatalf("first chunk: %+v", res)
+	}
+	// Redelivery of the whole chunk changes nothing.
+	res, err = s.Apply(ctx, chunk)
+	if err != nil || res.Applied != 0 || res.Duplicates != 3 {
+		t.Fatalf("redelivery: %+v, %v", res, err)
+	}
+	res, err = s.Apply(ctx, []pipeline.ResolvedMessage{
+		{V: 1, TenantID: tenant, BatchID: 1, Index: 2, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeInvalid, Reason: pipeline.ReasonNoGroups},
+		{V: 1, TenantID: tenant, BatchID: 1, Index: 3, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonUndecodable},
+	})
+	if err != nil || len(res.Finished) != 1 || res.Finished[0].Status != "PARTIAL_SUCCESS" {
+		t.Fatalf("last chunk: %+v, %v", res, err)
+	}
+	got := readBatch(t, db, 1)
+	want := batchRow{status: "PARTIAL_SUCCESS", processed: 4, success: 1, unmatched: 1, invalid: 1, failed: 1, groupsCreated: 2}
+	if got != want {
+		t.Fatalf("batch row %+v, want %+v", got, want)
+	}
+	if m := members(t, db); fmt.Sprint(m) != "[new/10 vip/10]" {
+		t.Fatalf("members %v", m)
+	}
+}
+
+func TestApplyWaitsForPendingAndDropsAborted(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	newBatch(t, db, 1, 1, "PENDING")
+	newBatch(t, db, 2, 1, "FAILED")
+	if _, err := db.Exec(ctx, `UPDATE batches SET aborted = true WHERE batch_id = 2`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Apply(ctx, []pipeline.ResolvedMessage{matched(1, 0, pipeline.OptAdd, 10, "vip")})
+	if !errors.Is(err, ErrBatchPending) {
+		t.Fatalf("pending batch: err %v, want ErrBatchPending", err)
+	}
+	res, err := s.Apply(ctx, []pipeline.ResolvedMessage{matched(2, 0, pipeline.OptAdd, 10, "vip")})
+	if err != nil || res.Dropped != 1 || res.Applied != 0 {
+		t.Fatalf("aborted batch: %+v, %v", res, err)
+	}
+	// A PENDING batch older than PendingTimeout is aborted by the sink.
+	if _, err := db.Exec(ctx, `UPDATE batches SET accepted_at = now() - interval '1 hour' WHERE batch_id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.Apply(ctx, []pipeline.ResolvedMessage{matched(1, 0, pipeline.OptAdd, 10, "vip")})
+	if err != nil || res.Dropped != 1 {
+		t.Fatalf("stale pending batch: %+v, %v", res, err)
+	}
+	if b := readBatch(t, db, 1); b.status != "FAILED" || b.processed != 0 {
+		t.Fatalf("stale batch row %+v", b)
+	}
+	if m := members(t, db); len(m) != 0 {
+		t.Fatalf("aborted records were applied: %v", m)
+	}
+	// Unknown batches, other tenants' batches and out-of-range indexes are orphans.
+	other := matched(1, 0, pipeline.OptAdd, 10, "vip")
+	other.TenantID = 2
+	res, err = s.Apply(ctx, []pipeline.ResolvedMessage{matched(99, 0, pipeline.OptAdd, 10, "vip"), other, matched(2, 5, pipeline.OptAdd, 1, "x")})
+	if err != nil || fmt.Sprint(res.Orphans) != "[0 1 2]" {
+		t.Fatalf("orphans: %+v, %v", res, err)
+	}
+}
+
+// change is one membership change of the serial history.
+type change struct {
+	batch    int64
+	index    int
+	add      bool
+	customer int64
+	groups   []string
+}
+
+// serial applies the history in (batch, index) order: the reference.
+func serial(history []change) []string {
+	sorted := append([]change(nil), history...)
+	sort.Slice(sorted, func(i, j int) bool {
+		if sorted[i].batch != sorted[j].batch {
+			return sorted[i].batch < sorted[j].batch
+		}
+		return sorted[i].index < sorted[j].index
+	})
+	state := map[string]bool{}
+	for _, c := range sorted {
+		for _, g := range c.groups {
+			state[fmt.Sprintf("%s/%d", g, c.customer)] = c.add
+		}
+	}
+	var out []string
+	for k, present := range state {
+		if present {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Whatever order, chunking and duplication changes arrive in, the final
+// memberships equal applying the batches one after another, and the
+// counters count each record once.
+func TestApplySerialEquivalence(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 11))
+	const batches, perBatch = 12, 40
+	var history []change
+	var msgs []pipeline.ResolvedMessage
+	for b := int64(1); b <= batches; b++ {
+		newBatch(t, db, b, perBatch, "PROCESSING")
+		add := rng.IntN(2) == 0
+		opt := pipeline.OptDelete
+		if add {
+			opt = pipeline.OptAdd
+		}
+		for i := range perBatch {
+			c := change{batch: b, index: i, add: add, customer: int64(1 + rng.IntN(6))}
+			for _, g := range []string{"a", "b", "c"} {
+				if rng.IntN(2) == 0 {
+					c.groups = append(c.groups, g)
+				}
+			}
+			if len(c.groups) == 0 {
+				c.groups = []string{"a"}
+			}
+			history = append(history, c)
+			msgs = append(msgs, matched(b, i, opt, c.customer, c.groups...))
+		}
+	}
+	// Deliver every message once in random order, then a third of them
+	// again (redeliveries), in random chunk sizes.
+	delivery := append([]pipeline.ResolvedMessage(nil), msgs...)
+	rng.Shuffle(len(delivery), func(i, j int) { delivery[i], delivery[j] = delivery[j], delivery[i] })
+	for _, i := range rng.Perm(len(msgs))[:len(msgs)/3] {
+		delivery = append(delivery, msgs[i])
+	}
+	applied := 0
+	for len(delivery) > 0 {
+		n := min(len(delivery), 1+rng.IntN(60))
+		res, err := s.Apply(ctx, delivery[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied += res.Applied
+		delivery = delivery[n:]
+	}
+	if applied != len(msgs) {
+		t.Fatalf("applied %d records, want %d", applied, len(msgs))
+	}
+	if got, want := members(t, db), serial(history); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("memberships\n got %v\nwant %v", got, want)
+	}
+	for b := int64(1); b <= batches; b++ {
+		if r := readBatch(t, db, b); r.status != "SUCCESS" || r.processed != perBatch || r.success != perBatch {
+			t.Fatalf("batch %d: %+v", b, r)
+		}
+	}
+	// Tombstones never show: only visible groups, and only present rows count.
+	var listed int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM memberships WHERE NOT present`).Scan(&listed); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d tombstones kept for ordering", listed)
+}
+
+// Two sinks applying overlapping chunks at once (a rebalance) neither
+// deadlock for good nor count twice.
+func TestApplyConcurrentOverlap(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	var msgs []pipeline.ResolvedMessage
+	for b := int64(1); b <= 4; b++ {
+		newBatch(t, db, b, 100, "PROCESSING")
+		for i := range 100 {
+			msgs = append(msgs, matched(b, i, pipeline.OptAdd, int64(i%17+1), "g1", "g2", fmt.Sprintf("g%d", i%5+3)))
+		}
+	}
+	errs := make(chan error, 2)
+	for w := range 2 {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
+			mine := append([]pipeline.ResolvedMessage(nil), msgs...)
+			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+			for len(mine) > 0 {
+				n := min(len(mine), 50)
+				for {
+					_, err := s.Apply(ctx, mine[:n])
+					if err == nil {
+						break
+					}
+					if !retry.Transient(err) {
+						errs <- err
+						return
+					}
+				}
+				mine = mine[n:]
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for b := int64(1); b <= 4; b++ {
+		if r := readBatch(t, db, b); r.processed != 100 || r.success != 100 || r.status != "SUCCESS" {
+			t.Fatalf("batch %d: %+v", b, r)
+		}
+	}
+	var created int
+	if err := db.QueryRow(ctx, `SELECT sum(groups_created) FROM batches`).Scan(&created); err != nil || created != 7 {
+		t.Fatalf("groups created counted %d times, want 7 (%v)", created, err)
+	}
+}
