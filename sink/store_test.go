@@ -33,9 +33,9 @@ func matched(batch int64, index int, opt pipeline.OptType, customer int64, group
 }
 
 type batchRow struct {
-	status                                                     string
+	status                                                    string
 	processed, success, unmatched, ambiguous, invalid, failed int
-	groupsCreated, conflicts                                   int
+	groupsCreated, conflicts                                  int
 }
 
 func readBatch(t *testing.T, db *pgxpool.Pool, id int64) batchRow {
