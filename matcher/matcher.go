@@ -177,8 +177,21 @@ func resolvedMessage(r pipeline.ResolvedMessage) (kafka.Message, error) {
 }
 
 // resolve fills items[i].out: one batched look-up for the matching records,
-// one find-or-create for the isMatching=false ones.
+// one find-or-create for the isMatching=false ones, each retried by the
+// stage's policy.
 func (s *Stage) resolve(ctx context.Context, items []item) error {
+	return resolveChunk(ctx, s.dir, items, func(op func() error) error {
+		return retry.Do(ctx, s.cfg.Retry, op, s.notify)
+	})
+}
+
+// resolveChunk is the stage's resolution of one chunk, apart from Kafka:
+// it fills items[i].out from items[i].msg and items[i].norm (Normalize of
+// the record under its params) with at most one dir.Lookup for every
+// matching record's Lookups and one dir.FindOrCreate for the isMatching=false
+// ones. do runs each directory call and decides about retries; an error it
+// returns fails the whole chunk and leaves items[i].out unspecified.
+func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op func() error) error) error {
 	var keys []Key
 	var creates []CreateRequest
 	var createItems []int
@@ -203,22 +216,22 @@ func (s *Stage) resolve(ctx context.Context, items []item) error {
 	}
 	var hits map[Key][]Binding
 	if len(keys) > 0 {
-		err := retry.Do(ctx, s.cfg.Retry, func() error {
+		err := do(func() error {
 			var err error
-			hits, err = s.dir.Lookup(ctx, keys)
+			hits, err = dir.Lookup(ctx, keys)
 			return err
-		}, s.notify)
+		})
 		if err != nil {
 			return fmt.Errorf("matcher: %w", err)
 		}
 	}
 	var made []CreateResult
 	if len(creates) > 0 {
-		err := retry.Do(ctx, s.cfg.Retry, func() error {
+		err := do(func() error {
 			var err error
-			made, err = s.dir.FindOrCreate(ctx, creates)
+			made, err = dir.FindOrCreate(ctx, creates)
 			return err
-		}, s.notify)
+		})
 		if err != nil {
 			return fmt.Errorf("matcher: %w", err)
 		}
