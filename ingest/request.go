@@ -75,7 +75,8 @@ const (
 //     identityType, thirdId, openid, unionid, phone and groups must each be
 //     a string or null (null reads as ""). Whether a record is usable (a
 //     known identityType, a usable identity, a valid phone, group names) is
-//     judged per record later and never rejects the body here.
+//     judged per record later and never rejects the body here. The fields
+//     of one record hold at most MaxRecordBytes bytes in all.
 //
 // Integers are JSON numbers without a fractional part whose value fits an
 // int64: 1, 1.0 and 10e-1 are the integer 1; 1.5, 1e400, "1" and true are
@@ -123,8 +124,18 @@ func DecodeRequest(body []byte) (Request, error) {
 	if rerr != nil {
 		return Request{}, rerr
 	}
+	for i, r := range req.Records {
+		size := len(r.IdentityType) + len(r.ThirdID) + len(r.OpenID) + len(r.UnionID) + len(r.Phone) + len(r.Groups)
+		if size > MaxRecordBytes {
+			return Request{}, &RequestError{fmt.Sprintf("data[%d]", i), fmt.Sprintf("holds more than %d bytes of text", MaxRecordBytes)}
+		}
+	}
 	return req, nil
 }
+
+// MaxRecordBytes bounds the text of one record, so that every record fits
+// one Kafka message under the brokers' default 1 MB limit with room to spare.
+const MaxRecordBytes = 64 << 10
 
 // utf8BOM is the byte order mark some Windows clients put before a body;
 // RFC 8259 allows a parser to ignore it, and so does DecodeRequest.
@@ -337,13 +348,23 @@ const (
 	nParams
 )
 
-var paramNames = [nParams]string{
-	pIsMatching:   "isMatching",
-	pMatchingType: "matchingType",
-	pIdentifyWay:  "identifyWay",
-	pAppType:      "accurateMatchType",
-	pAppID:        "accurateMatchValue",
-	pOptType:      "optType",
+// paramName returns the name of publicParams member i.
+func paramName(i int) string {
+	switch i {
+	case pIsMatching:
+		return "isMatching"
+	case pMatchingType:
+		return "matchingType"
+	case pIdentifyWay:
+		return "identifyWay"
+	case pAppType:
+		return "accurateMatchType"
+	case pAppID:
+		return "accurateMatchValue"
+	case pOptType:
+		return "optType"
+	}
+	return ""
 }
 
 // paramValues holds publicParams' members as sent (slices of the body); nil
@@ -351,7 +372,7 @@ var paramNames = [nParams]string{
 type paramValues [nParams][]byte
 
 func paramErr(i int, msg string) *RequestError {
-	return &RequestError{"publicParams." + paramNames[i], msg}
+	return &RequestError{"publicParams." + paramName(i), msg}
 }
 
 // params reads publicParams; ok is false when it is null.
@@ -386,9 +407,10 @@ func (d *decoder) params() (p pipeline.Params, ok bool, rerr *RequestError) {
 	return p, rerr == nil, rerr
 }
 
+// paramIndex returns the index of the publicParams member named key, or -1.
 func paramIndex(key []byte) int {
-	for i, name := range paramNames {
-		if string(key) == name {
+	for i := range nParams {
+		if string(key) == paramName(i) {
 			return i
 		}
 	}

@@ -484,3 +484,47 @@ func BenchmarkDecodeRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecodeRequestHostile decodes 1 MiB bodies shaped to be slow: the
+// cost must stay linear in the size of the body.
+func BenchmarkDecodeRequestHostile(b *testing.B) {
+	const size = 1 << 20
+	params := `{"publicParams":{"isMatching":false,"optType":"add"},`
+	escaped := strings.Repeat(`\u00e9`, size/6)
+	for _, bc := range []struct{ name, body string }{
+		{"escaped string", params + `"data":[{"thirdId":"` + escaped + `"}]}`},
+		{"too many records", params + `"data":[{}` + strings.Repeat(`,{}`, size/3) + `]}`},
+		{"unknown members", params + `"data":[{}]` + strings.Repeat(`,"x":[1,"a",{"y":null}]`, size/24) + `}`},
+		{"deep within limit", params + `"data":[{}],"x":[` + strings.Repeat(strings.Repeat("[", 9990)+strings.Repeat("]", 9990)+",", size/20000) + `1]}`},
+		{"too deep", `{"x":` + strings.Repeat(`{"x":`, size/5)},
+		{"top-level array", strings.Repeat("[", size)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			body := []byte(bc.body)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			_, err := DecodeRequest(body)
+			if ok := !strings.HasPrefix(bc.name, "too") && bc.name != "top-level array"; ok != (err == nil) {
+				b.Fatalf("DecodeRequest: %v", err)
+			}
+			for b.Loop() {
+				_, _ = DecodeRequest(body)
+			}
+		})
+	}
+}
+
+// One record's text is bounded so that its Kafka message fits the brokers'
+// default limit; the body as a whole may still reach 1 MiB.
+func TestDecodeRequestRecordSize(t *testing.T) {
+	body := func(groups string) []byte {
+		return []byte(`{"publicParams":{"isMatching":false,"optType":"add"},"data":[{"thirdId":"a","groups":"g"},{"thirdId":"b","groups":"` + groups + `"}]}`)
+	}
+	if _, err := DecodeRequest(body(strings.Repeat("g", MaxRecordBytes))); err != nil {
+		t.Fatalf("record of exactly %d bytes: %v", MaxRecordBytes, err)
+	}
+	_, err := DecodeRequest(body(strings.Repeat("g", MaxRecordBytes)))
+	if err == nil || err.Error() != "data[1] holds more than 65536 bytes of text" {
+		t.Fatalf("oversized record: %v", err)
+	}
+}

@@ -40,6 +40,9 @@ type Config struct {
 	// PendingTimeout is the age after which a batch never accepted is
 	// aborted by the janitor; default 60 s. It must exceed RequestTimeout.
 	PendingTimeout time.Duration
+	// MaxInFlight bounds the batchAdd requests served at once; beyond it
+	// ingest answers 503 at once instead of queueing. Default 256.
+	MaxInFlight int
 	Logger         *slog.Logger
 }
 
@@ -61,6 +64,7 @@ type Service struct {
 	metrics  *Metrics
 	log      *slog.Logger
 	draining atomic.Bool
+	inFlight chan struct{} // semaphore of MaxInFlight batchAdd requests
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter // by appid; one per application
@@ -89,6 +93,9 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 	if cfg.PendingTimeout <= cfg.RequestTimeout {
 		return nil, errors.New("ingest: PendingTimeout must exceed RequestTimeout")
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,6 +105,7 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 		cfg: cfg, store: store, auth: auth, metrics: metrics,
 		log: cfg.Logger.With("stage", "ingest"), records: w,
 		limiters: make(map[string]*rate.Limiter),
+		inFlight: make(chan struct{}, cfg.MaxInFlight),
 	}, nil
 }
 
@@ -228,6 +236,13 @@ func (s *Service) allow(appID string) (time.Duration, bool) {
 func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Principal) {
 	if s.draining.Load() {
 		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "shutting down; nothing was accepted, retry is safe")
+		return
+	}
+	select {
+	case s.inFlight <- struct{}{}:
+		defer func() { <-s.inFlight }()
+	default:
+		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "overloaded; nothing was accepted, retry later")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))

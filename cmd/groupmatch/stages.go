@@ -87,7 +87,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if slices.Contains(stages, stageIngest) {
 		svc, err = ingest.New(ingest.Config{
 			Brokers: brokers, Topics: topics, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
-			PendingTimeout: o.pendingTimeout, Logger: log,
+			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
 		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
@@ -144,6 +144,10 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		<-gctx.Done()
 		if svc != nil {
 			svc.Drain()
+		}
+		if o.drainDelay > 0 {
+			log.Info("draining", "delay", o.drainDelay)
+			time.Sleep(o.drainDelay)
 		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
 		defer cancel()
