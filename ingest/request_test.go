@@ -520,7 +520,7 @@ func TestDecodeRequestRecordSize(t *testing.T) {
 	body := func(groups string) []byte {
 		return []byte(`{"publicParams":{"isMatching":false,"optType":"add"},"data":[{"thirdId":"a","groups":"g"},{"thirdId":"b","groups":"` + groups + `"}]}`)
 	}
-	if _, err := DecodeRequest(body(strings.Repeat("g", MaxRecordBytes))); err != nil {
+	if _, err := DecodeRequest(body(strings.Repeat("g", MaxRecordBytes-1))); err != nil {
 		t.Fatalf("record of exactly %d bytes: %v", MaxRecordBytes, err)
 	}
 	_, err := DecodeRequest(body(strings.Repeat("g", MaxRecordBytes)))
