@@ -31,7 +31,7 @@ lint:
 	$(GO) vet $(PKGS)
 
 # Fuzz targets as package:Target pairs.
-FUZZ_TARGETS := ./ingest:FuzzDecodeRequest ./matcher:FuzzNormalizePhone
+FUZZ_TARGETS := ./ingest:FuzzDecodeRequest ./matcher:FuzzNormalizePhone ./pipeline:FuzzDecodeRecord ./pipeline:FuzzDecodeResolved
 
 fuzz-short:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
