@@ -1,0 +1,244 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// LagTarget names a consumer group's subscription to one topic.
+type LagTarget struct {
+	Group string
+	Topic string
+}
+
+// LagConfig configures a LagCollector. Zero values take the documented
+// defaults.
+type LagConfig struct {
+	Brokers []string    // required
+	Targets []LagTarget // required: the subscriptions to report
+	// Timeout bounds the Kafka round trips of one scrape; default 3 s. A
+	// scrape that runs out of time reports no lag series and counts an error.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Validate reports the first missing required field.
+func (c *LagConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("stream: lag: no brokers")
+	case len(c.Targets) == 0:
+		return errors.New("stream: lag: no targets")
+	}
+	for _, t := range c.Targets {
+		if t.Group == "" || t.Topic == "" {
+			return fmt.Errorf("stream: lag: target %+v needs a group and a topic", t)
+		}
+	}
+	return nil
+}
+
+// PartitionLag is one partition's position for one consumer group.
+type PartitionLag struct {
+	Group     string
+	Topic     string
+	Partition int
+	// LogStart is the partition's first retained offset, HighWatermark the
+	// offset the next produced message will get.
+	LogStart      int64
+	HighWatermark int64
+	// Committed is the group's committed offset (the next one it will read),
+	// or -1 when the group has committed none on this partition.
+	Committed int64
+	// Lag is HighWatermark - Committed: messages produced but not yet
+	// processed by the group. A group that has committed nothing starts at
+	// the log start (the stages read from the first offset), so its lag is
+	// every retained message.
+	Lag int64
+}
+
+// LagCollector is a prometheus.Collector reporting consumer-group lag per
+// topic and partition. kafka-go's group readers do not report per-partition
+// lag, so at each scrape it asks the cluster for every partition's
+// high-water mark (ListOffsets) and the group's committed offsets
+// (OffsetFetch).
+//
+// Every member of a group reports the lag of all the group's partitions, so
+// queries aggregate with max by (group, topic, partition). Collect is safe
+// for concurrent use; concurrent scrapes are served one after the other.
+type LagCollector struct {
+	cfg       LagConfig
+	transport *kafka.Transport
+	client    *kafka.Client
+
+	lag, committed, hwm *prometheus.Desc
+	errors              prometheus.Counter
+
+	mu sync.Mutex // one scrape's round trips at a time
+}
+
+var _ prometheus.Collector = (*LagCollector)(nil)
+
+// NewLagCollector returns a collector for cfg.Targets. Close releases its
+// connections.
+func NewLagCollector(cfg LagConfig) (*LagCollector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	tr := &kafka.Transport{DialTimeout: cfg.Timeout, IdleTimeout: time.Minute}
+	return &LagCollector{
+		cfg:       cfg,
+		transport: tr,
+		client:    &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: tr},
+		lag: prometheus.NewDesc("groupmatch_kafka_consumer_lag_messages",
+			"Messages produced to a partition but not yet committed by the consumer group (high-water mark minus committed offset).",
+			[]string{"group", "topic", "partition"}, nil),
+		committed: prometheus.NewDesc("groupmatch_kafka_consumer_committed_offset",
+			"The consumer group's committed offset (the next offset it will read), where it has committed one.",
+			[]string{"group", "topic", "partition"}, nil),
+		hwm: prometheus.NewDesc("groupmatch_kafka_partition_high_watermark_offset",
+			"The offset the next message produced to the partition will get.",
+			[]string{"topic", "partition"}, nil),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_kafka_lag_collect_errors_total",
+			Help: "Scrapes that could not read offsets from Kafka and so reported no lag.",
+		}),
+	}, nil
+}
+
+// Close releases the collector's idle connections.
+func (c *LagCollector) Close() { c.transport.CloseIdleConnections() }
+
+// Describe implements prometheus.Collector.
+func (c *LagCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lag
+	ch <- c.committed
+	ch <- c.hwm
+	c.errors.Describe(ch)
+}
+
+// Collect implements prometheus.Collector. A failed look-up reports no lag
+// series (rather than failing the whole scrape) and counts an error.
+func (c *LagCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
+	defer cancel()
+	lags, err := c.Lag(ctx)
+	if err != nil {
+		c.errors.Inc()
+		c.cfg.Logger.Warn("consumer lag unavailable", "err", err)
+	}
+	seen := make(map[string]bool) // topic/partition of high-water marks sent
+	for _, l := range lags {
+		p := strconv.Itoa(l.Partition)
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(l.Lag), l.Group, l.Topic, p)
+		if l.Committed >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.committed, prometheus.GaugeValue, float64(l.Committed), l.Group, l.Topic, p)
+		}
+		if k := l.Topic + "/" + p; !seen[k] {
+			seen[k] = true
+			ch <- prometheus.MustNewConstMetric(c.hwm, prometheus.GaugeValue, float64(l.HighWatermark), l.Topic, p)
+		}
+	}
+	c.errors.Collect(ch)
+}
+
+// Lag reads every target's partitions, high-water marks and committed
+// offsets, in target order and then partition order. On error it returns
+// what it could read of the targets before the failing one.
+func (c *LagCollector) Lag(ctx context.Context) ([]PartitionLag, error) {
+	topics := make([]string, 0, len(c.cfg.Targets))
+	for _, t := range c.cfg.Targets {
+		if !slices.Contains(topics, t.Topic) {
+			topics = append(topics, t.Topic)
+		}
+	}
+	meta, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return nil, fmt.Errorf("stream: lag: metadata: %w", err)
+	}
+	partitions := make(map[string][]int, len(topics))
+	offsetReqs := make(map[string][]kafka.OffsetRequest, len(topics))
+	for _, t := range meta.Topics {
+		if t.Error != nil {
+			return nil, fmt.Errorf("stream: lag: metadata of %s: %w", t.Name, t.Error)
+		}
+		for _, p := range t.Partitions {
+			partitions[t.Name] = append(partitions[t.Name], p.ID)
+			offsetReqs[t.Name] = append(offsetReqs[t.Name], kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+		}
+		slices.Sort(partitions[t.Name])
+	}
+	offs, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: offsetReqs})
+	if err != nil {
+		return nil, fmt.Errorf("stream: lag: list offsets: %w", err)
+	}
+	type tp struct {
+		topic     string
+		partition int
+	}
+	marks := make(map[tp]kafka.PartitionOffsets)
+	for topic, ps := range offs.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				return nil, fmt.Errorf("stream: lag: offsets of %s/%d: %w", topic, p.Partition, p.Error)
+			}
+			marks[tp{topic, p.Partition}] = p
+		}
+	}
+
+	var out []PartitionLag
+	for _, t := range c.cfg.Targets {
+		ps := partitions[t.Topic]
+		if len(ps) == 0 {
+			return out, fmt.Errorf("stream: lag: topic %s has no partitions", t.Topic)
+		}
+		fetched, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: t.Group, Topics: map[string][]int{t.Topic: ps}})
+		if err != nil {
+			return out, fmt.Errorf("stream: lag: committed offsets of %s: %w", t.Group, err)
+		}
+		if fetched.Error != nil {
+			return out, fmt.Errorf("stream: lag: committed offsets of %s: %w", t.Group, fetched.Error)
+		}
+		committed := make(map[int]int64, len(ps))
+		for _, p := range fetched.Topics[t.Topic] {
+			if p.Error != nil {
+				return out, fmt.Errorf("stream: lag: committed offset of %s on %s/%d: %w", t.Group, t.Topic, p.Partition, p.Error)
+			}
+			committed[p.Partition] = p.CommittedOffset
+		}
+		for _, p := range ps {
+			m, ok := marks[tp{t.Topic, p}]
+			if !ok {
+				return out, fmt.Errorf("stream: lag: no offsets for %s/%d", t.Topic, p)
+			}
+			l := PartitionLag{Group: t.Group, Topic: t.Topic, Partition: p,
+				LogStart: m.FirstOffset, HighWatermark: m.LastOffset, Committed: -1}
+			start := m.FirstOffset
+			if off, ok := committed[p]; ok && off >= 0 {
+				// Below the log start (retention removed what it had not
+				// read), the group resumes at the log start.
+				l.Committed, start = off, max(off, m.FirstOffset)
+			}
+			l.Lag = max(0, l.HighWatermark-start)
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
