@@ -112,6 +112,9 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 // Close releases the Kafka writer.
 func (s *Service) Close() error { return s.records.Close() }
 
+// Writers exposes the service's producers for writer metrics.
+func (s *Service) Writers() []*kafka.Writer { return []*kafka.Writer{s.records} }
+
 // Drain makes the service refuse new batches with 503 and report not ready;
 // call it when shutdown begins.
 func (s *Service) Drain() { s.draining.Store(true) }

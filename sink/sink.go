@@ -88,6 +88,9 @@ func (s *Stage) Run(ctx context.Context) error {
 // Consumer exposes the stage's consumer for lag and reader metrics.
 func (s *Stage) Consumer() *stream.Consumer { return s.consumer }
 
+// Writers exposes the stage's producers for writer metrics.
+func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.dlq} }
+
 type deadLetter struct {
 	msg   kafka.Message
 	class string

@@ -108,6 +108,12 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 // Stats returns the reader's statistics since the last call.
 func (c *Consumer) Stats() kafka.ReaderStats { return c.reader.Stats() }
 
+// GroupID is the consumer group the consumer is a member of.
+func (c *Consumer) GroupID() string { return c.cfg.GroupID }
+
+// Topic is the topic the consumer reads.
+func (c *Consumer) Topic() string { return c.cfg.Topic }
+
 // Run consumes until ctx is done or the handler fails. On shutdown it stops
 // fetching, lets the in-flight chunk finish and commit (bounded by
 // DrainTimeout), closes the reader and returns nil.

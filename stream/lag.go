@@ -213,11 +213,17 @@ func (c *LagCollector) Lag(ctx context.Context) ([]PartitionLag, error) {
 		if err != nil {
 			return out, fmt.Errorf("stream: lag: committed offsets of %s: %w", t.Group, err)
 		}
-		if fetched.Error != nil {
+		// Apache Kafka answers a group that never committed with offset
+		// -1; some brokers say the group does not exist. Both mean no
+		// commits.
+		if fetched.Error != nil && !errors.Is(fetched.Error, kafka.GroupIdNotFound) {
 			return out, fmt.Errorf("stream: lag: committed offsets of %s: %w", t.Group, fetched.Error)
 		}
 		committed := make(map[int]int64, len(ps))
 		for _, p := range fetched.Topics[t.Topic] {
+			if errors.Is(p.Error, kafka.GroupIdNotFound) {
+				continue
+			}
 			if p.Error != nil {
 				return out, fmt.Errorf("stream: lag: committed offset of %s on %s/%d: %w", t.Group, t.Topic, p.Partition, p.Error)
 			}

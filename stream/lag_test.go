@@ -64,7 +64,8 @@ func TestLagCollector(t *testing.T) {
 		}
 	}
 
-	c, err := stream.NewLagCollector(stream.LagConfig{Brokers: brokers, Targets: []stream.LagTarget{{Group: "g", Topic: "recs"}}})
+	// Group "new" has never committed: it lags by everything.
+	c, err := stream.NewLagCollector(stream.LagConfig{Brokers: brokers, Targets: []stream.LagTarget{{Group: "g", Topic: "recs"}, {Group: "new", Topic: "recs"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +76,9 @@ func TestLagCollector(t *testing.T) {
 groupmatch_kafka_consumer_lag_messages{group="g",partition="0",topic="recs"} 3
 groupmatch_kafka_consumer_lag_messages{group="g",partition="1",topic="recs"} 3
 groupmatch_kafka_consumer_lag_messages{group="g",partition="2",topic="recs"} 0
+groupmatch_kafka_consumer_lag_messages{group="new",partition="0",topic="recs"} 5
+groupmatch_kafka_consumer_lag_messages{group="new",partition="1",topic="recs"} 3
+groupmatch_kafka_consumer_lag_messages{group="new",partition="2",topic="recs"} 0
 # HELP groupmatch_kafka_consumer_committed_offset The consumer group's committed offset (the next offset it will read), where it has committed one.
 # TYPE groupmatch_kafka_consumer_committed_offset gauge
 groupmatch_kafka_consumer_committed_offset{group="g",partition="0",topic="recs"} 2

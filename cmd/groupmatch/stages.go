@@ -62,6 +62,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		return fmt.Errorf("--database-url: %w", err)
 	}
 	poolCfg.MaxConns = int32(max(o.dbMaxConns, 2))
+	poolCfg.ConnConfig.Tracer = pgxTracer(log)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("postgres: %w", err)
@@ -93,6 +94,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		defer svc.Close()
+		observeStage(gctx, reg, o, pool, log, stageIngest, nil, svc.Writers()...)
 		mux.Handle("/api/", svc.Handler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
 	}
@@ -103,6 +105,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
+		observeStage(gctx, reg, o, pool, log, stageMatcher, m.Consumer(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
@@ -114,6 +117,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
+		observeStage(gctx, reg, o, pool, log, stageSink, s.Consumer(), s.Writers()...)
 		g.Go(func() error { return s.Run(gctx) })
 	}
 

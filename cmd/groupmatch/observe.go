@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/tracelog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// dlqReplayGroup is the consumer group operators read the dead-letter topic
+// with (docs/operations.md). Its lag on the DLQ is the number of dead
+// letters nobody has looked at yet: the "DLQ not empty" alert.
+const dlqReplayGroup = "groupmatch-dlq-replay"
+
+// scrapeTimeout bounds the PostgreSQL and Kafka round trips of one scrape.
+const scrapeTimeout = 3 * time.Second
+
+// observeStage registers a stage's operational metrics on reg, labelled
+// stage=<stage>: the kafka-go statistics of its consumer (if any) and
+// writers, the consumer group's lag per partition, and for the sink the
+// batches in flight and the dead-letter backlog. The collectors' Kafka
+// connections are released when ctx is done.
+func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, pool *pgxpool.Pool, log *slog.Logger,
+	stage string, c *stream.Consumer, writers ...*kafka.Writer) {
+	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
+	stats := stream.NewStatsCollector()
+	var targets []stream.LagTarget
+	if c != nil {
+		stats.AddReader(c)
+		targets = append(targets, stream.LagTarget{Group: c.GroupID(), Topic: c.Topic()})
+	}
+	for _, w := range writers {
+		stats.AddWriter(w)
+	}
+	reg.MustRegister(stats)
+	if stage == stageSink {
+		targets = append(targets, stream.LagTarget{Group: dlqReplayGroup, Topic: o.topics().DLQ})
+		reg.MustRegister(newBatchCollector(pool, log))
+	}
+	if len(targets) == 0 {
+		return
+	}
+	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: o.brokerList(), Targets: targets, Timeout: scrapeTimeout,
+		Logger: log.With("stage", stage)})
+	if err != nil { // cannot happen: the targets come from a valid consumer
+		log.Error("consumer lag not reported", "stage", stage, "err", err)
+		return
+	}
+	reg.MustRegister(lag)
+	context.AfterFunc(ctx, lag.Close)
+}
+
+// batchCollector reports the batches in flight, read from PostgreSQL at each
+// scrape (a partial index keeps that cheap). It is registered by sink
+// processes only; every sink reports the same numbers, so queries take max.
+type batchCollector struct {
+	pool             *pgxpool.Pool
+	log              *slog.Logger
+	inFlight, oldest *prometheus.Desc
+	errors           prometheus.Counter
+	mu               sync.Mutex // one query at a time
+}
+
+func newBatchCollector(pool *pgxpool.Pool, log *slog.Logger) *batchCollector {
+	return &batchCollector{
+		pool: pool, log: log,
+		inFlight: prometheus.NewDesc("groupmatch_batches_in_flight",
+			"Accepted batches not yet final (status PROCESSING).", nil, nil),
+		oldest: prometheus.NewDesc("groupmatch_batch_oldest_in_flight_accepted_timestamp_seconds",
+			"Acceptance time of the oldest batch in flight, as a Unix time; absent when none is.", nil, nil),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_batches_in_flight_collect_errors_total",
+			Help: "Scrapes that could not count the batches in flight.",
+		}),
+	}
+}
+
+func (b *batchCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- b.inFlight
+	ch <- b.oldest
+	b.errors.Describe(ch)
+}
+
+func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	var n int64
+	var oldest *float64
+	err := b.pool.QueryRow(ctx, `SELECT count(*), extract(epoch FROM min(accepted_at))::float8
+		FROM batches WHERE status = 'PROCESSING'`).Scan(&n, &oldest)
+	if err != nil {
+		b.errors.Inc()
+		b.log.Warn("batches in flight unavailable", "stage", stageSink, "err", safeError(err))
+	} else {
+		ch <- prometheus.MustNewConstMetric(b.inFlight, prometheus.GaugeValue, float64(n))
+		if oldest != nil {
+			ch <- prometheus.MustNewConstMetric(b.oldest, prometheus.GaugeValue, *oldest)
+		}
+	}
+	b.errors.Collect(ch)
+}
+
+// pgxTracer bridges pgx's tracing into log. Only failures are logged: at
+// warn, at info for serialization failures and deadlocks (the stages retry
+// them), at debug when the caller's context ended (shutdown). Statements
+// that succeed are not logged. Query arguments never are: they carry
+// identity values; nor are error texts that may quote a value (see
+// safeError).
+func pgxTracer(log *slog.Logger) pgx.QueryTracer {
+	log = log.With("component", "pgx")
+	return &tracelog.TraceLog{
+		LogLevel: tracelog.LogLevelError,
+		Logger: tracelog.LoggerFunc(func(ctx context.Context, _ tracelog.LogLevel, msg string, data map[string]any) {
+			err, _ := data["err"].(error)
+			level := slog.LevelWarn
+			var pgErr *pgconn.PgError
+			switch {
+			case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+				level = slog.LevelDebug
+			case errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01"):
+				level = slog.LevelInfo
+			}
+			if !log.Enabled(ctx, level) {
+				return
+			}
+			attrs := []any{"op", msg}
+			if sql, ok := data["sql"].(string); ok {
+				attrs = append(attrs, "sql", shortSQL(sql))
+			}
+			if d, ok := data["time"].(time.Duration); ok {
+				attrs = append(attrs, "duration", d)
+			}
+			if pid, ok := data["pid"]; ok {
+				attrs = append(attrs, "pid", pid)
+			}
+			if err != nil {
+				attrs = append(attrs, "err", safeError(err))
+			}
+			log.Log(ctx, level, "postgres: "+strings.ToLower(msg)+" failed", attrs...)
+		}),
+	}
+}
+
+// shortSQL is a statement's text on one line, at most 200 bytes. groupmatch's
+// statements carry values only as parameters, so their text holds none.
+func shortSQL(sql string) string {
+	sql = strings.Join(strings.Fields(sql), " ")
+	if len(sql) > 200 {
+		sql = sql[:200] + "…"
+	}
+	return sql
+}
+
+// safeError is an error's text when it cannot quote a value, else a
+// description without it: PostgreSQL's data exceptions (SQLSTATE class 22)
+// and pgx's encode and scan errors quote the offending value, which may be
+// a phone number or an openid.
+func safeError(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if strings.HasPrefix(pgErr.Code, "22") {
+			return fmt.Sprintf("%s: data exception (message withheld) (SQLSTATE %s)", pgErr.Severity, pgErr.Code)
+		}
+		// The message of other classes names objects, not values; the
+		// detail (which can quote a key) is left out.
+		return fmt.Sprintf("%s: %s (SQLSTATE %s)", pgErr.Severity, pgErr.Message, pgErr.Code)
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &connectErr) ||
+		errors.As(err, &netErr) || errors.Is(err, net.ErrClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, pgx.ErrNoRows) || errors.Is(err, pgx.ErrTxClosed) {
+		return err.Error()
+	}
+	return fmt.Sprintf("%T (text withheld: it may quote a value)", err)
+}
