@@ -31,6 +31,7 @@ Commands:
   app create         creates an application and prints its credentials once
   app disable        disables an application; its tokens stop working
   directory load     loads customers from JSON lines
+  healthcheck        probes a process's /healthz or /readyz (for container healthchecks)
 
 Run "groupmatch <command> --help" for a command's flags.
 `
@@ -75,6 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdApp(ctx, rest, stdout, stderr)
 	case "directory":
 		return cmdDirectory(ctx, rest, stdout, stderr)
+	case "healthcheck":
+		return cmdHealthcheck(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
