@@ -4,7 +4,7 @@ BIN       ?= bin/groupmatch
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
-.PHONY: run build test lint deps fuzz fuzz-short clean
+.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean
 
 ## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
 run:
@@ -14,15 +14,22 @@ run:
 build:
 	$(GO) build -o $(BIN) ./cmd/groupmatch
 
-## deps: Go modules and the services the tests need (PostgreSQL)
+## deps: Go modules and the services and tools the tests need (PostgreSQL, prometheus/promtool, docker-compose)
 deps:
 	$(GO) mod download
 	bash .ci/ensure-postgres.sh
+	bash .ci/ensure-tools.sh
 
 ## test: every test, and a short run of each fuzz target on its seed corpus (< 10 min)
-test: deps lint
+test: deps lint check-deploy
 	$(GO) test -count=1 -timeout 9m $(PKGS)
 	$(MAKE) --no-print-directory fuzz-short
+
+## check-deploy: promtool checks the Prometheus configuration and rules, and runs the rules' unit tests
+check-deploy:
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 ## lint: formatting and go vet
 lint:
