@@ -2,13 +2,21 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/groupmatch/groupmatch/apps"
 )
@@ -145,4 +153,261 @@ func TestLogsHoldNoIdentityValues(t *testing.T) {
 	if t.Failed() {
 		fmt.Println(logs)
 	}
+}
+
+// promServer is Debian's prometheus running for a test.
+type promServer struct {
+	t    *testing.T
+	base string
+}
+
+// startPrometheus runs a Prometheus on a free loopback port that scrapes
+// target (host:port) every second and evaluates deploy/prometheus's rules
+// every second. The test fails (never skips) without the binary.
+func startPrometheus(t *testing.T, target string) *promServer {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatal("prometheus not found: install Debian's prometheus package (make deps does)")
+	}
+	rules, err := filepath.Abs("../../deploy/prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+  - job_name: groupmatch-serve
+    static_configs: [{targets: [%q]}]
+`, rules, target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Prometheus takes no port 0: take a free port and hand it over.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("prometheus output:\n%s", out.String())
+		}
+	})
+	p := &promServer{t: t, base: "http://" + addr}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(p.base + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("prometheus exited: %v\n%s", err, out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready within 20 s:\n%s", out.String())
+		}
+	}
+}
+
+// promResult is an answer of Prometheus's HTTP API.
+type promResult struct {
+	Status    string `json:"status"`
+	ErrorType string `json:"errorType"`
+	Error     string `json:"error"`
+	Data      struct {
+		ResultType string            `json:"resultType"`
+		Result     json.RawMessage   `json:"result"`
+		Groups     []json.RawMessage `json:"groups"`
+	} `json:"data"`
+}
+
+// query evaluates expr now; it returns the number of series (or 1 for a
+// scalar) and the API's error, if any.
+func (p *promServer) query(expr string) (int, error) {
+	resp, err := http.PostForm(p.base+"/api/v1/query", url.Values{"query": {expr}})
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r promResult
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, fmt.Errorf("HTTP %d: %w", resp.StatusCode, err)
+	}
+	if r.Status != "success" {
+		return 0, fmt.Errorf("%s: %s", r.ErrorType, r.Error)
+	}
+	if r.Data.ResultType == "scalar" {
+		return 1, nil
+	}
+	var series []json.RawMessage
+	if err := json.Unmarshal(r.Data.Result, &series); err != nil {
+		return 0, err
+	}
+	return len(series), nil
+}
+
+// waitSeries waits until expr returns a series.
+func (p *promServer) waitSeries(expr string, within time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		n, err := p.query(expr)
+		if err != nil {
+			p.t.Fatalf("%s: %v", expr, err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s returned nothing within %s", expr, within)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// grafanaVars replaces the Grafana variables the dashboard's queries use.
+var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1s", "$__range", "5m")
+
+// mustHaveSeries are the panels that must show data once traffic flowed:
+// throughput and lag.
+var mustHaveSeries = map[string]bool{"Ingest throughput": true, "End-to-end throughput": true,
+	"Consumer lag per partition": true, "Produced messages by topic": true}
+
+// A real Prometheus scraping a running groupmatch evaluates every query of
+// the Grafana dashboard and every rule without error, and the throughput and
+// lag panels show data.
+func TestPrometheusQueries(t *testing.T) {
+	start := time.Now()
+	s := startSystem(t)
+	_, token := s.app("ops", apps.ScopeGroup)
+	s.loadDirectory("ops", opsDirectory)
+	p := startPrometheus(t, strings.TrimPrefix(s.base, "http://"))
+	p.waitSeries(`up{job="groupmatch-serve"} == 1`, 20*time.Second)
+	for range 3 {
+		id := s.postBatch(token, opsBatch)
+		s.waitFinal(token, id, 15*time.Second)
+	}
+	// The last batch's counters scraped, with samples enough for rate()
+	// even of series born with the first batch, and the rules evaluated.
+	p.waitSeries(`sum(groupmatch_batches_finished_total) >= 3`, 20*time.Second)
+	p.waitSeries(`min(count_over_time(groupmatch_batches_finished_total[1m])) >= 3`, 20*time.Second)
+	p.waitSeries(`groupmatch:kafka_consumer_lag_messages:sum`, 10*time.Second)
+
+	var d struct {
+		Panels []struct {
+			Type    string `json:"type"`
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	raw, err := os.ReadFile("../../deploy/grafana/dashboards/groupmatch.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	queries := 0
+	for _, panel := range d.Panels {
+		for _, tg := range panel.Targets {
+			queries++
+			expr := grafanaVars.Replace(tg.Expr)
+			n, err := p.query(expr)
+			switch {
+			case err != nil:
+				t.Errorf("panel %q: %s: %v", panel.Title, expr, err)
+			case n == 0 && mustHaveSeries[panel.Title]:
+				t.Errorf("panel %q: %s returned no series", panel.Title, expr)
+			}
+		}
+	}
+	for title := range mustHaveSeries {
+		found := false
+		for _, panel := range d.Panels {
+			found = found || panel.Title == title
+		}
+		if !found {
+			t.Errorf("the dashboard has no panel %q", title)
+		}
+	}
+
+	var rules struct {
+		Groups []struct {
+			Name  string
+			Rules []struct {
+				Record, Alert, Expr string
+			}
+		}
+	}
+	raw, err = os.ReadFile("../../deploy/prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &rules); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			queries++
+			if _, err := p.query(r.Expr); err != nil {
+				t.Errorf("rule %s%s: %v", r.Record, r.Alert, err)
+			}
+		}
+	}
+	// Prometheus evaluated every rule group without error.
+	resp, err := http.Get(p.base + "/api/v1/rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rr struct {
+		Data struct {
+			Groups []struct {
+				Name  string
+				Rules []struct {
+					Name, Health, LastError string
+				}
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil {
+		t.Fatal(err)
+	}
+	if len(rr.Data.Groups) != len(rules.Groups) {
+		t.Errorf("prometheus loaded %d rule groups, want %d", len(rr.Data.Groups), len(rules.Groups))
+	}
+	for _, g := range rr.Data.Groups {
+		for _, r := range g.Rules {
+			if r.Health != "ok" {
+				t.Errorf("rule %s/%s: health %q %s", g.Name, r.Name, r.Health, r.LastError)
+			}
+		}
+	}
+	t.Logf("%d queries evaluated; %s in all", queries, time.Since(start).Round(time.Millisecond))
 }
