@@ -105,33 +105,8 @@ func TestReadinessFollowsPostgres(t *testing.T) {
 		partitions: 2, rateLimit: 100, rateBurst: 100, matcherChunk: 100, sinkChunk: 100,
 		dbMaxConns: 4, pendingTimeout: 30 * time.Second,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := createTopics(ctx, o); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(a string) { addr <- a })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done: // PostgreSQL is gone: the stages may end with an error
-		case <-time.After(20 * time.Second):
-			t.Errorf("stages did not stop within 20 s")
-		}
-	})
-	var base string
-	select {
-	case a := <-addr:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("stages did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("stages did not start within 30 s")
-	}
+	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(io.Discard, nil)), true)
+	ctx := context.Background()
 
 	if code, body := getStatus(t, base+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz before the cut: %d %s", code, body)
@@ -178,4 +153,41 @@ func TestHealthcheckRefused(t *testing.T) {
 	if err := run(context.Background(), []string{"healthcheck", "--url", "http://" + addr + "/healthz", "--timeout", "1s"}, io.Discard, io.Discard); err == nil {
 		t.Fatal("healthcheck of a closed port succeeded")
 	}
+}
+
+// runStagesOn creates the topics and runs every stage in this process on
+// o's Kafka and PostgreSQL until the test ends; it returns the HTTP base
+// URL. With dbMayVanish, the stages may stop with an error.
+func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := createTopics(ctx, o); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(a string) { addr <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil && !dbMayVanish {
+				t.Errorf("stages stopped with %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("stages did not stop within 20 s")
+		}
+	})
+	select {
+	case a := <-addr:
+		return "http://" + a
+	case err := <-done:
+		t.Fatalf("stages did not start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("stages did not start within 60 s")
+	}
+	return ""
 }
