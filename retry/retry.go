@@ -14,6 +14,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/segmentio/kafka-go"
 )
 
 // ErrTransient marks an error as worth retrying whatever it wraps.
@@ -31,6 +32,17 @@ func Transient(err error) bool {
 	}
 	if errors.Is(err, context.Canceled) {
 		return false
+	}
+	// kafka-go reports a batch write as one error per message, without
+	// Unwrap: transient when every message that failed failed transiently.
+	var writeErrs kafka.WriteErrors
+	if errors.As(err, &writeErrs) {
+		for _, e := range writeErrs {
+			if e != nil && !Transient(e) {
+				return false
+			}
+		}
+		return writeErrs.Count() > 0
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +29,9 @@ func TestTransient(t *testing.T) {
 		{"eof", fmt.Errorf("read: %w", io.EOF), true},
 		{"kafka leader not available", kafka.LeaderNotAvailable, true},
 		{"kafka message too large", kafka.MessageSizeTooLarge, false},
+		{"kafka write errors, all transient", fmt.Errorf("write: %w", kafka.WriteErrors{nil, &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, kafka.LeaderNotAvailable}), true},
+		{"kafka write errors, one permanent", kafka.WriteErrors{kafka.LeaderNotAvailable, kafka.MessageSizeTooLarge}, false},
+		{"kafka write errors, none", kafka.WriteErrors{nil, nil}, false},
 		{"marked", fmt.Errorf("batch pending: %w", ErrTransient), true},
 		{"cancelled", context.Canceled, false},
 		{"plain", errors.New("boom"), false},

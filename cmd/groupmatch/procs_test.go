@@ -45,6 +45,13 @@ func binary(t *testing.T) string {
 	return buildOnce.path
 }
 
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
 // proc is a groupmatch process started by a test.
 type proc struct {
 	t      *testing.T
@@ -91,7 +98,7 @@ func startProc(t *testing.T, env []string, stdin io.Reader, args ...string) *pro
 		if p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Kill()
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("GROUPMATCH_TEST_LOGS") != "" {
 			t.Logf("output of %s:\n%s", p.name, p.output())
 		}
 	})
@@ -171,10 +178,21 @@ type cluster struct {
 
 func startCluster(t *testing.T, dbURL string) *cluster {
 	t.Helper()
+	return startClusterWith(t, dbURL, "")
+}
+
+// startClusterWith keeps the broker's log in brokerData when it is set, so
+// the broker can be restarted.
+func startClusterWith(t *testing.T, dbURL, brokerData string, env ...string) *cluster {
+	t.Helper()
 	c := &cluster{}
-	c.broker = startProc(t, nil, nil, "broker", "--addr", "127.0.0.1:0", "--partitions", "4")
+	args := []string{"broker", "--addr", "127.0.0.1:0", "--partitions", "4", "--log-level", envOr("GROUPMATCH_TEST_BROKER_LOG", "info")}
+	if brokerData != "" {
+		args = append(args, "--data", brokerData)
+	}
+	c.broker = startProc(t, nil, nil, args...)
 	brokers := c.broker.waitFor(brokerAddrRE, 30*time.Second)
-	c.env = []string{"KAFKA_BROKERS=" + brokers, "DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}
+	c.env = append([]string{"KAFKA_BROKERS=" + brokers, "DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
 	runProc(t, c.env, nil, "migrate")
 	runProc(t, c.env, nil, "topics", "--partitions", "4")
 	c.ingest = c.start(t, "ingest")

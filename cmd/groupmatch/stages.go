@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -63,6 +64,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	poolCfg.MaxConns = int32(max(o.dbMaxConns, 2))
 	poolCfg.ConnConfig.Tracer = pgxTracer(log)
+	// Name the connections after the stages, so pg_stat_activity shows who
+	// is who.
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = "groupmatch-" + strings.Join(stages, "+")
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("postgres: %w", err)
