@@ -100,8 +100,10 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		HeartbeatInterval:     1 * time.Second,
 		RebalanceTimeout:      10 * time.Second,
 		WatchPartitionChanges: true,
-		Logger:                kafka.LoggerFunc(func(msg string, args ...any) { cfg.Logger.Debug(fmt.Sprintf(msg, args...), "component", "kafka-reader") }),
-		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { cfg.Logger.Warn(fmt.Sprintf(msg, args...), "component", "kafka-reader") }),
+		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
+			cfg.Logger.Debug(fmt.Sprintf(msg, args...), "component", "kafka-reader")
+		}),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) { cfg.Logger.Warn(fmt.Sprintf(msg, args...), "component", "kafka-reader") }),
 	})
 	return &Consumer{cfg: cfg, reader: r}, nil
 }
