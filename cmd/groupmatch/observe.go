@@ -31,8 +31,10 @@ const scrapeTimeout = 3 * time.Second
 // observeStage registers a stage's operational metrics on reg, labelled
 // stage=<stage>: the kafka-go statistics of its consumer (if any) and
 // writers, the consumer group's lag per partition, and for the sink the
-// batches in flight and the dead-letter backlog. The collectors' Kafka
-// connections are released when ctx is done.
+// batches in flight and the dead-letter backlog. It also sends the writers'
+// errors (topic, partition, attempt, error; never message contents) to log
+// at warn. Call it before the stage runs. The collectors' Kafka connections
+// are released when ctx is done.
 func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, pool *pgxpool.Pool, log *slog.Logger,
 	stage string, c *stream.Consumer, writers ...*kafka.Writer) {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
@@ -44,6 +46,10 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, po
 	}
 	for _, w := range writers {
 		stats.AddWriter(w)
+		if w.ErrorLogger == nil { // set before the stage runs: no writer is in use yet
+			wlog := log.With("stage", stage, "component", "kafka-writer", "topic", w.Topic)
+			w.ErrorLogger = kafka.LoggerFunc(func(msg string, args ...any) { wlog.Warn(fmt.Sprintf(msg, args...)) })
+		}
 	}
 	reg.MustRegister(stats)
 	if stage == stageSink {
