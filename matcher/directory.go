@@ -3,8 +3,11 @@ package matcher
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,8 +43,10 @@ type CreateResult struct {
 // Directory is what the matcher needs of the customer directory.
 type Directory interface {
 	// Lookup returns every binding of the given keys; keys with none are
-	// absent from the map. Implementations answer a whole chunk with one
-	// query per identity kind.
+	// absent from the map, and a key given several times is answered once.
+	// Implementations answer a whole chunk in one round trip, with one
+	// query per identity kind and tenant, never one per key. The map and
+	// its slices belong to the caller, who must not append to the slices.
 	Lookup(ctx context.Context, keys []Key) (map[Key][]Binding, error)
 	// FindOrCreate returns, for each request in order, the customer with
 	// that thirdId, creating it if the tenant has none. Concurrent calls
@@ -57,63 +62,72 @@ var _ Directory = (*PGDirectory)(nil)
 // NewPGDirectory returns a directory on db.
 func NewPGDirectory(db *pgxpool.Pool) *PGDirectory { return &PGDirectory{db: db} }
 
-// lookupSQL answers one identity kind for arrays of (tenant, value).
+// lookupSQL answers one identity kind for one tenant ($1) and an array of
+// values ($2): each row is a value found, a customer holding it and, but for
+// thirdIds, the application it was bound through. The "= ANY" index scans
+// descend each index once per distinct value, in index order; the explicit
+// IS NOT NULL lets a generic plan use the partial indexes.
 var lookupSQL = map[pipeline.IdentityKind]string{
-	pipeline.KindPhone: `SELECT p.tenant_id, p.phone, p.customer_id, p.app_type, p.app_id
-		FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-		JOIN customer_phones p ON p.tenant_id = k.t AND p.phone = k.v`,
-	pipeline.KindOpenID: `SELECT o.tenant_id, o.openid, o.customer_id, o.app_type, o.app_id
-		FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-		JOIN customer_openids o ON o.tenant_id = k.t AND o.openid = k.v`,
-	pipeline.KindUnionID: `SELECT c.tenant_id, c.unionid, c.customer_id, c.unionid_app_type, c.unionid_app_id
-		FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-		JOIN customers c ON c.tenant_id = k.t AND c.unionid = k.v`,
-	pipeline.KindThirdID: `SELECT c.tenant_id, c.third_id, c.customer_id, '', ''
-		FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-		JOIN customers c ON c.tenant_id = k.t AND c.third_id = k.v`,
+	pipeline.KindPhone: `SELECT phone, customer_id, app_type, app_id FROM customer_phones
+		WHERE tenant_id = $1 AND phone = ANY($2::text[])`,
+	pipeline.KindOpenID: `SELECT openid, customer_id, app_type, app_id FROM customer_openids
+		WHERE tenant_id = $1 AND openid = ANY($2::text[])`,
+	pipeline.KindUnionID: `SELECT unionid, customer_id, unionid_app_type, unionid_app_id FROM customers
+		WHERE tenant_id = $1 AND unionid = ANY($2::text[]) AND unionid IS NOT NULL`,
+	pipeline.KindThirdID: `SELECT third_id, customer_id FROM customers
+		WHERE tenant_id = $1 AND third_id = ANY($2::text[]) AND third_id IS NOT NULL`,
 }
 
-// Lookup sends one query per identity kind present, all in one round trip.
+// lookupGroup is the distinct values of one kind of one tenant that a
+// Lookup asks about.
+type lookupGroup struct {
+	tenant int64
+	kind   pipeline.IdentityKind
+	values []string
+	index  map[string]int32 // value -> its position in values
+}
+
+// Lookup sends one query per identity kind and tenant present, all in one
+// round trip, and decodes the rows without allocating a string per row.
+// The slices of the map share one backing array per query; the caller must
+// not append to them.
 func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding, error) {
-	type cols struct {
-		tenants []int64
-		values  []string
+	type groupKey struct {
+		tenant int64
+		kind   pipeline.IdentityKind
 	}
-	byKind := make(map[pipeline.IdentityKind]*cols, 4)
-	seen := make(map[Key]bool, len(keys))
+	groups := make(map[groupKey]*lookupGroup, 4)
+	var order []*lookupGroup
+	var last *lookupGroup // keys of one group tend to come together
 	for _, k := range keys {
-		if seen[k] {
-			continue
+		g := last
+		if g == nil || g.tenant != k.TenantID || g.kind != k.Kind {
+			gk := groupKey{k.TenantID, k.Kind}
+			g = groups[gk]
+			if g == nil {
+				if _, ok := lookupSQL[k.Kind]; !ok {
+					return nil, fmt.Errorf("matcher: directory lookup: unknown identity kind %q", k.Kind)
+				}
+				g = &lookupGroup{tenant: k.TenantID, kind: k.Kind, index: make(map[string]int32, len(keys)/numKinds+1)}
+				groups[gk] = g
+				order = append(order, g)
+			}
+			last = g
 		}
-		seen[k] = true
-		c := byKind[k.Kind]
-		if c == nil {
-			c = &cols{}
-			byKind[k.Kind] = c
+		if _, dup := g.index[k.Value]; !dup {
+			g.index[k.Value] = int32(len(g.values))
+			g.values = append(g.values, k.Value)
 		}
-		c.tenants = append(c.tenants, k.TenantID)
-		c.values = append(c.values, k.Value)
 	}
 	out := make(map[Key][]Binding, len(keys))
-	if len(byKind) == 0 {
+	if len(order) == 0 {
 		return out, nil
 	}
+	intern := make(map[string]string, 8)
 	batch := &pgx.Batch{}
-	for _, kind := range pipeline.IdentityKinds {
-		c := byKind[kind]
-		if c == nil {
-			continue
-		}
-		batch.Queue(lookupSQL[kind], c.tenants, c.values).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				k := Key{Kind: kind}
-				var b Binding
-				if err := rows.Scan(&k.TenantID, &k.Value, &b.CustomerID, &b.AppType, &b.AppID); err != nil {
-					return err
-				}
-				out[k] = append(out[k], b)
-			}
-			return rows.Err()
+	for _, g := range order {
+		batch.Queue(lookupSQL[g.kind], g.tenant, g.values).Query(func(rows pgx.Rows) error {
+			return g.collect(rows, out, intern)
 		})
 	}
 	if err := d.db.SendBatch(ctx, batch).Close(); err != nil {
@@ -122,10 +136,107 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding
 	return out, nil
 }
 
+// collect reads the rows of g's query into out. intern holds the
+// application names seen so far, so that each is allocated once.
+func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[string]string) error {
+	fields := rows.FieldDescriptions()
+	// Most values asked about are found once.
+	at := make([]int32, 0, len(g.values)) // at[j] is the value of bs[j]
+	bs := make([]Binding, 0, len(g.values))
+	var started []bool // started[i]: a run of rows of value i began
+	scattered := false
+	for rows.Next() {
+		raw := rows.RawValues()
+		i, ok := g.index[string(raw[0])]
+		if !ok {
+			return errors.New("directory returned a value it was not asked about")
+		}
+		id, err := decodeInt8(raw[1], fields[1].Format)
+		if err != nil {
+			return err
+		}
+		b := Binding{CustomerID: id}
+		if len(raw) == 4 {
+			b.AppType, b.AppID = internBytes(intern, raw[2]), internBytes(intern, raw[3])
+		}
+		if n := len(at); n == 0 || at[n-1] != i {
+			if started == nil {
+				started = make([]bool, len(g.values))
+			}
+			scattered = scattered || started[i]
+			started[i] = true
+		}
+		at, bs = append(at, i), append(bs, b)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if scattered {
+		// An index scan returns the rows of one value together; another
+		// plan may scatter them.
+		perm := make([]int, len(at))
+		for j := range perm {
+			perm[j] = j
+		}
+		slices.SortStableFunc(perm, func(a, b int) int { return cmp.Compare(at[a], at[b]) })
+		at2, bs2 := make([]int32, len(at)), make([]Binding, len(bs))
+		for j, p := range perm {
+			at2[j], bs2[j] = at[p], bs[p]
+		}
+		at, bs = at2, bs2
+	}
+	for j := 0; j < len(at); {
+		e := j + 1
+		for e < len(at) && at[e] == at[j] {
+			e++
+		}
+		out[Key{TenantID: g.tenant, Kind: g.kind, Value: g.values[at[j]]}] = bs[j:e:e]
+		j = e
+	}
+	return nil
+}
+
+// decodeInt8 decodes a bigint column in either wire format.
+func decodeInt8(b []byte, format int16) (int64, error) {
+	if format == pgx.BinaryFormatCode {
+		if len(b) != 8 {
+			return 0, errors.New("bad bigint in directory row")
+		}
+		return int64(binary.BigEndian.Uint64(b)), nil
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return 0, errors.New("bad bigint in directory row")
+	}
+	return n, nil
+}
+
+func internBytes(intern map[string]string, b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if s, ok := intern[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	intern[s] = s
+	return s
+}
+
 type thirdKey struct {
 	tenant int64
 	third  string
 }
+
+// findThirdIDsSQL answers arrays of (tenant, thirdId) with the customers
+// holding them. The OFFSET 0 keeps the lateral subquery from being flattened
+// into a join the planner could run as a hash join over the tenants' whole
+// directories: each pair is one probe of customers_third_id.
+const findThirdIDsSQL = `
+	SELECT k.t, k.v, c.customer_id
+	FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
+	CROSS JOIN LATERAL (SELECT customer_id FROM customers
+		WHERE tenant_id = k.t AND third_id = k.v AND third_id IS NOT NULL OFFSET 0) c`
 
 // FindOrCreate runs in one transaction that takes a transaction-scoped
 // advisory lock per (tenant, thirdId), in a fixed order, before looking;
@@ -160,10 +271,7 @@ func (d *PGDirectory) FindOrCreate(ctx context.Context, reqs []CreateRequest) ([
 			ORDER BY h`, tenants, thirds); err != nil {
 			return fmt.Errorf("lock thirdIds: %w", err)
 		}
-		rows, err := tx.Query(ctx, `
-			SELECT c.tenant_id, c.third_id, c.customer_id
-			FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-			JOIN customers c ON c.tenant_id = k.t AND c.third_id = k.v`, tenants, thirds)
+		rows, err := tx.Query(ctx, findThirdIDsSQL, tenants, thirds)
 		if err != nil {
 			return fmt.Errorf("find thirdIds: %w", err)
 		}
