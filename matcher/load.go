@@ -3,22 +3,33 @@ package matcher
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/groupmatch/groupmatch/retry"
 )
 
 // MaxLoadedCustomerID is the largest customerId `directory load` accepts:
 // ids from 2^52 up are reserved for customers that isMatching=false imports
 // create, so the two never collide.
 const MaxLoadedCustomerID = 1<<52 - 1
+
+// MaxLineBytes is the longest directory line the loader reads; a longer one
+// is reported as bad and skipped.
+const MaxLineBytes = 4 << 20
 
 // DirectoryLine is one JSON line of a directory file (SPEC §9).
 type DirectoryLine struct {
@@ -61,7 +72,7 @@ func (b *BoundIdentity) UnmarshalJSON(data []byte) error {
 	default:
 		return errors.New("identity object names neither phone nor unionid")
 	}
-	b.AppType, b.AppID = o.AppType, o.AppID
+	b.AppType, b.AppID = strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)
 	if (b.AppType == "") != (b.AppID == "") {
 		return errors.New("appType and appId go together")
 	}
@@ -75,7 +86,8 @@ type AppOpenID struct {
 	AppID   string `json:"appId"`
 }
 
-// LineError is a bad directory line; the load skips it and goes on.
+// LineError is a bad directory line; the load skips it and goes on. Err
+// names the problem and the field, never a value of the line.
 type LineError struct {
 	Line int // counted from 1
 	Err  error
@@ -85,98 +97,267 @@ func (e LineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.
 
 // LoadProgress is reported while a directory loads.
 type LoadProgress struct {
+	// Lines and Bytes count the input up to the end of the chunks loaded so
+	// far (at the end: all of it); Loaded counts the good lines among them.
 	Lines, Loaded int
-	Bad           []LineError // bad lines so far
-	Bytes         int64       // bytes read
-	Elapsed       time.Duration
+	// Bad lists the bad lines found so far, in line order; it may name
+	// lines beyond Lines. The slice's elements are never changed once
+	// reported, so a receiver may keep it.
+	Bad     []LineError
+	Bytes   int64
+	Elapsed time.Duration
 }
 
-// Loader bulk-loads customers into the directory: lines are parsed and
-// normalised in Go, COPYed into temporary staging tables a few thousand at a
-// time, and merged with set-based upserts. Loading the same file again
-// changes nothing: customers are upserted by customerId (a field left out
-// keeps its stored value) and identities are only ever added.
+// Loader bulk-loads customers into a tenant's directory.
+//
+// Lines are parsed and normalised in Go (identity values trimmed, blocked
+// values dropped, phones in canonical form) and grouped in chunks; a
+// customerId given twice in a chunk is merged there. Each chunk is one
+// transaction: customers that the tenant does not have yet are written with
+// COPY straight into the directory tables, sorted by index key; customers it
+// has are merged with set-based statements that touch only rows that change.
+// Up to Workers chunks load at once, each on its own connection; a chunk
+// naming a customerId of a chunk still loading waits for it, so the file's
+// order decides.
+//
+// Loading is an upsert by customerId: a later line's thirdId and unionid
+// replace the stored ones, a field the line leaves out keeps its stored
+// value, and phones and openids are only ever added. Loading the same file
+// again therefore changes no row (not even its xmin). A Loader is safe for
+// concurrent use; concurrent loads into one tenant stay correct (a chunk
+// whose COPY meets a row another writer added is merged instead) but their
+// relative order is undefined.
 type Loader struct {
 	db *pgxpool.Pool
-	// ChunkLines is how many lines one transaction loads; default 20000.
+	// ChunkLines is how many lines one transaction loads; default 50000.
+	// Bigger chunks sort better against the indexes and cost memory
+	// (about 1 KiB per line in flight, Workers+1 chunks in flight).
 	ChunkLines int
-	// Progress, if set, is called after each chunk.
+	// Workers is how many chunks load at once, on as many connections;
+	// default 2.
+	Workers int
+	// Progress, if set, is called after each chunk commits, never
+	// concurrently.
 	Progress func(LoadProgress)
 }
 
-// NewLoader returns a loader on db.
-func NewLoader(db *pgxpool.Pool) *Loader { return &Loader{db: db, ChunkLines: 20000} }
+// NewLoader returns a loader on db with the default settings.
+func NewLoader(db *pgxpool.Pool) *Loader { return &Loader{db: db} }
 
 type stagedCustomer struct {
-	line                 int
 	id                   int64
-	thirdID              string
-	unionid, uType, uApp string
+	thirdID              string // "" when absent
+	unionid, uType, uApp string // unionid "" when absent
 }
 
 type stagedIdentity struct {
-	id                  int64
 	value, appType, app string
+	id                  int64
 }
 
+// loadChunk is a run of lines loaded in one transaction. The reader fills
+// it; after it is handed to a worker it is read-only until done is closed.
 type loadChunk struct {
 	customers []stagedCustomer
+	byID      map[int64]int // customerId -> index in customers
 	phones    []stagedIdentity
 	openids   []stagedIdentity
+	lines     int   // input lines the chunk spans, bad and blank ones included
+	good      int   // good lines among them
+	bytes     int64 // input bytes the chunk spans
+	done      chan struct{}
 }
 
-// Load reads JSON lines from r into the tenant's directory.
+func newLoadChunk(size int) *loadChunk {
+	return &loadChunk{
+		customers: make([]stagedCustomer, 0, size),
+		byID:      make(map[int64]int, size),
+		done:      make(chan struct{}),
+	}
+}
+
+// add merges one parsed line into the chunk.
+func (c *loadChunk) add(sc stagedCustomer, phones, openids []stagedIdentity) {
+	if i, ok := c.byID[sc.id]; ok {
+		prev := &c.customers[i]
+		if sc.thirdID != "" {
+			prev.thirdID = sc.thirdID
+		}
+		if sc.unionid != "" {
+			prev.unionid, prev.uType, prev.uApp = sc.unionid, sc.uType, sc.uApp
+		}
+	} else {
+		c.byID[sc.id] = len(c.customers)
+		c.customers = append(c.customers, sc)
+	}
+	c.phones = append(c.phones, phones...)
+	c.openids = append(c.openids, openids...)
+}
+
+// seal sorts the chunk's rows by the keys of the indexes they go into and
+// drops duplicate identities.
+func (c *loadChunk) seal() {
+	slices.SortFunc(c.customers, func(a, b stagedCustomer) int {
+		return cmp.Or(strings.Compare(a.unionid, b.unionid), cmp.Compare(a.id, b.id))
+	})
+	c.phones = sortIdentities(c.phones)
+	c.openids = sortIdentities(c.openids)
+}
+
+func sortIdentities(s []stagedIdentity) []stagedIdentity {
+	slices.SortFunc(s, func(a, b stagedIdentity) int {
+		return cmp.Or(strings.Compare(a.value, b.value), strings.Compare(a.appType, b.appType),
+			strings.Compare(a.app, b.app), cmp.Compare(a.id, b.id))
+	})
+	return slices.Compact(s)
+}
+
+// overlaps reports whether c and d name a common customerId.
+func (c *loadChunk) overlaps(d *loadChunk) bool {
+	small, big := c, d
+	if len(small.byID) > len(big.byID) {
+		small, big = big, small
+	}
+	for id := range small.byID {
+		if _, ok := big.byID[id]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Load reads JSON lines from r into the tenant's directory and returns when
+// all of them are loaded or on the first error that is not a bad line. Bad
+// lines are reported in the result's Bad and skipped. On an error, the
+// chunks already committed stay loaded; loading the file again completes
+// the rest.
 func (l *Loader) Load(ctx context.Context, tenantID int64, r io.Reader) (LoadProgress, error) {
+	chunkLines := cmp.Or(max(l.ChunkLines, 0), 50000)
+	workers := cmp.Or(max(l.Workers, 0), 2)
 	start := time.Now()
-	cr := &countingReader{r: r}
-	sc := bufio.NewScanner(cr)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
+
+	var mu sync.Mutex // guards prog and serialises Progress calls
 	var prog LoadProgress
-	var chunk loadChunk
-	flush := func() error {
-		if len(chunk.customers) == 0 {
+
+	g, gctx := errgroup.WithContext(ctx)
+	work := make(chan *loadChunk) // unbuffered: a chunk waits for an idle worker
+	for range workers {
+		g.Go(func() error {
+			for c := range work {
+				if err := l.loadChunk(gctx, tenantID, c); err != nil {
+					return err
+				}
+				close(c.done)
+				mu.Lock()
+				prog.Lines += c.lines
+				prog.Loaded += c.good
+				prog.Bytes += c.bytes
+				prog.Elapsed = time.Since(start)
+				if l.Progress != nil {
+					l.Progress(prog)
+				}
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+
+	// The reader: parses lines into chunks and hands them out in order.
+	var total struct {
+		lines int
+		bytes int64
+	}
+	g.Go(func() error {
+		defer close(work)
+		lr := newLineReader(r)
+		var inflight []*loadChunk
+		c := newLoadChunk(chunkLines)
+		var chunkStart int64
+		dispatch := func() error {
+			c.bytes = lr.n - chunkStart
+			chunkStart = lr.n
+			c.seal()
+			// Wait for chunks in flight that name a customer of c.
+			kept := inflight[:0]
+			for _, d := range inflight {
+				select {
+				case <-d.done:
+					continue
+				default:
+				}
+				if d.overlaps(c) {
+					select {
+					case <-d.done:
+						continue
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+				}
+				kept = append(kept, d)
+			}
+			inflight = append(kept, c)
+			select {
+			case work <- c:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			c = newLoadChunk(chunkLines)
 			return nil
 		}
-		if err := l.loadChunk(ctx, tenantID, &chunk); err != nil {
-			return err
-		}
-		prog.Loaded += len(chunk.customers)
-		chunk = loadChunk{}
-		prog.Bytes, prog.Elapsed = cr.n, time.Since(start)
-		if l.Progress != nil {
-			l.Progress(prog)
-		}
-		return nil
-	}
-	for sc.Scan() {
-		prog.Lines++
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
-		if err := stageLine(&chunk, prog.Lines, line); err != nil {
-			prog.Bad = append(prog.Bad, LineError{Line: prog.Lines, Err: err})
-			continue
-		}
-		if len(chunk.customers) >= l.ChunkLines {
-			if err := flush(); err != nil {
-				return prog, err
+		lineNo := 0
+		for {
+			line, tooLong, err := lr.next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("matcher: read directory line %d: %w", lineNo+1, err)
+			}
+			lineNo++
+			c.lines++
+			var bad error
+			switch line = bytes.TrimSpace(line); {
+			case tooLong:
+				bad = fmt.Errorf("longer than %d bytes", MaxLineBytes)
+			case len(line) == 0:
+				continue
+			default:
+				bad = stageLine(c, line)
+			}
+			if bad != nil {
+				mu.Lock()
+				prog.Bad = append(prog.Bad, LineError{Line: lineNo, Err: bad})
+				mu.Unlock()
+				continue
+			}
+			c.good++
+			if c.good >= chunkLines {
+				if err := dispatch(); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return prog, fmt.Errorf("matcher: read directory line %d: %w", prog.Lines+1, err)
-	}
-	if err := flush(); err != nil {
+		total.lines, total.bytes = lineNo, lr.n
+		if c.good > 0 {
+			return dispatch()
+		}
+		return nil
+	})
+
+	err := g.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	prog.Elapsed = time.Since(start)
+	if err != nil {
 		return prog, err
 	}
-	prog.Bytes, prog.Elapsed = cr.n, time.Since(start)
+	prog.Lines, prog.Bytes = total.lines, total.bytes
 	return prog, nil
 }
 
-// stageLine parses and normalises one line into the chunk. Its errors name
-// fields, never values.
-func stageLine(c *loadChunk, lineNo int, line []byte) error {
+// stageLine parses and normalises one line and merges it into the chunk.
+// Its errors name fields, never values.
+func stageLine(c *loadChunk, line []byte) error {
 	var d DirectoryLine
 	if err := json.Unmarshal(line, &d); err != nil {
 		return fmt.Errorf("not a directory record: %v", jsonProblem(err))
@@ -184,34 +365,33 @@ func stageLine(c *loadChunk, lineNo int, line []byte) error {
 	if d.CustomerID <= 0 || d.CustomerID > MaxLoadedCustomerID {
 		return fmt.Errorf("customerId must be from 1 to %d", int64(MaxLoadedCustomerID))
 	}
-	sc := stagedCustomer{line: lineNo, id: d.CustomerID, thirdID: usableValue(d.ThirdID)}
+	sc := stagedCustomer{id: d.CustomerID, thirdID: usableValue(d.ThirdID)}
 	if u := usableValue(d.UnionID.Value); u != "" {
 		sc.unionid, sc.uType, sc.uApp = u, d.UnionID.AppType, d.UnionID.AppID
 	}
 	var phones, openids []stagedIdentity
 	for i, p := range d.Phones {
-		if usableValue(p.Value) == "" {
+		if IsBlocked(p.Value) {
 			continue
 		}
 		norm, ok := NormalizePhone(p.Value)
 		if !ok {
 			return fmt.Errorf("phones[%d] is not a valid phone number", i)
 		}
-		phones = append(phones, stagedIdentity{d.CustomerID, norm, p.AppType, p.AppID})
+		phones = append(phones, stagedIdentity{norm, p.AppType, p.AppID, d.CustomerID})
 	}
 	for i, o := range d.OpenIDs {
 		v := usableValue(o.OpenID)
 		if v == "" {
 			continue
 		}
-		if o.AppType == "" || o.AppID == "" {
+		at, app := strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)
+		if at == "" || app == "" {
 			return fmt.Errorf("openids[%d] needs appType and appId", i)
 		}
-		openids = append(openids, stagedIdentity{d.CustomerID, v, o.AppType, o.AppID})
+		openids = append(openids, stagedIdentity{v, at, app, d.CustomerID})
 	}
-	c.customers = append(c.customers, sc)
-	c.phones = append(c.phones, phones...)
-	c.openids = append(c.openids, openids...)
+	c.add(sc, phones, openids)
 	return nil
 }
 
@@ -235,73 +415,217 @@ func usableValue(s string) string {
 	return strings.TrimSpace(s)
 }
 
+// chunkRetry bounds the retries of a chunk that failed transiently (a lost
+// connection, a deadlock with a concurrent writer): a chunk is one
+// idempotent transaction.
+var chunkRetry = retry.Policy{MaxElapsed: time.Minute}
+
+// loadChunk writes one chunk in one transaction: by COPY for the customers
+// the tenant lacks, by merging for the others. When the COPY meets a row a
+// concurrent writer added, the whole chunk is merged in a new transaction.
 func (l *Loader) loadChunk(ctx context.Context, tenantID int64, c *loadChunk) error {
-	err := pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `
-			CREATE TEMP TABLE IF NOT EXISTS stage_customers (line int, customer_id bigint, third_id text, unionid text, u_type text, u_app text) ON COMMIT DELETE ROWS;
-			CREATE TEMP TABLE IF NOT EXISTS stage_phones (customer_id bigint, phone text, app_type text, app_id text) ON COMMIT DELETE ROWS;
-			CREATE TEMP TABLE IF NOT EXISTS stage_openids (customer_id bigint, openid text, app_type text, app_id text) ON COMMIT DELETE ROWS`); err != nil {
-			return err
+	err := retry.Do(ctx, chunkRetry, func() error {
+		err := pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error { return copyNewMergeRest(ctx, tx, tenantID, c) })
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
+			err = pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error { return upsertAll(ctx, tx, tenantID, c) })
 		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"stage_customers"},
-			[]string{"line", "customer_id", "third_id", "unionid", "u_type", "u_app"},
-			pgx.CopyFromSlice(len(c.customers), func(i int) ([]any, error) {
-				s := c.customers[i]
-				return []any{int32(s.line), s.id, nullable(s.thirdID), nullable(s.unionid), s.uType, s.uApp}, nil
-			})); err != nil {
-			return err
-		}
-		for _, t := range []struct {
-			table, col string
-			rows       []stagedIdentity
-		}{{"stage_phones", "phone", c.phones}, {"stage_openids", "openid", c.openids}} {
-			if len(t.rows) == 0 {
-				continue
-			}
-			rows := t.rows
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{t.table}, []string{"customer_id", t.col, "app_type", "app_id"},
-				pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-					r := rows[i]
-					return []any{r.id, r.value, r.appType, r.app}, nil
-				})); err != nil {
-				return err
-			}
-		}
-		// The last line of a customerId wins within a chunk.
-		_, err := tx.Exec(ctx, `
-			INSERT INTO customers (tenant_id, customer_id, third_id, unionid, unionid_app_type, unionid_app_id)
-			SELECT DISTINCT ON (customer_id) $1::bigint, customer_id, third_id, unionid, coalesce(u_type, ''), coalesce(u_app, '')
-			FROM stage_customers ORDER BY customer_id, line DESC
-			ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-				third_id = coalesce(excluded.third_id, customers.third_id),
-				unionid = coalesce(excluded.unionid, customers.unionid),
-				unionid_app_type = CASE WHEN excluded.unionid IS NULL THEN customers.unionid_app_type ELSE excluded.unionid_app_type END,
-				unionid_app_id = CASE WHEN excluded.unionid IS NULL THEN customers.unionid_app_id ELSE excluded.unionid_app_id END
-			WHERE (customers.third_id, customers.unionid, customers.unionid_app_type, customers.unionid_app_id)
-				IS DISTINCT FROM (coalesce(excluded.third_id, customers.third_id), coalesce(excluded.unionid, customers.unionid),
-					CASE WHEN excluded.unionid IS NULL THEN customers.unionid_app_type ELSE excluded.unionid_app_type END,
-					CASE WHEN excluded.unionid IS NULL THEN customers.unionid_app_id ELSE excluded.unionid_app_id END)`, tenantID)
-		if err != nil {
-			return err
-		}
-		if len(c.phones) > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO customer_phones (tenant_id, phone, customer_id, app_type, app_id)
-				SELECT DISTINCT $1::bigint, phone, customer_id, app_type, app_id FROM stage_phones ON CONFLICT DO NOTHING`, tenantID); err != nil {
-				return err
-			}
-		}
-		if len(c.openids) > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO customer_openids (tenant_id, openid, app_type, app_id, customer_id)
-				SELECT DISTINCT $1::bigint, openid, app_type, app_id, customer_id FROM stage_openids ON CONFLICT DO NOTHING`, tenantID); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+		return err
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("matcher: load directory chunk: %w", err)
 	}
 	return nil
+}
+
+// The loader's statements. None joins the chunk to the directory: every
+// row is found by an "= ANY" index scan, a primary key or an insert's
+// conflict check, so no planner estimate (stale right after a bulk load)
+// can turn a chunk into a scan of the tenant's directory per row.
+const (
+	// findLoadedSQL returns the stored fields of those of the customer ids
+	// $2 that tenant $1 has.
+	findLoadedSQL = `SELECT customer_id, coalesce(third_id, ''), coalesce(unionid, ''), unionid_app_type, unionid_app_id
+		FROM customers WHERE tenant_id = $1 AND customer_id = ANY($2::bigint[])`
+
+	// updateCustomerSQL sets one customer's merged fields.
+	updateCustomerSQL = `UPDATE customers SET third_id = $3, unionid = $4, unionid_app_type = $5, unionid_app_id = $6
+		WHERE tenant_id = $1 AND customer_id = $2`
+
+	// upsertCustomersSQL merges customers from arrays by the rule of
+	// stagedCustomer.mergeInto, touching only rows that change.
+	upsertCustomersSQL = `INSERT INTO customers AS c (tenant_id, customer_id, third_id, unionid, unionid_app_type, unionid_app_id)
+		SELECT $1, id, nullif(third_id, ''), nullif(unionid, ''), u_type, u_app
+		FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS s(id, third_id, unionid, u_type, u_app)
+		ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+			third_id = coalesce(excluded.third_id, c.third_id),
+			unionid = coalesce(excluded.unionid, c.unionid),
+			unionid_app_type = CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_type ELSE excluded.unionid_app_type END,
+			unionid_app_id = CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_id ELSE excluded.unionid_app_id END
+		WHERE (c.third_id, c.unionid, c.unionid_app_type, c.unionid_app_id) IS DISTINCT FROM
+			(coalesce(excluded.third_id, c.third_id), coalesce(excluded.unionid, c.unionid),
+			 CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_type ELSE excluded.unionid_app_type END,
+			 CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_id ELSE excluded.unionid_app_id END)`
+
+	// insertPhonesSQL and insertOpenIDsSQL add identities from arrays; one
+	// already stored is left alone (not even locked).
+	insertPhonesSQL = `INSERT INTO customer_phones (tenant_id, phone, customer_id, app_type, app_id)
+		SELECT $1, v, id, t, a FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS s(v, id, t, a)
+		ON CONFLICT DO NOTHING`
+	insertOpenIDsSQL = `INSERT INTO customer_openids (tenant_id, openid, app_type, app_id, customer_id)
+		SELECT $1, v, t, a, id FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS s(v, id, t, a)
+		ON CONFLICT DO NOTHING`
+)
+
+// mergeInto applies a line's fields to the stored ones: a thirdId or
+// unionid given replaces the stored one (the unionid with its binding), one
+// left out keeps it. It reports whether anything changed.
+func (s *stagedCustomer) mergeInto(stored *stagedCustomer) bool {
+	merged := *stored
+	if s.thirdID != "" {
+		merged.thirdID = s.thirdID
+	}
+	if s.unionid != "" {
+		merged.unionid, merged.uType, merged.uApp = s.unionid, s.uType, s.uApp
+	}
+	if merged == *stored {
+		return false
+	}
+	*stored = merged
+	return true
+}
+
+// copyNewMergeRest reads which of the chunk's customers the tenant has,
+// COPYs the others with their identities, and merges the rest: an update
+// per customer that changes, and the identities it lacks.
+func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChunk) error {
+	ids := make([]int64, len(c.customers))
+	for i, s := range c.customers {
+		ids[i] = s.id
+	}
+	rows, err := tx.Query(ctx, findLoadedSQL, tenantID, ids)
+	if err != nil {
+		return fmt.Errorf("find loaded customers: %w", err)
+	}
+	stored := make(map[int64]stagedCustomer)
+	for rows.Next() {
+		var s stagedCustomer
+		if err := rows.Scan(&s.id, &s.thirdID, &s.unionid, &s.uType, &s.uApp); err != nil {
+			return fmt.Errorf("find loaded customers: %w", err)
+		}
+		stored[s.id] = s
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find loaded customers: %w", err)
+	}
+	isOld := func(id int64) bool { _, ok := stored[id]; return ok }
+	newCust, oldCust := splitBy(c.customers, func(s stagedCustomer) bool { return isOld(s.id) })
+	newPhones, oldPhones := splitBy(c.phones, func(s stagedIdentity) bool { return isOld(s.id) })
+	newOpen, oldOpen := splitBy(c.openids, func(s stagedIdentity) bool { return isOld(s.id) })
+	if len(newCust) > 0 {
+		if err := copyRows(ctx, tx, tenantID, newCust, newPhones, newOpen); err != nil {
+			return err
+		}
+	}
+	b := &pgx.Batch{}
+	for i := range oldCust {
+		line := &oldCust[i]
+		cur := stored[line.id]
+		if line.mergeInto(&cur) {
+			b.Queue(updateCustomerSQL, tenantID, cur.id, nullable(cur.thirdID), nullable(cur.unionid), cur.uType, cur.uApp)
+		}
+	}
+	queueIdentities(b, tenantID, oldPhones, oldOpen)
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("merge customers: %w", err)
+	}
+	return nil
+}
+
+// splitBy returns the elements of s for which old is false, and those for
+// which it is true, each in s's order.
+func splitBy[T any](s []T, old func(T) bool) (fresh, stale []T) {
+	for _, x := range s {
+		if old(x) {
+			stale = append(stale, x)
+		} else {
+			fresh = append(fresh, x)
+		}
+	}
+	return fresh, stale
+}
+
+// copyRows COPYs customers the tenant does not have, and their identities,
+// straight into the directory tables. It fails with a unique violation if
+// some row exists after all.
+func copyRows(ctx context.Context, tx pgx.Tx, tenantID int64, cust []stagedCustomer, phones, openids []stagedIdentity) error {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customers"},
+		[]string{"tenant_id", "customer_id", "third_id", "unionid", "unionid_app_type", "unionid_app_id"},
+		pgx.CopyFromSlice(len(cust), func(i int) ([]any, error) {
+			s := &cust[i]
+			return []any{tenantID, s.id, nullable(s.thirdID), nullable(s.unionid), s.uType, s.uApp}, nil
+		})); err != nil {
+		return fmt.Errorf("copy customers: %w", err)
+	}
+	if len(phones) > 0 {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customer_phones"},
+			[]string{"tenant_id", "phone", "customer_id", "app_type", "app_id"},
+			pgx.CopyFromSlice(len(phones), func(i int) ([]any, error) {
+				s := &phones[i]
+				return []any{tenantID, s.value, s.id, s.appType, s.app}, nil
+			})); err != nil {
+			return fmt.Errorf("copy phones: %w", err)
+		}
+	}
+	if len(openids) > 0 {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customer_openids"},
+			[]string{"tenant_id", "openid", "app_type", "app_id", "customer_id"},
+			pgx.CopyFromSlice(len(openids), func(i int) ([]any, error) {
+				s := &openids[i]
+				return []any{tenantID, s.value, s.appType, s.app, s.id}, nil
+			})); err != nil {
+			return fmt.Errorf("copy openids: %w", err)
+		}
+	}
+	return nil
+}
+
+// upsertAll merges the whole chunk with set-based upserts, whoever else
+// writes the tenant's directory meanwhile.
+func upsertAll(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChunk) error {
+	n := len(c.customers)
+	ids, thirds, unions, uTypes, uApps := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, s := range c.customers {
+		ids[i], thirds[i], unions[i], uTypes[i], uApps[i] = s.id, s.thirdID, s.unionid, s.uType, s.uApp
+	}
+	b := &pgx.Batch{}
+	b.Queue(upsertCustomersSQL, tenantID, ids, thirds, unions, uTypes, uApps)
+	queueIdentities(b, tenantID, c.phones, c.openids)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("upsert customers: %w", err)
+	}
+	return nil
+}
+
+// queueIdentities queues the inserts of identities that may exist already.
+func queueIdentities(b *pgx.Batch, tenantID int64, phones, openids []stagedIdentity) {
+	for _, t := range []struct {
+		sql  string
+		rows []stagedIdentity
+	}{{insertPhonesSQL, phones}, {insertOpenIDsSQL, openids}} {
+		if len(t.rows) == 0 {
+			continue
+		}
+		m := len(t.rows)
+		vs, ids, types, apps := make([]string, m), make([]int64, m), make([]string, m), make([]string, m)
+		for i, s := range t.rows {
+			vs[i], ids[i], types[i], apps[i] = s.value, s.id, s.appType, s.app
+		}
+		b.Queue(t.sql, tenantID, vs, ids, types, apps)
+	}
 }
 
 func nullable(s string) any {
@@ -311,13 +635,50 @@ func nullable(s string) any {
 	return s
 }
 
-type countingReader struct {
-	r io.Reader
-	n int64
+// lineReader splits its input into lines of at most MaxLineBytes and
+// counts the bytes it consumed.
+type lineReader struct {
+	br   *bufio.Reader
+	long []byte // a line longer than the buffer, being assembled
+	n    int64  // bytes consumed
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+func newLineReader(r io.Reader) *lineReader {
+	return &lineReader{br: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// next returns the next line without its end of line; the slice is valid
+// until the next call. tooLong reports a line longer than MaxLineBytes,
+// whose bytes are dropped. At the end of the input it returns io.EOF (a last
+// line without a newline is returned first).
+func (lr *lineReader) next() (line []byte, tooLong bool, err error) {
+	lr.long = lr.long[:0]
+	for {
+		frag, err := lr.br.ReadSlice('\n')
+		lr.n += int64(len(frag))
+		switch {
+		case err == bufio.ErrBufferFull:
+			if !tooLong && len(lr.long)+len(frag) <= MaxLineBytes {
+				lr.long = append(lr.long, frag...)
+			} else {
+				tooLong, lr.long = true, lr.long[:0]
+			}
+			continue
+		case err == io.EOF && len(frag) == 0 && len(lr.long) == 0 && !tooLong:
+			return nil, false, io.EOF
+		case err != nil && err != io.EOF:
+			return nil, false, err
+		}
+		frag = bytes.TrimSuffix(frag, []byte{'\n'})
+		if len(lr.long) > 0 || tooLong {
+			if !tooLong && len(lr.long)+len(frag) <= MaxLineBytes {
+				return append(lr.long, frag...), false, nil
+			}
+			return nil, true, nil
+		}
+		if len(frag) > MaxLineBytes {
+			return nil, true, nil
+		}
+		return frag, false, nil
+	}
 }
