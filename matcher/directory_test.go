@@ -1,0 +1,480 @@
+package matcher
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/matcher/matchertest"
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+// loadLines loads directory lines into the tenant and fails the test on any
+// error or bad line.
+func loadLines(t testing.TB, db *pgxpool.Pool, tenantID int64, lines ...string) {
+	t.Helper()
+	p, err := NewLoader(db).Load(context.Background(), tenantID, strings.NewReader(strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if len(p.Bad) > 0 {
+		t.Fatalf("load: bad lines %v", p.Bad)
+	}
+}
+
+func TestLookup(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	a, b := ensureTenant(t, db, "a"), ensureTenant(t, db, "b")
+	loadLines(t, db, a,
+		`{"customerId": 1, "thirdId": "crm-1", "unionid": "u1", "phones": ["13800000001"], "openids": [{"openid": "oSame", "appType": "gzh", "appId": "wx1"}]}`,
+		`{"customerId": 2, "thirdId": "crm-2", "unionid": {"unionid": "u2", "appType": "gzh", "appId": "wx1"}, "phones": ["13800000001", {"phone": "13800000002", "appType": "YOUZAN", "appId": "shop1"}, "13800000002"], "openids": [{"openid": "oSame", "appType": "gzh", "appId": "wx2"}]}`,
+		`{"customerId": 3, "phones": ["+44 20 7946 0958"]}`,
+	)
+	loadLines(t, db, b, `{"customerId": 1, "thirdId": "crm-1", "phones": ["13800000001"]}`)
+	dir := NewPGDirectory(db)
+	key := func(tenant int64, kind pipeline.IdentityKind, v string) Key { return Key{tenant, kind, v} }
+	tests := []struct {
+		name string
+		keys []Key
+		want map[Key][]Binding
+	}{
+		{"nothing", nil, map[Key][]Binding{}},
+		{"phone shared by two customers", []Key{key(a, pipeline.KindPhone, "13800000001")},
+			map[Key][]Binding{key(a, pipeline.KindPhone, "13800000001"): {{CustomerID: 1}, {CustomerID: 2}}}},
+		{"phone bound and unbound on one customer", []Key{key(a, pipeline.KindPhone, "13800000002")},
+			map[Key][]Binding{key(a, pipeline.KindPhone, "13800000002"): {{CustomerID: 2}, {CustomerID: 2, AppType: "YOUZAN", AppID: "shop1"}}}},
+		{"e164 phone stored canonical", []Key{key(a, pipeline.KindPhone, "+442079460958")},
+			map[Key][]Binding{key(a, pipeline.KindPhone, "+442079460958"): {{CustomerID: 3}}}},
+		{"openid under two apps", []Key{key(a, pipeline.KindOpenID, "oSame")},
+			map[Key][]Binding{key(a, pipeline.KindOpenID, "oSame"): {{CustomerID: 1, AppType: "gzh", AppID: "wx1"}, {CustomerID: 2, AppType: "gzh", AppID: "wx2"}}}},
+		{"unionid bound and not", []Key{key(a, pipeline.KindUnionID, "u1"), key(a, pipeline.KindUnionID, "u2")},
+			map[Key][]Binding{key(a, pipeline.KindUnionID, "u1"): {{CustomerID: 1}}, key(a, pipeline.KindUnionID, "u2"): {{CustomerID: 2, AppType: "gzh", AppID: "wx1"}}}},
+		{"thirdId", []Key{key(a, pipeline.KindThirdID, "crm-2")},
+			map[Key][]Binding{key(a, pipeline.KindThirdID, "crm-2"): {{CustomerID: 2}}}},
+		{"tenants apart, in one call", []Key{key(a, pipeline.KindThirdID, "crm-1"), key(b, pipeline.KindThirdID, "crm-1"), key(b, pipeline.KindPhone, "13800000001")},
+			map[Key][]Binding{
+				key(a, pipeline.KindThirdID, "crm-1"):     {{CustomerID: 1}},
+				key(b, pipeline.KindThirdID, "crm-1"):     {{CustomerID: 1}},
+				key(b, pipeline.KindPhone, "13800000001"): {{CustomerID: 1}},
+			}},
+		{"not found and other tenant absent", []Key{key(a, pipeline.KindUnionID, "nobody"), key(b, pipeline.KindUnionID, "u1"), key(3, pipeline.KindPhone, "13800000001")},
+			map[Key][]Binding{}},
+		{"values are exact", []Key{key(a, pipeline.KindThirdID, "CRM-1"), key(a, pipeline.KindUnionID, "U1"), key(a, pipeline.KindThirdID, " crm-1")},
+			map[Key][]Binding{}},
+		{"repeated keys answered once", []Key{key(a, pipeline.KindThirdID, "crm-1"), key(a, pipeline.KindThirdID, "crm-1")},
+			map[Key][]Binding{key(a, pipeline.KindThirdID, "crm-1"): {{CustomerID: 1}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := dir.Lookup(context.Background(), tt.keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, bs := range got {
+				sortBindings(bs)
+				got[k] = bs
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("Lookup = %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+	t.Run("unknown kind", func(t *testing.T) {
+		if _, err := dir.Lookup(context.Background(), []Key{{a, "email", "x"}}); err == nil {
+			t.Error("Lookup of kind email succeeded")
+		}
+	})
+}
+
+func sortBindings(bs []Binding) {
+	slices.SortFunc(bs, func(x, y Binding) int {
+		if c := x.CustomerID - y.CustomerID; c != 0 {
+			return int(c)
+		}
+		return strings.Compare(x.AppType+"/"+x.AppID, y.AppType+"/"+y.AppID)
+	})
+}
+
+// TestDirectoryQueriesUseIndexes checks, with and without planner
+// statistics, that every batched query of the matcher and of the loader
+// probes an index rather than scanning a table.
+//
+// The matcher's look-ups are cached statements: after five executions on a
+// connection PostgreSQL runs them with a generic plan, which must probe the
+// index whatever the table's size. Their first, custom plans are cost-based
+// choices between probing the index per value and reading the tenant's
+// whole directory, which does win for small tenants; TestLoad1M checks them
+// on a million customers. The loader's statements and the find of
+// find-or-create are pinned to index probes whatever the plan.
+func TestDirectoryQueriesUseIndexes(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	ctx := context.Background()
+	tenant := ensureTenant(t, db, "big")
+	const customers = 60000
+	var file strings.Builder
+	if err := matchertest.WriteBig(&file, 0, customers); err != nil {
+		t.Fatal(err)
+	}
+	loadLines(t, db, tenant, file.String())
+
+	// Chunk-sized arrays of values, half of them present.
+	const n = 1000
+	values := map[pipeline.IdentityKind][]string{}
+	tenants := make([]int64, n)
+	ids := make([]int64, n)
+	empty := make([]string, n)
+	for i := range n {
+		c := i * (customers / n)
+		if i%2 == 1 {
+			c += customers // absent
+		}
+		values[pipeline.KindPhone] = append(values[pipeline.KindPhone], matchertest.BigPhone(c, 0))
+		values[pipeline.KindOpenID] = append(values[pipeline.KindOpenID], matchertest.BigOpenID(c, 0))
+		values[pipeline.KindUnionID] = append(values[pipeline.KindUnionID], matchertest.BigUnionID(c)+"x")
+		values[pipeline.KindThirdID] = append(values[pipeline.KindThirdID], fmt.Sprintf("crm-%d", c))
+		tenants[i], ids[i] = tenant, int64(c+1)
+	}
+	queries := []planQuery{
+		{"lookup phone", lookupSQL[pipeline.KindPhone], "customer_phones_pkey", []any{tenant, values[pipeline.KindPhone]}, true},
+		{"lookup openid", lookupSQL[pipeline.KindOpenID], "customer_openids_pkey", []any{tenant, values[pipeline.KindOpenID]}, true},
+		{"lookup unionid", lookupSQL[pipeline.KindUnionID], "customers_unionid", []any{tenant, values[pipeline.KindUnionID]}, true},
+		{"lookup id", lookupSQL[pipeline.KindThirdID], "customers_third_id", []any{tenant, values[pipeline.KindThirdID]}, true},
+		{"find thirdIds", findThirdIDsSQL, "customers_third_id", []any{tenants, values[pipeline.KindThirdID]}, false},
+		{"load: loaded customers", findLoadedSQL, "customers_pkey", []any{tenant, ids}, true},
+		{"load: update customer", updateCustomerSQL, "customers_pkey", []any{tenant, ids[0], "crm-0", "u", "", ""}, false},
+		{"load: upsert customers", upsertCustomersSQL, "", []any{tenant, ids, values[pipeline.KindThirdID], empty, empty, empty}, false},
+		{"load: insert phones", insertPhonesSQL, "", []any{tenant, values[pipeline.KindPhone], ids, empty, empty}, false},
+		{"load: insert openids", insertOpenIDsSQL, "", []any{tenant, values[pipeline.KindOpenID], ids, empty, empty}, false},
+	}
+	check := func(t *testing.T, stats string) {
+		for _, q := range queries {
+			for _, generic := range []bool{false, true} {
+				if !generic && q.costBased {
+					continue
+				}
+				t.Run(fmt.Sprintf("%s/%s/generic=%v", q.name, stats, generic), func(t *testing.T) {
+					checkPlan(t, db, q, generic)
+				})
+			}
+		}
+	}
+	check(t, "unanalyzed")
+	if _, err := db.Exec(ctx, `ANALYZE customers, customer_phones, customer_openids`); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "analyzed")
+}
+
+// planQuery is a statement whose plan a test checks.
+type planQuery struct {
+	name, sql string
+	index     string // the only index it may scan; "" for none
+	args      []any
+	costBased bool // its custom plan may rightly scan a small tenant
+}
+
+// checkPlan fails the test unless q's custom (or generic) plan reads the
+// directory only through q.index, by its conditions: no table scan, no
+// filter, no hash, merge or materialised join.
+func checkPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool) {
+	t.Helper()
+	ctx := context.Background()
+	var plan []string
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		mode := "force_custom_plan"
+		if generic {
+			mode = "force_generic_plan"
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
+			return err
+		}
+		// EXPLAIN EXECUTE of a prepared statement shows the plans that
+		// pgx's cached statements get.
+		name := fmt.Sprintf("explain_%d", rand.Uint64())
+		if _, err := tx.Exec(ctx, "PREPARE "+name+" AS "+q.sql); err != nil {
+			return err
+		}
+		lits := make([]string, len(q.args))
+		for i, a := range q.args {
+			lits[i] = sqlLiteral(a)
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN EXECUTE "+name+"("+strings.Join(lits, ", ")+")")
+		if err != nil {
+			return err
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			// Conditions quote the arrays: keep their start.
+			if len(l) > 120 {
+				l = l[:120] + "…"
+			}
+			plan = append(plan, l)
+		}
+		return errRollback
+	})
+	if err != nil && err != errRollback {
+		t.Fatalf("explain: %v", err)
+	}
+	p := strings.Join(plan, "\n")
+	for _, l := range plan {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "->"))
+		switch {
+		case strings.HasPrefix(l, "Filter:"):
+			t.Errorf("plan filters rows it read:\n%s", p)
+			return
+		case strings.Contains(l, "Hash") || strings.Contains(l, "Merge") || strings.Contains(l, "Materialize"):
+			t.Errorf("plan hashes, merges or materialises:\n%s", p)
+			return
+		case strings.Contains(l, " Scan ") && !strings.HasPrefix(l, "Function Scan") && !strings.HasPrefix(l, "Subquery Scan") &&
+			!strings.HasPrefix(l, "Bitmap Heap Scan") && // fetches what its Bitmap Index Scan found
+			(q.index == "" || !strings.Contains(l, " using "+q.index+" ") && !strings.Contains(l, " on "+q.index+" ")):
+			t.Errorf("plan scans other than by %q:\n%s", q.index, p)
+			return
+		}
+	}
+}
+
+var errRollback = fmt.Errorf("rollback")
+
+// sqlLiteral writes an int64, string, []int64 or []string as an SQL
+// literal.
+func sqlLiteral(v any) string {
+	switch v := v.(type) {
+	case int64:
+		return fmt.Sprint(v)
+	case string:
+		return "'" + strings.ReplaceAll(v, "'", "''") + "'"
+	case []int64:
+		s := make([]string, len(v))
+		for i, x := range v {
+			s[i] = fmt.Sprint(x)
+		}
+		return "'{" + strings.Join(s, ",") + "}'"
+	case []string:
+		s := make([]string, len(v))
+		for i, x := range v {
+			x = strings.ReplaceAll(strings.ReplaceAll(x, `\`, `\\`), `"`, `\"`)
+			s[i] = `"` + strings.ReplaceAll(x, "'", "''") + `"`
+		}
+		return "'{" + strings.Join(s, ",") + "}'"
+	}
+	panic(fmt.Sprintf("sqlLiteral: %T", v))
+}
+
+func TestFindOrCreateConcurrent(t *testing.T) {
+	db, url := schematest.NewPool(t)
+	ctx := context.Background()
+	a, b := ensureTenant(t, db, "a"), ensureTenant(t, db, "b")
+	// Loaded customers hold crm-0 … crm-19; one has the largest loaded id.
+	var lines []string
+	for i := range 20 {
+		id := int64(i + 1)
+		if i == 19 {
+			id = MaxLoadedCustomerID
+		}
+		lines = append(lines, fmt.Sprintf(`{"customerId": %d, "thirdId": "crm-%d"}`, id, i))
+	}
+	loadLines(t, db, a, lines...)
+	loaded := map[string]int64{}
+	for i := range 20 {
+		loaded[fmt.Sprintf("crm-%d", i)] = int64(i + 1)
+	}
+	loaded["crm-19"] = MaxLoadedCustomerID
+
+	// Each goroutine has its own pool, so they really race on separate
+	// connections, and asks for crm-0 … crm-99 in both tenants, in its own
+	// order and chunking, some thirdIds twice in one call.
+	const goroutines = 12
+	type answer struct {
+		tenant  int64
+		third   string
+		id      int64
+		created bool
+	}
+	answers := make([][]answer, goroutines)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		if err := pool.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dir := NewPGDirectory(pool)
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			var reqs []CreateRequest
+			for _, i := range rng.Perm(100) {
+				for _, tenant := range []int64{a, b} {
+					reqs = append(reqs, CreateRequest{
+						TenantID: tenant, ThirdID: fmt.Sprintf("crm-%d", i),
+						Phone: fmt.Sprintf("139%08d", i), OpenID: fmt.Sprintf("o-%d", i), UnionID: fmt.Sprintf("u-%d", i),
+						AppType: "gzh", AppID: "wx1",
+					})
+					if rng.IntN(5) == 0 {
+						reqs = append(reqs, reqs[len(reqs)-1])
+					}
+				}
+			}
+			<-start
+			for len(reqs) > 0 {
+				n := min(len(reqs), 1+rng.IntN(60))
+				res, err := dir.FindOrCreate(ctx, reqs[:n])
+				if err != nil {
+					errs <- err
+					return
+				}
+				for i, r := range res {
+					answers[g] = append(answers[g], answer{reqs[i].TenantID, reqs[i].ThirdID, r.CustomerID, r.Created})
+					if r.Ambiguous {
+						errs <- fmt.Errorf("ambiguous answer")
+					}
+				}
+				reqs = reqs[n:]
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	type tk struct {
+		tenant int64
+		third  string
+	}
+	ids := map[tk]int64{}
+	creations := map[tk]int{}
+	for _, as := range answers {
+		for _, x := range as {
+			k := tk{x.tenant, x.third}
+			if prev, ok := ids[k]; ok && prev != x.id {
+				t.Errorf("%v answered %d and %d", k, prev, x.id)
+			}
+			ids[k] = x.id
+			if x.created {
+				creations[k]++
+			}
+		}
+	}
+	if len(ids) != 200 {
+		t.Fatalf("%d (tenant, thirdId) answered, want 200", len(ids))
+	}
+	seen := map[int64]tk{}
+	for k, id := range ids {
+		if other, dup := seen[id]; dup && k.tenant == other.tenant {
+			t.Errorf("%v and %v share customer %d", k, other, id)
+		}
+		seen[id] = k
+		want, wasLoaded := loaded[k.third]
+		switch {
+		case k.tenant == a && wasLoaded:
+			if id != want || creations[k] != 0 {
+				t.Errorf("%v: id %d created %d times, want loaded %d, never created", k, id, creations[k], want)
+			}
+		default:
+			if id < 1<<52 || id > pipeline.MaxBatchID {
+				t.Errorf("%v: created id %d outside [2^52, 2^53)", k, id)
+			}
+			if creations[k] != 1 {
+				t.Errorf("%v: created %d times, want once", k, creations[k])
+			}
+		}
+	}
+	if ids[tk{a, "crm-50"}] == ids[tk{b, "crm-50"}] {
+		t.Errorf("tenants a and b share a created id for crm-50")
+	}
+
+	// Exactly one row per (tenant, thirdId), and the created customers
+	// carry the first request's identities, bound to its application.
+	var rowsPerThird int
+	if err := db.QueryRow(ctx, `SELECT max(n) FROM (SELECT count(*) n FROM customers GROUP BY tenant_id, third_id) s`).Scan(&rowsPerThird); err != nil {
+		t.Fatal(err)
+	}
+	if rowsPerThird != 1 {
+		t.Errorf("some (tenant, thirdId) has %d customers", rowsPerThird)
+	}
+	var count int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM customers`).Scan(&count); err != nil {
+		t.Fatal(err)
+	}
+	if count != 200 {
+		t.Errorf("%d customers, want 200 (20 loaded, 80 + 100 created)", count)
+	}
+	got, err := NewPGDirectory(db).Lookup(ctx, []Key{
+		{b, pipeline.KindPhone, "13900000050"}, {b, pipeline.KindOpenID, "o-50"}, {b, pipeline.KindUnionID, "u-50"},
+		{a, pipeline.KindPhone, "13900000005"}, // crm-5 was loaded: found, not enriched
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := []Binding{{CustomerID: ids[tk{b, "crm-50"}], AppType: "gzh", AppID: "wx1"}}
+	for _, k := range []Key{{b, pipeline.KindPhone, "13900000050"}, {b, pipeline.KindOpenID, "o-50"}, {b, pipeline.KindUnionID, "u-50"}} {
+		if !slices.Equal(got[k], bound) {
+			t.Errorf("%s of created crm-50 = %v, want %v", k.Kind, got[k], bound)
+		}
+	}
+	if bs := got[Key{a, pipeline.KindPhone, "13900000005"}]; bs != nil {
+		t.Errorf("loaded crm-5 gained phone bindings %v", bs)
+	}
+}
+
+func TestFindOrCreate(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	ctx := context.Background()
+	a := ensureTenant(t, db, "a")
+	loadLines(t, db, a,
+		`{"customerId": 1, "thirdId": "twin"}`,
+		`{"customerId": 2, "thirdId": "twin"}`,
+		`{"customerId": 3, "thirdId": "crm-3"}`,
+	)
+	dir := NewPGDirectory(db)
+	res, err := dir.FindOrCreate(ctx, []CreateRequest{
+		{TenantID: a, ThirdID: "twin"},
+		{TenantID: a, ThirdID: "crm-3", Phone: "13900000003"},
+		{TenantID: a, ThirdID: "new", Phone: "13900000009", OpenID: "o9"},
+		{TenantID: a, ThirdID: "new", Phone: "13900000010"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Ambiguous || res[0].CustomerID != 0 {
+		t.Errorf("shared thirdId: %+v, want ambiguous", res[0])
+	}
+	if res[1] != (CreateResult{CustomerID: 3}) {
+		t.Errorf("loaded thirdId: %+v, want customer 3 found", res[1])
+	}
+	if !res[2].Created || res[2].CustomerID < 1<<52 || res[3] != (CreateResult{CustomerID: res[2].CustomerID}) {
+		t.Errorf("new thirdId twice: %+v, %+v; want one created, then found", res[2], res[3])
+	}
+	got, err := dir.Lookup(ctx, []Key{{a, pipeline.KindPhone, "13900000009"}, {a, pipeline.KindPhone, "13900000010"}, {a, pipeline.KindOpenID, "o9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[Key][]Binding{
+		{a, pipeline.KindPhone, "13900000009"}: {{CustomerID: res[2].CustomerID}},
+		{a, pipeline.KindOpenID, "o9"}:         {{CustomerID: res[2].CustomerID}},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("created identities %v, want the first request's %v (unbound without an application)", got, want)
+	}
+}
