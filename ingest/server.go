@@ -43,7 +43,7 @@ type Config struct {
 	// MaxInFlight bounds the batchAdd requests served at once; beyond it
 	// ingest answers 503 at once instead of queueing. Default 256.
 	MaxInFlight int
-	Logger         *slog.Logger
+	Logger      *slog.Logger
 }
 
 // Auth is what ingest needs of the application store.
