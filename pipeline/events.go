@@ -1,0 +1,90 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Event types on the events topic.
+const (
+	EventRequestAccepted = "request.accepted"
+	EventRequestRejected = "request.rejected"
+	EventBatchFinished   = "batch.finished"
+)
+
+// Headers of a message on the requests topic.
+const (
+	HeaderToken          = "x-token"         // required: an access token, as X-Token
+	HeaderIdempotencyKey = "idempotency-key" // optional; default: topic/partition/offset
+)
+
+// RequestEvent answers one message of the requests topic: the batch it
+// became (request.accepted) or why it was refused (request.rejected, with
+// the code, errorCode and msg the HTTP API would give). It is keyed like the
+// request.
+type RequestEvent struct {
+	V              int       `json:"v"`
+	Type           string    `json:"type"`
+	BatchID        int64     `json:"batchId,omitempty"` // accepted only
+	Code           string    `json:"code,omitempty"`    // rejected only
+	ErrorCode      string    `json:"errorCode,omitempty"`
+	Msg            string    `json:"msg,omitempty"`
+	RequestKey     string    `json:"requestKey"`     // the request message's key
+	IdempotencyKey string    `json:"idempotencyKey"` // as given, or topic/partition/offset
+	Topic          string    `json:"topic"`          // where the request was read
+	Partition      int       `json:"partition"`
+	Offset         int64     `json:"offset"`
+	At             time.Time `json:"at"`
+}
+
+// BatchFinishedEvent reports a batch's final result, once per batch. It is
+// keyed by BatchFinishedKey.
+type BatchFinishedEvent struct {
+	V             int            `json:"v"`
+	Type          string         `json:"type"`
+	TenantID      int64          `json:"tenantId"`
+	BatchID       int64          `json:"batchId"`
+	Status        string         `json:"status"`
+	OptType       OptType        `json:"optType"`
+	Total         int            `json:"total"`
+	Processed     int            `json:"processed"`
+	Success       int            `json:"success"`
+	Unmatched     int            `json:"unmatched"`
+	Ambiguous     int            `json:"ambiguous"`
+	Invalid       int            `json:"invalid"`
+	Failed        int            `json:"failed"`
+	MatchedBy     map[string]int `json:"matchedBy"`
+	GroupsCreated int            `json:"groupsCreated"`
+	Conflicts     int            `json:"conflicts"`
+	AcceptedAt    time.Time      `json:"acceptedAt"`
+	FinishedAt    time.Time      `json:"finishedAt"`
+}
+
+// EncodeRequestEvent returns the JSON value of e, with V set.
+func EncodeRequestEvent(e RequestEvent) ([]byte, error) {
+	e.V = Version
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: encode %s: %w", e.Type, err)
+	}
+	return b, nil
+}
+
+// EncodeBatchFinished returns the JSON value of e, with V and Type set.
+func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
+	e.V, e.Type = Version, EventBatchFinished
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: encode batch.finished: %w", err)
+	}
+	return b, nil
+}
+
+// BatchFinishedKey is the key of a batch.finished event: tenant and batch.
+func BatchFinishedKey(tenantID, batchID int64) []byte {
+	k := strconv.AppendInt(nil, tenantID, 10)
+	k = append(k, "/b"...)
+	return strconv.AppendInt(k, batchID, 10)
+}
