@@ -70,14 +70,20 @@ func (b *BoundIdentity) UnmarshalJSON(data []byte) error {
 	case o.UnionID != nil:
 		b.Value = *o.UnionID
 	default:
-		return errors.New("identity object names neither phone nor unionid")
+		return lineProblem("an identity object names neither phone nor unionid")
 	}
 	b.AppType, b.AppID = strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)
 	if (b.AppType == "") != (b.AppID == "") {
-		return errors.New("appType and appId go together")
+		return lineProblem("an identity's appType and appId go together")
 	}
 	return nil
 }
+
+// lineProblem is what is wrong with a directory line, in words that name
+// fields and never values.
+type lineProblem string
+
+func (p lineProblem) Error() string { return string(p) }
 
 // AppOpenID is an openid with the application that issued it.
 type AppOpenID struct {
@@ -398,11 +404,18 @@ func stageLine(c *loadChunk, line []byte) error {
 func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
+		if typeErr.Field == "" {
+			return "not a JSON object"
+		}
 		return "field " + typeErr.Field + " has the wrong type"
 	}
 	var syntaxErr *json.SyntaxError
 	if errors.As(err, &syntaxErr) {
 		return fmt.Sprintf("malformed JSON at byte %d", syntaxErr.Offset)
+	}
+	var p lineProblem
+	if errors.As(err, &p) {
+		return string(p)
 	}
 	return "malformed identity field"
 }
