@@ -1,7 +1,9 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -195,17 +197,9 @@ type principalKey struct{}
 // application's rate limit (429) before h runs.
 func (s *Service) authed(h func(http.ResponseWriter, *http.Request, apps.Principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.auth.Authenticate(r.Context(), r.Header.Get("X-Token"))
-		switch {
-		case errors.Is(err, apps.ErrTokenInvalid):
-			writeError(w, http.StatusUnauthorized, "100200", "TOKEN_INVALID", "X-Token is missing, invalid or expired")
-			return
-		case err != nil:
-			s.log.Error("authenticate", "err", err)
-			writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
-			return
-		case !p.Can(apps.ScopeGroup):
-			writeError(w, http.StatusForbidden, "403", "PERMISSION_DENIED", "the application lacks the permission "+apps.ScopeGroup)
+		p, refusal := s.authorize(r.Context(), r.Header.Get("X-Token"))
+		if refusal != nil {
+			refusal.write(w)
 			return
 		}
 		if wait, ok := s.allow(p.AppID); !ok {
@@ -215,6 +209,21 @@ func (s *Service) authed(h func(http.ResponseWriter, *http.Request, apps.Princip
 		}
 		h(w, r, p)
 	})
+}
+
+// authorize checks an access token and the audience.group permission.
+func (s *Service) authorize(ctx context.Context, token string) (apps.Principal, *Refusal) {
+	p, err := s.auth.Authenticate(ctx, token)
+	switch {
+	case errors.Is(err, apps.ErrTokenInvalid):
+		return p, copyOf(refuseToken)
+	case err != nil:
+		s.log.Error("authenticate", "err", err)
+		return p, copyOf(refuseUnavailable)
+	case !p.Can(apps.ScopeGroup):
+		return p, copyOf(refusePermission)
+	}
+	return p, nil
 }
 
 // allow takes one token of the application's limiter; when none is left it
@@ -252,35 +261,107 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "413", "PAYLOAD_TOO_LARGE", "body exceeds 1 MiB")
+			refuseTooLarge.write(w)
 			return
 		}
 		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "body could not be read")
 		return
 	}
-	req, err := DecodeRequest(body)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", err.Error())
-		return
-	}
-	id, err := s.Accept(r.Context(), p, req)
+	id, refusal, err := s.submit(r.Context(), p, body, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		s.log.Error("batch not accepted", "err", err)
-		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "Kafka or PostgreSQL unavailable; nothing was accepted, retry is safe")
+		refuseUnavailable.write(w)
+		return
+	}
+	if refusal != nil {
+		refusal.write(w)
 		return
 	}
 	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: id})
 }
+
+// MaxIdempotencyKey is the longest Idempotency-Key accepted.
+const MaxIdempotencyKey = 64
+
+// submit validates a batchAdd body and accepts it as a batch. A refusal is
+// the caller's mistake, answered as the API documents; an error means
+// PostgreSQL or Kafka failed and nothing was accepted, so a retry is safe.
+func (s *Service) submit(ctx context.Context, p apps.Principal, body []byte, key string) (int64, *Refusal, error) {
+	if len(body) > MaxBodyBytes {
+		return 0, copyOf(refuseTooLarge), nil
+	}
+	req, err := DecodeRequest(body)
+	if err != nil {
+		return 0, &Refusal{Status: http.StatusBadRequest, Code: "400", ErrorCode: "INVALID_PARAMETER", Msg: err.Error()}, nil
+	}
+	if len(key) > MaxIdempotencyKey {
+		return 0, &Refusal{Status: http.StatusBadRequest, Code: "400", ErrorCode: "INVALID_PARAMETER",
+			Msg: fmt.Sprintf("Idempotency-Key must be at most %d characters", MaxIdempotencyKey)}, nil
+	}
+	id, err := s.Accept(ctx, p, req, key)
+	if errors.Is(err, ErrIdempotencyConflict) {
+		return 0, copyOf(refuseConflict), nil
+	}
+	return id, nil, err
+}
+
+// ErrIdempotencyConflict means the idempotency key names a batch made from
+// a different request within IdempotencyWindow.
+var ErrIdempotencyConflict = errors.New("ingest: idempotency key used for a different request")
 
 // Accept records a batch and writes its records to Kafka, returning the
 // batch id only once Kafka acknowledged every record and the batch is marked
 // accepted. On error nothing was accepted: the batch is aborted (now, or by
 // the janitor after PendingTimeout if PostgreSQL is down), so its records are
 // never applied and the id is never PROCESSING for ever.
-func (s *Service) Accept(ctx context.Context, p apps.Principal, req Request) (int64, error) {
+//
+// With a non-empty key, a request repeating one the tenant made with the
+// same key within IdempotencyWindow gets that request's batch id and
+// changes nothing; concurrent repeats wait for the first. The same key with
+// a different request fails with ErrIdempotencyConflict.
+func (s *Service) Accept(ctx context.Context, p apps.Principal, req Request, key string) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	id, err := s.store.CreateBatch(ctx, p.TenantID, p.AppID, req.Params, len(req.Records))
+	var hash []byte
+	if key != "" {
+		canon, err := json.Marshal(req)
+		if err != nil {
+			return 0, fmt.Errorf("ingest: hash request: %w", err)
+		}
+		sum := sha256.Sum256(canon)
+		hash = sum[:]
+	}
+	for {
+		if key != "" {
+			b, found, err := s.store.FindByKey(ctx, p.TenantID, key)
+			if err != nil {
+				return 0, err
+			}
+			switch {
+			case found && !bytes.Equal(b.hash, hash):
+				return 0, ErrIdempotencyConflict
+			case found && !b.pending:
+				return b.id, nil
+			case found:
+				// The first request with this key is being accepted.
+				select {
+				case <-ctx.Done():
+					return 0, fmt.Errorf("ingest: waiting for a request with the same idempotency key: %w", ctx.Err())
+				case <-time.After(20 * time.Millisecond):
+				}
+				continue
+			}
+		}
+		id, err := s.accept(ctx, p, req, key, hash)
+		if errors.Is(err, errKeyTaken) {
+			continue // a concurrent request with the key won; answer as it does
+		}
+		return id, err
+	}
+}
+
+func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key string, hash []byte) (int64, error) {
+	id, err := s.store.CreateBatch(ctx, p.TenantID, p.AppID, req.Params, len(req.Records), key, hash)
 	if err != nil {
 		return 0, err
 	}
@@ -449,6 +530,26 @@ type envelope struct {
 	Data      any    `json:"data"`
 }
 
+// Refusal is a request refused as the HTTP API answers it; the requests
+// topic reports the same Code, ErrorCode and Msg in a request.rejected event.
+type Refusal struct {
+	Status    int // HTTP status
+	Code      string
+	ErrorCode string
+	Msg       string
+}
+
+func (r *Refusal) write(w http.ResponseWriter) { writeError(w, r.Status, r.Code, r.ErrorCode, r.Msg) }
+
+// The refusals that do not depend on the request.
+var (
+	refuseToken       = Refusal{http.StatusUnauthorized, "100200", "TOKEN_INVALID", "X-Token is missing, invalid or expired"}
+	refusePermission  = Refusal{http.StatusForbidden, "403", "PERMISSION_DENIED", "the application lacks the permission " + apps.ScopeGroup}
+	refuseUnavailable = Refusal{http.StatusServiceUnavailable, "503", "UNAVAILABLE", "Kafka or PostgreSQL unavailable; nothing was accepted, retry is safe"}
+	refuseTooLarge    = Refusal{http.StatusRequestEntityTooLarge, "413", "PAYLOAD_TOO_LARGE", "body exceeds 1 MiB"}
+	refuseConflict    = Refusal{http.StatusConflict, "409", "IDEMPOTENCY_CONFLICT", "Idempotency-Key was used within 24 h for a different request"}
+)
+
 func writeError(w http.ResponseWriter, status int, code, errorCode, msg string) {
 	writeJSON(w, status, envelope{Code: code, ErrorCode: errorCode, Msg: msg})
 }
@@ -472,3 +573,6 @@ func intParam(w http.ResponseWriter, raw, name string, def, lo, hi int) (int, bo
 	}
 	return v, true
 }
+
+// copyOf returns a refusal the caller may keep.
+func copyOf(r Refusal) *Refusal { return &r }

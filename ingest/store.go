@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -31,22 +32,64 @@ func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
 // Ping checks that PostgreSQL answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 
+// IdempotencyWindow is how long an Idempotency-Key names its batch.
+const IdempotencyWindow = 24 * time.Hour
+
+// errKeyTaken means another request created a batch with the same
+// idempotency key first.
+var errKeyTaken = errors.New("ingest: idempotency key taken")
+
 // CreateBatch allocates the next batch id (acceptance order) and records
-// the batch as PENDING: its records are not to be applied until Accept.
-func (s *Store) CreateBatch(ctx context.Context, tenantID int64, appID string, p pipeline.Params, total int) (int64, error) {
+// the batch as PENDING: its records are not to be applied until Accept. A
+// non-empty key must be free for the tenant (see FindByKey), else
+// errKeyTaken.
+func (s *Store) CreateBatch(ctx context.Context, tenantID int64, appID string, p pipeline.Params, total int, key string, hash []byte) (int64, error) {
 	params, err := json.Marshal(p)
 	if err != nil {
 		return 0, fmt.Errorf("ingest: encode params: %w", err)
 	}
 	var id int64
 	err = s.db.QueryRow(ctx, `
-		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
-		VALUES (nextval('batch_id_seq'), $1, $2, $3, $4, 'PENDING', $5) RETURNING batch_id`,
-		tenantID, appID, string(p.OptType), params, total).Scan(&id)
+		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, idempotency_key, request_hash)
+		VALUES (nextval('batch_id_seq'), $1, $2, $3, $4, 'PENDING', $5, nullif($6, ''), $7) RETURNING batch_id`,
+		tenantID, appID, string(p.OptType), params, total, key, hash).Scan(&id)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "batches_idempotency" {
+		return 0, errKeyTaken
+	}
 	if err != nil {
 		return 0, fmt.Errorf("ingest: create batch: %w", err)
 	}
 	return id, nil
+}
+
+// keyedBatch is the batch an idempotency key names.
+type keyedBatch struct {
+	id      int64
+	hash    []byte
+	pending bool
+}
+
+// FindByKey returns the batch the tenant's idempotency key names, if any.
+// A key older than IdempotencyWindow is released first, so it names
+// nothing; so is the key of an aborted batch (see Abort).
+func (s *Store) FindByKey(ctx context.Context, tenantID int64, key string) (keyedBatch, bool, error) {
+	var b keyedBatch
+	_, err := s.db.Exec(ctx, `UPDATE batches SET idempotency_key = NULL
+		WHERE tenant_id = $1 AND idempotency_key = $2 AND accepted_at < now() - make_interval(secs => $3)`,
+		tenantID, key, IdempotencyWindow.Seconds())
+	if err != nil {
+		return b, false, fmt.Errorf("ingest: release expired key: %w", err)
+	}
+	err = s.db.QueryRow(ctx, `SELECT batch_id, request_hash, status = 'PENDING' FROM batches
+		WHERE tenant_id = $1 AND idempotency_key = $2`, tenantID, key).Scan(&b.id, &b.hash, &b.pending)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return b, false, nil
+	}
+	if err != nil {
+		return b, false, fmt.Errorf("ingest: find idempotency key: %w", err)
+	}
+	return b, true, nil
 }
 
 // Accept moves a batch from PENDING to PROCESSING once all its records are
@@ -63,9 +106,10 @@ func (s *Store) Accept(ctx context.Context, batchID int64) error {
 }
 
 // Abort marks a PENDING batch FAILED and aborted: its records, should any
-// have reached Kafka, are never applied. The caller was told 503.
+// have reached Kafka, are never applied. The caller was told 503, so its
+// idempotency key is released for the retry.
 func (s *Store) Abort(ctx context.Context, batchID int64) error {
-	_, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+	_, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
 		WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
 	if err != nil {
 		return fmt.Errorf("ingest: abort batch: %w", err)
@@ -76,7 +120,7 @@ func (s *Store) Abort(ctx context.Context, batchID int64) error {
 // AbortStale aborts batches left PENDING for longer than age (their ingest
 // died between allocating and accepting them) and returns how many.
 func (s *Store) AbortStale(ctx context.Context, age time.Duration) (int64, error) {
-	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
 		WHERE status = 'PENDING' AND accepted_at < now() - make_interval(secs => $1)`, age.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("ingest: abort stale batches: %w", err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,16 +51,18 @@ func Migrations() ([]Migration, error) {
 		ms = append(ms, Migration{Version: v, Name: e.Name(), SQL: string(b)})
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
-	for i := range ms {
-		if ms[i].Version != i+1 {
-			return nil, fmt.Errorf("schemas: migration %d missing", i+1)
+	for i := 1; i < len(ms); i++ {
+		if ms[i].Version == ms[i-1].Version {
+			return nil, fmt.Errorf("schemas: two migrations numbered %d", ms[i].Version)
 		}
 	}
 	return ms, nil
 }
 
-// Migrate applies every migration not yet applied, each in its own
-// transaction, and returns how many it applied. It holds a session advisory
+// Migrate applies every migration not yet applied, in version order, each in
+// its own transaction, and returns how many it applied. Versions need not be
+// contiguous: a migration numbered below one already applied (written on
+// another branch) is applied too. It holds a session advisory
 // lock throughout, so concurrent migrators (several processes starting at
 // once) apply each migration exactly once; running it again applies nothing.
 func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
@@ -78,15 +81,28 @@ func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
 		version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return 0, fmt.Errorf("schemas: create schema_migrations: %w", err)
 	}
-	var current int
-	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&current); err != nil {
-		return 0, fmt.Errorf("schemas: read version: %w", err)
+	rows, err := conn.Query(ctx, "SELECT version FROM schema_migrations")
+	if err != nil {
+		return 0, fmt.Errorf("schemas: read versions: %w", err)
 	}
-	if current > len(ms) {
-		return 0, fmt.Errorf("schemas: database is at version %d, newer than this binary's %d", current, len(ms))
+	done, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		return 0, fmt.Errorf("schemas: read versions: %w", err)
+	}
+	known := make(map[int]bool, len(ms))
+	for _, m := range ms {
+		known[m.Version] = true
+	}
+	for _, v := range done {
+		if !known[v] {
+			return 0, fmt.Errorf("schemas: database has migration %d, which this binary does not know: it is newer", v)
+		}
 	}
 	applied := 0
-	for _, m := range ms[current:] {
+	for _, m := range ms {
+		if slices.Contains(done, m.Version) {
+			continue
+		}
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
 				return err

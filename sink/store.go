@@ -176,7 +176,7 @@ func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessa
 	}
 	// The same compare-and-set ingest uses: exactly one of accept and abort wins.
 	rows, err = s.db.Query(ctx, `
-		UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now()
+		UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
 		WHERE batch_id = ANY($1) AND status = 'PENDING' RETURNING batch_id`, stale)
 	if err != nil {
 		return nil, fmt.Errorf("sink: abort stale batches: %w", err)
@@ -528,6 +528,17 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 	}
 	if updated != len(ids) {
 		return nil, errors.New("sink: a batch vanished while its records were applied")
+	}
+	if len(finished) > 0 {
+		done := make([]int64, len(finished))
+		for i, f := range finished {
+			done[i] = f.BatchID
+		}
+		// The batch.finished event, published by the Relay: one row per
+		// batch, written with the counters that finish it.
+		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (batch_id) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING`, done); err != nil {
+			return nil, fmt.Errorf("sink: write outbox: %w", err)
+		}
 	}
 	return finished, nil
 }

@@ -314,6 +314,23 @@ func (r *rig) waitGroupStable(group string) {
 	}
 }
 
+// waitGroupEmpty waits until a consumer group has no member.
+func (r *rig) waitGroupEmpty(group string) {
+	r.t.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS="))}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+		if err == nil && len(resp.Groups) == 1 && len(resp.Groups[0].Members) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("group %s still has members after 30 s: %+v %v", group, resp, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // SIGKILL the matcher and the sink several times while batches flow.
 func TestFaultKillStages(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")

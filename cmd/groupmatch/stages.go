@@ -98,9 +98,14 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		defer svc.Close()
-		observeStage(gctx, reg, o, pool, log, stageIngest, nil, svc.Writers()...)
+		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Logger: log}, svc)
+		if err != nil {
+			return err
+		}
+		observeStage(gctx, reg, o, pool, log, stageIngest, feed.Consumer(), append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
+		g.Go(func() error { return feed.Run(gctx) })
 	}
 	if slices.Contains(stages, stageMatcher) {
 		m, err := matcher.New(matcher.Config{
@@ -121,8 +126,10 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageSink, s.Consumer(), s.Writers()...)
+		relay := sink.NewRelay(pool, brokers, topics, 0, log)
+		observeStage(gctx, reg, o, pool, log, stageSink, s.Consumer(), append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
+		g.Go(func() error { return relay.Run(gctx) })
 	}
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

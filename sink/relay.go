@@ -1,0 +1,127 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// Relay publishes batch.finished events from the outbox that the sink fills
+// in the transaction finishing each batch, so there is one event per batch
+// however often records are redelivered. Rows are published, then deleted,
+// in one transaction holding them with FOR UPDATE SKIP LOCKED, so several
+// sinks share the work without publishing a row twice; only a crash between
+// Kafka's acknowledgement and the commit repeats an event (consumers can
+// tell by its batchId).
+type Relay struct {
+	db       *pgxpool.Pool
+	w        *kafka.Writer
+	interval time.Duration
+	log      *slog.Logger
+}
+
+// NewRelay returns a relay publishing to the events topic, polling the
+// outbox every interval (default 100 ms).
+func NewRelay(db *pgxpool.Pool, brokers []string, topics pipeline.Topics, interval time.Duration, log *slog.Logger) *Relay {
+	if interval <= 0 {
+		interval = 100 * time.Millisecond
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Relay{db: db, w: stream.NewWriter(brokers, topics.Events), interval: interval, log: log.With("stage", "sink", "component", "relay")}
+}
+
+// Writers exposes the relay's Kafka writer for metrics.
+func (r *Relay) Writers() []*kafka.Writer { return []*kafka.Writer{r.w} }
+
+// Run publishes until ctx is done.
+func (r *Relay) Run(ctx context.Context) error {
+	defer r.w.Close()
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := r.publish(ctx)
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("publishing batch.finished events failed; will retry", "err", err)
+			}
+			if err != nil || n < relayBatch {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+const relayBatch = 500
+
+// publish sends up to relayBatch events and returns how many it sent.
+func (r *Relay) publish(ctx context.Context) (int, error) {
+	n := 0
+	err := pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
+			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
+			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at
+			FROM batches b WHERE b.batch_id IN (
+				SELECT batch_id FROM batch_events_outbox ORDER BY batch_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+			ORDER BY b.batch_id`, relayBatch)
+		if err != nil {
+			return err
+		}
+		var ids []int64
+		var msgs []kafka.Message
+		for rows.Next() {
+			var e pipeline.BatchFinishedEvent
+			var mu, mo, mp, mi int
+			if err := rows.Scan(&e.BatchID, &e.TenantID, &e.Status, &e.OptType, &e.Total, &e.Processed, &e.Success,
+				&e.Unmatched, &e.Ambiguous, &e.Invalid, &e.Failed, &mu, &mo, &mp, &mi, &e.GroupsCreated, &e.Conflicts,
+				&e.AcceptedAt, &e.FinishedAt); err != nil {
+				return err
+			}
+			e.MatchedBy = map[string]int{}
+			for k, v := range map[pipeline.IdentityKind]int{pipeline.KindUnionID: mu, pipeline.KindOpenID: mo, pipeline.KindPhone: mp, pipeline.KindThirdID: mi} {
+				if v > 0 {
+					e.MatchedBy[string(k)] = v
+				}
+			}
+			v, err := pipeline.EncodeBatchFinished(e)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, e.BatchID)
+			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID), Value: v})
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
+			return fmt.Errorf("write events: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM batch_events_outbox WHERE batch_id = ANY($1)`, ids); err != nil {
+			return err
+		}
+		n = len(msgs)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sink: relay: %w", err)
+	}
+	return n, nil
+}
