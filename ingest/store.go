@@ -138,36 +138,23 @@ type Failure struct {
 	Reason  string `json:"reason"`
 }
 
-// BatchResult is the data of batchResult (SPEC §4).
+// BatchResult is the data of batchResult (SPEC §4): the batch's summary and
+// one page of the records that were not applied.
 type BatchResult struct {
-	BatchID       int64          `json:"batchId"`
-	Status        string         `json:"status"`
-	OptType       string         `json:"optType"`
-	Total         int            `json:"total"`
-	Processed     int            `json:"processed"`
-	Success       int            `json:"success"`
-	Unmatched     int            `json:"unmatched"`
-	Ambiguous     int            `json:"ambiguous"`
-	Invalid       int            `json:"invalid"`
-	Failed        int            `json:"failed"`
-	MatchedBy     map[string]int `json:"matchedBy"`
-	GroupsCreated int            `json:"groupsCreated"`
-	Conflicts     int            `json:"conflicts"`
-	ErrorCounts   map[string]int `json:"errorCounts"`
-	AcceptedAt    time.Time      `json:"acceptedAt"`
-	FinishedAt    *time.Time     `json:"finishedAt"`
-	Failures      []Failure      `json:"failures"`
-	PageNo        int            `json:"pageNo"`
-	PageSize      int            `json:"pageSize"`
-	FailureTotal  int            `json:"failureTotal"`
+	BatchID int64 `json:"batchId"`
+	pipeline.BatchSummary
+	ErrorCounts  map[string]int `json:"errorCounts"`
+	Failures     []Failure      `json:"failures"`
+	PageNo       int            `json:"pageNo"`
+	PageSize     int            `json:"pageSize"`
+	FailureTotal int            `json:"failureTotal"`
 }
 
 // BatchResult reads a batch of the tenant with one page of its failures. A
 // batch whose acceptance never completed (the caller got 503) reads as
 // FAILED with nothing processed; one still being accepted reads PROCESSING.
 func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo, pageSize int) (BatchResult, error) {
-	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize,
-		MatchedBy: map[string]int{}, ErrorCounts: map[string]int{}, Failures: []Failure{}}
+	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize, ErrorCounts: map[string]int{}, Failures: []Failure{}}
 	var mu, mo, mp, mi int
 	err := s.db.QueryRow(ctx, `
 		SELECT status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,
@@ -185,11 +172,7 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 	if r.Status == "PENDING" {
 		r.Status = "PROCESSING"
 	}
-	for k, v := range map[pipeline.IdentityKind]int{pipeline.KindUnionID: mu, pipeline.KindOpenID: mo, pipeline.KindPhone: mp, pipeline.KindThirdID: mi} {
-		if v > 0 {
-			r.MatchedBy[string(k)] = v
-		}
-	}
+	r.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
 	rows, err := s.db.Query(ctx, `SELECT reason, count(*) FROM batch_records
 		WHERE batch_id = $1 AND reason IS NOT NULL GROUP BY reason`, batchID)
 	if err != nil {

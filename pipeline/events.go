@@ -39,14 +39,11 @@ type RequestEvent struct {
 	At             time.Time `json:"at"`
 }
 
-// BatchFinishedEvent reports a batch's final result, once per batch. It is
-// keyed by BatchFinishedKey.
-type BatchFinishedEvent struct {
-	V             int            `json:"v"`
-	Type          string         `json:"type"`
-	TenantID      int64          `json:"tenantId"`
-	BatchID       int64          `json:"batchId"`
-	Status        string         `json:"status"`
+// BatchSummary is a batch's progress and result: what batchResult answers
+// and batch.finished reports. The counters are exact: Processed = Success +
+// Unmatched + Ambiguous + Invalid + Failed.
+type BatchSummary struct {
+	Status        string         `json:"status"` // PROCESSING, SUCCESS, PARTIAL_SUCCESS or FAILED
 	OptType       OptType        `json:"optType"`
 	Total         int            `json:"total"`
 	Processed     int            `json:"processed"`
@@ -55,11 +52,33 @@ type BatchFinishedEvent struct {
 	Ambiguous     int            `json:"ambiguous"`
 	Invalid       int            `json:"invalid"`
 	Failed        int            `json:"failed"`
-	MatchedBy     map[string]int `json:"matchedBy"`
+	MatchedBy     map[string]int `json:"matchedBy"` // see MatchedBy
 	GroupsCreated int            `json:"groupsCreated"`
 	Conflicts     int            `json:"conflicts"`
 	AcceptedAt    time.Time      `json:"acceptedAt"`
-	FinishedAt    time.Time      `json:"finishedAt"`
+	FinishedAt    *time.Time     `json:"finishedAt"` // nil while PROCESSING
+}
+
+// MatchedBy returns the matchedBy object for per-kind match counts, leaving
+// out the kinds that matched nothing.
+func MatchedBy(unionid, openid, phone, id int) map[string]int {
+	m := make(map[string]int, 4)
+	for k, n := range map[IdentityKind]int{KindUnionID: unionid, KindOpenID: openid, KindPhone: phone, KindThirdID: id} {
+		if n > 0 {
+			m[string(k)] = n
+		}
+	}
+	return m
+}
+
+// BatchFinishedEvent reports a batch's final result, once per batch. It is
+// keyed by BatchFinishedKey.
+type BatchFinishedEvent struct {
+	V        int    `json:"v"`
+	Type     string `json:"type"`
+	TenantID int64  `json:"tenantId"`
+	BatchID  int64  `json:"batchId"`
+	BatchSummary
 }
 
 // EncodeRequestEvent returns the JSON value of e, with V set.

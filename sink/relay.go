@@ -92,12 +92,7 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 				&e.AcceptedAt, &e.FinishedAt); err != nil {
 				return err
 			}
-			e.MatchedBy = map[string]int{}
-			for k, v := range map[pipeline.IdentityKind]int{pipeline.KindUnionID: mu, pipeline.KindOpenID: mo, pipeline.KindPhone: mp, pipeline.KindThirdID: mi} {
-				if v > 0 {
-					e.MatchedBy[string(k)] = v
-				}
-			}
+			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
 			v, err := pipeline.EncodeBatchFinished(e)
 			if err != nil {
 				return err
