@@ -31,6 +31,7 @@ type options struct {
 	drainDelay     time.Duration
 	logLevel       string
 	logFormat      string
+	pprof          bool
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/groupmatch?sslmode=disable"
@@ -102,6 +103,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", envInt("MAX_IN_FLIGHT", 256), "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
 }
 
 // addPartitions registers --partitions.

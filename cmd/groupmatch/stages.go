@@ -143,6 +143,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if o.pprof {
+		handlePprof(mux)
+	}
 
 	ln, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
