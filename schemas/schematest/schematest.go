@@ -1,4 +1,5 @@
-// Package schematest gives tests a fresh, migrated PostgreSQL database.
+// Package schematest gives tests a fresh, migrated PostgreSQL database, and
+// validators of the JSON Schemas and the OpenAPI document (contracts.go).
 //
 // The server is the one named by GROUPMATCH_TEST_DATABASE_URL, else
 // postgres://postgres@127.0.0.1:5432/postgres. Tests fail, never skip, when it
