@@ -82,6 +82,8 @@ func testDirectory() fakeHits {
 		{pipeline.KindOpenID, "oC"}:           {{CustomerID: custOpenUnique, AppType: "gzh", AppID: "wx2"}},
 		{pipeline.KindPhone, "+442079460958"}: {{CustomerID: 15}},
 		{pipeline.KindThirdID, "bad-ids"}:     {{CustomerID: 0}, {CustomerID: -3}},
+		// A thirdId the directory let two customers share.
+		{pipeline.KindThirdID, "crm-twin"}: {{CustomerID: custShared1}, {CustomerID: custShared2}},
 	}
 	// Ten customers on one phone, in decreasing order: more than Resolve's
 	// stack buffer.
@@ -245,7 +247,12 @@ func TestResolve(t *testing.T) {
 		{"exact unionid scoped", scopedExact("gzh", "wx1"), pipeline.RawRecord{IdentityType: "unionid", UnionID: "uScoped"}, matched(pipeline.KindUnionID, custUnionWx1)},
 		{"exact id ignores scope", scopedExact("gzh", "wx1"), pipeline.RawRecord{IdentityType: "id", ThirdID: "crm-7"}, matched(pipeline.KindThirdID, custThird)},
 
+		{"exact id shared by two customers", exactParams, pipeline.RawRecord{IdentityType: "id", ThirdID: "crm-twin"}, ambiguous},
+		{"exact identityType trimmed and any case", exactParams, pipeline.RawRecord{IdentityType: " OpenID ", OpenID: "oC"}, matched(pipeline.KindOpenID, custOpenUnique)},
+		{"exact unionid scoped to an app nobody used", scopedExact("contenthome", "home1"), pipeline.RawRecord{IdentityType: "unionid", UnionID: "uA"}, notFound},
+
 		// Exact: invalid records.
+		{"exact identityType blocked", exactParams, pipeline.RawRecord{IdentityType: "NULL", Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
 		{"exact identityType missing", exactParams, pipeline.RawRecord{Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
 		{"exact identityType unknown", exactParams, pipeline.RawRecord{IdentityType: "email", Phone: "13900000000"}, invalid(pipeline.ReasonInvalidIdentityType)},
 		{"exact named field blocked", exactParams, pipeline.RawRecord{IdentityType: "unionid", UnionID: "NULL", Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
@@ -273,6 +280,11 @@ func TestResolve(t *testing.T) {
 		{"fuzzy2 phone before unionid, conflict", fuzzy2Params, pipeline.RawRecord{UnionID: "uA", Phone: "13900000000"}, conflicted(pipeline.KindPhone, custPhone)},
 		{"fuzzy2 id first", fuzzy2Params, pipeline.RawRecord{UnionID: "uB", Phone: "13700000000", ThirdID: "crm-8"}, matched(pipeline.KindThirdID, custAll)},
 		{"fuzzy2 shared phone skipped for openid", fuzzy2Params, pipeline.RawRecord{Phone: "13800000000", OpenID: "oC"}, conflicted(pipeline.KindOpenID, custOpenUnique)},
+
+		{"fuzzy2 shared id skipped, phone wins with conflict", fuzzy2Params, pipeline.RawRecord{ThirdID: "crm-twin", Phone: "13900000000"}, conflicted(pipeline.KindPhone, custPhone)},
+		{"fuzzy2 lower unionid names another customer", fuzzy2Params, pipeline.RawRecord{Phone: "13700000000", OpenID: "oB", UnionID: "uA"}, conflicted(pipeline.KindPhone, custAll)},
+		{"fuzzy2 lower identifiers agree", fuzzy2Params, pipeline.RawRecord{Phone: "13700000000", OpenID: "oB", UnionID: "uB"}, matched(pipeline.KindPhone, custAll)},
+		{"fuzzy every identifier shared", fuzzy2Params, pipeline.RawRecord{ThirdID: "crm-twin", Phone: "13800000000", OpenID: "oSame"}, ambiguous},
 
 		// Fuzzy: invalid records.
 		{"fuzzy malformed phone only", fuzzyParams, pipeline.RawRecord{Phone: "139-0000-000"}, invalid(pipeline.ReasonInvalidPhone)},
