@@ -139,10 +139,7 @@ var BigApps = []App{
 // In all about 1.05 phones and 1.5 openids per customer.
 func BigCustomer(i int) Customer {
 	h := mix(uint64(i))
-	c := Customer{ID: int64(i) + 1}
-	if h%20 != 7 {
-		c.ThirdID = "crm-" + strconv.Itoa(i)
-	}
+	c := Customer{ID: int64(i) + 1, ThirdID: BigThirdID(i)}
 	if u := BigUnionID(i); u != "" {
 		c.UnionID.Value = u
 		if (h>>8)%10 == 0 {
@@ -196,6 +193,14 @@ func BigUnionID(i int) string {
 		return ""
 	}
 	return "o6_" + token(mix(h^0x756e696f6e), 25)
+}
+
+// BigThirdID returns the thirdId of Big customer i, or "" when it has none.
+func BigThirdID(i int) string {
+	if mix(uint64(i))%20 == 7 {
+		return ""
+	}
+	return "crm-" + strconv.Itoa(i)
 }
 
 // BigPhone returns the canonical k-th phone (from 0) Big customer i is
@@ -274,35 +279,56 @@ func mix(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
+// BatchMode is how the records of a generated batch are to be matched.
+type BatchMode int
+
+// The modes of BigBatches.
+const (
+	ExactPhone        BatchMode = iota // exact by phone
+	ExactID                            // exact by thirdId, half spelling identityType "thirdId"
+	ExactOpenIDScoped                  // exact by the gzh/wx1 openid, accurateMatchType gzh/wx1
+	ExactOpenID                        // exact by the gzh/wx1 openid, unscoped
+	ExactUnionID                       // exact by unionid
+	FuzzyWay1                          // fuzzy, identifyWay 1, every identity the customer has
+	FuzzyWay2                          // fuzzy, identifyWay 2, thirdId and phone
+)
+
+// MixedModes is the default mix of BigBatches, a mode per entry: a quarter
+// exact by phone, a tenth exact by id, a tenth exact by openid scoped and a
+// twentieth unscoped, a tenth exact by unionid, three tenths fuzzy by
+// identifyWay 1 and a tenth by identifyWay 2. Read-only.
+var MixedModes = []BatchMode{
+	ExactPhone, ExactPhone, ExactPhone, ExactPhone, ExactPhone,
+	ExactID, ExactID, ExactOpenIDScoped, ExactOpenIDScoped, ExactOpenID, ExactUnionID, ExactUnionID,
+	FuzzyWay1, FuzzyWay1, FuzzyWay1, FuzzyWay1, FuzzyWay1, FuzzyWay1, FuzzyWay2, FuzzyWay2,
+}
+
+// ExactModes is a mix of exact matching only. Read-only.
+var ExactModes = []BatchMode{ExactPhone, ExactID, ExactOpenIDScoped, ExactOpenID, ExactUnionID}
+
+// FuzzyModes is a mix of fuzzy matching only. Read-only.
+var FuzzyModes = []BatchMode{FuzzyWay1, FuzzyWay2}
+
 // BigBatches returns batches of Big directory records as a matcher consumes
 // them: batchSize records per batch sharing the batch's params, the
-// batches' records in order. Each batch draws a mode, and each record a
-// customer among the first customers of the directory, from rng:
-//
-//   - exact by phone (a quarter of the batches), by id (a tenth, half of
-//     them spelling identityType "thirdId"), by its gzh/wx1 openid (a tenth
-//     scoped to gzh/wx1 with accurateMatchType/Value, a twentieth
-//     unscoped), by unionid (a tenth);
-//   - fuzzy with identifyWay 1 (three tenths) carrying every identity the
-//     customer has, or identifyWay 2 (a tenth) carrying thirdId and phone.
-//
-// One record in twelve names identities nobody has. Phones come in the
-// canonical form or with "+86" and separators.
-func BigBatches(rng *rand.Rand, customers, batches, batchSize int, tenantID int64) []pipeline.RecordMessage {
+// batches' records in order. Each batch draws its mode from modes (nil:
+// MixedModes), and each record a customer among the first customers of the
+// directory, from rng. One record in twelve names identities nobody has.
+// Phones come in the canonical form or with "+86" and separators.
+func BigBatches(rng *rand.Rand, customers, batches, batchSize int, tenantID int64, modes []BatchMode) []pipeline.RecordMessage {
+	if modes == nil {
+		modes = MixedModes
+	}
 	out := make([]pipeline.RecordMessage, 0, batches*batchSize)
 	for b := range batches {
 		p := pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingExact, OptType: pipeline.OptAdd}
-		mode := rng.IntN(20)
+		mode := modes[rng.IntN(len(modes))]
 		switch mode {
-		case 0, 1, 2, 3, 4: // phone
-		case 6, 7: // id
-		case 8, 9: // openid scoped; the app is chosen per batch
+		case ExactOpenIDScoped:
 			p.AppType, p.AppID = BigApps[0].Type, BigApps[0].ID
-		case 10: // openid unscoped
-		case 11, 12: // unionid
-		case 13, 14, 15, 16, 17, 5:
+		case FuzzyWay1:
 			p.MatchingType, p.IdentifyWay = pipeline.MatchingFuzzy, pipeline.IdentifyUnionIDFirst
-		default:
+		case FuzzyWay2:
 			p.MatchingType, p.IdentifyWay = pipeline.MatchingFuzzy, pipeline.IdentifyThirdIDFirst
 		}
 		for j := range batchSize {
@@ -321,28 +347,28 @@ func BigBatches(rng *rand.Rand, customers, batches, batchSize int, tenantID int6
 			}
 			third := "crm-" + strconv.Itoa(i)
 			switch mode {
-			case 0, 1, 2, 3, 4:
+			case ExactPhone:
 				r.IdentityType, r.Phone = "phone", phone
 				if phone == "" {
 					r.Phone = "13000000000"
 				}
-			case 6, 7:
+			case ExactID:
 				r.IdentityType, r.ThirdID = "id", third
 				if j%2 == 1 {
 					r.IdentityType = "thirdId"
 				}
-			case 8, 9, 10:
+			case ExactOpenIDScoped, ExactOpenID:
 				r.IdentityType, r.OpenID = "openid", BigOpenID(i, 0)
-			case 11, 12:
+			case ExactUnionID:
 				r.IdentityType, r.UnionID = "unionid", BigUnionID(i)
 				if r.UnionID == "" {
 					r.UnionID = "o6_nobody"
 				}
-			case 13, 14, 15, 16, 17, 5:
+			case FuzzyWay1:
 				r.UnionID, r.Phone, r.ThirdID = BigUnionID(i), phone, third
 				apps := BigOpenApps(i)
 				r.OpenID = BigOpenID(i, apps[rng.IntN(len(apps))])
-			default:
+			case FuzzyWay2:
 				r.ThirdID, r.Phone = third, phone
 			}
 			out = append(out, pipeline.RecordMessage{
