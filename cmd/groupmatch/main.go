@@ -32,6 +32,7 @@ Commands:
   app disable        disables an application; its tokens stop working
   directory load     loads customers from JSON lines
   healthcheck        probes a process's /healthz or /readyz (for container healthchecks)
+  bench              load generator and end-to-end measurement, with a plain-PostgreSQL baseline
 
 Run "groupmatch <command> --help" for a command's flags.
 `
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDirectory(ctx, rest, stdout, stderr)
 	case "healthcheck":
 		return cmdHealthcheck(ctx, rest, stdout, stderr)
+	case "bench":
+		return cmdBench(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)

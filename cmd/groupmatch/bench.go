@@ -1,0 +1,759 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/bench"
+	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/matcher/matchertest"
+)
+
+// benchFlags are the settings of `groupmatch bench`.
+type benchFlags struct {
+	o               options
+	w               bench.Workload
+	mix             string
+	via             string
+	target          string
+	single          bool
+	clients         int
+	rate            float64
+	pipeline        bool
+	baseline        bool
+	baselineWorkers int
+	baselineChunk   int
+	jsonPath        string
+	pprof           bool
+	profileDir      string
+	profileFor      time.Duration
+	database        string
+	workDir         string
+	load            bool
+	tenant          string
+	timeout         time.Duration
+	stall           time.Duration
+}
+
+const benchSynopsis = `bench [--customers N] [--records N] [--via http|kafka] [--target URL | --single] [--rate R] [--baseline] [--json FILE]
+
+Generates a directory and a workload of batchAdd requests, drives them through
+a system and reports ingest and end-to-end throughput, batch latency and the
+CPU and memory of every process; with --baseline it also applies the same
+workload with plain PostgreSQL (COPY + set-based SQL) and reports
+pipeline/baseline. Without --target it starts the system itself, each stage as
+a separate process of this binary (broker, ingest, matcher, sink) or, with
+--single, all in one dev process, on a fresh database --bench-database on the
+server --database-url names (dropped and created again every run).
+See docs/performance.md.`
+
+func (f *benchFlags) register(fs *flag.FlagSet) {
+	f.o.addKafka(fs)
+	f.o.addDatabase(fs)
+	f.o.addPartitions(fs)
+	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
+	fs.IntVar(&f.o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
+	fs.IntVar(&f.w.Customers, "customers", envInt("BENCH_CUSTOMERS", 1000000), "customers in the generated directory (BENCH_CUSTOMERS)")
+	fs.IntVar(&f.w.Records, "records", envInt("BENCH_RECORDS", 2000000), "records to import in all (BENCH_RECORDS)")
+	fs.IntVar(&f.w.BatchSize, "batch-size", envInt("BENCH_BATCH_SIZE", 500), "records per batchAdd request, at most 500 (BENCH_BATCH_SIZE)")
+	fs.StringVar(&f.mix, "mix", env("BENCH_MIX", bench.DefaultMix.String()), "weights of the batch kinds: exact by phone, id, openid, unionid; fuzzy (identifyWay 1, every identifier) and fuzzy2 (identifyWay 2, thirdId and phone) (BENCH_MIX)")
+	fs.Float64Var(&f.w.MatchRate, "match-rate", envFloat("BENCH_MATCH_RATE", 0.92), "share of records naming a customer of the directory; the rest name nobody (BENCH_MATCH_RATE)")
+	fs.Float64Var(&f.w.DeleteShare, "delete-share", envFloat("BENCH_DELETE_SHARE", 0.1), "share of batches with optType delete (BENCH_DELETE_SHARE)")
+	fs.IntVar(&f.w.Groups, "groups", envInt("BENCH_GROUPS", 2), "group names per record (BENCH_GROUPS)")
+	fs.IntVar(&f.w.GroupNames, "group-names", envInt("BENCH_GROUP_NAMES", 20), "distinct group names in the workload (BENCH_GROUP_NAMES)")
+	fs.Uint64Var(&f.w.Seed, "seed", uint64(envInt("BENCH_SEED", 1)), "seed of the workload; the same seed makes the same requests (BENCH_SEED)")
+	fs.StringVar(&f.via, "via", env("BENCH_VIA", "http"), "http (the batchAdd API) or kafka (the requests topic) (BENCH_VIA)")
+	fs.StringVar(&f.target, "target", env("BENCH_TARGET", ""), "base URL of a running system's ingest, e.g. http://127.0.0.1:8080; --database-url and --kafka-brokers then name its database and Kafka (BENCH_TARGET)")
+	fs.BoolVar(&f.single, "single", envBool("BENCH_SINGLE", false), "start the system as one dev process instead of one process per stage (BENCH_SINGLE)")
+	fs.IntVar(&f.clients, "clients", envInt("BENCH_CLIENTS", 8), "concurrent HTTP clients, or Kafka publishers (BENCH_CLIENTS)")
+	fs.Float64Var(&f.rate, "rate", envFloat("BENCH_RATE", 0), "offered load in records per second; 0 offers as fast as the system accepts (BENCH_RATE)")
+	fs.BoolVar(&f.pipeline, "pipeline", envBool("BENCH_PIPELINE", true), "drive the workload through the pipeline; false with --baseline measures the baseline alone (BENCH_PIPELINE)")
+	fs.BoolVar(&f.baseline, "baseline", envBool("BENCH_BASELINE", false), "also apply the workload with plain PostgreSQL, in schema bench_baseline, and report pipeline/baseline (BENCH_BASELINE)")
+	fs.IntVar(&f.baselineWorkers, "baseline-workers", envInt("BENCH_BASELINE_WORKERS", 2), "transactions the baseline runs at once (BENCH_BASELINE_WORKERS)")
+	fs.IntVar(&f.baselineChunk, "baseline-chunk", envInt("BENCH_BASELINE_CHUNK", 20000), "records per baseline transaction, rounded to whole requests (BENCH_BASELINE_CHUNK)")
+	fs.StringVar(&f.jsonPath, "json", env("BENCH_JSON", ""), "write the full report as JSON to this file (BENCH_JSON)")
+	fs.BoolVar(&f.pprof, "pprof", envBool("PPROF", false), "start the stages with --pprof (PPROF)")
+	fs.StringVar(&f.profileDir, "profile", env("BENCH_PROFILE", ""), "write a CPU profile of every stage process, taken mid-run, and its heap at the end, to this folder; implies --pprof (BENCH_PROFILE)")
+	fs.DurationVar(&f.profileFor, "profile-duration", envDuration("BENCH_PROFILE_DURATION", 20*time.Second), "length of the CPU profiles (BENCH_PROFILE_DURATION)")
+	fs.StringVar(&f.database, "bench-database", env("BENCH_DATABASE", "groupmatch_bench"), "database a self-started system uses, on the server of --database-url; dropped and created again every run (BENCH_DATABASE)")
+	fs.StringVar(&f.workDir, "work", env("BENCH_WORK", ""), "folder for the processes' logs and the broker's data; default a temporary folder, removed after a successful run (BENCH_WORK)")
+	fs.BoolVar(&f.load, "load", envBool("BENCH_LOAD", true), "load the directory; with --target, false reuses the tenant's directory of an earlier run (BENCH_LOAD)")
+	fs.StringVar(&f.tenant, "tenant", env("BENCH_TENANT", "bench"), "tenant the directory and the batches belong to (BENCH_TENANT)")
+	fs.DurationVar(&f.timeout, "timeout", envDuration("BENCH_TIMEOUT", time.Hour), "give up when the run takes longer (BENCH_TIMEOUT)")
+	fs.DurationVar(&f.stall, "stall", envDuration("BENCH_STALL", 2*time.Minute), "give up when no record is accepted or applied for this long (BENCH_STALL)")
+}
+
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f benchFlags
+	fs := newFlagSet(benchSynopsis, stderr)
+	f.register(fs)
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	mix, err := bench.ParseMix(f.mix)
+	if err != nil {
+		return err
+	}
+	f.w.Mix = mix
+	if f.target != "" {
+		// A running system keeps the groups of earlier runs: name this
+		// run's groups apart.
+		f.w.GroupPrefix = "bench-" + strconv.FormatInt(time.Now().Unix()%1e6, 36) + "-"
+	}
+	f.w = f.w.WithDefaults()
+	if err := f.w.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case f.via != "http" && f.via != "kafka":
+		return errors.New("bench: --via must be http or kafka")
+	case !f.pipeline && !f.baseline:
+		return errors.New("bench: nothing to do: --pipeline=false without --baseline")
+	case f.target != "" && f.single:
+		return errors.New("bench: --target and --single exclude each other")
+	}
+	if f.profileDir != "" {
+		f.pprof = true
+		if err := os.MkdirAll(f.profileDir, 0o755); err != nil {
+			return fmt.Errorf("bench: --profile: %w", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	return runBench(ctx, &f, stdout, stderr)
+}
+
+func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err error) {
+	live := bench.NewLive(stderr)
+	report := &bench.Report{Version: 1, Date: time.Now().UTC().Truncate(time.Second)}
+	report.Setup = bench.Setup{Via: f.via, Workload: f.w, Clients: f.clients, Rate: f.rate}
+	load := bench.LoadAvg()
+
+	dbURL := f.o.databaseURL
+	var sys *benchSystem
+	if f.target == "" {
+		dbURL, err = freshDatabase(ctx, f.o.databaseURL, f.database)
+		if err != nil {
+			return err
+		}
+		dir := f.workDir
+		if dir == "" {
+			if dir, err = os.MkdirTemp("", "groupmatch-bench-"); err != nil {
+				return fmt.Errorf("bench: %w", err)
+			}
+		}
+		defer func() {
+			if err != nil || f.workDir != "" {
+				fmt.Fprintf(stderr, "bench: logs of the processes are in %s\n", dir)
+				return
+			}
+			os.RemoveAll(dir)
+		}()
+		report.Setup.Mode = "processes"
+		if f.single {
+			report.Setup.Mode = "single"
+		}
+		report.Setup.Partitions, report.Setup.MatcherChunk, report.Setup.SinkChunk, report.Setup.DBMaxConns =
+			f.o.partitions, f.o.matcherChunk, f.o.sinkChunk, f.o.dbMaxConns
+		fmt.Fprintf(stderr, "bench: starting the system (%s) on database %s\n", report.Setup.Mode, f.database)
+		sys, err = startBenchSystem(ctx, f, dbURL, dir)
+		if err != nil {
+			return err
+		}
+		defer sys.stop(stderr)
+	} else {
+		report.Setup.Mode = "target"
+		sys = &benchSystem{base: strings.TrimRight(f.target, "/"), brokers: f.o.brokerList()}
+	}
+
+	poolCfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return fmt.Errorf("bench: --database-url: %w", err)
+	}
+	poolCfg.MaxConns = int32(max(4, f.baselineWorkers+2))
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = "groupmatch-bench"
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("bench: postgres: %w", err)
+	}
+	defer pool.Close()
+	report.Machine = bench.DescribeMachine(ctx, pool)
+	report.Machine.LoadAvgBefore = load
+
+	store := apps.NewStore(pool)
+	creds, err := store.Create(ctx, f.tenant, "bench", []string{apps.ScopeGroup})
+	if err != nil {
+		return err
+	}
+	tenantID, err := store.TenantID(ctx, f.tenant)
+	if err != nil {
+		return err
+	}
+	if f.load {
+		secs, err := loadBenchDirectory(ctx, pool, tenantID, f.w.Customers, live)
+		if err != nil {
+			return err
+		}
+		report.DirectorySeconds = secs
+	}
+
+	var batchIDs []int64
+	if f.pipeline {
+		tok, err := store.IssueToken(ctx, creds.AppID, creds.Secret)
+		if err != nil {
+			return err
+		}
+		res, ids, err := benchPipeline(ctx, f, sys, pool, tenantID, tok.Access, live, stderr)
+		if err != nil {
+			return err
+		}
+		report.Pipeline, batchIDs = res, ids
+	}
+	if f.baseline {
+		// The system is idle now; stop it so the baseline has the machine.
+		sys.stop(stderr)
+		res, err := benchBaseline(ctx, f, pool, tenantID, dbName(dbURL), batchIDs, live)
+		if err != nil {
+			return err
+		}
+		report.Baseline = res
+		if report.Pipeline != nil {
+			pm, err := bench.Memberships(ctx, pool, "public", tenantID, f.w.GroupPrefix)
+			if err != nil {
+				return err
+			}
+			bm, err := bench.Memberships(ctx, pool, "bench_baseline", tenantID, f.w.GroupPrefix)
+			if err != nil {
+				return err
+			}
+			report.Agreement = bench.Compare(report.Pipeline.Outcomes, res.Outcomes, pm, bm)
+		}
+	}
+	report.Finish()
+	if f.jsonPath != "" {
+		if err := report.WriteJSON(f.jsonPath); err != nil {
+			return fmt.Errorf("bench: --json: %w", err)
+		}
+	}
+	if err := report.WriteText(stdout); err != nil {
+		return err
+	}
+	if a := report.Agreement; a != nil && (!a.Outcomes || !a.Memberships) {
+		return errors.New("bench: the pipeline and the baseline disagree")
+	}
+	return nil
+}
+
+// freshDatabase drops and creates the database name on the server that
+// serverURL names, and returns its URL.
+func freshDatabase(ctx context.Context, serverURL, name string) (string, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", errors.New("bench: --database-url must be a postgres:// URL when bench starts the system")
+	}
+	admin := *u
+	admin.Path = "/postgres"
+	conn, err := pgx.Connect(ctx, admin.String())
+	if err != nil {
+		return "", fmt.Errorf("bench: postgres: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	id := pgx.Identifier{name}.Sanitize()
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + id + " WITH (FORCE)", "CREATE DATABASE " + id} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return "", fmt.Errorf("bench: fresh database: %w", err)
+		}
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+func dbName(dbURL string) string {
+	if cfg, err := pgx.ParseConfig(dbURL); err == nil {
+		return cfg.Database
+	}
+	return ""
+}
+
+// loadBenchDirectory loads the first n customers of the Big directory into
+// the tenant, showing progress, and returns the seconds it took.
+func loadBenchDirectory(ctx context.Context, pool *pgxpool.Pool, tenantID int64, n int, live *bench.Live) (float64, error) {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(matchertest.WriteBig(pw, 0, n)) }()
+	defer pr.Close()
+	l := matcher.NewLoader(pool)
+	l.Progress = func(p matcher.LoadProgress) {
+		live.Update(fmt.Sprintf("directory: %s of %s customers loaded, %s/s",
+			bench.Thousands(float64(p.Loaded)), bench.Thousands(float64(n)), bench.Thousands(float64(p.Loaded)/max(p.Elapsed.Seconds(), 1e-3))))
+	}
+	start := time.Now()
+	p, err := l.Load(ctx, tenantID, pr)
+	live.Done()
+	if err != nil {
+		return 0, fmt.Errorf("bench: load directory: %w", err)
+	}
+	if len(p.Bad) > 0 {
+		return 0, fmt.Errorf("bench: load directory: %d bad lines", len(p.Bad))
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// checkpoint asks PostgreSQL to write its dirty buffers now, so that each
+// measured phase starts from the same state; it needs a superuser (or
+// pg_checkpoint) and is skipped otherwise.
+func checkpoint(ctx context.Context, pool *pgxpool.Pool) {
+	_, _ = pool.Exec(ctx, "CHECKPOINT")
+}
+
+// benchPipeline drives the workload through the system and measures it. It
+// returns the batch id of each batch index.
+func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
+	live *bench.Live, stderr io.Writer) (*bench.PipelineResult, []int64, error) {
+	obs, err := bench.NewObserver(ctx, pool, tenantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	checkpoint(ctx, pool)
+	nb := f.w.Batches()
+	db := dbName(pool.Config().ConnString())
+	before := sys.sample()
+	pgBefore, _, pgOK := bench.PostgresCPU(db)
+	self, _ := bench.SampleProc(os.Getpid())
+
+	var sent atomic.Int64
+	cfg := bench.DriveConfig{Clients: f.clients, Rate: f.rate, Token: token, Sent: &sent}
+	keyPrefix := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+	type driven struct {
+		res bench.DriveResult
+		err error
+	}
+	done := make(chan driven, 1)
+	dctx, stopDrive := context.WithCancel(ctx)
+	defer stopDrive()
+	go func() {
+		var d driven
+		if f.via == "kafka" {
+			cfg.KeyPrefix = keyPrefix
+			d.res, d.err = bench.DriveKafka(dctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
+		} else {
+			d.res, d.err = bench.DriveHTTP(dctx, sys.base, f.w, cfg)
+		}
+		done <- d
+	}()
+	var profiles sync.WaitGroup
+	if f.profileDir != "" {
+		profiles.Go(func() { sys.profile(dctx, f.profileDir, f.profileFor, stderr) })
+	}
+
+	start := time.Now()
+	var drive *driven
+	var acceptedAll time.Time
+	var last bench.Progress
+	lastChange, lastPrint := start, start
+	var prevApplied int64
+	prevAt := start
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			live.Done()
+			return nil, nil, fmt.Errorf("bench: %w", ctx.Err())
+		case d := <-done:
+			if d.err != nil {
+				live.Done()
+				return nil, nil, d.err
+			}
+			drive = &d
+			continue
+		case <-tick.C:
+		}
+		p, err := obs.Progress(ctx)
+		if err != nil {
+			live.Done()
+			return nil, nil, err
+		}
+		now := time.Now()
+		if p.Accepted >= nb && acceptedAll.IsZero() {
+			acceptedAll = now
+		}
+		if p != last {
+			last, lastChange = p, now
+		} else if now.Sub(lastChange) > f.stall {
+			live.Done()
+			return nil, nil, fmt.Errorf("bench: no progress for %s (%d of %d batches accepted, %d finished)", f.stall, p.Accepted, nb, p.Finished)
+		}
+		if now.Sub(lastPrint) >= time.Second || (drive != nil && p.Finished >= nb) {
+			el := now.Sub(start).Seconds()
+			live.Update(fmt.Sprintf("pipeline %5.0fs  sent %s/%s  accepted %s (%s/s)  applied %s (now %s/s, avg %s/s)  batches final %d/%d",
+				el, bench.Thousands(float64(sent.Load())), bench.Thousands(float64(f.w.Records)),
+				bench.Thousands(float64(p.Records)), bench.Thousands(float64(p.Records)/el),
+				bench.Thousands(float64(p.Processed)), bench.Thousands(float64(p.Processed-prevApplied)/now.Sub(prevAt).Seconds()),
+				bench.Thousands(float64(p.Processed)/el), p.Finished, nb))
+			lastPrint, prevApplied, prevAt = now, p.Processed, now
+		}
+		if drive != nil && p.Finished >= nb {
+			break
+		}
+	}
+	live.Done()
+	after := sys.sample()
+	pgAfter, backends, _ := bench.PostgresCPU(db)
+	selfAfter, _ := bench.SampleProc(os.Getpid())
+	profiles.Wait()
+	if f.profileDir != "" {
+		sys.heapProfiles(ctx, f.profileDir, stderr)
+	}
+
+	r, err := obs.Result(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	res := &bench.PipelineResult{Records: f.w.Records, Batches: r.Batches, BatchLatency: r.Latency, Outcomes: r.Outcomes, Retried: drive.res.Retried}
+	ingestEnd := drive.res.End
+	if f.via == "kafka" {
+		ingestEnd = acceptedAll
+	} else {
+		rl := drive.res.RequestLatency
+		res.RequestLatency = &rl
+	}
+	res.IngestSeconds = ingestEnd.Sub(drive.res.Start).Seconds()
+	res.IngestRecordsPerSec = float64(f.w.Records) / res.IngestSeconds
+	res.EndToEndSeconds = r.LastFinished.Sub(r.FirstAccepted).Seconds()
+	res.EndToEndRecordsPerSec = float64(f.w.Records) / res.EndToEndSeconds
+	for i, p := range sys.procs {
+		if before[i] != nil && after[i] != nil {
+			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), *before[i], *after[i], f.w.Records))
+		}
+	}
+	if pgOK {
+		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pgBefore}, bench.ProcSample{CPU: pgAfter}, f.w.Records)
+		c.Note = fmt.Sprintf("%d backends of database %s", backends, db)
+		res.Processes = append(res.Processes, c)
+	}
+	c := bench.NewProcessCost("bench", os.Getpid(), self, selfAfter, f.w.Records)
+	c.Note, c.PeakRSSMB = "the load generator", 0
+	res.Processes = append(res.Processes, c)
+	ids := drive.res.BatchIDs
+	if f.via == "kafka" {
+		if ids, err = obs.BatchIDs(ctx, keyPrefix, nb); err != nil {
+			return nil, nil, err
+		}
+	}
+	return res, ids, nil
+}
+
+// benchBaseline applies the workload with plain PostgreSQL.
+func benchBaseline(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, tenantID int64, db string, batchIDs []int64, live *bench.Live) (*bench.BaselineResult, error) {
+	if err := bench.PrepareBaseline(ctx, pool, "bench_baseline"); err != nil {
+		return nil, err
+	}
+	checkpoint(ctx, pool)
+	start := time.Now()
+	res, err := bench.RunBaseline(ctx, pool, f.w, bench.BaselineConfig{
+		Schema: "bench_baseline", Workers: f.baselineWorkers, ChunkRecords: f.baselineChunk, TenantID: tenantID, BatchIDs: batchIDs,
+		Progress: func(n int) {
+			el := time.Since(start).Seconds()
+			live.Update(fmt.Sprintf("baseline %5.0fs  applied %s/%s (%s/s)", el,
+				bench.Thousands(float64(n)), bench.Thousands(float64(f.w.Records)), bench.Thousands(float64(n)/el)))
+		},
+	})
+	live.Done()
+	if err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// benchSystem is the system under test: processes bench started, or a
+// running one (--target), which has none.
+type benchSystem struct {
+	base    string   // ingest's base URL
+	brokers []string // Kafka
+	procs   []*benchProc
+	once    sync.Once
+}
+
+// startBenchSystem starts the broker and the stages as separate processes
+// of this binary, or one dev process (--single), on dbURL.
+func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*benchSystem, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	sys := &benchSystem{}
+	stageArgs := []string{
+		"--http-addr", "127.0.0.1:0", "--rate-limit", "1e9", "--rate-burst", "1000000000",
+		"--matcher-chunk", strconv.Itoa(f.o.matcherChunk), "--sink-chunk", strconv.Itoa(f.o.sinkChunk),
+		"--db-max-conns", strconv.Itoa(f.o.dbMaxConns), "--log-level", "info", "--log-format", "json",
+	}
+	if f.pprof {
+		stageArgs = append(stageArgs, "--pprof")
+	}
+	fail := func(err error) (*benchSystem, error) {
+		sys.stop(io.Discard)
+		return nil, err
+	}
+	if f.single {
+		p, err := startBenchProc(exe, dir, "dev", []string{"DATABASE_URL=" + dbURL},
+			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
+				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
+		if err != nil {
+			return fail(err)
+		}
+		sys.procs = append(sys.procs, p)
+		m, err := p.await(ctx, regexp.MustCompile(`HTTP API:\s+(\S+)`), time.Minute)
+		if err != nil {
+			return fail(err)
+		}
+		sys.base, p.admin = m, m
+		m, err = p.await(ctx, regexp.MustCompile(`KAFKA_BROKERS=(\S+)`), 10*time.Second)
+		if err != nil {
+			return fail(err)
+		}
+		sys.brokers = strings.Split(m, ",")
+		return sys, nil
+	}
+
+	b, err := startBenchProc(exe, dir, "broker", nil, "broker", "--addr", "127.0.0.1:0",
+		"--partitions", strconv.Itoa(f.o.partitions), "--data", filepath.Join(dir, "broker"), "--log-level", "warn")
+	if err != nil {
+		return fail(err)
+	}
+	sys.procs = append(sys.procs, b)
+	m, err := b.await(ctx, regexp.MustCompile(`KAFKA_BROKERS=(\S+)`), 30*time.Second)
+	if err != nil {
+		return fail(err)
+	}
+	sys.brokers = strings.Split(m, ",")
+	o := f.o
+	o.brokers = m
+	if _, err := migrate(ctx, dbURL); err != nil {
+		return fail(err)
+	}
+	if err := createTopics(ctx, &o); err != nil {
+		return fail(err)
+	}
+	started := regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+	for _, stage := range []string{stageIngest, stageMatcher, stageSink} {
+		args := append([]string{stage, "--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
+		p, err := startBenchProc(exe, dir, stage, nil, args...)
+		if err != nil {
+			return fail(err)
+		}
+		sys.procs = append(sys.procs, p)
+		addr, err := p.await(ctx, started, time.Minute)
+		if err != nil {
+			return fail(err)
+		}
+		p.admin = "http://" + addr
+		if stage == stageIngest {
+			sys.base = p.admin
+		}
+	}
+	return sys, nil
+}
+
+// sample reads /proc for every process; nil where it cannot.
+func (s *benchSystem) sample() []*bench.ProcSample {
+	out := make([]*bench.ProcSample, len(s.procs))
+	for i, p := range s.procs {
+		if v, err := bench.SampleProc(p.pid()); err == nil {
+			out[i] = &v
+		}
+	}
+	return out
+}
+
+// stop ends the processes, stages before the broker; later calls do
+// nothing.
+func (s *benchSystem) stop(stderr io.Writer) {
+	s.once.Do(func() {
+		for i := len(s.procs) - 1; i >= 0; i-- {
+			if err := s.procs[i].stop(); err != nil {
+				fmt.Fprintf(stderr, "bench: %s: %v\n", s.procs[i].name, err)
+			}
+		}
+	})
+}
+
+// profile takes a CPU profile of every process that serves pprof, all at
+// once, after letting the run warm up.
+func (s *benchSystem) profile(ctx context.Context, dir string, d time.Duration, stderr io.Writer) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(3 * time.Second):
+	}
+	var wg sync.WaitGroup
+	for _, p := range s.procs {
+		if p.admin == "" {
+			continue
+		}
+		wg.Go(func() {
+			u := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", p.admin, int(d.Seconds()))
+			if err := fetchTo(ctx, u, filepath.Join(dir, p.name+".cpu.pprof"), d+30*time.Second); err != nil {
+				fmt.Fprintf(stderr, "bench: CPU profile of %s: %v\n", p.name, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// heapProfiles saves every process's heap profile.
+func (s *benchSystem) heapProfiles(ctx context.Context, dir string, stderr io.Writer) {
+	for _, p := range s.procs {
+		if p.admin == "" {
+			continue
+		}
+		if err := fetchTo(ctx, p.admin+"/debug/pprof/heap", filepath.Join(dir, p.name+".heap.pprof"), 30*time.Second); err != nil {
+			fmt.Fprintf(stderr, "bench: heap profile of %s: %v\n", p.name, err)
+		}
+	}
+}
+
+func fetchTo(ctx context.Context, u, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d (is --pprof on?)", resp.StatusCode)
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// benchProc is a process of this binary that bench started; its output
+// goes to <dir>/<name>.log.
+type benchProc struct {
+	name  string
+	admin string // http://host:port of its HTTP server, if any
+	cmd   *exec.Cmd
+	lines chan string   // output lines, while someone may wait for one
+	done  chan struct{} // closed when the process has exited
+	err   error         // how it exited; read after done
+}
+
+func startBenchProc(exe, dir, name string, env []string, args ...string) (*benchProc, error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	p := &benchProc{name: name, lines: make(chan string, 256), done: make(chan struct{})}
+	p.cmd = exec.Command(exe, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	p.cmd.SysProcAttr = childProcAttr()
+	err = p.cmd.Start()
+	w.Close() // the child has its copy
+	if err != nil {
+		r.Close()
+		logf.Close()
+		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+	}
+	output := make(chan struct{})
+	go func() {
+		defer close(output)
+		defer r.Close()
+		defer logf.Close()
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			logf.Write(append(sc.Bytes(), '\n'))
+			select {
+			case p.lines <- sc.Text():
+			default: // nobody waits for lines now
+			}
+		}
+	}()
+	go func() {
+		p.err = p.cmd.Wait()
+		<-output
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *benchProc) pid() int { return p.cmd.Process.Pid }
+
+// await returns the last submatch of the first output line matching re.
+func (p *benchProc) await(ctx context.Context, re *regexp.Regexp, within time.Duration) (string, error) {
+	timeout := time.After(within)
+	for {
+		select {
+		case line := <-p.lines:
+			if m := re.FindStringSubmatch(line); m != nil {
+				return m[len(m)-1], nil
+			}
+		case <-p.done:
+			return "", fmt.Errorf("bench: %s exited (%v) before it was ready; see its log", p.name, p.err)
+		case <-timeout:
+			return "", fmt.Errorf("bench: %s not ready within %s; see its log", p.name, within)
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for the exit, killing the process if it
+// takes longer than a graceful shutdown may.
+func (p *benchProc) stop() error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		var exit *exec.ExitError
+		if errors.As(p.err, &exit) {
+			return fmt.Errorf("exited with %v after SIGTERM", p.err)
+		}
+		return nil
+	case <-time.After(shutdownTimeout + 5*time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return errors.New("killed: no exit within the shutdown timeout")
+	}
+}
