@@ -139,6 +139,11 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding
 // collect reads the rows of g's query into out. intern holds the
 // application names seen so far, so that each is allocated once.
 func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[string]string) error {
+	// A query that failed (the connection died, say) has no result to
+	// describe: FieldDescriptions would dereference nil.
+	if err := rows.Err(); err != nil {
+		return err
+	}
 	fields := rows.FieldDescriptions()
 	// Most values asked about are found once.
 	at := make([]int32, 0, len(g.values)) // at[j] is the value of bs[j]

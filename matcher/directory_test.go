@@ -2,6 +2,7 @@ package matcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
@@ -183,8 +185,34 @@ type planQuery struct {
 
 // checkPlan fails the test unless q's custom (or generic) plan reads the
 // directory only through q.index, by its conditions: no table scan, no
-// filter, no hash, merge or materialised join.
-func checkPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool) {
+// filter, no hash, merge or materialised join. It returns the plan.
+func checkPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool) string {
+	t.Helper()
+	plan := explainPlan(t, db, q, generic, "")
+	p := strings.Join(plan, "\n")
+	for _, l := range plan {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "->"))
+		switch {
+		case strings.HasPrefix(l, "Filter:"):
+			t.Errorf("plan filters rows it read:\n%s", p)
+			return p
+		case strings.Contains(l, "Hash") || strings.Contains(l, "Merge") || strings.Contains(l, "Materialize"):
+			t.Errorf("plan hashes, merges or materialises:\n%s", p)
+			return p
+		case strings.Contains(l, " Scan ") && !strings.HasPrefix(l, "Function Scan") && !strings.HasPrefix(l, "Subquery Scan") &&
+			!strings.HasPrefix(l, "Bitmap Heap Scan") && // fetches what its Bitmap Index Scan found
+			(q.index == "" || !strings.Contains(l, " using "+q.index+" ") && !strings.Contains(l, " on "+q.index+" ")):
+			t.Errorf("plan scans other than by %q:\n%s", q.index, p)
+			return p
+		}
+	}
+	return p
+}
+
+// explainPlan returns the lines of EXPLAIN <options> of q's custom or
+// generic plan, long lines cut. The statement runs (with ANALYZE) in a
+// transaction that is rolled back.
+func explainPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool, options string) []string {
 	t.Helper()
 	ctx := context.Background()
 	var plan []string
@@ -206,7 +234,7 @@ func checkPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool) {
 		for i, a := range q.args {
 			lits[i] = sqlLiteral(a)
 		}
-		rows, err := tx.Query(ctx, "EXPLAIN EXECUTE "+name+"("+strings.Join(lits, ", ")+")")
+		rows, err := tx.Query(ctx, "EXPLAIN "+options+" EXECUTE "+name+"("+strings.Join(lits, ", ")+")")
 		if err != nil {
 			return err
 		}
@@ -226,23 +254,7 @@ func checkPlan(t *testing.T, db *pgxpool.Pool, q planQuery, generic bool) {
 	if err != nil && err != errRollback {
 		t.Fatalf("explain: %v", err)
 	}
-	p := strings.Join(plan, "\n")
-	for _, l := range plan {
-		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "->"))
-		switch {
-		case strings.HasPrefix(l, "Filter:"):
-			t.Errorf("plan filters rows it read:\n%s", p)
-			return
-		case strings.Contains(l, "Hash") || strings.Contains(l, "Merge") || strings.Contains(l, "Materialize"):
-			t.Errorf("plan hashes, merges or materialises:\n%s", p)
-			return
-		case strings.Contains(l, " Scan ") && !strings.HasPrefix(l, "Function Scan") && !strings.HasPrefix(l, "Subquery Scan") &&
-			!strings.HasPrefix(l, "Bitmap Heap Scan") && // fetches what its Bitmap Index Scan found
-			(q.index == "" || !strings.Contains(l, " using "+q.index+" ") && !strings.Contains(l, " on "+q.index+" ")):
-			t.Errorf("plan scans other than by %q:\n%s", q.index, p)
-			return
-		}
-	}
+	return plan
 }
 
 var errRollback = fmt.Errorf("rollback")
@@ -476,5 +488,26 @@ func TestFindOrCreate(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("created identities %v, want the first request's %v (unbound without an application)", got, want)
+	}
+}
+
+// failedRows is what pgx hands a queued query's callback when the batch
+// failed (the connection died mid-batch, as in a PostgreSQL shutdown): it
+// has an error and no result, so describing it panics, as pgx's does.
+type failedRows struct{ pgx.Rows }
+
+func (failedRows) Err() error { return errors.New("FATAL: terminating connection (SQLSTATE 57P01)") }
+func (failedRows) FieldDescriptions() []pgconn.FieldDescription {
+	panic("described a failed result")
+}
+func (failedRows) Next() bool { return false }
+func (failedRows) Close()     {}
+
+// A look-up whose queries failed returns the error instead of crashing the
+// matcher (seen when PostgreSQL was stopped under load).
+func TestCollectFailedRows(t *testing.T) {
+	g := &lookupGroup{kind: pipeline.KindPhone, tenant: 1, index: map[string]int32{}}
+	if err := g.collect(failedRows{}, map[Key][]Binding{}, map[string]string{}); err == nil {
+		t.Fatal("collect of a failed result returned no error")
 	}
 }
