@@ -123,7 +123,9 @@ func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
 
 // pgxTracer bridges pgx's tracing into log. Only failures are logged: at
 // warn, at info for serialization failures and deadlocks (the stages retry
-// them), at debug when the caller's context ended (shutdown). Statements
+// them), at debug when the caller's context ended (shutdown) and for a pool
+// acquire that failed because its connect failed (logged once, as the
+// connect). Statements
 // that succeed are not logged. Query arguments never are: they carry
 // identity values; nor are error texts that may quote a value (see
 // safeError).
@@ -135,9 +137,12 @@ func pgxTracer(log *slog.Logger) pgx.QueryTracer {
 			err, _ := data["err"].(error)
 			level := slog.LevelWarn
 			var pgErr *pgconn.PgError
+			var connectErr *pgconn.ConnectError
 			switch {
 			case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 				level = slog.LevelDebug
+			case msg == "Acquire" && errors.As(err, &connectErr):
+				level = slog.LevelDebug // the failed connect was logged already
 			case errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01"):
 				level = slog.LevelInfo
 			}
