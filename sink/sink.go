@@ -181,6 +181,9 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 }
 
 func (s *Stage) observe(res ApplyResult) {
+	for outcome, n := range res.Outcomes {
+		s.metrics.Records.WithLabelValues(string(outcome)).Add(float64(n))
+	}
 	s.metrics.Duplicates.Add(float64(res.Duplicates))
 	s.metrics.DroppedRecord.Add(float64(res.Dropped))
 	for _, f := range res.Finished {

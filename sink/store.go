@@ -28,7 +28,9 @@ type Store interface {
 
 // ApplyResult says what a chunk did.
 type ApplyResult struct {
-	Applied    int // records newly recorded in the ledger
+	Applied int // records newly recorded in the ledger
+	// Outcomes counts the newly recorded records by outcome.
+	Outcomes   map[pipeline.Outcome]int
 	Duplicates int // records the ledger had already
 	Dropped    int // records of aborted batches, never applied
 	// Orphans are positions (indexes into the chunk) of records whose batch
@@ -124,6 +126,10 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 		}
 		res.Applied = len(fresh)
 		res.Duplicates += len(live) - len(fresh)
+		res.Outcomes = make(map[pipeline.Outcome]int, 4)
+		for _, r := range fresh {
+			res.Outcomes[r.Outcome]++
+		}
 		if len(fresh) == 0 {
 			return nil
 		}

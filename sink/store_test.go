@@ -86,12 +86,13 @@ func TestApplyCountsOnceAndFinishes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Applied != 2 || res.Duplicates != 1 || len(res.Finished) != 0 {
+	if res.Applied != 2 || res.Duplicates != 1 || len(res.Finished) != 0 ||
+		res.Outcomes[pipeline.OutcomeMatched] != 1 || res.Outcomes[pipeline.OutcomeNotFound] != 1 {
 		t.Fatalf("first chunk: %+v", res)
 	}
 	// Redelivery of the whole chunk changes nothing.
 	res, err = s.Apply(ctx, chunk)
-	if err != nil || res.Applied != 0 || res.Duplicates != 3 {
+	if err != nil || res.Applied != 0 || res.Duplicates != 3 || len(res.Outcomes) != 0 {
 		t.Fatalf("redelivery: %+v, %v", res, err)
 	}
 	res, err = s.Apply(ctx, []pipeline.ResolvedMessage{

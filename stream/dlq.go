@@ -1,7 +1,10 @@
 package stream
 
 import (
+	"errors"
 	"strconv"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -19,10 +22,19 @@ const (
 
 // DeadLetter returns the dead-letter message for m: the same key and value,
 // with headers naming the stage, the error class (a closed set, e.g.
-// "undecodable", "orphan", "permanent") and the original position.
+// "undecodable", "orphan", "permanent"), the error and the original
+// position. A PostgreSQL error is named by its SQLSTATE and constraint
+// only: its message may quote a value of the record.
 func DeadLetter(m kafka.Message, stage, class string, err error) kafka.Message {
 	text := ""
-	if err != nil {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr):
+		text = "postgres error SQLSTATE " + pgErr.Code
+		if pgErr.ConstraintName != "" {
+			text += " on " + pgErr.ConstraintName
+		}
+	case err != nil:
 		text = err.Error()
 	}
 	return kafka.Message{
