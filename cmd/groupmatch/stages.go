@@ -21,6 +21,7 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/ingest"
 	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/schemas"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
@@ -104,6 +105,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		}
 		observeStage(gctx, reg, o, pool, log, stageIngest, feed.Consumer(), append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
+		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
 		g.Go(func() error { return feed.Run(gctx) })
 	}
