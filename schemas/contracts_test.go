@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -482,4 +484,13 @@ func unmarshalYAML(b []byte, out any) error {
 		return err
 	}
 	return json.Unmarshal(j, out)
+}
+
+// GET /openapi.yaml serves the embedded document as YAML.
+func TestOpenAPIHandler(t *testing.T) {
+	rec := httptest.NewRecorder()
+	schemas.OpenAPIHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.yaml", nil))
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/yaml" || !bytes.Equal(rec.Body.Bytes(), schemas.OpenAPI()) {
+		t.Errorf("HTTP %d, Content-Type %q, %d bytes", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Len())
+	}
 }
