@@ -143,6 +143,12 @@ func TestLoad1M(t *testing.T) {
 		t.Errorf("first load took %v, want under a minute", first)
 	}
 
+	// The look-ups' plans on a million customers, right after the load.
+	if !p.Analyzed {
+		t.Errorf("the load of a million new customers did not refresh the statistics")
+	}
+	lookupPlans(t, db, tenant, "after the load")
+
 	start = time.Now()
 	loadFile(t, l, tenant, path)
 	again := time.Since(start)
@@ -151,6 +157,32 @@ func TestLoad1M(t *testing.T) {
 	for table, d := range d1 {
 		if d2[table] != d {
 			t.Errorf("%s changed by the re-run: %+v, was %+v", table, d2[table], d)
+		}
+	}
+}
+
+// lookupPlans checks and logs the custom and generic plans of the
+// matcher's look-ups for chunk-sized arrays of values (half of them held by
+// a customer) on the Big directory.
+func lookupPlans(t *testing.T, db *pgxpool.Pool, tenant int64, stats string) {
+	values := map[pipeline.IdentityKind][]string{}
+	for i := range 1000 {
+		c := i * 997 % (2 * bigCustomers)
+		values[pipeline.KindPhone] = append(values[pipeline.KindPhone], matchertest.BigPhone(c, 0))
+		values[pipeline.KindOpenID] = append(values[pipeline.KindOpenID], matchertest.BigOpenID(c, 0))
+		values[pipeline.KindUnionID] = append(values[pipeline.KindUnionID], matchertest.BigUnionID(c))
+		values[pipeline.KindThirdID] = append(values[pipeline.KindThirdID], fmt.Sprintf("crm-%d", c))
+	}
+	index := map[pipeline.IdentityKind]string{
+		pipeline.KindPhone: "customer_phones_pkey", pipeline.KindOpenID: "customer_openids_pkey",
+		pipeline.KindUnionID: "customers_unionid", pipeline.KindThirdID: "customers_third_id",
+	}
+	for _, k := range pipeline.IdentityKinds {
+		q := planQuery{name: "lookup " + string(k), sql: lookupSQL[k], index: index[k], args: []any{tenant, values[k]}}
+		for _, generic := range []bool{false, true} {
+			checkPlan(t, db, q, generic)
+			plan := explainPlan(t, db, q, generic, "(ANALYZE, BUFFERS)")
+			t.Logf("%s, %s, generic=%v, 1000 values:\n%s", q.name, stats, generic, strings.Join(plan, "\n"))
 		}
 	}
 }
@@ -251,18 +283,37 @@ const benchChunk = 2000
 
 // BenchmarkResolveChunk measures the matcher's work apart from Kafka on a
 // directory of a million customers: Normalize, one batched Lookup and
-// Resolve for chunks of benchChunk records of mixed modes (see
-// matchertest.BigBatches), as Stage.handle does. workers=2 runs two such
-// loops at once, as two matcher consumers on 2 cores would.
+// Resolve for chunks of benchChunk records, as Stage.handle does, for the
+// mixed, exact-only and fuzzy-only record mixes of matchertest.BigBatches.
+// workers=2 runs two such loops at once, as two matcher consumers on 2
+// cores would.
 func BenchmarkResolveChunk(b *testing.B) {
 	if os.Getenv("GROUPMATCH_BENCH_1M") == "" {
 		b.Skip("set GROUPMATCH_BENCH_1M=1 to load a million customers and measure")
 	}
 	db, tenant := bigDirectory(b)
 	dir := NewPGDirectory(db)
-	rng := rand.New(rand.NewPCG(1, 2))
-	const chunks = 50
-	recs := matchertest.BigBatches(rng, bigCustomers, chunks*benchChunk/pipeline.MaxRecords, pipeline.MaxRecords, tenant)
+	for _, mix := range []struct {
+		name  string
+		modes []matchertest.BatchMode
+	}{{"mixed", matchertest.MixedModes}, {"exact", matchertest.ExactModes}, {"fuzzy", matchertest.FuzzyModes}} {
+		rng := rand.New(rand.NewPCG(1, 2))
+		recs := matchertest.BigBatches(rng, bigCustomers, benchChunks*benchChunk/pipeline.MaxRecords, pipeline.MaxRecords, tenant, mix.modes)
+		for _, workers := range []int{1, 2} {
+			b.Run(fmt.Sprintf("mix=%s/workers=%d", mix.name, workers), func(b *testing.B) {
+				benchmarkChunks(b, db, dir, recs, workers)
+			})
+		}
+	}
+}
+
+const benchChunks = 50
+
+// benchmarkChunks resolves b.N chunks of benchChunk records, cycling
+// through recs, on workers goroutines, and reports the throughput and the
+// CPU time per record of this process and of its PostgreSQL backends.
+func benchmarkChunks(b *testing.B, db *pgxpool.Pool, dir *PGDirectory, recs []pipeline.RecordMessage, workers int) {
+	const chunks = benchChunks
 	direct := func(op func() error) error { return op() }
 	// resolveOne resolves chunk c and says how many keys it looked up in
 	// how many queries (one per kind present), and how many records matched.
@@ -292,57 +343,54 @@ func BenchmarkResolveChunk(b *testing.B) {
 		}
 		return keys, queries, matched, nil
 	}
-	for _, workers := range []int{1, 2} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			// Warm the pool's connections and statement caches.
-			for w := range workers * 2 {
-				if _, _, _, err := resolveOne(w); err != nil {
-					b.Fatal(err)
+	// Warm the pool's connections and statement caches.
+	for w := range workers * 2 {
+		if _, _, _, err := resolveOne(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var keys, queries, matched int64
+	var mu sync.Mutex
+	goCPU, pgCPU := processCPU(), backendCPU(b, db)
+	start := time.Now()
+	b.ResetTimer()
+	var next int64
+	g := errgroup.Group{}
+	for range workers {
+		g.Go(func() error {
+			for {
+				mu.Lock()
+				c := next
+				next++
+				mu.Unlock()
+				if c >= int64(b.N) {
+					return nil
 				}
+				k, q, m, err := resolveOne(int(c))
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				keys += int64(k)
+				queries += int64(q)
+				matched += int64(m)
+				mu.Unlock()
 			}
-			var keys, queries, matched int64
-			var mu sync.Mutex
-			goCPU, pgCPU := processCPU(), backendCPU(b, db)
-			start := time.Now()
-			b.ResetTimer()
-			var next int64
-			g := errgroup.Group{}
-			for range workers {
-				g.Go(func() error {
-					for {
-						mu.Lock()
-						c := next
-						next++
-						mu.Unlock()
-						if c >= int64(b.N) {
-							return nil
-						}
-						k, q, m, err := resolveOne(int(c))
-						if err != nil {
-							return err
-						}
-						mu.Lock()
-						keys += int64(k)
-						queries += int64(q)
-						matched += int64(m)
-						mu.Unlock()
-					}
-				})
-			}
-			if err := g.Wait(); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			elapsed := time.Since(start)
-			goUsed, pgUsed := processCPU()-goCPU, backendCPU(b, db)-pgCPU
-			records := float64(b.N * benchChunk)
-			b.ReportMetric(records/elapsed.Seconds(), "records/s")
-			b.ReportMetric(float64(goUsed.Microseconds())/records, "go-µs/record")
-			b.ReportMetric(float64(pgUsed.Microseconds())/records, "pg-µs/record")
-			b.ReportMetric(float64((goUsed+pgUsed).Microseconds())/records, "cpu-µs/record")
-			b.ReportMetric(float64(keys)/float64(queries), "keys/query")
-			b.ReportMetric(100*float64(matched)/records, "%matched")
-			b.ReportMetric(0, "ns/op")
 		})
 	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	elapsed := time.Since(start)
+	goUsed, pgUsed := processCPU()-goCPU, backendCPU(b, db)-pgCPU
+	records := float64(b.N * benchChunk)
+	b.ReportMetric(records/elapsed.Seconds(), "records/s")
+	b.ReportMetric(float64(goUsed.Microseconds())/records, "go-µs/record")
+	b.ReportMetric(float64(pgUsed.Microseconds())/records, "pg-µs/record")
+	b.ReportMetric(float64((goUsed+pgUsed).Microseconds())/records, "cpu-µs/record")
+	b.ReportMetric(float64(keys)/float64(queries), "keys/query")
+	b.ReportMetric(float64(keys)/records, "keys/record")
+	b.ReportMetric(100*float64(matched)/records, "%matched")
+	b.ReportMetric(0, "ns/op")
 }

@@ -107,14 +107,18 @@ func (e LineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.
 // LoadProgress is reported while a directory loads.
 type LoadProgress struct {
 	// Lines and Bytes count the input up to the end of the chunks loaded so
-	// far (at the end: all of it); Loaded counts the good lines among them.
-	Lines, Loaded int
+	// far (at the end: all of it); Loaded counts the good lines among them,
+	// and New the customers among them that the tenant did not have.
+	Lines, Loaded, New int
 	// Bad lists the bad lines found so far, in line order; it may name
 	// lines beyond Lines. The slice's elements are never changed once
 	// reported, so a receiver may keep it.
 	Bad     []LineError
 	Bytes   int64
 	Elapsed time.Duration
+	// Analyzed is set at the end when the load added so many customers
+	// that it refreshed the planner's statistics of the directory tables.
+	Analyzed bool
 }
 
 // Loader bulk-loads customers into a tenant's directory.
@@ -253,13 +257,15 @@ func (l *Loader) Load(ctx context.Context, tenantID int64, r io.Reader) (LoadPro
 	for range workers {
 		g.Go(func() error {
 			for c := range work {
-				if err := l.loadChunk(gctx, tenantID, c); err != nil {
+				added, err := l.loadChunk(gctx, tenantID, c)
+				if err != nil {
 					return err
 				}
 				close(c.done)
 				mu.Lock()
 				prog.Lines += c.lines
 				prog.Loaded += c.good
+				prog.New += added
 				prog.Bytes += c.bytes
 				prog.Elapsed = time.Since(start)
 				if l.Progress != nil {
@@ -356,12 +362,29 @@ func (l *Loader) Load(ctx context.Context, tenantID int64, r io.Reader) (LoadPro
 	err := g.Wait()
 	mu.Lock()
 	defer mu.Unlock()
-	prog.Elapsed = time.Since(start)
-	if err != nil {
-		return prog, err
+	if err == nil {
+		prog.Lines, prog.Bytes = total.lines, total.bytes
+		if prog.New >= analyzeAfter {
+			prog.Analyzed = l.analyze(ctx)
+		}
 	}
-	prog.Lines, prog.Bytes = total.lines, total.bytes
-	return prog, nil
+	prog.Elapsed = time.Since(start)
+	return prog, err
+}
+
+// analyzeAfter is how many new customers make a load refresh the planner's
+// statistics. Until autovacuum gets to it, the planner believes a freshly
+// loaded tenant tiny and, for the look-ups' first executions on each
+// connection, reads the whole tenant instead of probing the indexes: half
+// a second per query on a million customers instead of ten milliseconds.
+const analyzeAfter = 10000
+
+// analyze refreshes the statistics of the directory tables and reports
+// whether it could. It is best effort: a role that does not own the
+// tables may not, and autovacuum will do it soon.
+func (l *Loader) analyze(ctx context.Context) bool {
+	_, err := l.db.Exec(ctx, `ANALYZE customers, customer_phones, customer_openids`)
+	return err == nil
 }
 
 // stageLine parses and normalises one line and merges it into the chunk.
@@ -449,19 +472,26 @@ var chunkRetry = retry.Policy{MaxElapsed: time.Minute}
 // loadChunk writes one chunk in one transaction: by COPY for the customers
 // the tenant lacks, by merging for the others. When the COPY meets a row a
 // concurrent writer added, the whole chunk is merged in a new transaction.
-func (l *Loader) loadChunk(ctx context.Context, tenantID int64, c *loadChunk) error {
+// It returns how many customers it COPYed.
+func (l *Loader) loadChunk(ctx context.Context, tenantID int64, c *loadChunk) (int, error) {
+	var copied int
 	err := retry.Do(ctx, chunkRetry, func() error {
-		err := pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error { return copyNewMergeRest(ctx, tx, tenantID, c) })
+		err := pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error {
+			var err error
+			copied, err = copyNewMergeRest(ctx, tx, tenantID, c)
+			return err
+		})
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
+			copied = 0
 			err = pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error { return upsertAll(ctx, tx, tenantID, c) })
 		}
 		return err
 	}, nil)
 	if err != nil {
-		return fmt.Errorf("matcher: load directory chunk: %w", err)
+		return 0, fmt.Errorf("matcher: load directory chunk: %w", err)
 	}
-	return nil
+	return copied, nil
 }
 
 // The loader's statements. None joins the chunk to the directory: every
@@ -523,26 +553,27 @@ func (s *stagedCustomer) mergeInto(stored *stagedCustomer) bool {
 
 // copyNewMergeRest reads which of the chunk's customers the tenant has,
 // COPYs the others with their identities, and merges the rest: an update
-// per customer that changes, and the identities it lacks.
-func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChunk) error {
+// per customer that changes, and the identities it lacks. It returns how
+// many customers it COPYed.
+func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChunk) (int, error) {
 	ids := make([]int64, len(c.customers))
 	for i, s := range c.customers {
 		ids[i] = s.id
 	}
 	rows, err := tx.Query(ctx, findLoadedSQL, tenantID, ids)
 	if err != nil {
-		return fmt.Errorf("find loaded customers: %w", err)
+		return 0, fmt.Errorf("find loaded customers: %w", err)
 	}
 	stored := make(map[int64]stagedCustomer)
 	for rows.Next() {
 		var s stagedCustomer
 		if err := rows.Scan(&s.id, &s.thirdID, &s.unionid, &s.uType, &s.uApp); err != nil {
-			return fmt.Errorf("find loaded customers: %w", err)
+			return 0, fmt.Errorf("find loaded customers: %w", err)
 		}
 		stored[s.id] = s
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("find loaded customers: %w", err)
+		return 0, fmt.Errorf("find loaded customers: %w", err)
 	}
 	isOld := func(id int64) bool { _, ok := stored[id]; return ok }
 	newCust, oldCust := splitBy(c.customers, func(s stagedCustomer) bool { return isOld(s.id) })
@@ -550,7 +581,7 @@ func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChu
 	newOpen, oldOpen := splitBy(c.openids, func(s stagedIdentity) bool { return isOld(s.id) })
 	if len(newCust) > 0 {
 		if err := copyRows(ctx, tx, tenantID, newCust, newPhones, newOpen); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	b := &pgx.Batch{}
@@ -563,12 +594,12 @@ func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChu
 	}
 	queueIdentities(b, tenantID, oldPhones, oldOpen)
 	if b.Len() == 0 {
-		return nil
+		return len(newCust), nil
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("merge customers: %w", err)
+		return 0, fmt.Errorf("merge customers: %w", err)
 	}
-	return nil
+	return len(newCust), nil
 }
 
 // splitBy returns the elements of s for which old is false, and those for

@@ -42,6 +42,8 @@ func TestLoadBadLines(t *testing.T) {
 		{`{"customerId": 11, "unionid": {"appType": "gzh", "appId": "wx1"}}`, "names neither phone nor unionid"},
 		{`{"customerId": 12, "phones": "13800000012"}`, "field phones has the wrong type"},
 		{`{"customerId": 13} trailing`, "malformed JSON"},
+		{`{"customerId": 17, "thirdId": "crm\u0000-secret"}`, "U+0000"},
+		{`{"customerId": 17, "customerId": 18}`, "member customerId is given twice"},
 		{long, "longer than"},
 		{`{"customerId": 14, "thirdId": "null", "unionid": "undefined", "phones": ["0", "-1", ""], "openids": [{"openid": "NULL"}]}`, ""},
 		{"{\"customerId\": 15, \"unionid\": {\"unionid\": \"u15\", \"appType\": \" gzh \", \"appId\": \"wx1\"}}\r", ""},
@@ -319,6 +321,9 @@ func TestLoadProgress(t *testing.T) {
 	last := calls[len(calls)-1]
 	if last.Loaded != 1010 || p.Loaded != 1010 || p.Lines != 1012 || p.Bytes != int64(len(file)) {
 		t.Errorf("last progress %+v, result %+v; want 1010 loaded of 1012 lines, %d bytes", last, p, len(file))
+	}
+	if p.New != 1000 || p.Analyzed {
+		t.Errorf("%d new customers, analyzed %v; want 1000 (the repeated lines are merged), not analyzed", p.New, p.Analyzed)
 	}
 	if len(p.Bad) != 1 || p.Bad[0].Line != 1011 {
 		t.Errorf("bad lines %v, want line 1011", p.Bad)
