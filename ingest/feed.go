@@ -1,9 +1,12 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -135,6 +138,9 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 		if refusal = r; r != nil {
 			return nil
 		}
+		if refusal = checkVersion(m.Value); refusal != nil {
+			return nil
+		}
 		var err error
 		id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
 		if err != nil {
@@ -161,6 +167,23 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 
 func (f *Feed) notify(err error, wait time.Duration) {
 	f.log.Warn("request not accepted yet; retrying", "err", err, "wait", wait)
+}
+
+// checkVersion refuses a request whose "v" is present and not
+// pipeline.Version: a feed written for a later format must not be read as
+// this one. (The HTTP API, like the platform's, ignores unknown members.)
+func checkVersion(body []byte) *Refusal {
+	if !bytes.Contains(body, []byte(`"v"`)) {
+		return nil
+	}
+	var probe struct {
+		V *json.RawMessage `json:"v"`
+	}
+	if json.Unmarshal(body, &probe) != nil || probe.V == nil || string(*probe.V) == strconv.Itoa(pipeline.Version) {
+		return nil // no "v" member, or a body DecodeRequest will judge
+	}
+	return &Refusal{Status: http.StatusBadRequest, Code: "400", ErrorCode: "INVALID_PARAMETER",
+		Msg: fmt.Sprintf("v must be %d, the only version of the request format", pipeline.Version)}
 }
 
 func header(m kafka.Message, key string) string {

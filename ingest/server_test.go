@@ -153,3 +153,18 @@ func TestDrainingAndOverloadAnswer503(t *testing.T) {
 		t.Errorf("draining: HTTP %d %+v, want 503", rec.Code, env)
 	}
 }
+
+func TestCheckVersion(t *testing.T) {
+	for body, refused := range map[string]bool{
+		`{"publicParams":{},"data":[]}`:         false,
+		`{"v":1,"publicParams":{},"data":[]}`:   false,
+		`{"v":2,"publicParams":{},"data":[]}`:   true,
+		`{"v":"1","publicParams":{},"data":[]}`: true,
+		`{"data":[{"groups":"\"v\""}]}`:         false,
+		`not json but "v"`:                      false, // DecodeRequest answers it
+	} {
+		if got := checkVersion([]byte(body)) != nil; got != refused {
+			t.Errorf("checkVersion(%s) refused %v, want %v", body, got, refused)
+		}
+	}
+}

@@ -143,18 +143,18 @@ type Failure struct {
 type BatchResult struct {
 	BatchID int64 `json:"batchId"`
 	pipeline.BatchSummary
-	ErrorCounts  map[string]int `json:"errorCounts"`
-	Failures     []Failure      `json:"failures"`
-	PageNo       int            `json:"pageNo"`
-	PageSize     int            `json:"pageSize"`
-	FailureTotal int            `json:"failureTotal"`
+	Failures     []Failure `json:"failures"`
+	PageNo       int       `json:"pageNo"`
+	PageSize     int       `json:"pageSize"`
+	FailureTotal int       `json:"failureTotal"`
 }
 
 // BatchResult reads a batch of the tenant with one page of its failures. A
 // batch whose acceptance never completed (the caller got 503) reads as
 // FAILED with nothing processed; one still being accepted reads PROCESSING.
 func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo, pageSize int) (BatchResult, error) {
-	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize, ErrorCounts: map[string]int{}, Failures: []Failure{}}
+	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize, Failures: []Failure{}}
+	r.ErrorCounts = map[string]int{}
 	var mu, mo, mp, mi int
 	err := s.db.QueryRow(ctx, `
 		SELECT status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,

@@ -55,8 +55,10 @@ type BatchSummary struct {
 	MatchedBy     map[string]int `json:"matchedBy"` // see MatchedBy
 	GroupsCreated int            `json:"groupsCreated"`
 	Conflicts     int            `json:"conflicts"`
-	AcceptedAt    time.Time      `json:"acceptedAt"`
-	FinishedAt    *time.Time     `json:"finishedAt"` // nil while PROCESSING
+	// ErrorCounts counts the records not applied by reason (Reason values).
+	ErrorCounts map[string]int `json:"errorCounts"`
+	AcceptedAt  time.Time      `json:"acceptedAt"`
+	FinishedAt  *time.Time     `json:"finishedAt"` // nil while PROCESSING
 }
 
 // MatchedBy returns the matchedBy object for per-kind match counts, leaving
@@ -91,9 +93,16 @@ func EncodeRequestEvent(e RequestEvent) ([]byte, error) {
 	return b, nil
 }
 
-// EncodeBatchFinished returns the JSON value of e, with V and Type set.
+// EncodeBatchFinished returns the JSON value of e, with V and Type set and
+// nil maps written as empty objects.
 func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
 	e.V, e.Type = Version, EventBatchFinished
+	if e.MatchedBy == nil {
+		e.MatchedBy = map[string]int{}
+	}
+	if e.ErrorCounts == nil {
+		e.ErrorCounts = map[string]int{}
+	}
 	b, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: encode batch.finished: %w", err)

@@ -167,7 +167,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		"not found":                  `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"NOT_FOUND","ref":{"thirdId":"x"}}`,
 		schemas.EventRequestAccepted: `{"v":1,"type":"request.accepted","batchId":42,"requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
 		schemas.EventRequestRejected: `{"v":1,"type":"request.rejected","code":"403","errorCode":"PERMISSION_DENIED","msg":"no","requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
-		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
+		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
 	}
 	schemaOf := func(k string) string {
 		if k == "not found" {
@@ -219,7 +219,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventBatchFinished, "status", "PROCESSING"), del(schemas.EventBatchFinished, "finishedAt"),
 		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"email": 1}),
 		set(schemas.EventBatchFinished, "success", -1), set(schemas.EventBatchFinished, "total", 0),
-		set(schemas.EventBatchFinished, "errorCounts", map[string]any{}), set(schemas.EventBatchFinished, "v", "1"),
+		set(schemas.EventBatchFinished, "errorCounts", map[string]any{"BOGUS": 1}), set(schemas.EventBatchFinished, "errorCounts", nil), set(schemas.EventBatchFinished, "v", "1"),
 	}
 	for _, m := range muts {
 		name := fmt.Sprintf("%s %s=%v", m.base, m.path, m.set)

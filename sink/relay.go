@@ -83,6 +83,7 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 			return err
 		}
 		var ids []int64
+		var events []pipeline.BatchFinishedEvent
 		var msgs []kafka.Message
 		for rows.Next() {
 			var e pipeline.BatchFinishedEvent
@@ -93,18 +94,26 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 				return err
 			}
 			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
-			v, err := pipeline.EncodeBatchFinished(e)
-			if err != nil {
-				return err
-			}
+			e.ErrorCounts = map[string]int{}
 			ids = append(ids, e.BatchID)
-			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID), Value: v})
+			events = append(events, e)
+			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID)})
 		}
 		if err := rows.Err(); err != nil {
 			return err
 		}
 		if len(msgs) == 0 {
 			return nil
+		}
+		if err := errorCounts(ctx, tx, ids, events); err != nil {
+			return err
+		}
+		for i := range events {
+			v, err := pipeline.EncodeBatchFinished(events[i])
+			if err != nil {
+				return err
+			}
+			msgs[i].Value = v
 		}
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
 			return fmt.Errorf("write events: %w", err)
@@ -119,4 +128,29 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("sink: relay: %w", err)
 	}
 	return n, nil
+}
+
+// errorCounts fills the events' ErrorCounts from the ledger's failure rows
+// (events[i] is batch ids[i]).
+func errorCounts(ctx context.Context, tx pgx.Tx, ids []int64, events []pipeline.BatchFinishedEvent) error {
+	pos := make(map[int64]int, len(ids))
+	for i, id := range ids {
+		pos[id] = i
+	}
+	rows, err := tx.Query(ctx, `SELECT batch_id, reason, count(*) FROM batch_records
+		WHERE batch_id = ANY($1) AND reason IS NOT NULL GROUP BY 1, 2`, ids)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var reason string
+		var n int
+		if err := rows.Scan(&id, &reason, &n); err != nil {
+			return err
+		}
+		events[pos[id]].ErrorCounts[reason] = n
+	}
+	return rows.Err()
 }
