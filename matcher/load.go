@@ -34,7 +34,9 @@ const MaxLoadedCustomerID = 1<<52 - 1
 // is reported as bad and skipped.
 const MaxLineBytes = 4 << 20
 
-// DirectoryLine is one JSON line of a directory file (SPEC §9).
+// DirectoryLine is one JSON line of a directory file (SPEC §9). The loader
+// reads lines with its own parser, decodeLine; the type decodes the same
+// way with encoding/json (FuzzDecodeLine holds the two to it).
 type DirectoryLine struct {
 	CustomerID int64           `json:"customerId"`
 	ThirdID    string          `json:"thirdId"`
@@ -128,18 +130,21 @@ type LoadProgress struct {
 // customerId given twice in a chunk is merged there. Each chunk is one
 // transaction: customers that the tenant does not have yet are written with
 // COPY straight into the directory tables, sorted by index key; customers it
-// has are merged with set-based statements that touch only rows that change.
-// Up to Workers chunks load at once, each on its own connection; a chunk
-// naming a customerId of a chunk still loading waits for it, so the file's
-// order decides.
+// has are compared with their stored rows, and only what changes is
+// written. Up to Workers chunks load at once, each on its own connection; a
+// chunk naming a customerId of a chunk still loading waits for it, so the
+// file's order decides. No index is dropped or rebuilt: the directory stays
+// live and consistent throughout, one committed chunk at a time.
 //
 // Loading is an upsert by customerId: a later line's thirdId and unionid
 // replace the stored ones, a field the line leaves out keeps its stored
 // value, and phones and openids are only ever added. Loading the same file
-// again therefore changes no row (not even its xmin). A Loader is safe for
-// concurrent use; concurrent loads into one tenant stay correct (a chunk
-// whose COPY meets a row another writer added is merged instead) but their
-// relative order is undefined.
+// again therefore changes no row (not even its xmin).
+//
+// Load may be called concurrently, also for one tenant: the directory stays
+// correct (a chunk whose COPY meets a row another writer added is merged
+// instead), but which of two concurrent loads' values wins is undefined,
+// and Progress must then be safe for concurrent use.
 type Loader struct {
 	db *pgxpool.Pool
 	// ChunkLines is how many lines one transaction loads; default 50000.
@@ -149,8 +154,8 @@ type Loader struct {
 	// Workers is how many chunks load at once, on as many connections;
 	// default 2.
 	Workers int
-	// Progress, if set, is called after each chunk commits, never
-	// concurrently.
+	// Progress, if set, is called after each chunk commits; the calls of
+	// one Load never overlap.
 	Progress func(LoadProgress)
 }
 
