@@ -2,6 +2,7 @@ package matcher
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -520,5 +521,76 @@ func TestCollectFailedRows(t *testing.T) {
 	g := &lookupGroup{kind: pipeline.KindPhone, tenant: 1, index: map[string]int32{}}
 	if err := g.collect(failedRows{}, map[Key][]Binding{}, map[string]string{}); err == nil {
 		t.Fatal("collect of a failed result returned no error")
+	}
+}
+
+// fakeRows replays raw rows as a pgx.Rows, as a query of a look-up would.
+type fakeRows struct {
+	pgx.Rows // unused methods panic
+	fields   []pgconn.FieldDescription
+	rows     [][][]byte
+	i        int
+}
+
+func (r *fakeRows) Next() bool                                   { r.i++; return r.i <= len(r.rows) }
+func (r *fakeRows) RawValues() [][]byte                          { return r.rows[r.i-1] }
+func (r *fakeRows) Err() error                                   { return nil }
+func (r *fakeRows) FieldDescriptions() []pgconn.FieldDescription { return r.fields }
+
+func TestLookupGroupCollect(t *testing.T) {
+	bin := func(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
+	row := func(v string, id []byte, app ...string) [][]byte {
+		r := [][]byte{[]byte(v), id}
+		for _, a := range app {
+			r = append(r, []byte(a))
+		}
+		return r
+	}
+	fields := func(idFormat int16, n int) []pgconn.FieldDescription {
+		f := make([]pgconn.FieldDescription, n)
+		f[1].Format = idFormat
+		return f
+	}
+	tests := []struct {
+		name    string
+		fields  []pgconn.FieldDescription
+		rows    [][][]byte
+		want    map[string][]Binding // by value
+		wantErr string
+	}{
+		{"runs of one value together", fields(pgx.BinaryFormatCode, 4),
+			[][][]byte{row("a", bin(1), "", ""), row("a", bin(2), "gzh", "wx1"), row("b", bin(3), "", "")},
+			map[string][]Binding{"a": {{CustomerID: 1}, {2, "gzh", "wx1"}}, "b": {{CustomerID: 3}}}, ""},
+		{"scattered rows, as from a bitmap heap scan", fields(pgx.BinaryFormatCode, 4),
+			[][][]byte{row("a", bin(1), "", ""), row("b", bin(3), "", ""), row("a", bin(2), "gzh", "wx1"), row("b", bin(4), "", "")},
+			map[string][]Binding{"a": {{CustomerID: 1}, {2, "gzh", "wx1"}}, "b": {{CustomerID: 3}, {CustomerID: 4}}}, ""},
+		{"text format ids, no application columns", fields(pgx.TextFormatCode, 2),
+			[][][]byte{row("b", []byte("42"))},
+			map[string][]Binding{"b": {{CustomerID: 42}}}, ""},
+		{"a value not asked about", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("zzz", bin(1))}, nil, "not asked about"},
+		{"a bad id", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("a", []byte{1, 2})}, nil, "bad bigint"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &lookupGroup{tenant: 7, kind: pipeline.KindPhone, values: []string{"b", "a"}, index: map[string]int32{"b": 0, "a": 1}}
+			out := map[Key][]Binding{}
+			err := g.collect(&fakeRows{fields: tt.fields, rows: tt.rows}, out, map[string]string{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[Key][]Binding{}
+			for v, bs := range tt.want {
+				want[Key{7, pipeline.KindPhone, v}] = bs
+			}
+			if fmt.Sprint(out) != fmt.Sprint(want) {
+				t.Errorf("collected %v, want %v", out, want)
+			}
+		})
 	}
 }
