@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -50,10 +49,4 @@ func Ping(ctx context.Context, brokers []string) error {
 		return fmt.Errorf("stream: kafka unreachable: %w", err)
 	}
 	return nil
-}
-
-// dialer is kafka-go's default, with a shorter timeout so that an absent
-// broker fails fast.
-func dialer() *kafka.Dialer {
-	return &kafka.Dialer{Timeout: 5 * time.Second, DualStack: true, Resolver: &net.Resolver{}}
 }
