@@ -38,19 +38,6 @@ import (
 
 const bigCustomers = 1000000
 
-// ensureTenant returns the id of the tenant named name, creating it.
-func ensureTenant(tb testing.TB, db *pgxpool.Pool, name string) int64 {
-	tb.Helper()
-	var id int64
-	err := db.QueryRow(context.Background(), `
-		WITH t AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING tenant_id)
-		SELECT tenant_id FROM t UNION ALL SELECT tenant_id FROM tenants WHERE name = $1`, name).Scan(&id)
-	if err != nil {
-		tb.Fatalf("tenant: %v", err)
-	}
-	return id
-}
-
 // writeBigFile writes the first n customers of the Big directory to a file
 // of the test's temporary directory.
 func writeBigFile(tb testing.TB, n int) string {
@@ -82,35 +69,6 @@ func loadFile(tb testing.TB, l *Loader, tenantID int64, path string) LoadProgres
 		tb.Fatalf("load: bad lines %v", p.Bad)
 	}
 	return p
-}
-
-// tableDigest sums the rows of the tenant's directory tables, their content
-// and their xmin, so that a re-run that rewrites a row unchanged shows.
-type tableDigest struct {
-	Rows, ContentHash, XminSum int64
-}
-
-func directoryDigest(tb testing.TB, db *pgxpool.Pool, tenantID int64) map[string]tableDigest {
-	tb.Helper()
-	out := map[string]tableDigest{}
-	for _, table := range []string{"customers", "customer_phones", "customer_openids"} {
-		var d tableDigest
-		// created_at is left out: it is set once, by the insert.
-		cols := map[string]string{
-			"customers":        "customer_id, third_id, unionid, unionid_app_type, unionid_app_id",
-			"customer_phones":  "phone, customer_id, app_type, app_id",
-			"customer_openids": "openid, app_type, app_id, customer_id",
-		}[table]
-		err := db.QueryRow(context.Background(), fmt.Sprintf(`
-			SELECT count(*), coalesce(sum(hashtextextended(row(%s)::text, 0)) %% 9223372036854775807, 0)::bigint,
-				coalesce(sum(xmin::text::bigint), 0)
-			FROM %s WHERE tenant_id = $1`, cols, table), tenantID).Scan(&d.Rows, &d.ContentHash, &d.XminSum)
-		if err != nil {
-			tb.Fatalf("digest %s: %v", table, err)
-		}
-		out[table] = d
-	}
-	return out
 }
 
 // TestLoad1M measures `directory load` of a million generated customers
