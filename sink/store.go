@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -119,7 +120,31 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 	slices.SortFunc(live, func(a, b *pipeline.ResolvedMessage) int {
 		return cmp.Or(cmp.Compare(a.BatchID, b.BatchID), cmp.Compare(a.Index, b.Index))
 	})
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	for attempt := 1; ; attempt++ {
+		r := res // what the checks above found; applyLive adds the rest
+		err = s.applyLive(ctx, live, &r)
+		if err == nil {
+			return r, nil
+		}
+		// Each race lost means another writer committed at least one
+		// record of live, found as a duplicate next time: at most
+		// len(live) races can be lost.
+		if attempt > len(live) || !ledgerRace(err) {
+			return ApplyResult{}, fmt.Errorf("sink: apply chunk: %w", err)
+		}
+	}
+}
+
+// ledgerRace reports whether err is a unique violation of the ledger's
+// primary key: a concurrent writer applied a record of the chunk first.
+func ledgerRace(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "batch_records_pkey"
+}
+
+// applyLive writes the live records in one transaction, filling res.
+func (s *PGStore) applyLive(ctx context.Context, live []*pipeline.ResolvedMessage, res *ApplyResult) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		fresh, err := insertLedger(ctx, tx, live)
 		if err != nil {
 			return err
@@ -140,10 +165,6 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 		res.Finished, err = updateCounters(ctx, tx, fresh, created)
 		return err
 	})
-	if err != nil {
-		return ApplyResult{}, fmt.Errorf("sink: apply chunk: %w", err)
-	}
-	return res, nil
 }
 
 // batchStates reads the batches of a chunk, aborting those PENDING for
@@ -227,11 +248,16 @@ func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessa
 			refs[i] = b
 		}
 	}
+	// A plain insert of the rows the ledger lacks costs half of an
+	// INSERT … ON CONFLICT DO NOTHING (no speculative insertion). The
+	// primary key still guards: a concurrent transaction inserting the same
+	// position makes this one fail with a unique violation once it commits,
+	// and Apply runs the chunk again, finding the row.
 	rows, err := tx.Query(ctx, `
 		INSERT INTO batch_records (batch_id, rec_index, outcome, reason, matched_by, customer_id, ref)
 		SELECT b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j
 		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::jsonb[]) AS u(b, i, o, r, m, c, j)
-		ON CONFLICT DO NOTHING
+		WHERE NOT EXISTS (SELECT 1 FROM batch_records x WHERE x.batch_id = u.b AND x.rec_index = u.i)
 		RETURNING batch_id, rec_index`,
 		batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs)
 	if err != nil {
