@@ -90,7 +90,13 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		GroupID:        cfg.GroupID,
 		Topic:          cfg.Topic,
 		MinBytes:       1,
-		MaxBytes:       16 << 20,
+		// A fetch answers at most 1 MiB per partition (Kafka's own
+		// max.partition.fetch.bytes default): several thousand records,
+		// more than a chunk takes from one partition. A broker builds each
+		// answer in memory, and the in-process dev broker keeps it until
+		// sent, so 16 MiB per partition and consumer made dev's resident
+		// memory grow by hundreds of MB under a backlog.
+		MaxBytes:       1 << 20,
 		MaxWait:        cfg.MaxWait,
 		QueueCapacity:  cfg.MaxChunk,
 		StartOffset:    kafka.FirstOffset,
