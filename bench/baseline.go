@@ -45,6 +45,11 @@ type BaselineResult struct {
 	Workers       int      `json:"workers"`
 	ChunkRecords  int      `json:"chunkRecords"`
 	Outcomes      Outcomes `json:"outcomes"`
+	// PostgresCPUSeconds is the CPU time of the workers' backends, when
+	// PostgreSQL runs on this machine (else 0); PostgresCPUPer1000 the same
+	// per 1,000 records.
+	PostgresCPUSeconds float64 `json:"postgresCpuSeconds,omitempty"`
+	PostgresCPUPer1000 float64 `json:"postgresCpuSecondsPer1000Records,omitempty"`
 }
 
 // The baseline's tables are the pipeline's own definitions (LIKE … INCLUDING
@@ -177,6 +182,7 @@ func RunBaseline(ctx context.Context, db *pgxpool.Pool, w Workload, cfg Baseline
 	nBatches := w.Batches()
 	var next atomic.Int64
 	var done atomic.Int64
+	var pgCPU atomic.Int64 // nanoseconds
 	progress := make(chan struct{}, 1)
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
@@ -192,6 +198,19 @@ func RunBaseline(ctx context.Context, db *pgxpool.Pool, w Workload, cfg Baseline
 			defer conn.Close(context.WithoutCancel(gctx))
 			if _, err := conn.Exec(gctx, baselineStaging); err != nil {
 				return fmt.Errorf("bench: baseline staging: %w", err)
+			}
+			// The backend's CPU, read from /proc before the connection
+			// closes and takes it with it.
+			var backend int
+			if err := conn.QueryRow(gctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+				return fmt.Errorf("bench: baseline: %w", err)
+			}
+			if s0, err := SampleProc(backend); err == nil {
+				defer func() {
+					if s1, err := SampleProc(backend); err == nil {
+						pgCPU.Add(int64(s1.CPU - s0.CPU))
+					}
+				}()
 			}
 			for {
 				first := int(next.Add(int64(per))) - per
@@ -234,6 +253,8 @@ func RunBaseline(ctx context.Context, db *pgxpool.Pool, w Workload, cfg Baseline
 	}
 	res.Seconds = time.Since(start).Seconds()
 	res.RecordsPerSec = float64(res.Records) / res.Seconds
+	res.PostgresCPUSeconds = round3(time.Duration(pgCPU.Load()).Seconds())
+	res.PostgresCPUPer1000 = round3(res.PostgresCPUSeconds / float64(res.Records) * 1000)
 	res.Outcomes, err = baselineOutcomes(ctx, db, schema)
 	return res, err
 }

@@ -88,6 +88,9 @@ type PipelineResult struct {
 	// Processes are the cost of each process over the drive, from the
 	// first request to the last record applied.
 	Processes []ProcessCost `json:"processes,omitempty"`
+	// Chunks says how the matcher and the sink cut their work (a
+	// self-started system only).
+	Chunks map[string]StageChunks `json:"chunks,omitempty"`
 }
 
 // ProcessCost is one process's CPU and memory.
@@ -236,6 +239,15 @@ func (r *Report) WriteText(w io.Writer) error {
 		o := p.Outcomes
 		fmt.Fprintf(bw, "  outcomes             success %d, unmatched %d, ambiguous %d, invalid %d, failed %d; matched by %s\n",
 			o.Success, o.Unmatched, o.Ambiguous, o.Invalid, o.Failed, matchedByText(o.MatchedBy))
+		for _, st := range []string{"matcher", "sink"} {
+			if c, ok := p.Chunks[st]; ok {
+				fmt.Fprintf(bw, "  %-7s chunks        %d, %.0f records each, %.1f ms each", st, c.Chunks, c.RecordsPerChunk, c.ChunkMs)
+				if c.LookupMs > 0 {
+					fmt.Fprintf(bw, " (directory look-up %.1f ms)", c.LookupMs)
+				}
+				fmt.Fprintf(bw, ", %.0f retries\n", c.Retries)
+			}
+		}
 		if len(p.Processes) > 0 {
 			fmt.Fprintf(bw, "  %-22s %10s %14s %12s\n", "process", "CPU s", "CPU s/1000 rec", "peak RSS MB")
 			for _, c := range p.Processes {
@@ -250,6 +262,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	if b := r.Baseline; b != nil {
 		fmt.Fprintf(bw, "baseline (COPY + set-based SQL, %d workers, %d records per transaction):\n", b.Workers, b.ChunkRecords)
 		fmt.Fprintf(bw, "  applied              %10s records/s  (%s records in %.1f s)\n", thousands(b.RecordsPerSec), thousands(float64(b.Records)), b.Seconds)
+		if b.PostgresCPUSeconds > 0 {
+			fmt.Fprintf(bw, "  postgres CPU         %10.2f s, %.3f s per 1000 records\n", b.PostgresCPUSeconds, b.PostgresCPUPer1000)
+		}
 		o := b.Outcomes
 		fmt.Fprintf(bw, "  outcomes             success %d, unmatched %d, ambiguous %d; matched by %s\n",
 			o.Success, o.Unmatched, o.Ambiguous, matchedByText(o.MatchedBy))
@@ -342,3 +357,71 @@ func LoadAvg() float64 {
 }
 
 func round1(x float64) float64 { return float64(int64(x*10+0.5)) / 10 }
+
+// StageChunks describes how a consuming stage cut its work, from its
+// Prometheus metrics.
+type StageChunks struct {
+	Chunks          int64   `json:"chunks"`
+	RecordsPerChunk float64 `json:"recordsPerChunk"`
+	ChunkMs         float64 `json:"chunkMsAvg"`
+	// LookupMs is the matcher's directory round trip per chunk.
+	LookupMs float64 `json:"lookupMsAvg,omitempty"`
+	Retries  float64 `json:"retries"`
+}
+
+// ParseMetrics reads Prometheus's text format and sums each metric's
+// samples over their label sets.
+func ParseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, rest, ok := strings.Cut(line, " ")
+		if i := strings.IndexByte(line, '{'); i >= 0 && i < len(name) {
+			name = line[:i]
+			j := strings.LastIndexByte(line, '}')
+			if j < 0 {
+				continue
+			}
+			rest, ok = strings.TrimSpace(line[j+1:]), true
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		out[name] += v
+	}
+	return out, sc.Err()
+}
+
+// ChunksOf reads a stage's chunk statistics from its metrics; records is
+// how many records the stage consumed.
+func ChunksOf(m map[string]float64, stage string) (StageChunks, bool) {
+	n := m["groupmatch_"+stage+"_chunk_duration_seconds_count"]
+	if n == 0 {
+		return StageChunks{}, false
+	}
+	c := StageChunks{Chunks: int64(n), ChunkMs: round1(m["groupmatch_"+stage+"_chunk_duration_seconds_sum"] / n * 1000)}
+	switch stage {
+	case "matcher":
+		c.RecordsPerChunk = round1(m["groupmatch_matcher_records_total"] / n)
+		if l := m["groupmatch_matcher_lookup_duration_seconds_count"]; l > 0 {
+			c.LookupMs = round1(m["groupmatch_matcher_lookup_duration_seconds_sum"] / l * 1000)
+		}
+	case "sink":
+		c.RecordsPerChunk = round1(m["groupmatch_sink_records_total"] / n)
+	}
+	c.Retries = m["groupmatch_retries_total"]
+	return c, true
+}

@@ -93,7 +93,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.baselineChunk, "baseline-chunk", envInt("BENCH_BASELINE_CHUNK", 20000), "records per baseline transaction, rounded to whole requests (BENCH_BASELINE_CHUNK)")
 	fs.StringVar(&f.jsonPath, "json", env("BENCH_JSON", ""), "write the full report as JSON to this file (BENCH_JSON)")
 	fs.BoolVar(&f.pprof, "pprof", envBool("PPROF", false), "start the stages with --pprof (PPROF)")
-	fs.StringVar(&f.profileDir, "profile", env("BENCH_PROFILE", ""), "write a CPU profile of every stage process, taken mid-run, and its heap at the end, to this folder; implies --pprof (BENCH_PROFILE)")
+	fs.StringVar(&f.profileDir, "profile", env("BENCH_PROFILE", ""), "write a CPU profile of every stage process taken mid-run, its heap right after and at the end, to this folder; implies --pprof (BENCH_PROFILE)")
 	fs.DurationVar(&f.profileFor, "profile-duration", envDuration("BENCH_PROFILE_DURATION", 20*time.Second), "length of the CPU profiles (BENCH_PROFILE_DURATION)")
 	fs.StringVar(&f.database, "bench-database", env("BENCH_DATABASE", "groupmatch_bench"), "database a self-started system uses, on the server of --database-url; dropped and created again every run (BENCH_DATABASE)")
 	fs.StringVar(&f.workDir, "work", env("BENCH_WORK", ""), "folder for the processes' logs and the broker's data; default a temporary folder, removed after a successful run (BENCH_WORK)")
@@ -158,9 +158,12 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		}
 		dir := f.workDir
 		if dir == "" {
-			if dir, err = os.MkdirTemp("", "groupmatch-bench-"); err != nil {
-				return fmt.Errorf("bench: %w", err)
-			}
+			dir, err = os.MkdirTemp("", "groupmatch-bench-")
+		} else {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: --work: %w", err)
 		}
 		defer func() {
 			if err != nil || f.workDir != "" {
@@ -315,6 +318,12 @@ func loadBenchDirectory(ctx context.Context, pool *pgxpool.Pool, tenantID int64,
 	if len(p.Bad) > 0 {
 		return 0, fmt.Errorf("bench: load directory: %d bad lines", len(p.Bad))
 	}
+	// A directory in use has been vacuumed and analysed; a freshly loaded
+	// one has neither until autovacuum (which may be off) gets to it, and
+	// the planner may then scan whole tables for a chunk's look-ups.
+	if _, err := pool.Exec(ctx, "VACUUM (ANALYZE) customers, customer_phones, customer_openids"); err != nil {
+		return 0, fmt.Errorf("bench: vacuum directory: %w", err)
+	}
 	return time.Since(start).Seconds(), nil
 }
 
@@ -430,6 +439,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 		return nil, nil, err
 	}
 	res := &bench.PipelineResult{Records: f.w.Records, Batches: r.Batches, BatchLatency: r.Latency, Outcomes: r.Outcomes, Retried: drive.res.Retried}
+	res.Chunks = sys.chunks(ctx)
 	ingestEnd := drive.res.End
 	if f.via == "kafka" {
 		ingestEnd = acceptedAll
@@ -615,9 +625,49 @@ func (s *benchSystem) profile(ctx context.Context, dir string, d time.Duration, 
 			if err := fetchTo(ctx, u, filepath.Join(dir, p.name+".cpu.pprof"), d+30*time.Second); err != nil {
 				fmt.Fprintf(stderr, "bench: CPU profile of %s: %v\n", p.name, err)
 			}
+			// The heap in the middle of the run, when backlogs are largest.
+			if err := fetchTo(ctx, p.admin+"/debug/pprof/heap", filepath.Join(dir, p.name+".heap-mid.pprof"), 30*time.Second); err != nil {
+				fmt.Fprintf(stderr, "bench: heap profile of %s: %v\n", p.name, err)
+			}
 		})
 	}
 	wg.Wait()
+}
+
+// chunks reads the matcher's and the sink's chunk statistics from the
+// processes' metrics.
+func (s *benchSystem) chunks(ctx context.Context) map[string]bench.StageChunks {
+	out := map[string]bench.StageChunks{}
+	for _, p := range s.procs {
+		if p.admin == "" {
+			continue
+		}
+		m, err := scrapeMetrics(ctx, p.admin+"/metrics")
+		if err != nil {
+			continue
+		}
+		for _, st := range []string{stageMatcher, stageSink} {
+			if c, ok := bench.ChunksOf(m, st); ok {
+				out[st] = c
+			}
+		}
+	}
+	return out
+}
+
+func scrapeMetrics(ctx context.Context, u string) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return bench.ParseMetrics(resp.Body)
 }
 
 // heapProfiles saves every process's heap profile.

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/groupmatch/groupmatch/bench"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+// benchDatabase returns a database name for a bench run and drops the
+// database when the test ends.
+func benchDatabase(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := "gmbench_" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, schematest.AdminURL())
+		if err != nil {
+			t.Logf("drop %s: %v", name, err)
+			return
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("drop %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// runBenchCmd runs `groupmatch bench` with args on a fresh database and
+// returns its report and the headline its last line printed.
+func runBenchCmd(t *testing.T, args ...string) (bench.Report, bench.Headline) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "report.json")
+	args = append([]string{"bench", "--database-url", schematest.AdminURL(), "--bench-database", benchDatabase(t),
+		"--json", path}, args...)
+	out := runProc(t, nil, nil, args...)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var h bench.Headline
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &h); err != nil {
+		t.Fatalf("last line of bench's output is not the headline: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r bench.Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("--json report: %v", err)
+	}
+	return r, h
+}
+
+// The bench instrument itself: a small run of every stage as its own
+// process, with the baseline, must report sane figures, and the pipeline
+// and the baseline must agree on every outcome and member.
+func TestBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	const records = 5000
+	r, h := runBenchCmd(t, "--customers", "2000", "--records", "5000", "--clients", "4", "--baseline")
+	p := r.Pipeline
+	if p == nil || r.Baseline == nil || r.Agreement == nil {
+		t.Fatalf("report lacks a part: %+v", r)
+	}
+	if r.Setup.Mode != "processes" || r.Setup.Via != "http" || r.Setup.Workload.Records != records || r.Machine.CPUs < 1 {
+		t.Errorf("setup %+v, machine %+v", r.Setup, r.Machine)
+	}
+	o := p.Outcomes
+	if p.Records != records || p.Batches != records/500 || o.Success+o.Unmatched+o.Ambiguous+o.Invalid+o.Failed != records {
+		t.Errorf("pipeline counted %d records in %d batches, outcomes %+v", p.Records, p.Batches, o)
+	}
+	if o.Success < records/2 || o.Unmatched == 0 || o.Invalid != 0 || o.Failed != 0 {
+		t.Errorf("outcomes %+v: the workload matches about 92 %%", o)
+	}
+	if p.IngestRecordsPerSec <= 0 || p.EndToEndRecordsPerSec <= 0 || p.EndToEndRecordsPerSec > p.IngestRecordsPerSec*1.5 {
+		t.Errorf("ingest %.0f/s, end to end %.0f/s", p.IngestRecordsPerSec, p.EndToEndRecordsPerSec)
+	}
+	l := p.BatchLatency
+	if l.Count != records/500 || l.P50 <= 0 || l.P50 > l.P99 || l.P99 > l.Max {
+		t.Errorf("batch latency %+v", l)
+	}
+	var names []string
+	for _, c := range p.Processes {
+		names = append(names, c.Name)
+		if c.Name != "postgres" && c.Name != "bench" && (c.PeakRSSMB <= 0 || c.PID <= 0) {
+			t.Errorf("process %+v: no peak RSS", c)
+		}
+		if c.CPUSeconds < 0 || c.CPUSecondsPer1000 < 0 {
+			t.Errorf("process %+v: negative CPU", c)
+		}
+	}
+	for _, want := range []string{"broker", "ingest", "matcher", "sink", "bench"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("no cost reported for %s (have %v)", want, names)
+		}
+	}
+	if c := p.Chunks["sink"]; c.Chunks == 0 || c.RecordsPerChunk <= 0 {
+		t.Errorf("sink chunks %+v", p.Chunks)
+	}
+	if b := r.Baseline; b.Records != records || b.RecordsPerSec <= 0 {
+		t.Errorf("baseline %+v", b)
+	}
+	if !r.Agreement.Outcomes || !r.Agreement.Memberships {
+		t.Errorf("pipeline and baseline disagree: %s", r.Agreement.Detail)
+	}
+	if h.EndToEndRecordsPerSec != p.EndToEndRecordsPerSec || h.BaselineRecordsPerSec != r.Baseline.RecordsPerSec ||
+		h.PipelineOverBaseline <= 0 || h.PeakRSSMB <= 0 || h.BatchP99Ms != l.P99 {
+		t.Errorf("headline %+v does not match the report", h)
+	}
+}
+
+// --single runs one dev process; --via kafka publishes to the requests
+// topic.
+func TestBenchSingleViaKafka(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	r, h := runBenchCmd(t, "--customers", "1000", "--records", "2000", "--single", "--via", "kafka")
+	p := r.Pipeline
+	if r.Setup.Mode != "single" || p == nil || p.Batches != 4 || p.IngestRecordsPerSec <= 0 || r.Baseline != nil {
+		t.Fatalf("report %+v", r)
+	}
+	if len(p.Processes) == 0 || p.Processes[0].Name != "dev" || p.Processes[0].PeakRSSMB <= 0 || h.PeakRSSMB != p.Processes[0].PeakRSSMB {
+		t.Errorf("processes %+v, headline %+v", p.Processes, h)
+	}
+}
