@@ -86,10 +86,10 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	}
 	cfg = cfg.withDefaults()
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        cfg.Brokers,
-		GroupID:        cfg.GroupID,
-		Topic:          cfg.Topic,
-		MinBytes:       1,
+		Brokers:  cfg.Brokers,
+		GroupID:  cfg.GroupID,
+		Topic:    cfg.Topic,
+		MinBytes: 1,
 		// A fetch answers at most 1 MiB per partition (Kafka's own
 		// max.partition.fetch.bytes default): several thousand records,
 		// more than a chunk takes from one partition. A broker builds each
