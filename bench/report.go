@@ -79,6 +79,10 @@ type PipelineResult struct {
 	// finished_at, on the database's clock.
 	EndToEndSeconds       float64 `json:"endToEndSeconds"`
 	EndToEndRecordsPerSec float64 `json:"endToEndRecordsPerSec"`
+	// Drain (--backlog): matcher and sink started → the last record
+	// applied, the whole workload waiting in Kafka.
+	DrainSeconds       float64 `json:"drainSeconds,omitempty"`
+	DrainRecordsPerSec float64 `json:"drainRecordsPerSec,omitempty"`
 	// BatchLatency is accepted_at → finished_at over the batches.
 	BatchLatency Latency `json:"batchLatency"`
 	// RequestLatency is the batchAdd round trip seen by the clients (HTTP).
@@ -231,6 +235,10 @@ func (r *Report) WriteText(w io.Writer) error {
 			thousands(p.IngestRecordsPerSec), thousands(float64(p.Records)), p.IngestSeconds, p.Retried)
 		fmt.Fprintf(bw, "  end to end           %10s records/s  (first accept → last record applied: %.1f s)\n",
 			thousands(p.EndToEndRecordsPerSec), p.EndToEndSeconds)
+		if p.DrainSeconds > 0 {
+			fmt.Fprintf(bw, "  backlog drained      %10s records/s  (matcher and sink started → last record applied: %.1f s)\n",
+				thousands(p.DrainRecordsPerSec), p.DrainSeconds)
+		}
 		l := p.BatchLatency
 		fmt.Fprintf(bw, "  batch accept→final   p50 %.0f ms  p95 %.0f ms  p99 %.0f ms  max %.0f ms  (%d batches)\n", l.P50, l.P95, l.P99, l.Max, l.Count)
 		if q := p.RequestLatency; q != nil {

@@ -40,6 +40,7 @@ type benchFlags struct {
 	clients         int
 	rate            float64
 	pipeline        bool
+	backlog         bool
 	baseline        bool
 	baselineWorkers int
 	baselineChunk   int
@@ -87,6 +88,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.single, "single", envBool("BENCH_SINGLE", false), "start the system as one dev process instead of one process per stage (BENCH_SINGLE)")
 	fs.IntVar(&f.clients, "clients", envInt("BENCH_CLIENTS", 8), "concurrent HTTP clients, or Kafka publishers (BENCH_CLIENTS)")
 	fs.Float64Var(&f.rate, "rate", envFloat("BENCH_RATE", 0), "offered load in records per second; 0 offers as fast as the system accepts (BENCH_RATE)")
+	fs.BoolVar(&f.backlog, "backlog", envBool("BENCH_BACKLOG", false), "start matcher and sink only once ingest has accepted every record: measures ingest alone, then the drain of the whole backlog (separate processes only) (BENCH_BACKLOG)")
 	fs.BoolVar(&f.pipeline, "pipeline", envBool("BENCH_PIPELINE", true), "drive the workload through the pipeline; false with --baseline measures the baseline alone (BENCH_PIPELINE)")
 	fs.BoolVar(&f.baseline, "baseline", envBool("BENCH_BASELINE", false), "also apply the workload with plain PostgreSQL, in schema bench_baseline, and report pipeline/baseline (BENCH_BASELINE)")
 	fs.IntVar(&f.baselineWorkers, "baseline-workers", envInt("BENCH_BASELINE_WORKERS", 2), "transactions the baseline runs at once (BENCH_BASELINE_WORKERS)")
@@ -131,6 +133,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("bench: nothing to do: --pipeline=false without --baseline")
 	case f.target != "" && f.single:
 		return errors.New("bench: --target and --single exclude each other")
+	case f.backlog && (f.target != "" || f.single):
+		return errors.New("bench: --backlog needs the stages as separate processes (no --target, no --single)")
 	}
 	if f.profileDir != "" {
 		f.pprof = true
@@ -376,7 +380,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 
 	start := time.Now()
 	var drive *driven
-	var acceptedAll time.Time
+	var acceptedAll, drainStart time.Time
 	var last bench.Progress
 	lastChange, lastPrint := start, start
 	var prevApplied int64
@@ -394,6 +398,14 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 				return nil, nil, d.err
 			}
 			drive = &d
+			if f.backlog {
+				live.Update("pipeline: every record accepted; starting matcher and sink")
+				if err := sys.startStages(ctx, stageMatcher, stageSink); err != nil {
+					live.Done()
+					return nil, nil, err
+				}
+				drainStart, lastChange = time.Now(), time.Now()
+			}
 			continue
 		case <-tick.C:
 		}
@@ -451,9 +463,15 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	res.IngestRecordsPerSec = float64(f.w.Records) / res.IngestSeconds
 	res.EndToEndSeconds = r.LastFinished.Sub(r.FirstAccepted).Seconds()
 	res.EndToEndRecordsPerSec = float64(f.w.Records) / res.EndToEndSeconds
-	for i, p := range sys.procs {
-		if before[i] != nil && after[i] != nil {
-			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), *before[i], *after[i], f.w.Records))
+	if !drainStart.IsZero() {
+		res.DrainSeconds = r.LastFinished.Sub(drainStart).Seconds()
+		res.DrainRecordsPerSec = float64(f.w.Records) / res.DrainSeconds
+	}
+	for _, p := range sys.procs {
+		if a, ok := after[p]; ok {
+			// A process started during the run (--backlog) had used
+			// nothing before it.
+			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), before[p], a, f.w.Records))
 		}
 	}
 	if pgOK {
@@ -502,6 +520,10 @@ type benchSystem struct {
 	brokers []string // Kafka
 	procs   []*benchProc
 	once    sync.Once
+
+	// What starting a stage process takes (self-started systems).
+	exe, dir string
+	stageArgs []string
 }
 
 // startBenchSystem starts the broker and the stages as separate processes
@@ -564,32 +586,46 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	started := regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
-	for _, stage := range []string{stageIngest, stageMatcher, stageSink} {
-		args := append([]string{stage, "--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
-		p, err := startBenchProc(exe, dir, stage, nil, args...)
-		if err != nil {
-			return fail(err)
-		}
-		sys.procs = append(sys.procs, p)
-		addr, err := p.await(ctx, started, time.Minute)
-		if err != nil {
-			return fail(err)
-		}
-		p.admin = "http://" + addr
-		if stage == stageIngest {
-			sys.base = p.admin
-		}
+	sys.exe, sys.dir = exe, dir
+	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
+	stages := []string{stageIngest, stageMatcher, stageSink}
+	if f.backlog {
+		stages = stages[:1] // the consumers start once every record is accepted
+	}
+	if err := sys.startStages(ctx, stages...); err != nil {
+		return fail(err)
 	}
 	return sys, nil
 }
 
-// sample reads /proc for every process; nil where it cannot.
-func (s *benchSystem) sample() []*bench.ProcSample {
-	out := make([]*bench.ProcSample, len(s.procs))
-	for i, p := range s.procs {
+var startedRE = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+
+// startStages starts each stage as a process and waits until it serves.
+func (s *benchSystem) startStages(ctx context.Context, stages ...string) error {
+	for _, stage := range stages {
+		p, err := startBenchProc(s.exe, s.dir, stage, nil, append([]string{stage}, s.stageArgs...)...)
+		if err != nil {
+			return err
+		}
+		s.procs = append(s.procs, p)
+		addr, err := p.await(ctx, startedRE, time.Minute)
+		if err != nil {
+			return err
+		}
+		p.admin = "http://" + addr
+		if stage == stageIngest {
+			s.base = p.admin
+		}
+	}
+	return nil
+}
+
+// sample reads /proc for every process it can.
+func (s *benchSystem) sample() map[*benchProc]bench.ProcSample {
+	out := make(map[*benchProc]bench.ProcSample, len(s.procs))
+	for _, p := range s.procs {
 		if v, err := bench.SampleProc(p.pid()); err == nil {
-			out[i] = &v
+			out[p] = v
 		}
 	}
 	return out
