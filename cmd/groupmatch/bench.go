@@ -522,7 +522,7 @@ type benchSystem struct {
 	once    sync.Once
 
 	// What starting a stage process takes (self-started systems).
-	exe, dir string
+	exe, dir  string
 	stageArgs []string
 }
 
