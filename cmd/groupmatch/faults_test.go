@@ -575,7 +575,10 @@ func TestFaultReplay(t *testing.T) {
 	ctx := context.Background()
 	replayed := 0
 	for _, topic := range []string{"groupmatch.resolved", "groupmatch.records"} {
-		msgs := readAll(t, brokers, topic)
+		var msgs []kafka.Message
+		for _, m := range readTopic(t, brokers, topic) {
+			msgs = append(msgs, kafka.Message{Key: m.Key, Value: m.Value})
+		}
 		w := stream.NewWriter(brokers, topic)
 		// Replay in reverse: old changes arrive after new ones.
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
@@ -593,50 +596,6 @@ func TestFaultReplay(t *testing.T) {
 	// Wait until the sink has consumed the replay, then check nothing moved.
 	waitDuplicates(t, r, records)
 	r.verify(30 * time.Second)
-}
-
-// readAll reads every message of a topic.
-func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []kafka.Message
-	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last, err := pc.ReadLastOffset()
-		pc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if last == 0 {
-			continue
-		}
-		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
-		for {
-			m, err := rd.ReadMessage(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, kafka.Message{Key: m.Key, Value: m.Value})
-			if m.Offset >= last-1 {
-				break
-			}
-		}
-		rd.Close()
-	}
-	return out
 }
 
 // waitDuplicates waits until the sink reports at least n duplicate records

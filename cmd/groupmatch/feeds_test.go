@@ -166,7 +166,7 @@ func TestFeedRedelivery(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 			out = out[:0]
-			for _, m := range readAll(t, []string{brokers}, "groupmatch.events") {
+			for _, m := range readTopic(t, []string{brokers}, "groupmatch.events") {
 				var e event
 				if json.Unmarshal(m.Value, &e) == nil && e.Type == "request.accepted" {
 					out = append(out, e)
