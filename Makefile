@@ -4,7 +4,7 @@ BIN       ?= bin/groupmatch
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
-.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean
+.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean bench bench-small
 
 ## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
 run:
@@ -19,6 +19,17 @@ deps:
 	$(GO) mod download
 	bash .ci/ensure-postgres.sh
 	bash .ci/ensure-tools.sh
+
+## bench: groupmatch bench at its defaults (1,000,000 customers, 2,000,000 records) with the
+## plain-PostgreSQL baseline; report in bin/bench.json. Not part of make test (about 5 minutes on 2 cores).
+## BENCH_FLAGS adds flags, e.g. BENCH_FLAGS='--single' or '--rate 7000'.
+BENCH_FLAGS ?=
+bench: build
+	$(BIN) bench --baseline --json bin/bench.json $(BENCH_FLAGS)
+
+## bench-small: the same at 200,000 customers and records (about a minute)
+bench-small: build
+	$(BIN) bench --customers 200000 --records 200000 --baseline --json bin/bench-small.json $(BENCH_FLAGS)
 
 ## test: every test, and a short run of each fuzz target on its seed corpus (< 10 min)
 test: deps lint check-deploy
