@@ -54,18 +54,23 @@ type ResolvedMessage struct {
 	Ref        *RecordRef   `json:"ref,omitempty"`        // set when Outcome is not MATCHED
 }
 
-// EncodeRecord returns the JSON value of m, with V set to Version.
+// EncodeRecord returns the JSON value of m, with V set to Version: the bytes
+// json.Marshal would write. It never fails; the error is for symmetry with
+// the other codecs.
 func EncodeRecord(m RecordMessage) ([]byte, error) {
 	m.V = Version
-	return json.Marshal(m)
+	return appendRecord(make([]byte, 0, 256), &m), nil
 }
 
-// DecodeRecord parses a groupmatch.records value. Any error wraps
-// ErrUndecodable.
+// DecodeRecord parses a groupmatch.records value as json.Unmarshal would,
+// then checks it. Any error wraps ErrUndecodable.
 func DecodeRecord(b []byte) (RecordMessage, error) {
 	var m RecordMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("%w: record: %v", ErrUndecodable, err)
+	if !fastRecord(b, &m) {
+		m = RecordMessage{}
+		if err := json.Unmarshal(b, &m); err != nil {
+			return m, fmt.Errorf("%w: record: %v", ErrUndecodable, err)
+		}
 	}
 	if err := checkHeader("record", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
 		return m, err
@@ -76,18 +81,23 @@ func DecodeRecord(b []byte) (RecordMessage, error) {
 	return m, nil
 }
 
-// EncodeResolved returns the JSON value of m, with V set to Version.
+// EncodeResolved returns the JSON value of m, with V set to Version: the
+// bytes json.Marshal would write. It never fails; the error is for symmetry
+// with the other codecs.
 func EncodeResolved(m ResolvedMessage) ([]byte, error) {
 	m.V = Version
-	return json.Marshal(m)
+	return appendResolved(make([]byte, 0, 192), &m), nil
 }
 
-// DecodeResolved parses a groupmatch.resolved value. Any error wraps
-// ErrUndecodable.
+// DecodeResolved parses a groupmatch.resolved value as json.Unmarshal
+// would, then checks it. Any error wraps ErrUndecodable.
 func DecodeResolved(b []byte) (ResolvedMessage, error) {
 	var m ResolvedMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("%w: resolved: %v", ErrUndecodable, err)
+	if !fastResolved(b, &m) {
+		m = ResolvedMessage{}
+		if err := json.Unmarshal(b, &m); err != nil {
+			return m, fmt.Errorf("%w: resolved: %v", ErrUndecodable, err)
+		}
 	}
 	if err := checkHeader("resolved", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
 		return m, err

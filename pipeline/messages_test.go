@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -74,13 +75,15 @@ func TestPeekPosition(t *testing.T) {
 	}
 }
 
-// The decoders never panic, reject with ErrUndecodable only, and whatever
-// they accept survives a round trip unchanged.
+// The decoders never panic, reject with ErrUndecodable only, read what
+// encoding/json reads wherever their fast path accepts, and whatever they
+// accept survives a round trip unchanged.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":2,"index":3,"params":{"isMatching":true,"matchingType":1,"optType":"add"},"record":{"identityType":"phone","phone":"1"}}`))
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		checkFastRecord(t, b)
 		m, err := DecodeRecord(b)
 		if err != nil {
 			if !errors.Is(err, ErrUndecodable) {
@@ -93,6 +96,9 @@ func FuzzDecodeRecord(f *testing.F) {
 		again, err := EncodeRecord(m)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if want, _ := json.Marshal(m); string(again) != string(want) {
+			t.Fatalf("EncodeRecord wrote %s, json.Marshal %s", again, want)
 		}
 		m2, err := DecodeRecord(again)
 		if err != nil {
@@ -111,6 +117,7 @@ func FuzzDecodeResolved(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":1,"index":0,"optType":"add","outcome":"NOT_FOUND","groups":[]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		checkFastResolved(t, b)
 		m, err := DecodeResolved(b)
 		if err != nil {
 			if !errors.Is(err, ErrUndecodable) {
@@ -123,6 +130,9 @@ func FuzzDecodeResolved(f *testing.F) {
 		again, err := EncodeResolved(m)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if want, _ := json.Marshal(m); string(again) != string(want) {
+			t.Fatalf("EncodeResolved wrote %s, json.Marshal %s", again, want)
 		}
 		m2, err := DecodeResolved(again)
 		if err != nil {
