@@ -26,7 +26,9 @@ type Report struct {
 	// it was not loaded).
 	DirectorySeconds float64         `json:"directorySeconds"`
 	Pipeline         *PipelineResult `json:"pipeline,omitempty"`
-	Baseline         *BaselineResult `json:"baseline,omitempty"`
+	// Stage is the run of one stage alone (--stage).
+	Stage    *StageResult    `json:"stage,omitempty"`
+	Baseline *BaselineResult `json:"baseline,omitempty"`
 	// Agreement compares the pipeline's results with the baseline's.
 	Agreement *Agreement `json:"agreement,omitempty"`
 	Headline  Headline   `json:"headline"`
@@ -95,6 +97,27 @@ type PipelineResult struct {
 	// Chunks says how the matcher and the sink cut their work (a
 	// self-started system only).
 	Chunks map[string]StageChunks `json:"chunks,omitempty"`
+}
+
+// StageResult is one stage measured alone (--stage): its whole input
+// waits in Kafka before the stage's processes start, and the run ends when
+// the stage's consumer group has committed every input message.
+type StageResult struct {
+	Stage     string `json:"stage"`     // matcher
+	Instances int    `json:"instances"` // processes of the stage
+	Records   int    `json:"records"`
+	// StartupSeconds is the processes' start → the group's first commit
+	// (joining the group, the first fetch and chunk).
+	StartupSeconds float64 `json:"startupSeconds"`
+	// Seconds and RecordsPerSec cover the first commit → the last; the
+	// records committed in the first commit are not counted.
+	Seconds       float64 `json:"seconds"`
+	RecordsPerSec float64 `json:"recordsPerSec"`
+	// Processes are the cost of each process from the stage's start to the
+	// last commit, per record of the whole input.
+	Processes []ProcessCost `json:"processes,omitempty"`
+	// Chunks says how the stage cut its work (summed over instances).
+	Chunks *StageChunks `json:"chunks,omitempty"`
 }
 
 // ProcessCost is one process's CPU and memory.
@@ -169,6 +192,8 @@ type Headline struct {
 	BaselineRecordsPerSec float64 `json:"baselineRecordsPerSec,omitempty"`
 	// PipelineOverBaseline is end-to-end records/s over the baseline's.
 	PipelineOverBaseline float64 `json:"pipelineOverBaseline,omitempty"`
+	// StageRecordsPerSec is the stage's throughput alone (--stage).
+	StageRecordsPerSec float64 `json:"stageRecordsPerSec,omitempty"`
 	// PeakRSSMB is the largest peak RSS of the system's processes.
 	PeakRSSMB float64 `json:"peakRssMB,omitempty"`
 	// CPUSecondsPer1000 is the CPU of every measured process (PostgreSQL's
@@ -183,14 +208,11 @@ func (r *Report) Finish() {
 		h.EndToEndRecordsPerSec = p.EndToEndRecordsPerSec
 		h.IngestRecordsPerSec = p.IngestRecordsPerSec
 		h.BatchP50Ms, h.BatchP99Ms = p.BatchLatency.P50, p.BatchLatency.P99
-		cpu := 0.0
-		for _, c := range p.Processes {
-			h.PeakRSSMB = max(h.PeakRSSMB, c.PeakRSSMB)
-			if c.Name != "bench" {
-				cpu += c.CPUSecondsPer1000
-			}
-		}
-		h.CPUSecondsPer1000 = round3(cpu)
+		h.CPUSecondsPer1000, h.PeakRSSMB = costOf(p.Processes)
+	}
+	if st := r.Stage; st != nil {
+		h.StageRecordsPerSec = st.RecordsPerSec
+		h.CPUSecondsPer1000, h.PeakRSSMB = costOf(st.Processes)
 	}
 	if b := r.Baseline; b != nil {
 		h.BaselineRecordsPerSec = b.RecordsPerSec
@@ -198,6 +220,18 @@ func (r *Report) Finish() {
 			h.PipelineOverBaseline = round3(r.Pipeline.EndToEndRecordsPerSec / b.RecordsPerSec)
 		}
 	}
+}
+
+// costOf sums the CPU per 1,000 records of the system's processes (the load
+// generator's excluded) and finds their largest peak RSS.
+func costOf(procs []ProcessCost) (cpuPer1000, peakRSSMB float64) {
+	for _, c := range procs {
+		peakRSSMB = max(peakRSSMB, c.PeakRSSMB)
+		if c.Name != "bench" {
+			cpuPer1000 += c.CPUSecondsPer1000
+		}
+	}
+	return round3(cpuPer1000), peakRSSMB
 }
 
 // WriteJSON writes the report, indented, to path.
@@ -256,16 +290,17 @@ func (r *Report) WriteText(w io.Writer) error {
 				fmt.Fprintf(bw, ", %.0f retries\n", c.Retries)
 			}
 		}
-		if len(p.Processes) > 0 {
-			fmt.Fprintf(bw, "  %-22s %10s %14s %12s\n", "process", "CPU s", "CPU s/1000 rec", "peak RSS MB")
-			for _, c := range p.Processes {
-				rss := "-"
-				if c.PeakRSSMB > 0 {
-					rss = strconv.FormatFloat(c.PeakRSSMB, 'f', 1, 64)
-				}
-				fmt.Fprintf(bw, "  %-22s %10.2f %14.3f %12s  %s\n", c.Name, c.CPUSeconds, c.CPUSecondsPer1000, rss, c.Note)
-			}
+		writeProcesses(bw, p.Processes)
+	}
+	if st := r.Stage; st != nil {
+		fmt.Fprintf(bw, "%s alone (%d process(es), the whole input waiting in Kafka):\n", st.Stage, st.Instances)
+		fmt.Fprintf(bw, "  resolved             %10s records/s  (%s records; first commit → last: %.1f s, start-up %.1f s)\n",
+			thousands(st.RecordsPerSec), thousands(float64(st.Records)), st.Seconds, st.StartupSeconds)
+		if c := st.Chunks; c != nil {
+			fmt.Fprintf(bw, "  chunks               %d, %.0f records each, %.1f ms each (directory look-up %.1f ms), %.0f retries\n",
+				c.Chunks, c.RecordsPerChunk, c.ChunkMs, c.LookupMs, c.Retries)
 		}
+		writeProcesses(bw, st.Processes)
 	}
 	if b := r.Baseline; b != nil {
 		fmt.Fprintf(bw, "baseline (COPY + set-based SQL, %d workers, %d records per transaction):\n", b.Workers, b.ChunkRecords)
@@ -290,6 +325,21 @@ func (r *Report) WriteText(w io.Writer) error {
 	bw.Write(h)
 	bw.WriteByte('\n')
 	return bw.Flush()
+}
+
+// writeProcesses writes a table of process costs.
+func writeProcesses(bw *bufio.Writer, procs []ProcessCost) {
+	if len(procs) == 0 {
+		return
+	}
+	fmt.Fprintf(bw, "  %-22s %10s %14s %12s\n", "process", "CPU s", "CPU s/1000 rec", "peak RSS MB")
+	for _, c := range procs {
+		rss := "-"
+		if c.PeakRSSMB > 0 {
+			rss = strconv.FormatFloat(c.PeakRSSMB, 'f', 1, 64)
+		}
+		fmt.Fprintf(bw, "  %-22s %10.2f %14.3f %12s  %s\n", c.Name, c.CPUSeconds, c.CPUSecondsPer1000, rss, c.Note)
+	}
 }
 
 func rateText(r float64) string {

@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
-	GroupID string          // consumer group; default "groupmatch-matcher"
+	GroupID string          // consumer group; default DefaultGroupID
 	// MaxChunk is the most records resolved together; default 2000.
 	MaxChunk int
 	// Linger is how long a chunk waits to fill; default 5 ms.
@@ -34,6 +34,9 @@ type Config struct {
 	Retry  retry.Policy
 	Logger *slog.Logger
 }
+
+// DefaultGroupID is the matcher's consumer group unless Config names another.
+const DefaultGroupID = "groupmatch-matcher"
 
 // Stage is a running matcher consumer.
 type Stage struct {
@@ -55,7 +58,7 @@ func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.GroupID == "" {
-		cfg.GroupID = "groupmatch-matcher"
+		cfg.GroupID = DefaultGroupID
 	}
 	if cfg.MaxChunk <= 0 {
 		cfg.MaxChunk = 2000

@@ -41,6 +41,8 @@ type benchFlags struct {
 	rate            float64
 	pipeline        bool
 	backlog         bool
+	stage           string
+	instances       int
 	baseline        bool
 	baselineWorkers int
 	baselineChunk   int
@@ -89,6 +91,8 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.clients, "clients", envInt("BENCH_CLIENTS", 8), "concurrent HTTP clients, or Kafka publishers (BENCH_CLIENTS)")
 	fs.Float64Var(&f.rate, "rate", envFloat("BENCH_RATE", 0), "offered load in records per second; 0 offers as fast as the system accepts (BENCH_RATE)")
 	fs.BoolVar(&f.backlog, "backlog", envBool("BENCH_BACKLOG", false), "start matcher and sink only once ingest has accepted every record: measures ingest alone, then the drain of the whole backlog (separate processes only) (BENCH_BACKLOG)")
+	fs.StringVar(&f.stage, "stage", env("BENCH_STAGE", ""), "measure this stage alone: \"matcher\" starts it only once ingest has put every record into Kafka, and ends when it has resolved them all; the sink never runs (BENCH_STAGE)")
+	fs.IntVar(&f.instances, "instances", envInt("BENCH_INSTANCES", 1), "processes of the stage --stage measures (BENCH_INSTANCES)")
 	fs.BoolVar(&f.pipeline, "pipeline", envBool("BENCH_PIPELINE", true), "drive the workload through the pipeline; false with --baseline measures the baseline alone (BENCH_PIPELINE)")
 	fs.BoolVar(&f.baseline, "baseline", envBool("BENCH_BASELINE", false), "also apply the workload with plain PostgreSQL, in schema bench_baseline, and report pipeline/baseline (BENCH_BASELINE)")
 	fs.IntVar(&f.baselineWorkers, "baseline-workers", envInt("BENCH_BASELINE_WORKERS", 2), "transactions the baseline runs at once (BENCH_BASELINE_WORKERS)")
@@ -135,6 +139,15 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("bench: --target and --single exclude each other")
 	case f.backlog && (f.target != "" || f.single):
 		return errors.New("bench: --backlog needs the stages as separate processes (no --target, no --single)")
+	case f.stage != "" && f.stage != stageMatcher:
+		return errors.New("bench: --stage must be matcher")
+	case f.stage != "" && (f.target != "" || f.single || f.baseline):
+		return errors.New("bench: --stage needs the stages as separate processes and excludes --baseline (no --target, no --single)")
+	case f.instances < 1:
+		return errors.New("bench: --instances must be at least 1")
+	}
+	if f.stage != "" {
+		f.backlog = true // the stage starts once its whole input waits in Kafka
 	}
 	if f.profileDir != "" {
 		f.pprof = true
@@ -225,7 +238,15 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 	}
 
 	var batchIDs []int64
-	if f.pipeline {
+	if f.stage != "" {
+		tok, err := store.IssueToken(ctx, creds.AppID, creds.Secret)
+		if err != nil {
+			return err
+		}
+		if report.Stage, err = benchStage(ctx, f, sys, pool, tenantID, tok.Access, live); err != nil {
+			return err
+		}
+	} else if f.pipeline {
 		tok, err := store.IssueToken(ctx, creds.AppID, creds.Secret)
 		if err != nil {
 			return err
@@ -613,21 +634,48 @@ var startedRE = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
 // startStages starts each stage as a process and waits until it serves.
 func (s *benchSystem) startStages(ctx context.Context, stages ...string) error {
 	for _, stage := range stages {
-		p, err := startBenchProc(s.exe, s.dir, stage, nil, append([]string{stage}, s.stageArgs...)...)
-		if err != nil {
+		if _, err := s.startStage(ctx, stage, stage); err != nil {
 			return err
-		}
-		s.procs = append(s.procs, p)
-		addr, err := p.await(ctx, startedRE, time.Minute)
-		if err != nil {
-			return err
-		}
-		p.admin = "http://" + addr
-		if stage == stageIngest {
-			s.base = p.admin
 		}
 	}
 	return nil
+}
+
+// startInstances starts n processes of one stage, named stage-1, stage-2,
+// … when there are several, and waits until they serve.
+func (s *benchSystem) startInstances(ctx context.Context, stage string, n int) ([]*benchProc, error) {
+	procs := make([]*benchProc, 0, n)
+	for i := range n {
+		name := stage
+		if n > 1 {
+			name = fmt.Sprintf("%s-%d", stage, i+1)
+		}
+		p, err := s.startStage(ctx, name, stage)
+		if err != nil {
+			return nil, err
+		}
+		procs = append(procs, p)
+	}
+	return procs, nil
+}
+
+// startStage starts a process of stage, logging to <dir>/<name>.log, and
+// waits until it serves.
+func (s *benchSystem) startStage(ctx context.Context, name, stage string) (*benchProc, error) {
+	p, err := startBenchProc(s.exe, s.dir, name, nil, append([]string{stage}, s.stageArgs...)...)
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, p)
+	addr, err := p.await(ctx, startedRE, time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	p.admin = "http://" + addr
+	if stage == stageIngest {
+		s.base = p.admin
+	}
+	return p, nil
 }
 
 // sample reads /proc for every process it can.

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/bench"
+	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/stream"
+)
+
+// benchStage measures one stage alone (--stage matcher): ingest, the only
+// stage running, puts the whole workload into Kafka; then the stage's
+// processes start, and the run ends when their consumer group has
+// committed every input message. The sink never runs, so the batches stay
+// PROCESSING in the bench database.
+func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
+	live *bench.Live) (*bench.StageResult, error) {
+	obs, err := bench.NewObserver(ctx, pool, tenantID)
+	if err != nil {
+		return nil, err
+	}
+	var sent atomic.Int64
+	cfg := bench.DriveConfig{Clients: f.clients, Rate: f.rate, Token: token, Sent: &sent}
+	live.Update("stage: ingest is putting the workload into Kafka")
+	if f.via == "kafka" {
+		cfg.KeyPrefix = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+		_, err = bench.DriveKafka(ctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
+	} else {
+		_, err = bench.DriveHTTP(ctx, sys.base, f.w, cfg)
+	}
+	if err != nil {
+		live.Done()
+		return nil, err
+	}
+	if err := awaitAccepted(ctx, obs, f.w.Batches(), f.stall); err != nil {
+		live.Done()
+		return nil, err
+	}
+
+	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: sys.brokers,
+		Targets: []stream.LagTarget{{Group: matcher.DefaultGroupID, Topic: f.o.topics().Records}}})
+	if err != nil {
+		live.Done()
+		return nil, err
+	}
+	defer lag.Close()
+	_, input, err := committedOf(ctx, lag)
+	if err != nil {
+		live.Done()
+		return nil, err
+	}
+	if input != int64(f.w.Records) {
+		live.Done()
+		return nil, fmt.Errorf("bench: the records topic holds %d messages, want %d", input, f.w.Records)
+	}
+
+	checkpoint(ctx, pool)
+	db := dbName(pool.Config().ConnString())
+	before := sys.sample()
+	pgBefore, _, pgOK := bench.PostgresCPU(db)
+	start := time.Now()
+	live.Update(fmt.Sprintf("stage: starting %d %s process(es)", f.instances, f.stage))
+	procs, err := sys.startInstances(ctx, f.stage, f.instances)
+	if err != nil {
+		live.Done()
+		return nil, err
+	}
+	if f.profileDir != "" {
+		pctx, stopProfiles := context.WithCancel(ctx)
+		var profiles sync.WaitGroup
+		profiles.Go(func() { sys.profile(pctx, f.profileDir, f.profileFor, os.Stderr) })
+		defer func() {
+			stopProfiles()
+			profiles.Wait()
+		}()
+	}
+	var firstAt, end time.Time
+	var firstN, last int64
+	lastChange, lastPrint := start, start
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for end.IsZero() {
+		select {
+		case <-ctx.Done():
+			live.Done()
+			return nil, fmt.Errorf("bench: %w", ctx.Err())
+		case <-tick.C:
+		}
+		done, _, err := committedOf(ctx, lag)
+		if err != nil {
+			live.Done()
+			return nil, err
+		}
+		now := time.Now()
+		if done > 0 && firstAt.IsZero() {
+			firstAt, firstN = now, done
+		}
+		if done != last {
+			last, lastChange = done, now
+		} else if now.Sub(lastChange) > f.stall {
+			live.Done()
+			return nil, fmt.Errorf("bench: no progress for %s (%d of %d records resolved)", f.stall, done, input)
+		}
+		if done >= input {
+			end = now
+		}
+		if now.Sub(lastPrint) >= time.Second || !end.IsZero() {
+			el := now.Sub(start).Seconds()
+			live.Update(fmt.Sprintf("%s %5.0fs  resolved %s/%s (avg %s/s)", f.stage, el,
+				bench.Thousands(float64(done)), bench.Thousands(float64(input)), bench.Thousands(float64(done)/el)))
+			lastPrint = now
+		}
+	}
+	live.Done()
+	after := sys.sample()
+	pgAfter, backends, _ := bench.PostgresCPU(db)
+
+	res := &bench.StageResult{Stage: f.stage, Instances: f.instances, Records: f.w.Records,
+		StartupSeconds: firstAt.Sub(start).Seconds(), Seconds: end.Sub(firstAt).Seconds()}
+	if counted := input - firstN; counted > 0 && res.Seconds > 0 {
+		res.RecordsPerSec = float64(counted) / res.Seconds
+	} else {
+		// One commit covered everything: only the whole span is known.
+		res.Seconds = end.Sub(start).Seconds()
+		res.RecordsPerSec = float64(input) / res.Seconds
+	}
+	for _, p := range sys.procs {
+		if a, ok := after[p]; ok {
+			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), before[p], a, f.w.Records))
+		}
+	}
+	if pgOK {
+		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pgBefore}, bench.ProcSample{CPU: pgAfter}, f.w.Records)
+		c.Note = fmt.Sprintf("%d backends of database %s", backends, db)
+		res.Processes = append(res.Processes, c)
+	}
+	sum := map[string]float64{}
+	for _, p := range procs {
+		m, err := scrapeMetrics(ctx, p.admin+"/metrics")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: metrics of %s: %v\n", p.name, err)
+			continue
+		}
+		for k, v := range m {
+			sum[k] += v
+		}
+	}
+	if c, ok := bench.ChunksOf(sum, f.stage); ok {
+		res.Chunks = &c
+	}
+	return res, nil
+}
+
+// awaitAccepted waits until n batches of the run are past PENDING.
+func awaitAccepted(ctx context.Context, obs *bench.Observer, n int, stall time.Duration) error {
+	var last bench.Progress
+	lastChange := time.Now()
+	for {
+		p, err := obs.Progress(ctx)
+		if err != nil {
+			return err
+		}
+		switch {
+		case p.Aborted > 0:
+			return fmt.Errorf("bench: %d batches were aborted by ingest", p.Aborted)
+		case p.Accepted >= n:
+			return nil
+		case p != last:
+			last, lastChange = p, time.Now()
+		case time.Since(lastChange) > stall:
+			return fmt.Errorf("bench: no progress for %s (%d of %d batches accepted)", stall, p.Accepted, n)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bench: %w", ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// committedOf sums, over the partitions of the collector's one target,
+// the messages the group has committed and the messages there are.
+func committedOf(ctx context.Context, lag *stream.LagCollector) (committed, total int64, err error) {
+	ps, err := lag.Lag(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(ps) == 0 {
+		return 0, 0, errors.New("bench: no partitions to measure")
+	}
+	for _, p := range ps {
+		total += p.HighWatermark - p.LogStart
+		if p.Committed >= 0 {
+			committed += p.Committed - p.LogStart
+		}
+	}
+	return committed, total, nil
+}
