@@ -56,8 +56,10 @@ type Setup struct {
 	Rate         float64  `json:"rate"` // offered records/s; 0 = as fast as possible
 	Partitions   int      `json:"partitions,omitempty"`
 	MatcherChunk int      `json:"matcherChunk,omitempty"`
-	SinkChunk    int      `json:"sinkChunk,omitempty"`
-	DBMaxConns   int      `json:"dbMaxConns,omitempty"`
+	// MatcherConsumers is the consumer-group members per matcher process.
+	MatcherConsumers int `json:"matcherConsumers,omitempty"`
+	SinkChunk        int `json:"sinkChunk,omitempty"`
+	DBMaxConns       int `json:"dbMaxConns,omitempty"`
 }
 
 // MarshalJSON writes the workload's mix as its string form.
@@ -257,8 +259,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		s.Mode, s.Via, thousands(float64(wl.Customers)), thousands(float64(wl.Records)), wl.BatchSize, wl.Mix, wl.MatchRate, wl.DeleteShare,
 		wl.Groups, wl.GroupNames, s.Clients, rateText(s.Rate))
 	if s.Partitions > 0 {
-		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, sink chunk %d, %d PostgreSQL connections per process\n",
-			s.Partitions, s.MatcherChunk, s.SinkChunk, s.DBMaxConns)
+		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, %d consumers per matcher process, sink chunk %d, %d PostgreSQL connections per process\n",
+			s.Partitions, s.MatcherChunk, s.MatcherConsumers, s.SinkChunk, s.DBMaxConns)
 	}
 	if r.DirectorySeconds > 0 {
 		fmt.Fprintf(bw, "directory: %s customers loaded in %.1f s\n", thousands(float64(wl.Customers)), r.DirectorySeconds)

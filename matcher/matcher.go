@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
@@ -27,6 +28,11 @@ type Config struct {
 	GroupID string          // consumer group; default DefaultGroupID
 	// MaxChunk is the most records resolved together; default 2000.
 	MaxChunk int
+	// Consumers is how many members of the consumer group the stage runs,
+	// each taking its own partitions and resolving its own chunks; default
+	// 2, so that one decodes and resolves while another waits for
+	// PostgreSQL or Kafka. Members beyond the topic's partitions idle.
+	Consumers int
 	// Linger is how long a chunk waits to fill; default 5 ms.
 	Linger time.Duration
 	// Retry bounds retries of transient failures; the zero value retries
@@ -40,13 +46,13 @@ const DefaultGroupID = "groupmatch-matcher"
 
 // Stage is a running matcher consumer.
 type Stage struct {
-	cfg      Config
-	dir      Directory
-	consumer *stream.Consumer
-	out      *kafka.Writer
-	dlq      *kafka.Writer
-	metrics  *Metrics
-	log      *slog.Logger
+	cfg       Config
+	dir       Directory
+	consumers []*stream.Consumer
+	out       *kafka.Writer
+	dlq       *kafka.Writer
+	metrics   *Metrics
+	log       *slog.Logger
 }
 
 // New returns a matcher stage resolving against dir.
@@ -63,33 +69,45 @@ func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 	if cfg.MaxChunk <= 0 {
 		cfg.MaxChunk = 2000
 	}
+	if cfg.Consumers <= 0 {
+		cfg.Consumers = 2
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := cfg.Logger.With("stage", "matcher")
-	c, err := stream.NewConsumer(stream.ConsumerConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records,
-		MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("matcher: %w", err)
-	}
-	return &Stage{
-		cfg: cfg, dir: dir, consumer: c, metrics: metrics, log: log,
+	s := &Stage{
+		cfg: cfg, dir: dir, metrics: metrics, log: log,
 		out: stream.NewWriter(cfg.Brokers, cfg.Topics.Resolved),
 		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ),
-	}, nil
+	}
+	for range cfg.Consumers {
+		c, err := stream.NewConsumer(stream.ConsumerConfig{
+			Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records,
+			MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("matcher: %w", err)
+		}
+		s.consumers = append(s.consumers, c)
+	}
+	return s, nil
 }
 
-// Run consumes until ctx is done; see stream.Consumer.Run for shutdown.
+// Run consumes until ctx is done or a consumer fails, which stops the
+// others; see stream.Consumer.Run for shutdown.
 func (s *Stage) Run(ctx context.Context) error {
 	defer s.out.Close()
 	defer s.dlq.Close()
-	return s.consumer.Run(ctx, s.handle)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range s.consumers {
+		g.Go(func() error { return c.Run(gctx, s.handle) })
+	}
+	return g.Wait()
 }
 
-// Consumer exposes the stage's consumer for lag and reader metrics.
-func (s *Stage) Consumer() *stream.Consumer { return s.consumer }
+// Consumers exposes the stage's consumers for lag and reader metrics.
+func (s *Stage) Consumers() []*stream.Consumer { return s.consumers }
 
 // Writers exposes the stage's producers for writer metrics.
 func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.out, s.dlq} }
@@ -111,6 +129,7 @@ type item struct {
 	out  pipeline.ResolvedMessage
 }
 
+// handle resolves one chunk; the stage's consumers call it concurrently.
 func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 	start := time.Now()
 	items := make([]item, 0, len(msgs))

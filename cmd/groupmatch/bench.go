@@ -75,6 +75,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addDatabase(fs)
 	f.o.addPartitions(fs)
 	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
+	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
 	fs.IntVar(&f.o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
 	fs.IntVar(&f.w.Customers, "customers", envInt("BENCH_CUSTOMERS", 1000000), "customers in the generated directory (BENCH_CUSTOMERS)")
 	fs.IntVar(&f.w.Records, "records", envInt("BENCH_RECORDS", 2000000), "records to import in all (BENCH_RECORDS)")
@@ -195,6 +196,7 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		}
 		report.Setup.Partitions, report.Setup.MatcherChunk, report.Setup.SinkChunk, report.Setup.DBMaxConns =
 			f.o.partitions, f.o.matcherChunk, f.o.sinkChunk, f.o.dbMaxConns
+		report.Setup.MatcherConsumers = f.o.matcherConsumers
 		fmt.Fprintf(stderr, "bench: starting the system (%s) on database %s\n", report.Setup.Mode, f.database)
 		sys, err = startBenchSystem(ctx, f, dbURL, dir)
 		if err != nil {
@@ -567,7 +569,8 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	sys := &benchSystem{}
 	stageArgs := []string{
 		"--http-addr", "127.0.0.1:0", "--rate-limit", "1e9", "--rate-burst", "1000000000",
-		"--matcher-chunk", strconv.Itoa(f.o.matcherChunk), "--sink-chunk", strconv.Itoa(f.o.sinkChunk),
+		"--matcher-chunk", strconv.Itoa(f.o.matcherChunk), "--matcher-consumers", strconv.Itoa(f.o.matcherConsumers),
+		"--sink-chunk", strconv.Itoa(f.o.sinkChunk),
 		"--db-max-conns", strconv.Itoa(f.o.dbMaxConns), "--log-level", "info", "--log-format", "json",
 	}
 	if f.pprof {

@@ -16,22 +16,23 @@ import (
 // options are the settings shared by the commands. Each flag falls back to
 // an environment variable, named in its help text.
 type options struct {
-	brokers        string
-	databaseURL    string
-	httpAddr       string
-	topicPrefix    string
-	partitions     int
-	rateLimit      float64
-	rateBurst      int
-	matcherChunk   int
-	sinkChunk      int
-	dbMaxConns     int
-	pendingTimeout time.Duration
-	maxInFlight    int
-	drainDelay     time.Duration
-	logLevel       string
-	logFormat      string
-	pprof          bool
+	brokers          string
+	databaseURL      string
+	httpAddr         string
+	topicPrefix      string
+	partitions       int
+	rateLimit        float64
+	rateBurst        int
+	matcherChunk     int
+	matcherConsumers int
+	sinkChunk        int
+	dbMaxConns       int
+	pendingTimeout   time.Duration
+	maxInFlight      int
+	drainDelay       time.Duration
+	logLevel         string
+	logFormat        string
+	pprof            bool
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/groupmatch?sslmode=disable"
@@ -99,6 +100,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
 	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
 	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
+	fs.IntVar(&o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
 	fs.IntVar(&o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction (SINK_CHUNK)")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", envInt("MAX_IN_FLIGHT", 256), "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")

@@ -292,22 +292,22 @@ func (r *rig) restart(p **proc, stage string) {
 	(*p).waitFor(httpAddrRE, 30*time.Second)
 }
 
-// waitGroupStable waits until a consumer group is Stable with exactly one
-// member. The in-process broker (kfake) keeps, for good, members killed
+// waitGroupStable waits until a consumer group is Stable with exactly
+// members members (a matcher process runs two, a sink process one). The in-process broker (kfake) keeps, for good, members killed
 // while their JoinGroup is pending, so a test kills a stage only once its
 // group has settled; Apache Kafka expires such members after the session
 // timeout.
-func (r *rig) waitGroupStable(group string) {
+func (r *rig) waitGroupStable(group string, members int) {
 	r.t.Helper()
 	client := &kafka.Client{Addr: kafka.TCP(strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS="))}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
-		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].GroupState == "Stable" && len(resp.Groups[0].Members) == 1 {
+		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].GroupState == "Stable" && len(resp.Groups[0].Members) == members {
 			return
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("group %s not stable with one member within 60 s: %+v %v", group, resp, err)
+			r.t.Fatalf("group %s not stable with %d members within 60 s: %+v %v", group, members, resp, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -340,10 +340,10 @@ func TestFaultKillStages(t *testing.T) {
 	}()
 	for range 3 {
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-matcher")
+		r.waitGroupStable("groupmatch-matcher", 2)
 		r.restart(&r.c.matcher, "matcher")
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-sink")
+		r.waitGroupStable("groupmatch-sink", 1)
 		r.restart(&r.c.sink, "sink")
 	}
 	<-done

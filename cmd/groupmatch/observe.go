@@ -29,20 +29,22 @@ const dlqReplayGroup = "groupmatch-dlq-replay"
 const scrapeTimeout = 3 * time.Second
 
 // observeStage registers a stage's operational metrics on reg, labelled
-// stage=<stage>: the kafka-go statistics of its consumer (if any) and
-// writers, the consumer group's lag per partition, and for the sink the
+// stage=<stage>: the kafka-go statistics of its consumers (members of one
+// group, if any) and writers, the consumer group's lag per partition, and for the sink the
 // batches in flight and the dead-letter backlog. It also sends the writers'
 // errors (topic, partition, attempt, error; never message contents) to log
 // at warn. Call it before the stage runs. The collectors' Kafka connections
 // are released when ctx is done.
 func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, pool *pgxpool.Pool, log *slog.Logger,
-	stage string, c *stream.Consumer, writers ...*kafka.Writer) {
+	stage string, consumers []*stream.Consumer, writers ...*kafka.Writer) {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
 	stats := stream.NewStatsCollector()
 	var targets []stream.LagTarget
-	if c != nil {
+	for i, c := range consumers {
 		stats.AddReader(c)
-		targets = append(targets, stream.LagTarget{Group: c.GroupID(), Topic: c.Topic()})
+		if i == 0 {
+			targets = append(targets, stream.LagTarget{Group: c.GroupID(), Topic: c.Topic()})
+		}
 	}
 	for _, w := range writers {
 		stats.AddWriter(w)

@@ -103,7 +103,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageIngest, feed.Consumer(), append(svc.Writers(), feed.Writers()...)...)
+		observeStage(gctx, reg, o, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
@@ -111,12 +111,12 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	if slices.Contains(stages, stageMatcher) {
 		m, err := matcher.New(matcher.Config{
-			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Logger: log,
+			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, matcher.NewPGDirectory(pool), matcher.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageMatcher, m.Consumer(), m.Writers()...)
+		observeStage(gctx, reg, o, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
@@ -129,7 +129,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		relay := sink.NewRelay(pool, brokers, topics, 0, log)
-		observeStage(gctx, reg, o, pool, log, stageSink, s.Consumer(), append(s.Writers(), relay.Writers()...)...)
+		observeStage(gctx, reg, o, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
