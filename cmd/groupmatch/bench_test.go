@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -138,5 +139,61 @@ func TestBenchSingleViaKafka(t *testing.T) {
 	}
 	if len(p.Processes) == 0 || p.Processes[0].Name != "dev" || p.Processes[0].PeakRSSMB <= 0 || h.PeakRSSMB != p.Processes[0].PeakRSSMB {
 		t.Errorf("processes %+v, headline %+v", p.Processes, h)
+	}
+}
+
+// --stage matcher measures the matcher alone: every record waits in Kafka
+// before the matcher starts, the sink never runs, and the report covers the
+// matcher's processes only.
+func TestBenchStageMatcher(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	const records = 6000
+	r, h := runBenchCmd(t, "--customers", "2000", "--records", "6000", "--stage", "matcher", "--instances", "2",
+		"--matcher-chunk", "500")
+	st := r.Stage
+	if st == nil || r.Pipeline != nil || r.Baseline != nil {
+		t.Fatalf("report: stage %+v, pipeline %+v, baseline %+v", st, r.Pipeline, r.Baseline)
+	}
+	if st.Stage != "matcher" || st.Instances != 2 || st.Records != records || r.Setup.MatcherConsumers != 2 {
+		t.Errorf("stage %+v, setup %+v", st, r.Setup)
+	}
+	if st.RecordsPerSec <= 0 || st.Seconds <= 0 || st.StartupSeconds < 0 || h.StageRecordsPerSec != st.RecordsPerSec {
+		t.Errorf("stage %+v, headline %+v", st, h)
+	}
+	// Chunks of at most 500 records, every record resolved once.
+	if c := st.Chunks; c == nil || c.Chunks < records/500 || c.RecordsPerChunk <= 0 || c.RecordsPerChunk > 500 ||
+		float64(c.Chunks)*c.RecordsPerChunk < records*0.99 {
+		t.Errorf("chunks %+v", st.Chunks)
+	}
+	var names []string
+	for _, c := range st.Processes {
+		names = append(names, c.Name)
+		if c.CPUSeconds < 0 {
+			t.Errorf("process %+v: negative CPU", c)
+		}
+	}
+	for _, want := range []string{"broker", "ingest", "matcher-1", "matcher-2"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("no cost reported for %s (have %v)", want, names)
+		}
+	}
+	if slices.Contains(names, "sink") {
+		t.Errorf("a sink ran: %v", names)
+	}
+}
+
+func TestBenchStageFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--stage", "sink"},
+		{"--stage", "matcher", "--single"},
+		{"--stage", "matcher", "--baseline"},
+		{"--stage", "matcher", "--instances", "0"},
+	} {
+		err := cmdBench(context.Background(), args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--") {
+			t.Errorf("bench %v: %v, want an error naming the flag", args, err)
+		}
 	}
 }
