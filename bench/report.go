@@ -287,7 +287,7 @@ func (r *Report) WriteText(w io.Writer) error {
 			if c, ok := p.Chunks[st]; ok {
 				fmt.Fprintf(bw, "  %-7s chunks        %d, %.0f records each, %.1f ms each", st, c.Chunks, c.RecordsPerChunk, c.ChunkMs)
 				if c.LookupMs > 0 {
-					fmt.Fprintf(bw, " (directory look-up %.1f ms)", c.LookupMs)
+					fmt.Fprintf(bw, " (directory look-up %.1f ms, %.0f values per query)", c.LookupMs, c.ValuesPerQuery)
 				}
 				fmt.Fprintf(bw, ", %.0f retries\n", c.Retries)
 			}
@@ -299,8 +299,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(bw, "  resolved             %10s records/s  (%s records; first commit → last: %.1f s, start-up %.1f s)\n",
 			thousands(st.RecordsPerSec), thousands(float64(st.Records)), st.Seconds, st.StartupSeconds)
 		if c := st.Chunks; c != nil {
-			fmt.Fprintf(bw, "  chunks               %d, %.0f records each, %.1f ms each (directory look-up %.1f ms), %.0f retries\n",
-				c.Chunks, c.RecordsPerChunk, c.ChunkMs, c.LookupMs, c.Retries)
+			fmt.Fprintf(bw, "  chunks               %d, %.0f records each, %.1f ms each (directory look-up %.1f ms, %.0f values per query), %.0f retries\n",
+				c.Chunks, c.RecordsPerChunk, c.ChunkMs, c.LookupMs, c.ValuesPerQuery, c.Retries)
 		}
 		writeProcesses(bw, st.Processes)
 	}
@@ -426,7 +426,10 @@ type StageChunks struct {
 	ChunkMs         float64 `json:"chunkMsAvg"`
 	// LookupMs is the matcher's directory round trip per chunk.
 	LookupMs float64 `json:"lookupMsAvg,omitempty"`
-	Retries  float64 `json:"retries"`
+	// ValuesPerQuery is the distinct values a matcher look-up query asked
+	// about, on average.
+	ValuesPerQuery float64 `json:"valuesPerQuery,omitempty"`
+	Retries        float64 `json:"retries"`
 }
 
 // ParseMetrics reads Prometheus's text format and sums each metric's
@@ -478,6 +481,9 @@ func ChunksOf(m map[string]float64, stage string) (StageChunks, bool) {
 		c.RecordsPerChunk = round1(m["groupmatch_matcher_records_total"] / n)
 		if l := m["groupmatch_matcher_lookup_duration_seconds_count"]; l > 0 {
 			c.LookupMs = round1(m["groupmatch_matcher_lookup_duration_seconds_sum"] / l * 1000)
+		}
+		if q := m["groupmatch_matcher_lookup_values_count"]; q > 0 {
+			c.ValuesPerQuery = round1(m["groupmatch_matcher_lookup_values_sum"] / q)
 		}
 	case "sink":
 		c.RecordsPerChunk = round1(m["groupmatch_sink_records_total"] / n)

@@ -55,7 +55,12 @@ type Directory interface {
 }
 
 // PGDirectory is the PostgreSQL Directory.
-type PGDirectory struct{ db *pgxpool.Pool }
+type PGDirectory struct {
+	db *pgxpool.Pool
+	// ObserveQuery, when set before use, is told the distinct values of
+	// every look-up query sent (Metrics.ObserveLookup fits).
+	ObserveQuery func(kind pipeline.IdentityKind, values int)
+}
 
 var _ Directory = (*PGDirectory)(nil)
 
@@ -126,6 +131,9 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding
 	intern := make(map[string]string, 8)
 	batch := &pgx.Batch{}
 	for _, g := range order {
+		if d.ObserveQuery != nil {
+			d.ObserveQuery(g.kind, len(g.values))
+		}
 		batch.Queue(lookupSQL[g.kind], g.tenant, g.values).Query(func(rows pgx.Rows) error {
 			return g.collect(rows, out, intern)
 		})

@@ -95,6 +95,20 @@ func TestLookup(t *testing.T) {
 			t.Error("Lookup of kind email succeeded")
 		}
 	})
+	t.Run("observed queries", func(t *testing.T) {
+		var seen []string
+		dir := NewPGDirectory(db)
+		dir.ObserveQuery = func(kind pipeline.IdentityKind, values int) { seen = append(seen, fmt.Sprintf("%s:%d", kind, values)) }
+		_, err := dir.Lookup(context.Background(), []Key{key(a, pipeline.KindPhone, "1"), key(a, pipeline.KindThirdID, "x"),
+			key(a, pipeline.KindPhone, "2"), key(a, pipeline.KindPhone, "1"), key(b, pipeline.KindPhone, "1")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One query per tenant and kind, with its distinct values.
+		if want := []string{"phone:2", "id:1", "phone:1"}; !slices.Equal(seen, want) {
+			t.Errorf("observed %v, want %v", seen, want)
+		}
+	})
 }
 
 func sortBindings(bs []Binding) {

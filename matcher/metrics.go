@@ -1,13 +1,19 @@
 package matcher
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
 
 // Metrics are the matcher's Prometheus metrics. Labels are bounded:
-// outcome, matched_by (an identity kind or "none") and error class.
+// outcome, matched_by and kind (identity kinds; matched_by also "none") and
+// error class.
 type Metrics struct {
 	Records       *prometheus.CounterVec // by outcome, matched_by
 	Conflicts     prometheus.Counter
 	LookupSeconds prometheus.Histogram
+	LookupValues  *prometheus.HistogramVec // by kind
 	ChunkSeconds  prometheus.Histogram
 	Retries       prometheus.Counter
 	DeadLetters   *prometheus.CounterVec // by class
@@ -30,6 +36,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time of one chunk's batched directory look-ups and find-or-create.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		LookupValues: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "groupmatch_matcher_lookup_values",
+			Help:    "Distinct values one directory look-up query asked about, by identity kind: how well chunks batch.",
+			Buckets: []float64{1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000},
+		}, []string{"kind"}),
 		ChunkSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "groupmatch_matcher_chunk_duration_seconds",
 			Help:    "Time to resolve and forward one chunk, retries included.",
@@ -44,6 +55,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Messages sent to the dead-letter topic, by error class.",
 		}, []string{"class"}),
 	}
-	reg.MustRegister(m.Records, m.Conflicts, m.LookupSeconds, m.ChunkSeconds, m.Retries, m.DeadLetters)
+	reg.MustRegister(m.Records, m.Conflicts, m.LookupSeconds, m.LookupValues, m.ChunkSeconds, m.Retries, m.DeadLetters)
 	return m
+}
+
+// ObserveLookup records one look-up query's distinct values; it fits
+// PGDirectory.ObserveQuery.
+func (m *Metrics) ObserveLookup(kind pipeline.IdentityKind, values int) {
+	m.LookupValues.WithLabelValues(string(kind)).Observe(float64(values))
 }

@@ -164,7 +164,7 @@ func TestBenchStageMatcher(t *testing.T) {
 	}
 	// Chunks of at most 500 records, every record resolved once.
 	if c := st.Chunks; c == nil || c.Chunks < records/500 || c.RecordsPerChunk <= 0 || c.RecordsPerChunk > 500 ||
-		float64(c.Chunks)*c.RecordsPerChunk < records*0.99 {
+		float64(c.Chunks)*c.RecordsPerChunk < records*0.99 || c.ValuesPerQuery <= 0 || c.ValuesPerQuery > 500 {
 		t.Errorf("chunks %+v", st.Chunks)
 	}
 	var names []string

@@ -110,9 +110,12 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		g.Go(func() error { return feed.Run(gctx) })
 	}
 	if slices.Contains(stages, stageMatcher) {
+		metrics := matcher.NewMetrics(reg)
+		dir := matcher.NewPGDirectory(pool)
+		dir.ObserveQuery = metrics.ObserveLookup
 		m, err := matcher.New(matcher.Config{
 			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
-		}, matcher.NewPGDirectory(pool), matcher.NewMetrics(reg))
+		}, dir, metrics)
 		if err != nil {
 			return err
 		}
