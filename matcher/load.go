@@ -14,14 +14,13 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf16"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
 
@@ -1104,98 +1103,18 @@ func (p *lineParser) str() ([]byte, error) {
 		}
 		p.i++
 	}
-	out := append(p.buf[:0], p.b[start:p.i]...)
-	for p.i < len(p.b) {
-		c := p.b[p.i]
-		switch {
-		case c == '"':
-			p.i++
-			p.buf = out
-			return out, nil
-		case c < 0x20:
-			return nil, p.syntax()
-		case c == '\\':
-			p.i++
-			if p.i >= len(p.b) {
-				return nil, p.syntax()
-			}
-			e := p.b[p.i]
-			p.i++
-			switch e {
-			case '"', '\\', '/':
-				out = append(out, e)
-			case 'b':
-				out = append(out, '\b')
-			case 'f':
-				out = append(out, '\f')
-			case 'n':
-				out = append(out, '\n')
-			case 'r':
-				out = append(out, '\r')
-			case 't':
-				out = append(out, '\t')
-			case 'u':
-				r, ok := p.hex4()
-				if !ok {
-					return nil, p.syntax()
-				}
-				if utf16.IsSurrogate(r) {
-					r2 := rune(-1)
-					save := p.i
-					if p.literal(`\u`) {
-						if x, ok := p.hex4(); ok {
-							r2 = x
-						} else {
-							return nil, p.syntax()
-						}
-					}
-					if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-						r = dec
-					} else {
-						r = utf8.RuneError
-						p.i = save // the next escape stands alone
-					}
-				}
-				out = utf8.AppendRune(out, r)
-			default:
-				return nil, p.syntax()
-			}
-		case c < utf8.RuneSelf:
-			out = append(out, c)
-			p.i++
-		default:
-			r, size := utf8.DecodeRune(p.b[p.i:])
-			if r == utf8.RuneError && size == 1 {
-				out = utf8.AppendRune(out, utf8.RuneError)
-			} else {
-				out = append(out, p.b[p.i:p.i+size]...)
-			}
-			p.i += size
-		}
+	end := pipeline.JSONStringEnd(p.b, p.i)
+	if end < 0 {
+		p.i = len(p.b)
+		return nil, p.syntax()
 	}
-	return nil, p.syntax()
-}
-
-func (p *lineParser) hex4() (rune, bool) {
-	if len(p.b)-p.i < 4 {
-		return 0, false
+	out, ok := pipeline.AppendJSONString(p.buf[:0], p.b[start:end])
+	if !ok {
+		return nil, p.syntax()
 	}
-	var r rune
-	for _, c := range p.b[p.i : p.i+4] {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
-	}
-	p.i += 4
-	return r, true
+	p.i = end + 1
+	p.buf = out
+	return out, nil
 }
 
 // number consumes a JSON number.

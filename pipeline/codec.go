@@ -14,12 +14,12 @@ import (
 //     (same field order, omitempty, HTML-safe string escapes); a fuzz test
 //     holds them equal.
 //   - fast* reads the form those encoders write, allowing whitespace, any
-//     field order and any escapes, and declines (ok=false) anything else:
-//     unknown or differently cased keys, repeated keys, null, numbers that
-//     are not plain integers, invalid UTF-8 or surrogate escapes. A declined
-//     value is decoded by encoding/json, so the accepted language and its
-//     meaning are encoding/json's; a fuzz test holds the fast path to
-//     agreeing with it on everything it accepts.
+//     field order and any string (read by AppendJSONString), and declines
+//     (ok=false) anything else: unknown or differently cased keys, repeated
+//     keys, null, numbers that are not plain integers. A declined value is
+//     decoded by encoding/json, so the accepted language and its meaning
+//     are encoding/json's; a fuzz test holds the fast path to agreeing with
+//     it on everything it accepts.
 
 // appendRecord appends the JSON of m, as json.Marshal writes it.
 func appendRecord(b []byte, m *RecordMessage) []byte {
@@ -250,103 +250,37 @@ func (s *scanner) object(field func(key []byte) bool) bool {
 	}
 }
 
-// str reads a string value. Strings without escapes share no memory with
-// the input: the message buffer is reused by the Kafka client.
+// str reads a string value, decoded as encoding/json decodes it. The
+// string never shares memory with the input: the Kafka client reuses it.
 func (s *scanner) str() (string, bool) {
 	if !s.byte('"') {
 		return "", false
 	}
 	start := s.i
 	ascii := true
-	for s.i < len(s.b) {
+	for ; s.i < len(s.b); s.i++ {
 		c := s.b[s.i]
-		switch {
-		case c == '"':
-			v := s.b[start:s.i]
-			s.i++
-			if !ascii && !utf8.Valid(v) {
-				return "", false // encoding/json replaces invalid bytes
+		if c == '"' {
+			if v := s.b[start:s.i]; ascii || utf8.Valid(v) {
+				s.i++
+				return string(v), true
 			}
-			return string(v), true
-		case c == '\\':
-			return s.escaped(start)
-		case c < 0x20:
-			return "", false
-		case c >= utf8.RuneSelf:
+			break // invalid UTF-8 reads as U+FFFD
+		}
+		if c == '\\' || c < 0x20 {
+			break
+		}
+		if c >= utf8.RuneSelf {
 			ascii = false
 		}
-		s.i++
 	}
-	return "", false
-}
-
-// escaped finishes a string that began at start and has an escape at s.i.
-func (s *scanner) escaped(start int) (string, bool) {
-	out := make([]byte, 0, s.i-start+16)
-	out = append(out, s.b[start:s.i]...)
-	for s.i < len(s.b) {
-		c := s.b[s.i]
-		switch {
-		case c == '"':
-			s.i++
-			if !utf8.Valid(out) {
-				return "", false
-			}
-			return string(out), true
-		case c < 0x20:
-			return "", false
-		case c != '\\':
-			out = append(out, c)
-			s.i++
-			continue
-		}
-		if s.i+1 >= len(s.b) {
-			return "", false
-		}
-		e := s.b[s.i+1]
-		s.i += 2
-		switch e {
-		case '"', '\\', '/':
-			out = append(out, e)
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		case 'u':
-			if s.i+4 > len(s.b) {
-				return "", false
-			}
-			r := rune(0)
-			for _, h := range s.b[s.i : s.i+4] {
-				var d byte
-				switch {
-				case '0' <= h && h <= '9':
-					d = h - '0'
-				case 'a' <= h && h <= 'f':
-					d = h - 'a' + 10
-				case 'A' <= h && h <= 'F':
-					d = h - 'A' + 10
-				default:
-					return "", false
-				}
-				r = r<<4 | rune(d)
-			}
-			if 0xD800 <= r && r < 0xE000 {
-				return "", false // surrogates: encoding/json's rules apply
-			}
-			s.i += 4
-			out = utf8.AppendRune(out, r)
-		default:
-			return "", false
-		}
+	end := JSONStringEnd(s.b, s.i)
+	if end < 0 {
+		return "", false
 	}
-	return "", false
+	out, ok := AppendJSONString(make([]byte, 0, end-start), s.b[start:end])
+	s.i = end + 1
+	return string(out), ok
 }
 
 // int reads a plain integer (no fraction, exponent or leading zeros).

@@ -116,8 +116,8 @@ func TestFastPathDeclines(t *testing.T) {
 	base := `{"v":1,"tenantId":1,"batchId":2,"index":3,"optType":"add","outcome":"NOT_FOUND"%s}`
 	for _, tail := range []string{
 		`,"extra":1`, `,"Outcome":"MATCHED"`, `,"v":1`, `,"ref":null`, `,"groups":null`, `,"customerId":1.0`,
-		`,"customerId":1e2`, `,"customerId":01`, `,"customerId":99999999999999999999`, `,"reason":"\ud83d\ude00"`,
-		`,"reason":"\xff"`, `,"reason":"a` + "\n" + `"`, `,"created":tru`, `,"o\u0075tcome":"X"`,
+		`,"customerId":1e2`, `,"customerId":01`, `,"customerId":99999999999999999999`,
+		`,"reason":"a` + "\n" + `"`, `,"reason":"\x"`, `,"reason":"\u12"`, `,"created":tru`, `,"o\u0075tcome":"X"`,
 	} {
 		b := []byte(strings.Replace(base, "%s", tail, 1))
 		if checkFastResolved(t, b) {
@@ -138,10 +138,38 @@ func TestFastPathDeclines(t *testing.T) {
 	for _, b := range []string{
 		" {\n\"index\" : 3 , \"v\":1,\"tenantId\":1,\"batchId\":2,\"optType\":\"add\",\"outcome\":\"MATCHED\",\"customerId\":7,\"groups\":[ \"a\\u0026b\" , \"\\\"\\/\\n\" ] } \n",
 		`{"v":1,"tenantId":1,"batchId":2,"index":3,"optType":"add","outcome":"INVALID","ref":{"phone":"138****0000"},"groups":[]}`,
+		`{"v":1,"tenantId":1,"batchId":2,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"\ud83d\ude00 \ud83d \ude00\ud83dx 会员` + "\xff" + `"}`,
 	} {
 		if !checkFastResolved(t, []byte(b)) {
 			t.Errorf("fast path declined %s", b)
 		}
+	}
+}
+
+// AppendJSONString reads every string body as encoding/json does.
+func TestAppendJSONString(t *testing.T) {
+	for _, body := range []string{
+		``, `plain`, `会员`, `\"\\\/\b\f\n\r\t`, `\u0041\u00e9\u4f1a`, `\u0000`,
+		`\ud83d\ude00`, `\ud83d`, `\ude00`, `\ud83d\u0041`, `\ud83dx`, `\ud83d\ud83d\ude00`, `\uDBFF\uDFFF`,
+		"\xff", "a\xc3", "\xed\xa0\x80", "\xf0\x9f\x98",
+		// not string bodies
+		`"`, "\x01", `\`, `\x`, `\u12`, `\u12g4`, `\ud83d\u12`, "a\tb",
+	} {
+		var want string
+		jerr := json.Unmarshal([]byte(`"`+body+`"`), &want)
+		got, ok := AppendJSONString([]byte("prefix:"), []byte(body))
+		switch {
+		case ok != (jerr == nil):
+			t.Errorf("AppendJSONString(%q): ok=%v, encoding/json: %v", body, ok, jerr)
+		case ok && string(got) != "prefix:"+want:
+			t.Errorf("AppendJSONString(%q) = %q, encoding/json reads %q", body, got[len("prefix:"):], want)
+		}
+	}
+	if end := JSONStringEnd([]byte(`"a\"b\\"c`), 1); end != 7 {
+		t.Errorf("JSONStringEnd = %d, want 7", end)
+	}
+	if end := JSONStringEnd([]byte(`"abc\"`), 1); end != -1 {
+		t.Errorf("JSONStringEnd of an unterminated string = %d, want -1", end)
 	}
 }
 
