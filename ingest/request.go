@@ -278,11 +278,11 @@ func (d *decoder) member() (key []byte, ok bool) {
 	return raw[1 : len(raw)-1], true
 }
 
-// unquote decodes raw, a valid JSON string with its quotes.
+// unquote decodes raw, a valid JSON string with its quotes, as
+// encoding/json would.
 func unquote(raw []byte) []byte {
-	var s string
-	_ = json.Unmarshal(raw, &s) // cannot fail: raw is a valid JSON string
-	return []byte(s)
+	out, _ := pipeline.AppendJSONString(nil, raw[1:len(raw)-1]) // cannot fail: raw is a valid JSON string
+	return out
 }
 
 // str reads a string token and returns it with its quotes.
@@ -641,7 +641,7 @@ func (d *decoder) text(raw []byte, cache *string) (s, problem string) {
 		}
 		return string(inner), ""
 	}
-	if !surrogatesPaired(inner) {
+	if !pipeline.JSONSurrogatesPaired(inner) {
 		return "", msgNotUTF8
 	}
 	text := unquote(raw)
@@ -649,55 +649,6 @@ func (d *decoder) text(raw []byte, cache *string) (s, problem string) {
 		return "", msgNUL
 	}
 	return string(text), ""
-}
-
-// surrogatesPaired reports whether every \u escape of a UTF-16 surrogate in
-// the body of a valid JSON string is a high surrogate directly followed by a
-// low one; encoding/json would replace any other with U+FFFD.
-func surrogatesPaired(s []byte) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			continue
-		}
-		i++ // the escaped character; a valid string has one
-		if s[i] != 'u' {
-			continue
-		}
-		r := hex4(s[i+1 : i+5])
-		i += 4
-		switch {
-		case r >= 0xd800 && r < 0xdc00:
-			if i+7 > len(s) || s[i+1] != '\\' || s[i+2] != 'u' {
-				return false
-			}
-			if lo := hex4(s[i+3 : i+7]); lo < 0xdc00 || lo > 0xdfff {
-				return false
-			}
-			i += 6
-		case r >= 0xdc00 && r <= 0xdfff:
-			return false
-		}
-	}
-	return true
-}
-
-// hex4 returns the value of four hexadecimal digits, or -1.
-func hex4(b []byte) rune {
-	var r rune
-	for _, c := range b {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return -1
-		}
-		r = r<<4 | rune(c)
-	}
-	return r
 }
 
 // parseInt returns the value of raw, one complete JSON value, when it is a

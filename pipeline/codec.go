@@ -357,20 +357,31 @@ func (s *scanner) strField(dst *string) bool {
 	return ok
 }
 
+// header reads key's value when key is one of the fields both messages
+// begin with (bits 0-3 of f); known is false for any other key.
+func (s *scanner) header(key []byte, f *seen, v *int, tenant, batch *int64, index *int) (known, ok bool) {
+	switch string(key) {
+	case "v":
+		return true, f.first(0) && s.intField(v)
+	case "tenantId":
+		return true, f.first(1) && s.int64Field(tenant)
+	case "batchId":
+		return true, f.first(2) && s.int64Field(batch)
+	case "index":
+		return true, f.first(3) && s.intField(index)
+	}
+	return false, false
+}
+
 // fastRecord decodes the canonical form of a records message.
 func fastRecord(b []byte, m *RecordMessage) bool {
 	s := scanner{b: b}
 	var top seen
 	ok := s.object(func(key []byte) bool {
+		if known, ok := s.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
+			return ok
+		}
 		switch string(key) {
-		case "v":
-			return top.first(0) && s.intField(&m.V)
-		case "tenantId":
-			return top.first(1) && s.int64Field(&m.TenantID)
-		case "batchId":
-			return top.first(2) && s.int64Field(&m.BatchID)
-		case "index":
-			return top.first(3) && s.intField(&m.Index)
 		case "params":
 			return top.first(4) && s.params(&m.Params)
 		case "record":
@@ -432,15 +443,10 @@ func fastResolved(b []byte, m *ResolvedMessage) bool {
 	s := scanner{b: b}
 	var top seen
 	ok := s.object(func(key []byte) bool {
+		if known, ok := s.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
+			return ok
+		}
 		switch string(key) {
-		case "v":
-			return top.first(0) && s.intField(&m.V)
-		case "tenantId":
-			return top.first(1) && s.int64Field(&m.TenantID)
-		case "batchId":
-			return top.first(2) && s.int64Field(&m.BatchID)
-		case "index":
-			return top.first(3) && s.intField(&m.Index)
 		case "optType":
 			v, ok := s.str()
 			m.OptType = OptType(v)

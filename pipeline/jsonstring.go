@@ -97,6 +97,37 @@ func AppendJSONString(dst, body []byte) (out []byte, ok bool) {
 	return out, true
 }
 
+// JSONSurrogatesPaired reports whether every \u escape of a UTF-16
+// surrogate in body, the bytes between the quotes of a valid JSON string,
+// is a high surrogate directly followed by a low one: whether
+// AppendJSONString reads it without replacing an escape by U+FFFD.
+func JSONSurrogatesPaired(body []byte) bool {
+	for i := 0; i < len(body); i++ {
+		if body[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character; a valid string has one
+		if body[i] != 'u' {
+			continue
+		}
+		r := hex4(body[i+1:])
+		i += 4
+		switch {
+		case r >= 0xd800 && r < 0xdc00:
+			if i+7 > len(body) || body[i+1] != '\\' || body[i+2] != 'u' {
+				return false
+			}
+			if lo := hex4(body[i+3:]); lo < 0xdc00 || lo > 0xdfff {
+				return false
+			}
+			i += 6
+		case r >= 0xdc00 && r <= 0xdfff:
+			return false
+		}
+	}
+	return true
+}
+
 // hex4 returns the value of the four hexadecimal digits b starts with, or
 // -1.
 func hex4(b []byte) rune {

@@ -500,18 +500,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 		res.DrainSeconds = r.LastFinished.Sub(drainStart).Seconds()
 		res.DrainRecordsPerSec = float64(f.w.Records) / res.DrainSeconds
 	}
-	for _, p := range sys.procs {
-		if a, ok := after[p]; ok {
-			// A process started during the run (--backlog) had used
-			// nothing before it.
-			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), before[p], a, f.w.Records))
-		}
-	}
-	if pgOK {
-		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pgBefore}, bench.ProcSample{CPU: pgAfter}, f.w.Records)
-		c.Note = fmt.Sprintf("%d backends of database %s", backends, db)
-		res.Processes = append(res.Processes, c)
-	}
+	res.Processes = sys.costs(before, after, pgUse{pgBefore, pgAfter, pgOK, backends, db}, f.w.Records)
 	c := bench.NewProcessCost("bench", os.Getpid(), self, selfAfter, f.w.Records)
 	c.Note, c.PeakRSSMB = "the load generator", 0
 	res.Processes = append(res.Processes, c)
@@ -679,6 +668,33 @@ func (s *benchSystem) startStage(ctx context.Context, name, stage string) (*benc
 		s.base = p.admin
 	}
 	return p, nil
+}
+
+// pgUse is what the bench database's PostgreSQL backends used between two
+// readings of bench.PostgresCPU (ok false when they could not be read).
+type pgUse struct {
+	before, after time.Duration
+	ok            bool
+	backends      int
+	db            string
+}
+
+// costs is the cost of each of the system's processes between two samples,
+// then the PostgreSQL backends', per record of the workload. A process
+// started between the samples had used nothing before.
+func (s *benchSystem) costs(before, after map[*benchProc]bench.ProcSample, pg pgUse, records int) []bench.ProcessCost {
+	var out []bench.ProcessCost
+	for _, p := range s.procs {
+		if a, ok := after[p]; ok {
+			out = append(out, bench.NewProcessCost(p.name, p.pid(), before[p], a, records))
+		}
+	}
+	if pg.ok {
+		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pg.before}, bench.ProcSample{CPU: pg.after}, records)
+		c.Note = fmt.Sprintf("%d backends of database %s", pg.backends, pg.db)
+		out = append(out, c)
+	}
+	return out
 }
 
 // sample reads /proc for every process it can.

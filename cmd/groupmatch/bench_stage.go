@@ -133,16 +133,7 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		res.Seconds = end.Sub(start).Seconds()
 		res.RecordsPerSec = float64(input) / res.Seconds
 	}
-	for _, p := range sys.procs {
-		if a, ok := after[p]; ok {
-			res.Processes = append(res.Processes, bench.NewProcessCost(p.name, p.pid(), before[p], a, f.w.Records))
-		}
-	}
-	if pgOK {
-		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pgBefore}, bench.ProcSample{CPU: pgAfter}, f.w.Records)
-		c.Note = fmt.Sprintf("%d backends of database %s", backends, db)
-		res.Processes = append(res.Processes, c)
-	}
+	res.Processes = sys.costs(before, after, pgUse{pgBefore, pgAfter, pgOK, backends, db}, f.w.Records)
 	sum := map[string]float64{}
 	for _, p := range procs {
 		m, err := scrapeMetrics(ctx, p.admin+"/metrics")
