@@ -245,7 +245,7 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		if err != nil {
 			return err
 		}
-		if report.Stage, err = benchStage(ctx, f, sys, pool, tenantID, tok.Access, live); err != nil {
+		if report.Stage, err = benchStage(ctx, f, sys, pool, tenantID, tok.Access, live, stderr); err != nil {
 			return err
 		}
 	} else if f.pipeline {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,7 +23,7 @@ import (
 // committed every input message. The sink never runs, so the batches stay
 // PROCESSING in the bench database.
 func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
-	live *bench.Live) (*bench.StageResult, error) {
+	live *bench.Live, stderr io.Writer) (*bench.StageResult, error) {
 	obs, err := bench.NewObserver(ctx, pool, tenantID)
 	if err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	if f.profileDir != "" {
 		pctx, stopProfiles := context.WithCancel(ctx)
 		var profiles sync.WaitGroup
-		profiles.Go(func() { sys.profile(pctx, f.profileDir, f.profileFor, os.Stderr) })
+		profiles.Go(func() { sys.profile(pctx, f.profileDir, f.profileFor, stderr) })
 		defer func() {
 			stopProfiles()
 			profiles.Wait()
@@ -138,7 +138,7 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	for _, p := range procs {
 		m, err := scrapeMetrics(ctx, p.admin+"/metrics")
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench: metrics of %s: %v\n", p.name, err)
+			fmt.Fprintf(stderr, "bench: metrics of %s: %v\n", p.name, err)
 			continue
 		}
 		for k, v := range m {
