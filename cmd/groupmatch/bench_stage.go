@@ -24,6 +24,7 @@ import (
 // PROCESSING in the bench database.
 func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
 	live *bench.Live, stderr io.Writer) (*bench.StageResult, error) {
+	defer live.Done()
 	obs, err := bench.NewObserver(ctx, pool, tenantID)
 	if err != nil {
 		return nil, err
@@ -38,28 +39,23 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		_, err = bench.DriveHTTP(ctx, sys.base, f.w, cfg)
 	}
 	if err != nil {
-		live.Done()
 		return nil, err
 	}
 	if err := awaitAccepted(ctx, obs, f.w.Batches(), f.stall); err != nil {
-		live.Done()
 		return nil, err
 	}
 
 	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: sys.brokers,
 		Targets: []stream.LagTarget{{Group: matcher.DefaultGroupID, Topic: f.o.topics().Records}}})
 	if err != nil {
-		live.Done()
 		return nil, err
 	}
 	defer lag.Close()
 	_, input, err := committedOf(ctx, lag)
 	if err != nil {
-		live.Done()
 		return nil, err
 	}
 	if input != int64(f.w.Records) {
-		live.Done()
 		return nil, fmt.Errorf("bench: the records topic holds %d messages, want %d", input, f.w.Records)
 	}
 
@@ -71,7 +67,6 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	live.Update(fmt.Sprintf("stage: starting %d %s process(es)", f.instances, f.stage))
 	procs, err := sys.startInstances(ctx, f.stage, f.instances)
 	if err != nil {
-		live.Done()
 		return nil, err
 	}
 	if f.profileDir != "" {
@@ -91,13 +86,11 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	for end.IsZero() {
 		select {
 		case <-ctx.Done():
-			live.Done()
 			return nil, fmt.Errorf("bench: %w", ctx.Err())
 		case <-tick.C:
 		}
 		done, _, err := committedOf(ctx, lag)
 		if err != nil {
-			live.Done()
 			return nil, err
 		}
 		now := time.Now()
@@ -107,7 +100,6 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		if done != last {
 			last, lastChange = done, now
 		} else if now.Sub(lastChange) > f.stall {
-			live.Done()
 			return nil, fmt.Errorf("bench: no progress for %s (%d of %d records resolved)", f.stall, done, input)
 		}
 		if done >= input {
