@@ -49,37 +49,10 @@ func startSystem(t *testing.T) *system {
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
 		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := createTopics(ctx, o); err != nil {
-		t.Fatal(err)
-	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(a string) { addr <- a })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("stages stopped with %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("stages did not stop within 20 s")
-		}
-	})
-	select {
-	case a := <-addr:
-		return &system{t: t, base: "http://" + a, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
-	case err := <-done:
-		t.Fatalf("stages did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("stages did not start within 30 s")
-	}
-	return nil
+	base := runStagesOn(t, o, log, false)
+	return &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
 
 // dbOnly is a fresh database for tests that run their own processes.
