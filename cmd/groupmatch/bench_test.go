@@ -185,15 +185,18 @@ func TestBenchStageMatcher(t *testing.T) {
 }
 
 func TestBenchStageFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"--stage", "sink"},
-		{"--stage", "matcher", "--single"},
-		{"--stage", "matcher", "--baseline"},
-		{"--stage", "matcher", "--instances", "0"},
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--stage", "sink"}, "--stage must be matcher"},
+		{[]string{"--stage", "matcher", "--single"}, "--stage needs the stages as separate processes"},
+		{[]string{"--stage", "matcher", "--baseline"}, "excludes --baseline"},
+		{[]string{"--stage", "matcher", "--instances", "0"}, "--instances must be at least 1"},
 	} {
-		err := cmdBench(context.Background(), args, io.Discard, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), "--") {
-			t.Errorf("bench %v: %v, want an error naming the flag", args, err)
+		err := cmdBench(context.Background(), tt.args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("bench %v: %v, want an error saying %q", tt.args, err, tt.want)
 		}
 	}
 }
