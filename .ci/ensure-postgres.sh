@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
-# Makes sure the PostgreSQL the tests use answers on 127.0.0.1:5432: starts
-# the machine's cluster if it is down, installs PostgreSQL from Debian if it
-# is missing, and fails loudly if it still does not answer. Tests never skip
-# for a missing database.
+# Makes sure the PostgreSQL the tests use answers on 127.0.0.1:5432 and lets
+# the test user (postgres, no password) in over TCP:
+#   1. installs Debian's PostgreSQL when its server is missing;
+#   2. creates the Debian cluster when none exists;
+#   3. lets user postgres in over loopback TCP without a password (Debian's
+#      default pg_hba.conf asks for one): a "trust" line for 127.0.0.1/32 and
+#      ::1/128, user postgres only, inserted once before Debian's own lines;
+#   4. starts the cluster (or reloads it when it already runs);
+#   5. fails loudly when PostgreSQL still does not accept the test user.
+# Tests never skip for a missing database. Safe to run again.
 set -euo pipefail
 
-ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+accepts() { psql -X -q -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; }
+if command -v psql >/dev/null 2>&1 && accepts; then exit 0; fi
 
-if ! command -v pg_isready >/dev/null 2>&1; then
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "ensure-postgres: installing PostgreSQL from Debian" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-if ready; then exit 0; fi
 
-echo "ensure-postgres: PostgreSQL is down; starting it" >&2
-if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
-  for v in $(ls /etc/postgresql); do
-    pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
-  done
+version=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -q "^$version main$"; then
+  echo "ensure-postgres: creating cluster $version/main" >&2
+  pg_createcluster --port 5432 "$version" main >/dev/null
 fi
+
+hba=/etc/postgresql/$version/main/pg_hba.conf
+marker='# groupmatch tests: user postgres over loopback TCP without a password'
+if ! grep -qF "$marker" "$hba"; then
+  echo "ensure-postgres: letting user postgres in over loopback in $hba" >&2
+  tmp=$(mktemp)
+  {
+    echo "$marker"
+    echo "host    all             postgres        127.0.0.1/32            trust"
+    echo "host    all             postgres        ::1/128                 trust"
+    cat "$hba"
+  } >"$tmp"
+  cat "$tmp" >"$hba"
+  rm -f "$tmp"
+fi
+
+status=$(pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="main" {print $4}')
+if [ "$status" = online ]; then
+  pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+else
+  echo "ensure-postgres: starting cluster $version/main" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+fi
+
 for _ in $(seq 1 30); do
-  if ready; then exit 0; fi
+  if accepts; then exit 0; fi
   sleep 1
 done
-echo "ensure-postgres: PostgreSQL does not answer on 127.0.0.1:5432; the tests need it" >&2
+echo "ensure-postgres: PostgreSQL does not accept user postgres on 127.0.0.1:5432; the tests need it" >&2
+tail -n 20 "/var/log/postgresql/postgresql-$version-main.log" >&2 || true
 exit 1
