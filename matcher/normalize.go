@@ -281,11 +281,14 @@ func checkGroupName(name string) (n int, ok bool) {
 			continue
 		}
 		r, w := utf8.DecodeRuneInString(name[i:])
+		i += w
+		if r >= '\u2070' && r < '\ufeff' {
+			continue // CJK, kana, Hangul, ...: no Cc, Cf, Zl or Zp in this range
+		}
 		if (r == utf8.RuneError && w == 1) || r == '\u2028' || r == '\u2029' ||
-			unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Cc, r) {
+			unicode.In(r, unicode.Cf, unicode.Cc) {
 			ok = false
 		}
-		i += w
 	}
 	return n, ok
 }

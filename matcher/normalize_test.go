@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -616,6 +617,23 @@ func TestNormalizeLimits(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestCheckGroupNameEveryRune compares checkGroupName, with its fast paths,
+// with Go's Unicode tables on every code point.
+func TestCheckGroupNameEveryRune(t *testing.T) {
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if r >= 0xD800 && r <= 0xDFFF {
+			continue // surrogates cannot be encoded
+		}
+		want := !unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+		if n, ok := checkGroupName(string(r)); n != 1 || ok != want {
+			t.Errorf("checkGroupName(%U) = %d, %v; want 1, %v", r, n, ok, want)
+		}
+	}
+	if n, ok := checkGroupName("a\xffb\xc3"); n != 4 || ok {
+		t.Errorf("invalid UTF-8: %d, %v; want 4, false", n, ok)
 	}
 }
 
