@@ -1,9 +1,12 @@
 package pipeline
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 )
 
@@ -129,11 +132,28 @@ func checkHeader(what string, v int, tenant, batch int64, index int) error {
 	return nil
 }
 
-// RecordKey is the Kafka key of a records message: the tenant and the record's
-// leading identifier, so that all records naming one identity meet in one
-// matcher partition (find-or-create by thirdId relies on it).
-func RecordKey(tenantID int64, identity string) []byte {
-	return append(strconv.AppendInt(nil, tenantID, 10), append([]byte{'/'}, identity...)...)
+// RecordKey is the Kafka key of a records message: 32 lower-case hex digits,
+// the first 16 bytes of SHA-256 over the tenant id in decimal, a NUL byte,
+// the kind, a NUL byte and the record's leading identity value. It names no
+// identity value (SPEC §10), yet is stable: the same (tenant, kind, value)
+// always gives the same key, so every record naming one identity lands in
+// one matcher partition. Find-or-create by thirdId (isMatching=false)
+// relies on that: records naming one thirdId are resolved in order by one
+// consumer. Callers pass the value trimmed of white space, as the matcher
+// reads it; any other normalisation only spreads the records wider.
+func RecordKey(tenantID int64, kind IdentityKind, value string) []byte {
+	var buf [64]byte
+	h := sha256.New()
+	b := strconv.AppendInt(buf[:0], tenantID, 10)
+	b = append(b, 0)
+	b = append(b, kind...)
+	b = append(b, 0)
+	h.Write(b)
+	io.WriteString(h, value)
+	var sum [sha256.Size]byte
+	key := make([]byte, hex.EncodedLen(16))
+	hex.Encode(key, h.Sum(sum[:0])[:16])
+	return key
 }
 
 // ResolvedKey is the Kafka key of a resolved message: tenant and customer, so

@@ -17,8 +17,8 @@ const (
 	// MaxPhoneLen is the longest phone as sent, before trimming and before
 	// separators are removed (ReasonValueTooLong beyond).
 	MaxPhoneLen = 32
-	// MaxAppIDLen is the longest publicParams.accurateMatchValue, after
-	// trimming; a longer one rejects the request.
+	// MaxAppIDLen is the longest publicParams.accurateMatchValue as sent
+	// (before trimming); a longer one rejects the request.
 	MaxAppIDLen = 128
 )
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,7 +159,9 @@ func TestContractClientRefusesBreaches(t *testing.T) {
 		wantErr string // "" = the exchange passes
 	}{
 		{name: "documented", method: "GET", path: "/api/open/audience/group/list", token: "t", status: 200,
-			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":[]}`},
+			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":{"groups":[],"pageNo":1,"pageSize":100,"total":0}}`},
+		{name: "group list as an array (before paging)", method: "GET", path: "/api/open/audience/group/list", token: "t", status: 200,
+			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":[]}`, wantErr: "breaks"},
 		{name: "unknown route", method: "GET", path: "/api/open/audience/group/nope", token: "t", status: 404,
 			answer: `{"code":"404","errorCode":"NOT_FOUND","msg":"no such API","data":null}`, wantErr: "not in schemas/openapi.yaml"},
 		{name: "undocumented status", method: "GET", path: "/api/integrate/audience/group/list", token: "t", status: 418,
@@ -251,7 +254,7 @@ func TestBatchAddSchemaAgreesWithDecoder(t *testing.T) {
 		{"matchingType", []string{"", "null", "1", "2", "2.0", "3", `"1"`}},
 		{"identifyWay", []string{"", "null", "1", "20e-1", "0", `"x"`}},
 		{"accurateMatchType", []string{"", "null", `""`, `" "`, `"gzh"`, `" YouZan\t"`, `"nope"`, "1"}},
-		{"accurateMatchValue", []string{"", "null", `"\u3000"`, `"wx1"`, "2"}},
+		{"accurateMatchValue", []string{"", "null", `"\u3000"`, `"wx1"`, "2", `"` + strings.Repeat("应", 128) + `"`, `" ` + strings.Repeat("w", 128) + `"`}},
 		{"optType", []string{"", "null", `"add"`, `" DELETE"`, `"upsert"`, "1"}},
 	}
 	idx := make([]int, len(pools))
@@ -441,8 +444,14 @@ func TestContractsEndToEnd(t *testing.T) {
 		}
 		var r pipeline.RecordMessage
 		mustUnmarshal(t, m.Value, &r)
-		if want := strconv.FormatInt(r.TenantID, 10) + "/"; !strings.HasPrefix(string(m.Key), want) {
-			t.Errorf("records key %q, want it to start with %q", m.Key, want)
+		// SPEC §10: the key is a hash (32 hex digits) and names no identity.
+		if !recordKeyPattern.Match(m.Key) {
+			t.Errorf("records key %q, want 32 lower-case hex digits", m.Key)
+		}
+		for _, v := range []string{r.Record.ThirdID, r.Record.OpenID, r.Record.UnionID, r.Record.Phone} {
+			if v = strings.TrimSpace(v); len(v) >= 3 && strings.Contains(string(m.Key), v) {
+				t.Errorf("records key %q holds the identity value %q", m.Key, v)
+			}
 		}
 		seenRecords[[2]int64{r.BatchID, int64(r.Index)}] = true
 	}
@@ -528,6 +537,9 @@ func TestContractsEndToEnd(t *testing.T) {
 	}
 	t.Logf("validated %d records, %d resolved, %d events %v, %d dead letters", len(records)-1, len(resolved), len(events), types, len(dead))
 }
+
+// recordKeyPattern is the shape of pipeline.RecordKey.
+var recordKeyPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // readTopic reads every message of every partition of topic, up to the end
 // it has when called, with headers and positions.
