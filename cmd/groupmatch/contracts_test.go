@@ -352,7 +352,7 @@ func TestContractsEndToEnd(t *testing.T) {
 	s.get("/readyz", "", http.StatusOK, nil)
 	s.get("/metrics", "", http.StatusOK, nil)
 
-	// Over Kafka: one request accepted, two rejected.
+	// Over Kafka: one request accepted, three rejected.
 	brokers := s.opts.brokerList()
 	w := stream.NewWriter(brokers, "groupmatch.requests")
 	defer w.Close()
@@ -364,6 +364,9 @@ func TestContractsEndToEnd(t *testing.T) {
 		{Key: []byte("feed-forged"), Value: []byte(feedBody), Headers: []kafka.Header{{Key: pipeline.HeaderToken, Value: []byte("forged")}}},
 		{Key: []byte("feed-bad"), Value: []byte(`{"publicParams": {"isMatching": true, "optType": "add"}, "data": []}`),
 			Headers: []kafka.Header{{Key: pipeline.HeaderToken, Value: []byte(token)}}},
+		// Not UTF-8: PostgreSQL refused it (SQLSTATE 22021), which the feed retried for ever.
+		{Key: []byte("feed-bad-key"), Value: []byte(feedBody), Headers: []kafka.Header{
+			{Key: pipeline.HeaderToken, Value: []byte(token)}, {Key: pipeline.HeaderIdempotencyKey, Value: []byte("\xffkey")}}},
 	}
 	if err := w.WriteMessages(ctx, requests...); err != nil {
 		t.Fatal(err)
@@ -412,7 +415,7 @@ func TestContractsEndToEnd(t *testing.T) {
 				}
 			}
 			if byKey["feed-ok"] != pipeline.EventRequestAccepted || byKey["feed-forged"] != pipeline.EventRequestRejected ||
-				byKey["feed-bad"] != pipeline.EventRequestRejected {
+				byKey["feed-bad"] != pipeline.EventRequestRejected || byKey["feed-bad-key"] != pipeline.EventRequestRejected {
 				t.Errorf("request events by key %v", byKey)
 			}
 			break
@@ -507,8 +510,8 @@ func TestContractsEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	if types[pipeline.EventRequestAccepted] != 1 || types[pipeline.EventRequestRejected] != 2 || types[pipeline.EventBatchFinished] != len(ids) {
-		t.Errorf("events by type %v, want 1 accepted, 2 rejected, %d finished", types, len(ids))
+	if types[pipeline.EventRequestAccepted] != 1 || types[pipeline.EventRequestRejected] != 3 || types[pipeline.EventBatchFinished] != len(ids) {
+		t.Errorf("events by type %v, want 1 accepted, 3 rejected, %d finished", types, len(ids))
 	}
 
 	// Dead letters carry the documented headers; a letter whose value was
