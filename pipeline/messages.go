@@ -72,7 +72,7 @@ func DecodeRecord(b []byte) (RecordMessage, error) {
 	if !fastRecord(b, &m) {
 		m = RecordMessage{}
 		if err := json.Unmarshal(b, &m); err != nil {
-			return m, fmt.Errorf("%w: record: %v", ErrUndecodable, err)
+			return m, undecodable("record", err)
 		}
 	}
 	if err := checkHeader("record", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
@@ -99,7 +99,7 @@ func DecodeResolved(b []byte) (ResolvedMessage, error) {
 	if !fastResolved(b, &m) {
 		m = ResolvedMessage{}
 		if err := json.Unmarshal(b, &m); err != nil {
-			return m, fmt.Errorf("%w: resolved: %v", ErrUndecodable, err)
+			return m, undecodable("resolved", err)
 		}
 	}
 	if err := checkHeader("resolved", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
@@ -118,6 +118,23 @@ func DecodeResolved(b []byte) (ResolvedMessage, error) {
 		return m, fmt.Errorf("%w: resolved: bad outcome", ErrUndecodable)
 	}
 	return m, nil
+}
+
+// undecodable wraps a json.Unmarshal error of a what message in
+// ErrUndecodable, keeping only what names no value (an offset, a field
+// path): these errors end up in logs and dead-letter headers, and
+// encoding/json makes no promise that its texts never quote the input
+// (a syntax error already quotes the offending character).
+func undecodable(what string, err error) error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return fmt.Errorf("%w: %s: not valid JSON near byte %d", ErrUndecodable, what, syntax.Offset)
+	case errors.As(err, &typ):
+		return fmt.Errorf("%w: %s: field %q has the wrong type", ErrUndecodable, what, typ.Field)
+	}
+	return fmt.Errorf("%w: %s: not valid JSON", ErrUndecodable, what)
 }
 
 func checkHeader(what string, v int, tenant, batch int64, index int) error {

@@ -178,3 +178,25 @@ func TestRecordKey(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeErrorsHideValues: decoding errors go to logs and dead-letter
+// headers, so they must not quote the message.
+func TestDecodeErrorsHideValues(t *testing.T) {
+	for _, b := range []string{
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"params":{"optType":"add"},"record":{"phone":13800000000}}`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"params":{"optType":"add"},"record":{"thirdId":["crm-secret-1"]}}`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"record":{"phone":"13800000000"`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"outcome":"MATCHED","customerId":13800000000,"ref":{"thirdId":13800000000}}`,
+	} {
+		_, errRec := DecodeRecord([]byte(b))
+		_, errRes := DecodeResolved([]byte(b))
+		for _, err := range []error{errRec, errRes} {
+			if err == nil || !errors.Is(err, ErrUndecodable) {
+				t.Fatalf("%s: error %v, want ErrUndecodable", b, err)
+			}
+			if strings.Contains(err.Error(), "13800000000") || strings.Contains(err.Error(), "crm-secret-1") {
+				t.Errorf("error %q quotes the message", err)
+			}
+		}
+	}
+}
