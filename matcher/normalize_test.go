@@ -662,3 +662,15 @@ func BenchmarkNormalizeGroups(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNormalizeGroupsHostile: a record's whole 64 KiB of text as
+// distinct group names costs no more than the first 101 of them.
+func BenchmarkNormalizeGroupsHostile(b *testing.B) {
+	in := groupList(12000)[:60000]
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, why := NormalizeGroups(in); why != pipeline.ReasonTooManyGroups {
+			b.Fatal(why)
+		}
+	}
+}
