@@ -422,9 +422,10 @@ type Normalized struct {
 	// blocked but failed NormalizePhone; Value(KindPhone) is then "".
 	PhoneMalformed bool
 	// Ref is what a result page may show of the record: ThirdID as sent
-	// (trimmed, even when blocked; left out when over MaxIdentityLen), and the masked phone (its canonical form
-	// when valid, the trimmed value as sent when malformed), openid and
-	// unionid; a blocked phone, openid or unionid is left out.
+	// (trimmed, even when blocked; left out when over MaxIdentityLen), and
+	// the masked phone (its canonical form when valid, the trimmed value as
+	// sent when malformed), openid and unionid; a blocked phone, openid or
+	// unionid is left out.
 	Ref pipeline.RecordRef
 }
 
