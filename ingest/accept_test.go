@@ -196,4 +196,3 @@ func TestPermanentRefusal(t *testing.T) {
 		})
 	}
 }
-
