@@ -11,6 +11,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
 // One partition's request that fails transiently for a long time holds back
@@ -19,6 +20,7 @@ import (
 // is committed past an unanswered request.
 func TestFeedPartitionsProgressIndependently(t *testing.T) {
 	r := newRig(t, 2)
+	contracts := schematest.MustContracts(t)
 	topics := pipeline.DefaultTopics()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -60,6 +62,9 @@ func TestFeedPartitionsProgressIndependently(t *testing.T) {
 					var ev pipeline.RequestEvent
 					if err := json.Unmarshal(m.Value, &ev); err != nil {
 						t.Fatal(err)
+					}
+					if _, err := contracts.ValidateEvent(m.Value); err != nil {
+						t.Errorf("event %s breaks its schema: %v", m.Value, err)
 					}
 					got[ev.RequestKey] = ev
 				}
