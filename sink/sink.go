@@ -175,7 +175,7 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 	}
 	r := recs[0]
 	class, attrs := "permanent", []any{"batch_id", r.BatchID, "record_index", r.Index,
-		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", err}
+		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", stream.ErrorText(err)}
 	var panicErr *retry.PanicError
 	if errors.As(err, &panicErr) {
 		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -210,7 +210,7 @@ func (s *Stage) deadLetter(ctx context.Context, dead []deadLetter) error {
 	for i, d := range dead {
 		out[i] = stream.DeadLetter(d.msg, "sink", d.class, d.err)
 		s.metrics.DeadLetters.WithLabelValues(d.class).Inc()
-		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", d.err)
+		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", stream.ErrorText(d.err))
 	}
 	err := retry.Do(ctx, s.cfg.Retry, func() error { return s.dlq.WriteMessages(ctx, out...) }, nil)
 	if err != nil {
