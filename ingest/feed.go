@@ -139,11 +139,12 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 	}
 	var id int64
 	var refusal *Refusal
-	retried := false
+	var retried bool
+	var publishErr error // beforeRetry's: never a reason to reject the request
 	err := retry.Do(ctx, f.cfg.Retry, func() error {
-		if retried {
-			if err := beforeRetry(); err != nil {
-				return err
+		if publishErr = nil; retried {
+			if publishErr = beforeRetry(); publishErr != nil {
+				return publishErr
 			}
 		}
 		return retry.Catch(func() error {
@@ -167,7 +168,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 	})
 	switch {
 	case err == nil:
-	case ctx.Err() != nil || retry.Transient(err):
+	case publishErr != nil || ctx.Err() != nil || retry.Transient(err):
 		return kafka.Message{}, err
 	default:
 		refusal = permanentRefusal(err)
@@ -194,7 +195,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", err, "wait", wait)
+	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait", wait)
 }
 
 // checkVersion refuses a request whose "v" is present and not
