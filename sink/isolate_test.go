@@ -16,7 +16,7 @@ import (
 
 // poisonStore applies every chunk that lacks the poison record, and panics
 // or fails permanently on any chunk that holds it (the failure is not its
-// outcome: a FAILED record at the poison index is applied).
+// outcome: a bare FAILED record at the poison index is applied).
 type poisonStore struct {
 	poison  int
 	panics  bool
@@ -27,7 +27,7 @@ type poisonStore struct {
 func (s *poisonStore) Apply(_ context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
 	s.calls++
 	for _, r := range recs {
-		if r.Index == s.poison && r.Outcome != pipeline.OutcomeFailed {
+		if r.Index == s.poison && (r.Outcome != pipeline.OutcomeFailed || r.Ref != nil) {
 			if s.panics {
 				var m map[int]int
 				m[r.Index]++ // a bug of the store, reached by this record only
@@ -44,7 +44,14 @@ func TestApplyIsolatesFailingRecord(t *testing.T) {
 		name   string
 		panics bool
 		class  string
-	}{{"permanent error", false, "permanent"}, {"panic", true, "panic"}} {
+		failed bool // the poison record is a FAILED verdict with a ref
+	}{
+		{"permanent error", false, "permanent", false},
+		{"panic", true, "panic", false},
+		// The matcher's FAILED verdict whose ref PostgreSQL refuses
+		// (e.g. NUL in jsonb, SQLSTATE 22P05) is recorded bare.
+		{"failed verdict", false, "permanent", true},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			store := &poisonStore{poison: 5, panics: c.panics}
 			s := &Stage{cfg: Config{Retry: retry.Policy{Initial: 1, Max: 1}}, store: store,
@@ -54,7 +61,12 @@ func TestApplyIsolatesFailingRecord(t *testing.T) {
 			var origin []int
 			for i := range 16 {
 				msgs = append(msgs, kafka.Message{Partition: 1, Offset: int64(100 + i)})
-				recs = append(recs, matched(7, i, pipeline.OptAdd, int64(1000+i), "vip"))
+				rec := matched(7, i, pipeline.OptAdd, int64(1000+i), "vip")
+				if c.failed && i == 5 {
+					rec = pipeline.ResolvedMessage{V: pipeline.Version, TenantID: tenant, BatchID: 7, Index: i, OptType: pipeline.OptAdd,
+						Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonProcessingFailed, Ref: &pipeline.RecordRef{ThirdID: "x\x00"}}
+				}
+				recs = append(recs, rec)
 				origin = append(origin, i)
 			}
 			dead, err := s.apply(context.Background(), msgs, recs, origin)
@@ -74,8 +86,8 @@ func TestApplyIsolatesFailingRecord(t *testing.T) {
 				want := pipeline.OutcomeMatched
 				if r.Index == 5 {
 					want = pipeline.OutcomeFailed
-					if r.Reason != pipeline.ReasonProcessingFailed {
-						t.Errorf("record 5 applied with reason %s, want PROCESSING_FAILED", r.Reason)
+					if r.Reason != pipeline.ReasonProcessingFailed || r.Ref != nil {
+						t.Errorf("record 5 applied with reason %s and ref %v, want PROCESSING_FAILED and none", r.Reason, r.Ref)
 					}
 				}
 				if r.Outcome != want {

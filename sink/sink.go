@@ -182,10 +182,14 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 	}
 	s.log.Error("record failed permanently; dead-lettering it", attrs...)
 	dead := []deadLetter{{msgs[origin[0]], class, err}}
-	if r.Outcome == pipeline.OutcomeFailed {
-		return dead, nil // even the failure could not be recorded: leave it to the DLQ
+	bare := failedRecord(pipeline.Position{TenantID: r.TenantID, BatchID: r.BatchID, Index: r.Index}, pipeline.ReasonProcessingFailed)
+	if r.Outcome == bare.Outcome && r.Reason == bare.Reason && r.Ref == nil {
+		return dead, nil // even the bare failure could not be recorded: leave it to the DLQ
 	}
-	more, err2 := s.apply(ctx, msgs, []pipeline.ResolvedMessage{failedRecord(pipeline.Position{TenantID: r.TenantID, BatchID: r.BatchID, Index: r.Index}, pipeline.ReasonProcessingFailed)}, origin)
+	// Record the failure without anything of the record (a FAILED verdict
+	// of the matcher may carry the very value PostgreSQL refuses in its
+	// ref), so that its batch finishes.
+	more, err2 := s.apply(ctx, msgs, []pipeline.ResolvedMessage{bare}, origin)
 	return append(dead, more...), err2
 }
 
