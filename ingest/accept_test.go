@@ -196,3 +196,34 @@ func TestPermanentRefusal(t *testing.T) {
 		})
 	}
 }
+
+// A panic while a batch is being accepted aborts the batch before the panic
+// goes on: no answer leaves a batch pending.
+func TestAcceptPanicAborts(t *testing.T) {
+	r := newRig(t, 1)
+	r.store.afterAccept = func(id int64) error {
+		if _, err := r.db.Exec(context.Background(), `UPDATE batches SET status = 'PENDING' WHERE batch_id = $1`, id); err != nil {
+			t.Error(err)
+		}
+		panic("a bug")
+	}
+	req, err := DecodeRequest([]byte(validBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = retry.Catch(func() error {
+		_, err := r.svc.Accept(context.Background(), r.auth.fakeAuth["good"], req, "")
+		return err
+	})
+	var panicErr *retry.PanicError
+	if !errors.As(err, &panicErr) {
+		t.Fatalf("Accept = %v, want the panic to go on", err)
+	}
+	var id int64
+	if err := r.db.QueryRow(context.Background(), `SELECT max(batch_id) FROM batches`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if status, aborted := r.batch(t, id); status != "FAILED" || !aborted {
+		t.Errorf("batch %d is %s (aborted %v) after a panic, want FAILED and aborted", id, status, aborted)
+	}
+}

@@ -416,6 +416,12 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 	if err != nil {
 		return 0, err
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.abort(ctx, id) // nothing was accepted: no answer may leave the batch pending
+			panic(v)
+		}
+	}()
 	msgs := make([]kafka.Message, len(req.Records))
 	for i, rec := range req.Records {
 		v, err := pipeline.EncodeRecord(pipeline.RecordMessage{
