@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -23,7 +23,8 @@ type FeedConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default "groupmatch-ingest"
-	// MaxChunk is the most requests taken at once; default 64.
+	// MaxChunk is the most requests of one partition taken at once, and
+	// buffered while they are handled; default 64.
 	MaxChunk int
 	// Retry bounds retries while PostgreSQL or Kafka is down; the zero
 	// value retries until shutdown.
@@ -38,9 +39,22 @@ type FeedConfig struct {
 //
 // A request's idempotency key is its idempotency-key header, or else its
 // topic/partition/offset, so a request read twice (after a crash before the
-// commit) makes one batch. Requests of one partition are accepted in order;
-// partitions proceed in parallel. Offsets are committed only after the
-// chunk's records and events are in Kafka.
+// commit) makes one batch.
+//
+// Partitions progress independently: the consumer runs one worker per
+// assigned partition (stream.ConsumerConfig.PerPartition), each with its own
+// fetcher, handing the feed one partition's chunk at a time. Requests of one
+// partition are accepted in order. A request that fails transiently
+// (PostgreSQL or Kafka unavailable, retry.Transient) is retried with backoff
+// for as long as the Retry policy allows, holding back only the requests
+// after it in its partition; before the first retry the answers of the
+// requests before it are published. A request that can never succeed (a
+// refusal, a permanent error, a panic) is answered request.rejected at once,
+// with the code the HTTP API gives (see permanentRefusal), and the partition
+// goes on. A partition's offset is committed only after every request of the
+// chunk has its answer in Kafka, so no offset passes an unanswered request;
+// an answer may be published twice (same batch id) if the process dies
+// before the commit.
 type Feed struct {
 	cfg      FeedConfig
 	svc      *Service
@@ -66,7 +80,7 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 	log := cfg.Logger.With("stage", "ingest", "component", "feed")
 	c, err := stream.NewConsumer(stream.ConsumerConfig{
 		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests,
-		MaxChunk: cfg.MaxChunk, Logger: log,
+		MaxChunk: cfg.MaxChunk, PerPartition: true, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingest: feed: %w", err)
@@ -86,41 +100,36 @@ func (f *Feed) Run(ctx context.Context) error {
 	return f.consumer.Run(ctx, f.handle)
 }
 
+// handle answers one chunk of one partition, in order; see Feed.
 func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
-	byPartition := make(map[int][]int) // partition -> indexes into msgs, in order
-	for i, m := range msgs {
-		byPartition[m.Partition] = append(byPartition[m.Partition], i)
+	events := make([]kafka.Message, 0, len(msgs))
+	published := 0 // events[:published] are in Kafka already
+	publish := func() error {
+		if published == len(events) {
+			return nil
+		}
+		err := retry.Do(ctx, f.cfg.Retry, func() error { return f.events.WriteMessages(ctx, events[published:]...) }, f.notify)
+		if err != nil {
+			return fmt.Errorf("ingest: write request events: %w", err)
+		}
+		published = len(events)
+		return nil
 	}
-	events := make([]kafka.Message, len(msgs))
-	errs := make(chan error, len(byPartition))
-	var wg sync.WaitGroup
-	for _, idx := range byPartition {
-		wg.Go(func() {
-			for _, i := range idx {
-				ev, err := f.request(ctx, msgs[i])
-				if err != nil {
-					errs <- err
-					return
-				}
-				events[i] = ev
-			}
-		})
+	for _, m := range msgs {
+		ev, err := f.request(ctx, m, publish)
+		if err != nil {
+			return err // shutting down or out of retries: the chunk is read again
+		}
+		events = append(events, ev)
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err // shutting down mid-retry: the chunk is read again
-	}
-	err := retry.Do(ctx, f.cfg.Retry, func() error { return f.events.WriteMessages(ctx, events...) }, f.notify)
-	if err != nil {
-		return fmt.Errorf("ingest: write request events: %w", err)
-	}
-	return nil
+	return publish()
 }
 
 // request accepts or refuses one request and returns its event. It retries
-// while PostgreSQL or Kafka is unavailable; an error means it gave up.
-func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, error) {
+// while PostgreSQL or Kafka is unavailable, calling beforeRetry (which may
+// fail) before the first wait; a permanent failure or a panic is a refusal.
+// An error means it gave up: ctx is done or the Retry policy ran out.
+func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() error) (kafka.Message, error) {
 	ev := pipeline.RequestEvent{
 		RequestKey: string(m.Key), Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
 		IdempotencyKey: header(m, pipeline.HeaderIdempotencyKey),
@@ -130,26 +139,46 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 	}
 	var id int64
 	var refusal *Refusal
+	var retried bool
+	var publishErr error // beforeRetry's: never a reason to reject the request
 	err := retry.Do(ctx, f.cfg.Retry, func() error {
-		p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
-		if r != nil && r.Status == refuseUnavailable.Status {
-			return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
+		if publishErr = nil; retried {
+			if publishErr = beforeRetry(); publishErr != nil {
+				return publishErr
+			}
 		}
-		if refusal = r; r != nil {
-			return nil
-		}
-		if refusal = checkVersion(m.Value); refusal != nil {
-			return nil
-		}
-		var err error
-		id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
-		if err != nil {
-			return fmt.Errorf("%w: %w", retry.ErrTransient, err)
-		}
-		return nil
-	}, f.notify)
-	if err != nil {
+		return retry.Catch(func() error {
+			p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
+			if r != nil && r.Status == refuseUnavailable.Status {
+				return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
+			}
+			if refusal = r; r != nil {
+				return nil
+			}
+			if refusal = checkVersion(m.Value); refusal != nil {
+				return nil
+			}
+			var err error
+			id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
+			return err // transient, or ctx ended: submit refuses what is permanent
+		})
+	}, func(err error, wait time.Duration) {
+		retried = true
+		f.notify(err, wait)
+	})
+	switch {
+	case err == nil:
+	case publishErr != nil || ctx.Err() != nil || retry.Transient(err):
 		return kafka.Message{}, err
+	default:
+		refusal = permanentRefusal(err)
+		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		var panicErr *retry.PanicError
+		if errors.As(err, &panicErr) {
+			class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
+		}
+		f.svc.metrics.FeedFailures.WithLabelValues(class).Inc()
+		f.log.Error("request failed permanently; rejecting it", attrs...)
 	}
 	if refusal != nil {
 		ev.Type, ev.Code, ev.ErrorCode, ev.Msg = pipeline.EventRequestRejected, refusal.Code, refusal.ErrorCode, refusal.Msg
@@ -166,7 +195,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", err, "wait", wait)
+	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait", wait)
 }
 
 // checkVersion refuses a request whose "v" is present and not
