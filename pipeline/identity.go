@@ -44,4 +44,11 @@ const (
 	ReasonGroupNameTooLong    Reason = "GROUP_NAME_TOO_LONG"
 	ReasonUndecodable         Reason = "UNDECODABLE"
 	ReasonProcessingFailed    Reason = "PROCESSING_FAILED"
+	// ReasonTimedOut: the record had no outcome when its batch reached
+	// the batch deadline; the sink recorded it failed.
+	ReasonTimedOut Reason = "TIMED_OUT"
+	// ReasonBatchClosed marks, on the resolved topic only, a record the
+	// matcher did not resolve because its batch was aborted, already
+	// finished or unknown; the sink drops it (it never reaches a result).
+	ReasonBatchClosed Reason = "BATCH_CLOSED"
 )

@@ -28,6 +28,7 @@ type options struct {
 	sinkChunk        int
 	dbMaxConns       int
 	pendingTimeout   time.Duration
+	batchDeadline    time.Duration
 	maxInFlight      int
 	drainDelay       time.Duration
 	logLevel         string
@@ -105,6 +106,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", envInt("MAX_IN_FLIGHT", 256), "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
 }
 

@@ -59,6 +59,9 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 // /metrics. It fails fast when PostgreSQL or Kafka does not answer. started,
 // if set, is called with the HTTP address once it listens.
 func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(addr string)) error {
+	if o.batchDeadline < 0 {
+		return errors.New("--batch-deadline must not be negative")
+	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("--database-url: %w", err)
@@ -125,13 +128,16 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if slices.Contains(stages, stageSink) {
 		store := sink.NewPGStore(pool)
 		store.PendingTimeout = o.pendingTimeout
+		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sink.Config{
 			Brokers: brokers, Topics: topics, MaxChunk: o.sinkChunk, Logger: log,
-		}, store, sink.NewMetrics(reg))
+		}, store, metrics)
 		if err != nil {
 			return err
 		}
 		relay := sink.NewRelay(pool, brokers, topics, 0, log)
+		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
+		g.Go(func() error { return deadline.Run(gctx) })
 		observeStage(gctx, reg, o, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
