@@ -116,6 +116,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		metrics := matcher.NewMetrics(reg)
 		dir := matcher.NewPGDirectory(pool)
 		dir.ObserveQuery = metrics.ObserveLookup
+		if o.pendingTimeout > 0 {
+			dir.PendingTimeout = o.pendingTimeout
+		}
 		m, err := matcher.New(matcher.Config{
 			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, dir, metrics)
