@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -143,6 +144,10 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 		}
 		var err error
 		id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
+		var quota *QuotaError
+		if errors.As(err, &quota) {
+			waitQuota(ctx, quota) // the topic's lag is the back-pressure: wait, never refuse
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %w", retry.ErrTransient, err)
 		}

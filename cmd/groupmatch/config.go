@@ -29,6 +29,11 @@ type options struct {
 	dbMaxConns       int
 	pendingTimeout   time.Duration
 	batchDeadline    time.Duration
+	authFailRate     float64
+	authFailBurst    int
+	authFailClients  int
+	tokenRate        float64
+	tenantRate       float64
 	maxInFlight      int
 	drainDelay       time.Duration
 	logLevel         string
@@ -100,6 +105,11 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
 	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
 	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
+	fs.Float64Var(&o.authFailRate, "auth-fail-rate", envFloat("AUTH_FAIL_RATE", 20), "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
+	fs.IntVar(&o.authFailBurst, "auth-fail-burst", envInt("AUTH_FAIL_BURST", 100), "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
+	fs.IntVar(&o.authFailClients, "auth-fail-clients", envInt("AUTH_FAIL_CLIENTS", 65536), "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
+	fs.Float64Var(&o.tokenRate, "token-rate", envFloat("TOKEN_RATE", 10), "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
+	fs.Float64Var(&o.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
 	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
 	fs.IntVar(&o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
 	fs.IntVar(&o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction (SINK_CHUNK)")
