@@ -355,9 +355,21 @@ func openBatches(ctx context.Context, dir Directory, items []item, do func(op fu
 	}
 	var states map[int64]BatchState
 	err := do(func() error {
-		var err error
-		states, err = dir.BatchStates(ctx, ids)
-		return err
+		// Ingest marks a batch accepted just after Kafka acknowledged its
+		// records, so a PENDING batch is usually accepted within
+		// milliseconds: look again a few times before backing off.
+		for wait := 2 * time.Millisecond; ; wait *= 2 {
+			var err error
+			states, err = dir.BatchStates(ctx, ids)
+			if !errors.Is(err, ErrBatchPending) || wait > 16*time.Millisecond {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(wait):
+			}
+		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("matcher: %w", err)
