@@ -342,13 +342,17 @@ type batchOf struct{ tenant, batch int64 }
 // (unknown batch), as it would their resolved verdicts.
 func openBatches(ctx context.Context, dir Directory, items []item, do func(op func() error) error) (map[batchOf]bool, error) {
 	var ids []int64
-	seen := make(map[int64]bool)
+	var seen map[int64]bool // made only for a chunk that needs it
 	for i := range items {
 		it := &items[i]
-		if !it.msg.Params.IsMatching && it.norm.Invalid == pipeline.ReasonNone && !seen[it.msg.BatchID] {
-			seen[it.msg.BatchID] = true
-			ids = append(ids, it.msg.BatchID)
+		if it.msg.Params.IsMatching || it.norm.Invalid != pipeline.ReasonNone || seen[it.msg.BatchID] {
+			continue
 		}
+		if seen == nil {
+			seen = make(map[int64]bool)
+		}
+		seen[it.msg.BatchID] = true
+		ids = append(ids, it.msg.BatchID)
 	}
 	if len(ids) == 0 {
 		return nil, nil

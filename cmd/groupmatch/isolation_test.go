@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -139,6 +141,25 @@ func TestBatchDeadlineEndToEnd(t *testing.T) {
 	n, e := finished(s.waitEvents(time.Second, func([]event) bool { return true }))
 	if n != 1 || e.Status != "FAILED" || e.Total != 3 || e.Processed != 3 {
 		t.Fatalf("%d batch.finished events for the timed-out batch, last %+v; want exactly 1", n, e)
+	}
+	// The event as sent: valid, with the TIMED_OUT records in errorCounts.
+	contracts := schematest.MustContracts(t)
+	for _, line := range strings.Split(strings.TrimSpace(s.kcat("", "-C", "-t", "groupmatch.events", "-e", "-q", "-f", "%s\n")), "\n") {
+		var ev struct {
+			Type        string         `json:"type"`
+			BatchID     int64          `json:"batchId"`
+			Failed      int            `json:"failed"`
+			ErrorCounts map[string]int `json:"errorCounts"`
+		}
+		if json.Unmarshal([]byte(line), &ev) != nil || ev.Type != "batch.finished" || ev.BatchID != lost {
+			continue
+		}
+		if _, err := contracts.ValidateEvent([]byte(line)); err != nil {
+			t.Errorf("batch.finished of the timed-out batch: %v", err)
+		}
+		if ev.Failed != 3 || ev.ErrorCounts["TIMED_OUT"] != 3 {
+			t.Errorf("batch.finished of the timed-out batch: %s", line)
+		}
 	}
 
 	// A late record: the matcher creates no customer (the batch is
