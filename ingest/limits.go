@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,25 +147,72 @@ func (l *failureLimiter) size() int {
 	return n
 }
 
+// maxForwardedHops bounds the X-Forwarded-For entries clientAddr reads.
+const maxForwardedHops = 16
+
 // clientAddr is the address failures are counted against: the connection's
-// remote IP (X-Forwarded-For and the like are never trusted: any client can
-// send them), IPv4-mapped addresses as IPv4, IPv6 addresses reduced to
-// their /64. A RemoteAddr that does not parse (never from net/http) is the
-// zero address, one shared bucket.
-func clientAddr(r *http.Request) netip.Addr {
-	var a netip.Addr
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		a = ap.Addr()
-	} else if ip, err := netip.ParseAddr(r.RemoteAddr); err == nil {
-		a = ip
+// remote IP, unless that is one of Config.TrustedProxies; then the
+// rightmost X-Forwarded-For entry that is not a trusted proxy (walking at
+// most 16 entries from the right; an entry that does not parse ends the
+// walk at the last trusted hop). Without trusted proxies the header is never
+// read: any client can send it. IPv4-mapped addresses count as IPv4, IPv6
+// addresses are reduced to their /64. A RemoteAddr that does not parse
+// (never from net/http) is the zero address, one shared bucket.
+func (s *Service) clientAddr(r *http.Request) netip.Addr {
+	a := parseHostAddr(r.RemoteAddr)
+	if s.trusted(a) {
+		hops := r.Header.Values("X-Forwarded-For")
+	walk:
+		for i, n := len(hops)-1, 0; i >= 0; i-- {
+			for rest := hops[i]; rest != ""; n++ {
+				if n == maxForwardedHops {
+					break walk
+				}
+				var hop string
+				if j := strings.LastIndexByte(rest, ','); j >= 0 {
+					rest, hop = rest[:j], rest[j+1:]
+				} else {
+					rest, hop = "", rest
+				}
+				h := parseHostAddr(strings.TrimSpace(hop))
+				if !h.IsValid() {
+					break walk
+				}
+				a = h
+				if !s.trusted(h) {
+					break walk
+				}
+			}
+		}
 	}
-	a = a.Unmap().WithZone("")
 	if a.Is6() {
 		if p, err := a.Prefix(64); err == nil {
 			a = p.Addr()
 		}
 	}
 	return a
+}
+
+// trusted reports whether a is one of Config.TrustedProxies.
+func (s *Service) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseHostAddr parses "ip:port", "[ip]:port" or "ip", unmapped and
+// without zone; the zero Addr when it is none of them.
+func parseHostAddr(s string) netip.Addr {
+	var a netip.Addr
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		a = ap.Addr()
+	} else if ip, err := netip.ParseAddr(s); err == nil {
+		a = ip
+	}
+	return a.Unmap().WithZone("")
 }
 
 // refuseTooManyFailures answers a client over its failure budget.

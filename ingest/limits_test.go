@@ -343,3 +343,41 @@ func TestTenantQuota(t *testing.T) {
 		t.Errorf("after a refund: %v", err)
 	}
 }
+
+// The client address is the remote IP; X-Forwarded-For counts only when the
+// remote IP is a trusted proxy, read from the right past trusted hops.
+func TestClientAddr(t *testing.T) {
+	none := newLimitService(t, Config{}, newSlowAuth(1, 0))
+	proxied := newLimitService(t, Config{TrustedProxies: []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}}, newSlowAuth(1, 0))
+	cases := []struct {
+		svc    *Service
+		remote string
+		xff    []string
+		want   string
+	}{
+		{none, "192.0.2.1:5000", nil, "192.0.2.1"},
+		{none, "192.0.2.1:5000", []string{"198.51.100.9"}, "192.0.2.1"}, // untrusted: ignored
+		{none, "[::ffff:192.0.2.1]:5000", nil, "192.0.2.1"},
+		{none, "[2001:db8:1:2:3:4:5:6]:443", nil, "2001:db8:1:2::"},
+		{none, "garbage", nil, "invalid IP"},
+		{proxied, "10.1.1.1:80", []string{"198.51.100.9"}, "198.51.100.9"},
+		{proxied, "10.1.1.1:80", []string{"203.0.113.5, 198.51.100.9, 10.2.2.2"}, "198.51.100.9"}, // a client-sent first entry is not believed
+		{proxied, "10.1.1.1:80", []string{"203.0.113.5", "198.51.100.9"}, "198.51.100.9"},
+		{proxied, "10.1.1.1:80", []string{"not-an-ip, 10.3.3.3"}, "10.3.3.3"},
+		{proxied, "10.1.1.1:80", nil, "10.1.1.1"},
+		{proxied, "192.0.2.1:5000", []string{"198.51.100.9"}, "192.0.2.1"}, // not from a proxy
+		{proxied, "[fd00::1]:80", []string{"2001:db8:9:9::1"}, "2001:db8:9:9::"},
+		{proxied, "10.1.1.1:80", []string{strings.Repeat("10.4.4.4,", 40) + "10.5.5.5"}, "10.4.4.4"}, // at most 16 hops
+	}
+	for _, c := range cases {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.RemoteAddr = c.remote
+		for _, v := range c.xff {
+			req.Header.Add("X-Forwarded-For", v)
+		}
+		if got := c.svc.clientAddr(req).String(); got != c.want {
+			t.Errorf("remote %s, X-Forwarded-For %q: %s, want %s", c.remote, c.xff, got, c.want)
+		}
+	}
+}

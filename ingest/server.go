@@ -54,6 +54,10 @@ type Config struct {
 	AuthFailRate    float64
 	AuthFailBurst   int
 	AuthFailClients int
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// client address (see clientAddr); none by default, and then the
+	// header is ignored.
+	TrustedProxies []netip.Prefix
 	// TokenRate is the token pairs (getOrgAccessToken and refresh) each
 	// application may get per minute, also its burst; default 10.
 	TokenRate float64
@@ -240,7 +244,7 @@ type principalKey struct{}
 // client address's budget.
 func (s *Service) authed(h func(http.ResponseWriter, *http.Request, apps.Principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		addr := clientAddr(r)
+		addr := s.clientAddr(r)
 		if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
 			refuseTooManyFailures(w, wait)
 			return
@@ -564,7 +568,7 @@ func (s *Service) readFailed(w http.ResponseWriter, err error, what string) bool
 }
 
 func (s *Service) getToken(w http.ResponseWriter, r *http.Request) {
-	addr := clientAddr(r)
+	addr := s.clientAddr(r)
 	if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
 		refuseTooManyFailures(w, wait)
 		return
@@ -575,7 +579,7 @@ func (s *Service) getToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) refreshToken(w http.ResponseWriter, r *http.Request) {
-	addr := clientAddr(r)
+	addr := s.clientAddr(r)
 	if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
 		refuseTooManyFailures(w, wait)
 		return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ type options struct {
 	authFailRate     float64
 	authFailBurst    int
 	authFailClients  int
+	trustedProxies   string
 	tokenRate        float64
 	tenantRate       float64
 	maxInFlight      int
@@ -108,6 +110,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.Float64Var(&o.authFailRate, "auth-fail-rate", envFloat("AUTH_FAIL_RATE", 20), "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
 	fs.IntVar(&o.authFailBurst, "auth-fail-burst", envInt("AUTH_FAIL_BURST", 100), "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
 	fs.IntVar(&o.authFailClients, "auth-fail-clients", envInt("AUTH_FAIL_CLIENTS", 65536), "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", env("TRUSTED_PROXIES", ""), "comma-separated addresses or CIDR prefixes of proxies whose X-Forwarded-For names the client address; empty: the header is ignored (TRUSTED_PROXIES)")
 	fs.Float64Var(&o.tokenRate, "token-rate", envFloat("TOKEN_RATE", 10), "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
 	fs.Float64Var(&o.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
 	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
@@ -123,6 +126,26 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 // addPartitions registers --partitions.
 func (o *options) addPartitions(fs *flag.FlagSet) {
 	fs.IntVar(&o.partitions, "partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of the records and resolved topics (TOPIC_PARTITIONS)")
+}
+
+// proxyPrefixes parses --trusted-proxies: addresses and CIDR prefixes.
+func (o *options) proxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(o.trustedProxies, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-proxies: %q is neither an address nor a CIDR prefix", f)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 func (o *options) brokerList() []string {

@@ -321,3 +321,15 @@ func TestForgedTokenFloodEndToEnd(t *testing.T) {
 		t.Errorf("valid requests' p95 latency %s during the flood", lat[95])
 	}
 }
+
+func TestTrustedProxiesFlag(t *testing.T) {
+	o := options{trustedProxies: " 10.0.0.0/8, 192.0.2.7 ,fd00::/8,2001:db8::1,10.1.2.3/16"}
+	got, err := o.proxyPrefixes()
+	if err != nil || fmt.Sprint(got) != "[10.0.0.0/8 192.0.2.7/32 fd00::/8 2001:db8::1/128 10.1.0.0/16]" {
+		t.Errorf("prefixes %v, %v", got, err)
+	}
+	o.trustedProxies = "10.0.0.0/8,proxy.local"
+	if _, err := o.proxyPrefixes(); err == nil || !strings.Contains(err.Error(), `"proxy.local"`) {
+		t.Errorf("a host name: %v", err)
+	}
+}

@@ -65,6 +65,10 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if o.authFailRate < 0 || o.authFailBurst < 0 || o.authFailClients < 0 || o.tokenRate < 0 || o.tenantRate < 0 {
 		return errors.New("--auth-fail-rate, --auth-fail-burst, --auth-fail-clients, --token-rate and --tenant-rate must not be negative")
 	}
+	proxies, err := o.proxyPrefixes()
+	if err != nil {
+		return err
+	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("--database-url: %w", err)
@@ -101,7 +105,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			Brokers: brokers, Topics: topics, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
 			AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
-			TokenRate: o.tokenRate, TenantRate: o.tenantRate,
+			TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
 		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
