@@ -160,7 +160,11 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 			}
 			var err error
 			id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
-			return err // transient, or ctx ended: submit refuses what is permanent
+			var quota *QuotaError
+			if errors.As(err, &quota) {
+				waitQuota(ctx, quota) // the topic's lag is the back-pressure: wait, never refuse
+			}
+			return err // transient (a quota too), or ctx ended: submit refuses what is permanent
 		})
 	}, func(err error, wait time.Duration) {
 		retried = true

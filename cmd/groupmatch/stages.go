@@ -62,6 +62,16 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 // /metrics. It fails fast when PostgreSQL or Kafka does not answer. started,
 // if set, is called with the HTTP address once it listens.
 func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(addr string)) error {
+	if o.batchDeadline < 0 {
+		return errors.New("--batch-deadline must not be negative")
+	}
+	if o.authFailRate < 0 || o.authFailBurst < 0 || o.authFailClients < 0 || o.tokenRate < 0 || o.tenantRate < 0 {
+		return errors.New("--auth-fail-rate, --auth-fail-burst, --auth-fail-clients, --token-rate and --tenant-rate must not be negative")
+	}
+	proxies, err := o.proxyPrefixes()
+	if err != nil {
+		return err
+	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("--database-url: %w", err)
@@ -97,6 +107,8 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		svc, err = ingest.New(ingest.Config{
 			Brokers: brokers, Topics: topics, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
+			AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
+			TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
 		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
@@ -116,6 +128,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		metrics := matcher.NewMetrics(reg)
 		dir := matcher.NewPGDirectory(pool)
 		dir.ObserveQuery = metrics.ObserveLookup
+		if o.pendingTimeout > 0 {
+			dir.PendingTimeout = o.pendingTimeout
+		}
 		m, err := matcher.New(matcher.Config{
 			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, dir, metrics)
@@ -131,13 +146,16 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if o.maxGroups > 0 { // else the store's default; checkStages rejects a flag below 1
 			store.MaxGroupsPerTenant = o.maxGroups
 		}
+		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sink.Config{
 			Brokers: brokers, Topics: topics, MaxChunk: o.sinkChunk, Logger: log,
-		}, store, sink.NewMetrics(reg))
+		}, store, metrics)
 		if err != nil {
 			return err
 		}
 		relay := sink.NewRelay(pool, brokers, topics, 0, log)
+		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
+		g.Go(func() error { return deadline.Run(gctx) })
 		observeStage(gctx, reg, o, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
