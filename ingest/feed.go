@@ -3,6 +3,8 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -135,7 +137,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 		IdempotencyKey: header(m, pipeline.HeaderIdempotencyKey),
 	}
 	if ev.IdempotencyKey == "" {
-		ev.IdempotencyKey = m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+		ev.IdempotencyKey = defaultIdempotencyKey(m)
 	}
 	var id int64
 	var refusal *Refusal
@@ -226,4 +228,19 @@ func header(m kafka.Message, key string) string {
 		}
 	}
 	return ""
+}
+
+// defaultIdempotencyKey is the idempotency key of a request published
+// without one: its topic/partition/offset, so that a request read again
+// makes no second batch. A topic name may be up to 249 characters, so when
+// that form is longer than MaxIdempotencyKey the topic is replaced by
+// "k" and the first 16 hex digits of its SHA-256 (at most 49 characters in
+// all): still one key per message, and always a valid key.
+func defaultIdempotencyKey(m kafka.Message) string {
+	pos := "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+	if key := m.Topic + pos; len(key) <= MaxIdempotencyKey && ValidIdempotencyKey(key) {
+		return key
+	}
+	sum := sha256.Sum256([]byte(m.Topic))
+	return "k" + hex.EncodeToString(sum[:8]) + pos
 }

@@ -2,10 +2,13 @@ package ingest
 
 import (
 	"bytes"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/pipeline"
 )
@@ -122,4 +125,25 @@ func TestLeadingIdentity(t *testing.T) {
 func withIdentityType(r pipeline.RawRecord, it string) pipeline.RawRecord {
 	r.IdentityType = it
 	return r
+}
+
+// A request published without a key gets one from its position that is
+// always a valid key, even under the longest topic name Kafka allows.
+func TestDefaultIdempotencyKey(t *testing.T) {
+	short := kafka.Message{Topic: "groupmatch.requests", Partition: 3, Offset: 42}
+	if got := defaultIdempotencyKey(short); got != "groupmatch.requests/3/42" {
+		t.Errorf("short topic: key %q", got)
+	}
+	long := kafka.Message{Topic: strings.Repeat("t", 249), Partition: math.MaxInt32, Offset: math.MaxInt64}
+	other := long
+	other.Topic = strings.Repeat("t", 248) + "u"
+	k1, k2 := defaultIdempotencyKey(long), defaultIdempotencyKey(other)
+	if !ValidIdempotencyKey(k1) || !ValidIdempotencyKey(k2) || k1 == k2 {
+		t.Errorf("long topics: keys %q and %q, want two different valid keys", k1, k2)
+	}
+	next := long
+	next.Offset--
+	if defaultIdempotencyKey(next) == k1 {
+		t.Error("two offsets share a key")
+	}
 }
