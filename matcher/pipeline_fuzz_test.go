@@ -66,18 +66,18 @@ type fuzzInput struct {
 
 // Field tags of the input encoding (see decodeFuzzInput).
 const (
-	tagEmpty  = iota // the field is absent
-	tagRaw           // u16 length, then that many bytes as they are
-	tagKnown         // one byte: a customer of the directory, whose value of the field is used
-	tagRepeat        // u16 count, one byte n, then n bytes repeated count times, to at most maxRepeat bytes (groups: count names, at most maxGroupNames)
-	numTags
+	fuzzTagEmpty  = iota // the field is absent
+	fuzzTagRaw           // u16 length, then that many bytes as they are
+	fuzzTagKnown         // one byte: a customer of the directory, whose value of the field is used
+	fuzzTagRepeat        // u16 count, one byte n, then n bytes repeated count times, to at most maxFuzzRepeat bytes (groups: count names, at most maxFuzzGroupNames)
+	numFuzzTags
 )
 
-// Bounds of tagRepeat: past SPEC §10's limits and PostgreSQL's index row
+// Bounds of fuzzTagRepeat: past SPEC §10's limits and PostgreSQL's index row
 // size, small enough that an input takes milliseconds.
 const (
-	maxRepeat     = 8 << 10
-	maxGroupNames = 300
+	maxFuzzRepeat     = 8 << 10
+	maxFuzzGroupNames = 300
 )
 
 // decodeFuzzInput reads an input: a flags byte (bit 0 isMatching, bit 1
@@ -110,7 +110,7 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	in.records = make([]pipeline.RawRecord, n)
 	for i := range in.records {
 		rec := &in.records[i]
-		rec.IdentityType = identityTypes[int(r.byte())%len(identityTypes)]
+		rec.IdentityType = fuzzIdentityTypes[int(r.byte())%len(fuzzIdentityTypes)]
 		rec.ThirdID = r.field(pipeline.KindThirdID)
 		rec.OpenID = r.field(pipeline.KindOpenID)
 		rec.UnionID = r.field(pipeline.KindUnionID)
@@ -120,8 +120,8 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	return in
 }
 
-// identityTypes are what a record's identityType selector picks from.
-var identityTypes = []string{"", "phone", "id", "thirdId", "openid", "unionid", "PHONE", "email", "null"}
+// fuzzIdentityTypes are what a record's identityType selector picks from.
+var fuzzIdentityTypes = []string{"", "phone", "id", "thirdId", "openid", "unionid", "PHONE", "email", "null"}
 
 type fuzzReader struct{ b []byte }
 
@@ -145,10 +145,10 @@ func (r *fuzzReader) bytes(n int) []byte {
 
 // field reads one field of kind (an identity kind, or "groups").
 func (r *fuzzReader) field(kind pipeline.IdentityKind) string {
-	switch r.byte() % numTags {
-	case tagRaw:
+	switch r.byte() % numFuzzTags {
+	case fuzzTagRaw:
 		return string(r.bytes(r.u16()))
-	case tagKnown:
+	case fuzzTagKnown:
 		i := int(r.byte()) % fuzzDirectory
 		switch kind {
 		case pipeline.KindThirdID:
@@ -164,12 +164,12 @@ func (r *fuzzReader) field(kind pipeline.IdentityKind) string {
 			return ""
 		}
 		return "fuzz-" + strconv.Itoa(i%4) + ",fuzz-" + strconv.Itoa(i%7)
-	case tagRepeat:
+	case fuzzTagRepeat:
 		count := r.u16()
 		unit := r.bytes(int(r.byte()))
 		if kind == "groups" {
 			var b strings.Builder
-			for j := range min(count, maxGroupNames) {
+			for j := range min(count, maxFuzzGroupNames) {
 				if j > 0 {
 					b.WriteByte(',')
 				}
@@ -181,7 +181,7 @@ func (r *fuzzReader) field(kind pipeline.IdentityKind) string {
 		if len(unit) == 0 {
 			return ""
 		}
-		return strings.Repeat(string(unit), min(count, maxRepeat/len(unit)))
+		return strings.Repeat(string(unit), min(count, maxFuzzRepeat/len(unit)))
 	}
 	return ""
 }
@@ -209,7 +209,7 @@ func encodeFuzzInput(in fuzzInput) []byte {
 	b := []byte{flags, byte(len(in.records) - 1)}
 	for _, rec := range in.records {
 		sel := 0
-		for i, it := range identityTypes {
+		for i, it := range fuzzIdentityTypes {
 			if it == rec.IdentityType {
 				sel = i
 			}
@@ -217,11 +217,11 @@ func encodeFuzzInput(in fuzzInput) []byte {
 		b = append(b, byte(sel))
 		for _, v := range []string{rec.ThirdID, rec.OpenID, rec.UnionID, rec.Phone, rec.Groups} {
 			if v == "" {
-				b = append(b, tagEmpty)
+				b = append(b, fuzzTagEmpty)
 				continue
 			}
 			v = v[:min(len(v), 0xffff)]
-			b = append(b, tagRaw)
+			b = append(b, fuzzTagRaw)
 			b = binary.BigEndian.AppendUint16(b, uint16(len(v)))
 			b = append(b, v...)
 		}
@@ -239,14 +239,14 @@ type pipelineSeed struct {
 }
 
 var (
-	exact     = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingExact, OptType: pipeline.OptAdd}
-	fuzzy     = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyUnionIDFirst, OptType: pipeline.OptAdd}
-	noMatch   = pipeline.Params{IsMatching: false, OptType: pipeline.OptAdd}
-	delFuzzy2 = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyThirdIDFirst, OptType: pipeline.OptDelete}
+	seedExact     = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingExact, OptType: pipeline.OptAdd}
+	seedFuzzy     = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyUnionIDFirst, OptType: pipeline.OptAdd}
+	seedNoMatch   = pipeline.Params{IsMatching: false, OptType: pipeline.OptAdd}
+	seedDelFuzzy2 = pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyThirdIDFirst, OptType: pipeline.OptDelete}
 )
 
-// groupList is n group names "g0,g1,…".
-func groupList(n int) string {
+// fuzzGroupNames is n group names "g0,g1,…".
+func fuzzGroupNames(n int) string {
 	names := make([]string, n)
 	for i := range names {
 		names[i] = "g" + strconv.Itoa(i)
@@ -256,42 +256,42 @@ func groupList(n int) string {
 
 // pipelineSeeds pass today.
 var pipelineSeeds = []pipelineSeed{
-	{name: "directory hits, exact and fuzzy", in: fuzzInput{params: fuzzy, records: []pipeline.RawRecord{
+	{name: "directory hits, exact and fuzzy", in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
 		{ThirdID: matchertest.BigThirdID(1), Phone: matchertest.BigPhone(1, 0), Groups: "vip,new"},
 		{UnionID: matchertest.BigUnionID(2), Groups: "vip"},
 		{OpenID: "nobody", Groups: "vip"},
 	}}},
-	{name: "exact by phone, formatted and malformed", in: fuzzInput{params: exact, records: []pipeline.RawRecord{
+	{name: "exact by phone, formatted and malformed", in: fuzzInput{params: seedExact, records: []pipeline.RawRecord{
 		{IdentityType: "phone", Phone: "+86 " + matchertest.BigPhone(3, 0), Groups: "a"},
 		{IdentityType: "phone", Phone: "12ab", Groups: "a"},
 		{IdentityType: "email", Phone: "13800000000", Groups: "a"},
 	}}},
-	{name: "delete, fuzzy identifyWay 2", in: fuzzInput{params: delFuzzy2, records: []pipeline.RawRecord{
+	{name: "delete, fuzzy identifyWay 2", in: fuzzInput{params: seedDelFuzzy2, records: []pipeline.RawRecord{
 		{ThirdID: matchertest.BigThirdID(1), Groups: "vip"},
 		{ThirdID: "null", Phone: "0", Groups: "vip"},
 	}}},
-	{name: "isMatching=false, new and existing", in: fuzzInput{params: noMatch, records: []pipeline.RawRecord{
+	{name: "isMatching=false, new and existing", in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
 		{ThirdID: "fuzz-created-1", Phone: "13900000001", OpenID: "o-created", UnionID: "u-created", Groups: "made"},
 		{ThirdID: "fuzz-created-1", Groups: "made,again"},
 		{ThirdID: matchertest.BigThirdID(5), Groups: "made"},
 	}}},
-	{name: "144 group names", in: fuzzInput{params: noMatch, records: []pipeline.RawRecord{
-		{ThirdID: "fuzz-many-groups", Groups: groupList(144)},
+	{name: "144 group names", in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
+		{ThirdID: "fuzz-many-groups", Groups: fuzzGroupNames(144)},
 	}}},
-	{name: "long values looked up, not stored", in: fuzzInput{params: fuzzy, records: []pipeline.RawRecord{
+	{name: "long values looked up, not stored", in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
 		{ThirdID: strings.Repeat("t", 3000), OpenID: strings.Repeat("o", 3000), UnionID: strings.Repeat("u", 3000), Groups: "long"},
 	}}},
-	{name: "bidi override and zero-width group names", in: fuzzInput{params: noMatch, records: []pipeline.RawRecord{
+	{name: "bidi override and zero-width group names", in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
 		{ThirdID: "fuzz-bidi", Groups: "\u202egnp.exe,\u200bvip,\u2028line"},
 	}}},
-	{name: "invalid UTF-8 and control characters", in: fuzzInput{params: fuzzy, records: []pipeline.RawRecord{
+	{name: "invalid UTF-8 and control characters", in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
 		{ThirdID: "\xff\xfe\x01\x1b[31m", OpenID: "\xc3\x28", Phone: "\x7f138", Groups: "\xe2\x82,\t\r\n"},
 	}}},
 }
 
-// noise is n printable characters that PostgreSQL cannot compress (a long
+// fuzzNoise is n printable characters that PostgreSQL cannot compress (a long
 // run of one letter compresses under the index row limit and passes).
-func noise(n int, seed uint64) string {
+func fuzzNoise(n int, seed uint64) string {
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 	rng := rand.New(rand.NewPCG(seed, 11))
 	b := make([]byte, n)
@@ -304,8 +304,8 @@ func noise(n int, seed uint64) string {
 // Classes of input that fail today, for bugs issue 11 names; see
 // knownFailingClass.
 const (
-	classNUL        = "NUL in a field"
-	classStoredLong = "identity value over 128 characters on a record that creates a customer"
+	fuzzClassNUL        = "NUL in a field"
+	fuzzClassStoredLong = "identity value over 128 characters on a record that creates a customer"
 )
 
 // knownFailingClass names the known-failing class in belongs to, or "".
@@ -317,19 +317,19 @@ const (
 // TestPipelineKnownFailing checks that each class still fails, with the
 // SQLSTATE written down; when it says one passes, delete the class here.
 //
-//   - classNUL: PostgreSQL text cannot hold NUL. A NUL in a looked-up value
+//   - fuzzClassNUL: PostgreSQL text cannot hold NUL. A NUL in a looked-up value
 //     fails the matcher's look-up (22021); in a record that is not applied,
 //     the sink's ledger row, whose ref is jsonb (22P05). Ingest rejects NUL,
 //     but the records topic may be written by anyone (SPEC §10: no record
 //     can stop a stage).
-//   - classStoredLong: a thirdId, openid or unionid of an isMatching=false
+//   - fuzzClassStoredLong: a thirdId, openid or unionid of an isMatching=false
 //     record is stored and indexed; beyond about 2,700 bytes that
 //     PostgreSQL cannot compress, the insert fails (54000).
 func knownFailingClass(in fuzzInput) string {
 	for _, r := range in.records {
 		for _, v := range []string{r.IdentityType, r.ThirdID, r.OpenID, r.UnionID, r.Phone, r.Groups} {
 			if strings.IndexByte(v, 0) >= 0 {
-				return classNUL
+				return fuzzClassNUL
 			}
 		}
 	}
@@ -337,7 +337,7 @@ func knownFailingClass(in fuzzInput) string {
 		for _, r := range in.records {
 			for _, v := range []string{r.ThirdID, r.OpenID, r.UnionID} {
 				if utf8.RuneCountInString(strings.TrimSpace(v)) > 128 {
-					return classStoredLong
+					return fuzzClassStoredLong
 				}
 			}
 		}
@@ -345,27 +345,27 @@ func knownFailingClass(in fuzzInput) string {
 	return ""
 }
 
-// runKnownFailing is whether FuzzPipeline runs inputs of known-failing
+// fuzzKnownFailing is whether FuzzPipeline runs inputs of known-failing
 // classes too.
-var runKnownFailing = os.Getenv("GROUPMATCH_FUZZ_KNOWN_FAILING") == "1"
+var fuzzKnownFailing = os.Getenv("GROUPMATCH_FUZZ_KNOWN_FAILING") == "1"
 
 // knownFailingPipelineSeeds are seeds of issue 11's classes that fail
 // today (see knownFailingClass). They are not in the fuzzing corpus unless
 // GROUPMATCH_FUZZ_KNOWN_FAILING=1; once the limits are merged,
 // TestPipelineKnownFailing says which pass, and they move to pipelineSeeds.
 var knownFailingPipelineSeeds = []pipelineSeed{
-	{name: "3000-char thirdId, isMatching=false", sqlstates: []string{"54000"}, in: fuzzInput{params: noMatch, records: []pipeline.RawRecord{
-		{ThirdID: noise(3000, 1), Groups: "vip"},
+	{name: "3000-char thirdId, isMatching=false", sqlstates: []string{"54000"}, in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
+		{ThirdID: fuzzNoise(3000, 1), Groups: "vip"},
 	}}},
-	{name: "long unionid on a created customer", sqlstates: []string{"54000"}, in: fuzzInput{params: noMatch, records: []pipeline.RawRecord{
-		{ThirdID: "fuzz-long-unionid", UnionID: noise(3000, 2), Groups: "vip"},
+	{name: "long unionid on a created customer", sqlstates: []string{"54000"}, in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
+		{ThirdID: "fuzz-long-unionid", UnionID: fuzzNoise(3000, 2), Groups: "vip"},
 	}}},
 	{name: "long openid on a created customer", sqlstates: []string{"54000"}, in: fuzzInput{params: pipeline.Params{OptType: pipeline.OptAdd, AppType: "gzh", AppID: "wx1"},
-		records: []pipeline.RawRecord{{ThirdID: "fuzz-long-openid", OpenID: noise(3000, 3), Groups: "vip"}}}},
-	{name: "NUL in every field", sqlstates: []string{"22021", "22P05"}, in: fuzzInput{params: fuzzy, records: []pipeline.RawRecord{
+		records: []pipeline.RawRecord{{ThirdID: "fuzz-long-openid", OpenID: fuzzNoise(3000, 3), Groups: "vip"}}}},
+	{name: "NUL in every field", sqlstates: []string{"22021", "22P05"}, in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
 		{IdentityType: "thirdId", ThirdID: "t\x00t", OpenID: "o\x00o", UnionID: "u\x00u", Phone: "138\x0000000000", Groups: "g\x00g"},
 	}}},
-	{name: "NUL in the thirdId of a record that is not applied", sqlstates: []string{"22P05", "22021"}, in: fuzzInput{params: exact, records: []pipeline.RawRecord{
+	{name: "NUL in the thirdId of a record that is not applied", sqlstates: []string{"22P05", "22021"}, in: fuzzInput{params: seedExact, records: []pipeline.RawRecord{
 		{IdentityType: "phone", ThirdID: "crm\x00-1", Phone: "13800000000", Groups: "vip"},
 	}}},
 }
@@ -487,7 +487,7 @@ func FuzzPipeline(f *testing.F) {
 	for _, s := range pipelineSeeds {
 		f.Add(encodeFuzzInput(s.in))
 	}
-	if runKnownFailing {
+	if fuzzKnownFailing {
 		for _, s := range knownFailingPipelineSeeds {
 			f.Add(encodeFuzzInput(s.in))
 		}
@@ -495,7 +495,7 @@ func FuzzPipeline(f *testing.F) {
 	fp := newFuzzPipeline(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := decodeFuzzInput(data)
-		if c := knownFailingClass(in); c != "" && !runKnownFailing {
+		if c := knownFailingClass(in); c != "" && !fuzzKnownFailing {
 			t.Skipf("known failing (%s); GROUPMATCH_FUZZ_KNOWN_FAILING=1 runs it", c)
 		}
 		if err := fp.run(t, in); err != nil {
