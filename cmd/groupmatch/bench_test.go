@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -282,5 +283,38 @@ func TestBenchNeighbourFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("bench %v: %v, want an error saying %q", tt.args, err, tt.want)
 		}
+	}
+}
+
+// With --tenant-rate the ingest bench starts gets the quota (TENANT_RATE):
+// the big tenant is answered 429 and held to about its quota, while the
+// small tenant, far below it, never is. Skipped until ingest has the
+// quota (issue 11).
+func TestBenchNeighbourTenantRate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	help, _ := exec.Command(binary(t), "ingest", "--help").CombinedOutput()
+	if !strings.Contains(string(help), "-tenant-rate") {
+		t.Skip("ingest has no --tenant-rate yet (issue 11)")
+	}
+	const records, quota = 10000, 2500
+	r, _ := runBenchCmd(t, "--customers", "1000", "--records", "10000", "--neighbour", "--neighbour-interval", "200ms",
+		"--neighbour-customers", "200", "--tenant-rate", "2500")
+	p := r.Pipeline
+	if r.Setup.TenantRate != quota || p == nil || p.Neighbour == nil {
+		t.Fatalf("setup %+v, pipeline %+v", r.Setup, p)
+	}
+	// The quota's burst lets the first records through at once; the rest
+	// wait for it.
+	if p.Retried == 0 || p.IngestRecordsPerSec > 1.5*quota {
+		t.Errorf("big tenant: %d answers retried, ingest accepted %.0f records/s, want 429s and at most about %d/s",
+			p.Retried, p.IngestRecordsPerSec, quota)
+	}
+	if n := p.Neighbour; n.Retried != 0 || n.Batches < 2 || n.BatchLatency.Count != n.Batches {
+		t.Errorf("neighbour %+v: want every batch accepted at once", n)
+	}
+	if o := p.Outcomes; o.Success+o.Unmatched+o.Ambiguous+o.Invalid+o.Failed != records {
+		t.Errorf("outcomes %+v, want %d records", o, records)
 	}
 }
