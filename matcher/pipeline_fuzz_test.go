@@ -7,7 +7,7 @@ package matcher
 // for one batch per input. SPEC §10: no record may stop a stage, so any
 // error of resolution or apply is a finding, as is a record without an
 // outcome, a counter that does not add up, or an identity value in an error
-// string.
+// string or an unmasked one on the failures page.
 //
 // The database is created once per fuzzing process, with a small Big
 // directory in tenant 1; every input is a new batch of that tenant, so
@@ -463,6 +463,30 @@ func (fp *fuzzPipeline) run(t *testing.T, in fuzzInput) error {
 	}
 	if processed != n || sum != n || ledger != n || (status != "SUCCESS" && status != "PARTIAL_SUCCESS" && status != "FAILED") {
 		t.Fatalf("batch of %d records: processed %d, outcomes %d, ledger rows %d, status %s", n, processed, sum, ledger, status)
+	}
+
+	// The failures page shows phone, openid and unionid masked: at most 7
+	// characters of a value are kept, beside "****".
+	rows, err := fp.db.Query(ctx, `SELECT rec_index, coalesce(ref->>'phone', ''), coalesce(ref->>'openid', ''), coalesce(ref->>'unionid', '')
+		FROM batch_records WHERE batch_id = $1 AND ref IS NOT NULL`, batchID)
+	if err != nil {
+		t.Fatalf("read ledger: %v", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var i int
+		var masked [3]string
+		if err := rows.Scan(&i, &masked[0], &masked[1], &masked[2]); err != nil {
+			t.Fatalf("read ledger: %v", err)
+		}
+		for k, m := range masked {
+			if utf8.RuneCountInString(m) > 7+len("****") {
+				t.Errorf("record %d: the ledger keeps %d characters of its %s: not masked", i, utf8.RuneCountInString(m), []string{"phone", "openid", "unionid"}[k])
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read ledger: %v", err)
 	}
 	return nil
 }
