@@ -191,7 +191,7 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 	// keeps its cluster id (the storage tool refuses another one).
 	if _, err := os.Stat(filepath.Join(k.dataDir, "meta.properties")); errors.Is(err, os.ErrNotExist) {
 		format := exec.CommandContext(ctx, cfg.Java, append(slices.Clone(java),
-			"kafka.tools.StorageTool", "format", "-t", newClusterID(), "-c", props)...)
+			"kafka.tools.StorageTool", "format", "--cluster-id="+newClusterID(), "-c", props)...)
 		if out, err := format.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("devenv: kafka: formatting %s: %w\n%s", k.dataDir, err, out)
 		}
@@ -201,6 +201,7 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 
 	k.cmd = exec.Command(cfg.Java, append(java, "kafka.Kafka", props)...)
 	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
+	k.cmd.SysProcAttr = kafkaProcAttr()
 	if err := k.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("devenv: kafka: starting %s: %w", cfg.Java, err)
 	}
@@ -422,11 +423,16 @@ func resolvePort(addr string) (string, error) {
 }
 
 // newClusterID returns a random KRaft cluster id: 16 bytes, base64url
-// without padding, as `kafka-storage.sh random-uuid` prints.
+// without padding, as `kafka-storage.sh random-uuid` prints. Like Kafka's
+// own, it never starts with "-", which command lines take for a flag.
 func newClusterID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	for {
+		var b [16]byte
+		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+		if id := base64.RawURLEncoding.EncodeToString(b[:]); id[0] != '-' {
+			return id
+		}
+	}
 }
 
 // tailWriter passes writes on to w (if any) and keeps the last max bytes.

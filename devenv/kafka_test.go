@@ -2,6 +2,7 @@ package devenv
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -186,5 +187,15 @@ func TestKafkaCloseRemovesTemp(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("temporary data dir %s still there: %v", dir, err)
+	}
+}
+
+func TestNewClusterID(t *testing.T) {
+	for range 2000 {
+		id := newClusterID()
+		b, err := base64.RawURLEncoding.DecodeString(id)
+		if err != nil || len(b) != 16 || strings.HasPrefix(id, "-") {
+			t.Fatalf("cluster id %q: %v, %d bytes", id, err, len(b))
+		}
 	}
 }
