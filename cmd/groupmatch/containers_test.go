@@ -14,11 +14,13 @@ import (
 	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/devenv"
 )
 
-// Images of the container test: those of docker-compose.yml.
+// Images of the container test: those of docker-compose.yml (the Kafka
+// version is devenv.KafkaVersion, which compose pins too).
 const (
-	kafkaImage    = "apache/kafka:3.9.1"
+	kafkaImage    = "apache/kafka:" + devenv.KafkaVersion
 	postgresImage = "postgres:15.10"
 )
 

@@ -59,9 +59,10 @@ type rig struct {
 	rejected int // batches answered 503
 }
 
-func newRig(t *testing.T, dbURL string, brokerData string, env ...string) *rig {
+// newRig runs the stages on brokers (the shared broker when empty).
+func newRig(t *testing.T, dbURL, brokers string, env ...string) *rig {
 	t.Helper()
-	c := startClusterWith(t, dbURL, brokerData, env...)
+	c := startClusterOn(t, dbURL, brokers, env...)
 	db, err := pgxpool.New(context.Background(), dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -292,14 +293,15 @@ func (r *rig) restart(p **proc, stage string) {
 	(*p).waitFor(httpAddrRE, 30*time.Second)
 }
 
-// waitGroupStable waits until a consumer group is Stable with exactly
-// members members (a matcher process runs two, a sink process one). The in-process broker (kfake) keeps, for good, members killed
-// while their JoinGroup is pending, so a test kills a stage only once its
-// group has settled; Apache Kafka expires such members after the session
-// timeout.
-func (r *rig) waitGroupStable(group string, members int) {
+// waitGroupStable waits until a stage's consumer group is Stable with
+// exactly members members (a matcher process runs two, a sink process one).
+// Apache Kafka drops a killed member once its session timeout (10 s, set by
+// package stream) passes without a heartbeat; until then the group waits
+// for it in every rebalance.
+func (r *rig) waitGroupStable(stage string, members int) {
 	r.t.Helper()
-	client := &kafka.Client{Addr: kafka.TCP(strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS="))}
+	group := r.c.group(stage)
+	client := &kafka.Client{Addr: kafka.TCP(r.c.brokers)}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
@@ -313,10 +315,11 @@ func (r *rig) waitGroupStable(group string, members int) {
 	}
 }
 
-// waitGroupEmpty waits until a consumer group has no member.
-func (r *rig) waitGroupEmpty(group string) {
+// waitGroupEmpty waits until a stage's consumer group has no member.
+func (r *rig) waitGroupEmpty(stage string) {
 	r.t.Helper()
-	client := &kafka.Client{Addr: kafka.TCP(strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS="))}
+	group := r.c.group(stage)
+	client := &kafka.Client{Addr: kafka.TCP(r.c.brokers)}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
@@ -340,10 +343,10 @@ func TestFaultKillStages(t *testing.T) {
 	}()
 	for range 3 {
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-matcher", 2)
+		r.waitGroupStable(stageMatcher, 2)
 		r.restart(&r.c.matcher, "matcher")
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-sink", 1)
+		r.waitGroupStable(stageSink, 1)
 		r.restart(&r.c.sink, "sink")
 	}
 	<-done
@@ -377,22 +380,23 @@ func TestFaultTerminateSinkBackends(t *testing.T) {
 	r.verify(60 * time.Second)
 }
 
-// Stop the broker while ingest takes requests: clients get 503, and every
-// batch id that was returned finishes once the broker is back.
+// Stop the broker (a clean shutdown of Apache Kafka, its own for this
+// test) while ingest takes requests: clients get 503, and every batch id
+// that was returned finishes once the broker is back on the same log.
 func TestFaultBrokerDown(t *testing.T) {
-	data := t.TempDir()
-	r := newRig(t, startSystemDB(t).url, data)
-	addr := strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS=")
+	k := startOwnKafka(t, devenv.KafkaConfig{DataDir: t.TempDir()})
+	r := newRig(t, startSystemDB(t).url, k.Addr())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		r.loadFor(3, 6*time.Second, 100, 3)
 	}()
 	time.Sleep(500 * time.Millisecond)
-	r.c.broker.stop()
+	if err := k.Close(); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(3 * time.Second)
-	r.c.broker = startProc(t, nil, nil, "broker", "--addr", addr, "--partitions", "4", "--data", data)
-	r.c.broker.waitFor(brokerAddrRE, 30*time.Second)
+	startOwnKafka(t, devenv.KafkaConfig{Addr: k.Addr(), ControllerAddr: k.ControllerAddr(), DataDir: k.DataDir()})
 	<-done
 	if r.rejected == 0 {
 		t.Error("no request was refused while the broker was down")
@@ -473,7 +477,7 @@ func TestFaultPostgresDown(t *testing.T) {
 func TestFaultPoisonMessages(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
 	ctx := context.Background()
-	brokers := []string{strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS=")}
+	brokers := []string{r.c.brokers}
 	// A batch of 2 records whose messages the test writes itself.
 	var tenantID int64
 	if err := r.db.QueryRow(ctx, `SELECT tenant_id FROM tenants WHERE name = 'faults'`).Scan(&tenantID); err != nil {
@@ -501,8 +505,8 @@ func TestFaultPoisonMessages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("groupmatch.records", "garbage", good, peekable, `{"v":2}`)
-	write("groupmatch.resolved", "\x00\x01", resolvedPeekable)
+	write(r.c.topic("records"), "garbage", good, peekable, `{"v":2}`)
+	write(r.c.topic("resolved"), "\x00\x01", resolvedPeekable)
 	// The pipeline keeps going: a normal batch after the poison finishes.
 	r.load(4, 2, 50, 1)
 	r.verify(30 * time.Second)
@@ -523,7 +527,7 @@ func TestFaultPoisonMessages(t *testing.T) {
 		t.Fatalf("poisoned batch: %s processed %d success %d failed %d; want PARTIAL_SUCCESS 3 1 2", status, processed, success, failed)
 	}
 	// Every poison message is in the DLQ with its headers.
-	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: "groupmatch.dlq", Partition: 0, MaxWait: 100 * time.Millisecond})
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: r.c.topic("dlq"), Partition: 0, MaxWait: 100 * time.Millisecond})
 	defer rd.Close()
 	classes := map[string]int{}
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -540,7 +544,7 @@ func TestFaultPoisonMessages(t *testing.T) {
 		if h[stream.HeaderOffset] == "" || h[stream.HeaderPartition] == "" || h[stream.HeaderError] == "" {
 			t.Errorf("dead letter without position or error: %v", h)
 		}
-		classes[strings.TrimPrefix(h[stream.HeaderTopic], "groupmatch.")+"/"+h[stream.HeaderErrorClass]]++
+		classes[strings.TrimPrefix(h[stream.HeaderTopic], r.c.names.topicPrefix)+"/"+h[stream.HeaderErrorClass]]++
 	}
 	t.Logf("dead letters by topic/class: %v", classes)
 }
@@ -570,10 +574,10 @@ func TestFaultReplay(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
 	r.load(6, 30, 100, 3)
 	records := r.verify(60 * time.Second)
-	brokers := []string{strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS=")}
+	brokers := []string{r.c.brokers}
 	ctx := context.Background()
 	replayed := 0
-	for _, topic := range []string{"groupmatch.resolved", "groupmatch.records"} {
+	for _, topic := range []string{r.c.topic("resolved"), r.c.topic("records")} {
 		var msgs []kafka.Message
 		for _, m := range readTopic(t, brokers, topic) {
 			msgs = append(msgs, kafka.Message{Key: m.Key, Value: m.Value})
