@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,4 +158,39 @@ func topicsLed(brokers string, topics []string) error {
 		}
 	}
 	return nil
+}
+
+// `groupmatch kafka` (make kafka) runs a broker until Ctrl-C, then stops it
+// cleanly and removes its temporary log; with --data the log stays.
+func TestKafkaCommand(t *testing.T) {
+	data := t.TempDir()
+	p := startProc(t, nil, nil, "kafka", "--addr", "127.0.0.1:0", "--data", data)
+	addr := p.waitFor(regexp.MustCompile(`^KAFKA_BROKERS=(\S+)`), 2*time.Minute)
+	if err := topicsLed(addr, nil); err != nil {
+		t.Fatalf("broker at %s: %v", addr, err)
+	}
+	client := &kafka.Client{Addr: kafka.TCP(addr), Timeout: 10 * time.Second}
+	resp, err := client.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: "by-hand", NumPartitions: 1, ReplicationFactor: 1}}})
+	if err != nil || resp.Errors["by-hand"] != nil {
+		t.Fatalf("create topic: %v %v", err, resp)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil {
+			t.Fatalf("groupmatch kafka exited with %v after SIGINT:\n%s", err, p.output())
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatalf("groupmatch kafka did not stop within 40 s of SIGINT:\n%s", p.output())
+	}
+	if !strings.Contains(p.output(), "stopping Apache Kafka") {
+		t.Errorf("no clean stop in the output:\n%s", p.output())
+	}
+	if _, err := os.Stat(filepath.Join(data, "meta.properties")); err != nil {
+		t.Errorf("--data %s lost the formatted log: %v", data, err)
+	}
+	if _, err := os.Stat(filepath.Join(data, "by-hand-0")); err != nil {
+		t.Errorf("--data %s lacks the topic's log: %v", data, err)
+	}
 }
