@@ -26,7 +26,7 @@ import (
 // the one .ci/kafka/pom.xml fetches (its kafka.version property) and
 // docker-compose.yml pins (apache/kafka:<KafkaVersion>). A test of this
 // package checks that the three agree.
-const KafkaVersion = "3.9.1"
+const KafkaVersion = "4.4.0"
 
 // KafkaLibsEnv names the environment variable that, when set, is the folder
 // of the broker's jars instead of KafkaLibsDir's default.
@@ -349,8 +349,9 @@ func (k *Kafka) serverProperties(extra map[string]string) []byte {
 	return b.Bytes()
 }
 
-// log4jProperties (Kafka 3.x, reload4j) and log4j2Properties (Kafka 4.x)
-// print warnings, errors and the broker's start and stop to standard error.
+// log4jProperties (Kafka 3.x, reload4j; for comparing with the 3.x line
+// through GROUPMATCH_KAFKA_LIBS) and log4j2Properties (Kafka 4.x) print
+// warnings, errors and the broker's start to standard error.
 const log4jProperties = `log4j.rootLogger=WARN, stderr
 log4j.appender.stderr=org.apache.log4j.ConsoleAppender
 log4j.appender.stderr.Target=System.err
@@ -361,6 +362,7 @@ log4j.logger.kafka.Kafka$=INFO
 `
 
 const log4j2Properties = `status = warn
+shutdownHook = disable
 appender.stderr.type = Console
 appender.stderr.name = STDERR
 appender.stderr.target = SYSTEM_ERR

@@ -26,8 +26,9 @@ const (
 
 // The documented flow end to end against real Apache Kafka (KRaft) and
 // PostgreSQL containers, where a Docker engine answers; skipped, saying
-// so, where none does (the in-process broker and the local PostgreSQL run
-// the same flow in TestEndToEndHTTP and the operations tests).
+// so, where none does (Apache Kafka from the jars make deps fetches and the
+// local PostgreSQL run the same flow in TestEndToEndHTTP and the
+// operations tests).
 func TestEndToEndContainers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containers")
