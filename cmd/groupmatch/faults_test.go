@@ -293,28 +293,6 @@ func (r *rig) restart(p **proc, stage string) {
 	(*p).waitFor(httpAddrRE, 30*time.Second)
 }
 
-// waitGroupStable waits until a stage's consumer group is Stable with
-// exactly members members (a matcher process runs two, a sink process one).
-// Apache Kafka drops a killed member once its session timeout (10 s, set by
-// package stream) passes without a heartbeat; until then the group waits
-// for it in every rebalance.
-func (r *rig) waitGroupStable(stage string, members int) {
-	r.t.Helper()
-	group := r.c.group(stage)
-	client := &kafka.Client{Addr: kafka.TCP(r.c.brokers)}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
-		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].GroupState == "Stable" && len(resp.Groups[0].Members) == members {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("group %s not stable with %d members within 60 s: %+v %v", group, members, resp, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // waitGroupEmpty waits until a stage's consumer group has no member.
 func (r *rig) waitGroupEmpty(stage string) {
 	r.t.Helper()
@@ -333,7 +311,12 @@ func (r *rig) waitGroupEmpty(stage string) {
 	}
 }
 
-// SIGKILL the matcher and the sink several times while batches flow.
+// SIGKILL the matcher and the sink several times while batches flow, at
+// any moment, even while the killed process is joining its group: Apache
+// Kafka's coordinator drops a dead member once its session timeout (10 s,
+// set by package stream) passes, and the group goes on without it. (kfake
+// kept such members for good, so this test used to wait for a Stable group
+// before each kill.)
 func TestFaultKillStages(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
 	done := make(chan struct{})
@@ -343,14 +326,14 @@ func TestFaultKillStages(t *testing.T) {
 	}()
 	for range 3 {
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable(stageMatcher, 2)
 		r.restart(&r.c.matcher, "matcher")
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable(stageSink, 1)
 		r.restart(&r.c.sink, "sink")
 	}
 	<-done
+	start := time.Now()
 	r.verify(90 * time.Second)
+	t.Logf("settled %s after the load", time.Since(start).Round(time.Millisecond))
 }
 
 // Terminate the sink's PostgreSQL backends mid-stream, repeatedly.
