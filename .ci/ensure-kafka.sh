@@ -42,11 +42,25 @@ if [ "${java_major:-0}" -lt 17 ]; then
 fi
 
 echo "ensure-kafka: fetching Apache Kafka $version into $libs" >&2
-rm -rf "$libs"
-mkdir -p "$libs"
-if ! mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" >&2; then
+# Into a fresh folder beside the cache, then renamed into place: a broker
+# already running from the old jars keeps them open, and a half-done copy
+# is never taken for a complete one.
+mkdir -p "$(dirname "$libs")"
+tmp=$(mktemp -d "$libs.new.XXXXXX")
+log=$tmp.log
+trap 'rm -rf "$tmp" "$log"' EXIT
+if ! mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
+  cat "$log" >&2
   echo "ensure-kafka: Maven could not fetch Apache Kafka $version (see above); the tests need it" >&2
   exit 1
 fi
-ls "$libs"/kafka_2.13-"$version".jar >/dev/null || { echo "ensure-kafka: kafka_2.13-$version.jar missing in $libs" >&2; exit 1; }
-cp pom.xml "$marker"
+if [ ! -f "$tmp/kafka_2.13-$version.jar" ]; then
+  echo "ensure-kafka: kafka_2.13-$version.jar missing from what Maven copied" >&2
+  exit 1
+fi
+cp pom.xml "$tmp/.complete"
+rm -rf "$libs.old"
+if [ -e "$libs" ]; then mv "$libs" "$libs.old"; fi
+mv "$tmp" "$libs"
+rm -rf "$libs.old"
+echo "ensure-kafka: $(ls "$libs" | wc -l) jars in $libs" >&2
