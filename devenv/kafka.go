@@ -129,7 +129,9 @@ var jvmFlags = []string{
 
 // StartKafka formats storage if needed and starts an Apache Kafka broker
 // in a JVM, and returns once the broker answers metadata requests with
-// itself as the only broker. ctx bounds the start only; the broker runs
+// itself as the only broker and a leader for every partition. (After a
+// restart a partition may still answer NOT_LEADER_OR_FOLLOWER for a moment
+// while its log is recovered; clients retry.) ctx bounds the start only; the broker runs
 // until Close or Kill. On error nothing is left running; the error carries
 // the last lines of the broker's output.
 func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
@@ -217,9 +219,10 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 	return k, nil
 }
 
-// awaitReady polls the broker until its metadata lists itself. Each attempt
-// dials anew: a kafka.Client would answer from its transport's cached
-// metadata, which outlives a broker on the same address.
+// awaitReady polls the broker until its metadata lists itself and a leader
+// for every partition. Each attempt dials anew: a kafka.Client would answer
+// from its transport's cached metadata, which outlives a broker on the same
+// address.
 func (k *Kafka) awaitReady(ctx context.Context, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
@@ -240,6 +243,17 @@ func (k *Kafka) awaitReady(ctx context.Context, within time.Duration) error {
 		}
 		if len(brokers) != 1 {
 			return fmt.Errorf("metadata lists %d brokers", len(brokers))
+		}
+		// A restarted broker lists its topics before their partitions
+		// have leaders again.
+		parts, err := conn.ReadPartitions()
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			if p.Leader.Host == "" {
+				return fmt.Errorf("%s/%d has no leader", p.Topic, p.ID)
+			}
 		}
 		return nil
 	}
