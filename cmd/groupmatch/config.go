@@ -22,6 +22,7 @@ type options struct {
 	databaseURL      string
 	httpAddr         string
 	topicPrefix      string
+	groupPrefix      string
 	partitions       int
 	rateLimit        float64
 	rateBurst        int
@@ -90,6 +91,24 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&o.brokers, "kafka-brokers", env("KAFKA_BROKERS", "127.0.0.1:9092"), "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
 	fs.StringVar(&o.topicPrefix, "topic-prefix", env("TOPIC_PREFIX", "groupmatch."), "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+}
+
+// defaultGroupPrefix makes the consumer groups groupmatch-ingest,
+// groupmatch-matcher and groupmatch-sink.
+const defaultGroupPrefix = "groupmatch-"
+
+// addGroups registers --group-prefix.
+func (o *options) addGroups(fs *flag.FlagSet) {
+	fs.StringVar(&o.groupPrefix, "group-prefix", env("GROUP_PREFIX", defaultGroupPrefix), "prefix of the stages' consumer group ids: <prefix>ingest, <prefix>matcher, <prefix>sink (GROUP_PREFIX)")
+}
+
+// groupID is the consumer group of a stage: the group prefix (default
+// defaultGroupPrefix) and the stage's name.
+func (o *options) groupID(stage string) string {
+	if o.groupPrefix == "" {
+		return defaultGroupPrefix + stage
+	}
+	return o.groupPrefix + stage
 }
 
 // addDatabase registers --database-url and --db-max-conns.

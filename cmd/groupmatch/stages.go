@@ -41,6 +41,7 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 	var o options
 	fs := newFlagSet(name+" [flags]", stderr)
 	o.addKafka(fs)
+	o.addGroups(fs)
 	o.addDatabase(fs)
 	o.addStages(fs, defaults[name])
 	o.addLog(fs)
@@ -114,7 +115,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		defer svc.Close()
-		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Logger: log}, svc)
+		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, GroupID: o.groupID(stageIngest), Logger: log}, svc)
 		if err != nil {
 			return err
 		}
@@ -132,7 +133,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			dir.PendingTimeout = o.pendingTimeout
 		}
 		m, err := matcher.New(matcher.Config{
-			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
+			Brokers: brokers, Topics: topics, GroupID: o.groupID(stageMatcher), MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, dir, metrics)
 		if err != nil {
 			return err
@@ -148,7 +149,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		}
 		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sink.Config{
-			Brokers: brokers, Topics: topics, MaxChunk: o.sinkChunk, Logger: log,
+			Brokers: brokers, Topics: topics, GroupID: o.groupID(stageSink), MaxChunk: o.sinkChunk, Logger: log,
 		}, store, metrics)
 		if err != nil {
 			return err
