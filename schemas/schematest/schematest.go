@@ -86,3 +86,26 @@ func NewPool(t testing.TB) (*pgxpool.Pool, string) {
 	t.Cleanup(pool.Close)
 	return pool, url
 }
+
+// TenantTables names the tables of schema public that hold tenants' rows:
+// every table with a tenant_id column but the reference tables
+// (schemas.ReferenceTables), read from the catalog. On Citus they are
+// distributed by tenant_id.
+func TenantTables(ctx context.Context, conn interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT c.relname FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+		WHERE c.relkind IN ('r', 'p') AND NOT c.relname = ANY($1)
+		ORDER BY 1`, schemas.ReferenceTables)
+	if err != nil {
+		return nil, fmt.Errorf("schematest: tenant tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("schematest: tenant tables: %w", err)
+	}
+	return tables, nil
+}
