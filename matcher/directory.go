@@ -111,8 +111,8 @@ func (d *PGDirectory) BatchStates(ctx context.Context, batches []BatchRef) (map[
 		ids = append(ids, b.BatchID)
 	}
 	rows, err := d.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, accepted_at < now() - make_interval(secs => $3)
-		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, d.PendingTimeout.Seconds())
+		SELECT batch_id, tenant_id, status, aborted, accepted_at < $3
+		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-d.PendingTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("matcher: read batches: %w", err)
 	}

@@ -103,8 +103,8 @@ func (d *Deadline) Sweep(ctx context.Context) ([]TimedOut, error) {
 	// transaction of its tenant.
 	rows, err := d.db.Query(ctx, `
 		SELECT /* all tenants */ batch_id, tenant_id FROM batches
-		WHERE status = 'PROCESSING' AND accepted_at < now() - make_interval(secs => $1)
-		ORDER BY accepted_at LIMIT $2`, d.cfg.After.Seconds(), deadlineSweep)
+		WHERE status = 'PROCESSING' AND accepted_at < $1
+		ORDER BY accepted_at LIMIT $2`, time.Now().Add(-d.cfg.After), deadlineSweep)
 	if err != nil {
 		return nil, fmt.Errorf("sink: find overdue batches: %w", err)
 	}
@@ -157,8 +157,8 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 		err := tx.QueryRow(ctx, `
 			SELECT total FROM batches
 			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
-			  AND accepted_at < now() - make_interval(secs => $3)`,
-			tenantID, batchID, d.cfg.After.Seconds()).Scan(&total)
+			  AND accepted_at < $3`,
+			tenantID, batchID, now.Add(-d.cfg.After)).Scan(&total)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNotOverdue
 		}

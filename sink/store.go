@@ -200,8 +200,8 @@ func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessa
 	out := make(map[int64]batchState, len(ids))
 	stale := make(map[int64][]int64) // tenant -> its stale batches
 	rows, err := s.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < now() - make_interval(secs => $3)
-		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, s.PendingTimeout.Seconds())
+		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < $3
+		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-s.PendingTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("sink: read batches: %w", err)
 	}
