@@ -31,7 +31,7 @@ var sharedKafka struct {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := guardTenantFilters(m.Run())
 	if sharedKafka.k != nil {
 		if err := sharedKafka.k.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "stopping the shared Apache Kafka:", err)
