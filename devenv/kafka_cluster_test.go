@@ -3,14 +3,16 @@ package devenv
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
 
-// ClusterTestsEnv names the environment variable that opts in to the tests
+// clusterTestsEnv names the environment variable that opts in to the tests
 // that start a three-node Apache Kafka cluster (make test-cluster sets it).
 const clusterTestsEnv = "GROUPMATCH_CLUSTER_TESTS"
 
@@ -142,3 +144,32 @@ func TestStartKafkaCluster(t *testing.T) {
 type partitionZero struct{}
 
 func (partitionZero) Balance(kafka.Message, ...int) int { return 0 }
+
+// Without the jars, StartKafkaCluster says how to get them (also when
+// the cluster tests are not opted in: it starts no JVM).
+func TestStartKafkaClusterWithoutJars(t *testing.T) {
+	dir := t.TempDir()
+	_, err := StartKafkaCluster(context.Background(), KafkaClusterConfig{DataDir: dir, LibsDir: filepath.Join(dir, "none")})
+	if err == nil || !strings.Contains(err.Error(), "ensure-kafka.sh") {
+		t.Fatalf("StartKafkaCluster without jars: %v, want an error naming ensure-kafka.sh", err)
+	}
+}
+
+// A cluster node's server.properties names its own id, the whole quorum,
+// and three replicas for the internal topics.
+func TestKafkaClusterProperties(t *testing.T) {
+	k := &Kafka{addr: "127.0.0.1:1002", controllerAddr: "127.0.0.1:2002", dataDir: "/data/node-2"}
+	voters := "1@127.0.0.1:2001,2@127.0.0.1:2002,3@127.0.0.1:2003"
+	props := string(k.serverProperties(kafkaNode{id: 2, voters: voters}, KafkaClusterSettings(3)))
+	for _, want := range []string{"node.id=2\n", "controller.quorum.voters=" + voters + "\n", "process.roles=broker,controller\n",
+		"advertised.listeners=PLAINTEXT://127.0.0.1:1002\n", "offsets.topic.replication.factor=3\n",
+		"transaction.state.log.replication.factor=3\n", "transaction.state.log.min.isr=2\n"} {
+		if !strings.Contains(props, want) {
+			t.Errorf("server.properties lacks %q:\n%s", want, props)
+		}
+	}
+	single := string((&Kafka{addr: "127.0.0.1:1", controllerAddr: "127.0.0.1:2"}).serverProperties(kafkaNode{id: 1, voters: "1@127.0.0.1:2"}, nil))
+	if !strings.Contains(single, "controller.quorum.voters=1@127.0.0.1:2\n") || !strings.Contains(single, "offsets.topic.replication.factor=1\n") {
+		t.Errorf("single node's server.properties:\n%s", single)
+	}
+}
