@@ -107,8 +107,8 @@ type KafkaConfig struct {
 }
 
 // Kafka is a running single-node Apache Kafka (KRaft, broker and
-// controller in one JVM) started by StartKafka. Its methods are safe for
-// concurrent use.
+// controller in one JVM) started by StartKafka, or one node of a
+// KafkaCluster. Its methods are safe for concurrent use.
 type Kafka struct {
 	addr, controllerAddr, dataDir string
 	cmd                           *exec.Cmd
@@ -251,9 +251,9 @@ func launchKafka(ctx context.Context, cfg KafkaConfig, node kafkaNode) (*Kafka, 
 }
 
 // awaitReady polls the broker until its metadata lists brokers brokers
-// (itself, in a single node) and a leader for every partition. Each attempt dials anew: a kafka.Client would answer
-// from its transport's cached metadata, which outlives a broker on the same
-// address.
+// (itself alone, for a single node) and a leader for every partition. Each
+// attempt dials anew: a kafka.Client would answer from its transport's
+// cached metadata, which outlives a broker on the same address.
 func (k *Kafka) awaitReady(ctx context.Context, within time.Duration, brokers int) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
