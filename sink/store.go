@@ -22,6 +22,10 @@ import (
 // writing its records to Kafka). It is transient: retry the chunk.
 var ErrBatchPending = fmt.Errorf("sink: batch not yet accepted: %w", retry.ErrTransient)
 
+// errBatchGone means a batch finished or was pruned between reading its
+// state and applying its records; the retry reads the state again.
+var errBatchGone = fmt.Errorf("sink: a batch finished or vanished while its records were applied: %w", retry.ErrTransient)
+
 // Store applies chunks of resolved records. Implementations must make each
 // record's effect happen once however often it is applied.
 type Store interface {
@@ -93,7 +97,10 @@ type ledgerKey struct {
 // membership changes guarded by position (the highest (batch, index) wins,
 // deletes leave tombstones), and one counter update per batch. A chunk
 // holding a record of a batch still PENDING fails with ErrBatchPending and
-// changes nothing.
+// changes nothing. Records of finished batches are duplicates, decided
+// without the ledger; records of aborted batches are dropped; records of
+// batches the tenant does not have (never, or no longer: see Pruner) are
+// orphans.
 func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
 	var res ApplyResult
 	batches, err := s.batchStates(ctx, recs)
@@ -115,6 +122,14 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 			continue
 		case st.status == "PENDING":
 			return ApplyResult{}, ErrBatchPending
+		case st.status != "PROCESSING":
+			// Finished: every record of the batch has its ledger row
+			// (a batch finishes when processed = total, and the ledger
+			// and the counters change together), so this one is a
+			// duplicate. Deciding it here, without the ledger, keeps it
+			// one after Prune deleted the batch's ledger rows.
+			res.Duplicates++
+			continue
 		}
 		k := ledgerKey{r.BatchID, r.Index}
 		if seen[k] {
@@ -706,7 +721,7 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 			$8::int[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[])
 			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
 			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
-		WHERE b.batch_id = d.batch_id
+		WHERE b.batch_id = d.batch_id AND b.status = 'PROCESSING'
 		RETURNING b.batch_id, b.tenant_id, b.status, b.finished_at IS NOT NULL,
 			extract(epoch FROM coalesce(b.finished_at, now()) - b.accepted_at)`, args...)
 	if err != nil {
@@ -731,7 +746,9 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 		return nil, fmt.Errorf("sink: update counters: %w", err)
 	}
 	if updated != len(ids) {
-		return nil, errors.New("sink: a batch vanished while its records were applied")
+		// Finished or pruned since batchStates read it: roll back, and
+		// the retry reads it again and drops the chunk's records of it.
+		return nil, errBatchGone
 	}
 	if len(finished) > 0 {
 		done := make([]int64, len(finished))
