@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -248,13 +250,14 @@ func TestPruneWhileImporting(t *testing.T) {
 	exec(t, db, `DELETE FROM batch_events_outbox`)
 	oldRecords := count(t, db, `SELECT count(*) FROM batch_records`)
 
+	metrics := NewPruneMetrics(prometheus.NewRegistry())
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := NewPruner(db, PruneConfig{Rows: 300})
+			p := NewPruner(db, PruneConfig{Rows: 300, Metrics: metrics})
 			_, err := p.Prune(ctx)
 			errs <- err
 		}()
@@ -269,6 +272,15 @@ func TestPruneWhileImporting(t *testing.T) {
 	}
 	if n := count(t, db, `SELECT count(*) FROM batches WHERE batch_id <= 40`); n != 0 {
 		t.Errorf("%d old batches left", n)
+	}
+	if got := testutil.ToFloat64(metrics.Rows.WithLabelValues("batches")); got != 40 {
+		t.Errorf("prune_rows_total{table=batches} = %v, want 40", got)
+	}
+	if got := testutil.ToFloat64(metrics.Rows.WithLabelValues("batch_records")); got != 40*size {
+		t.Errorf("prune_rows_total{table=batch_records} = %v, want %d", got, 40*size)
+	}
+	if got := testutil.ToFloat64(metrics.LastSuccess); got < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("prune_last_success_timestamp_seconds = %v", got)
 	}
 	if n := count(t, db, `SELECT count(*) FROM batch_records`); n != 20*size {
 		t.Errorf("%d ledger rows, want %d (was %d)", n, 20*size, oldRecords)
