@@ -275,7 +275,7 @@ func (p *Pruner) pruneBatches(ctx context.Context, tenant int64, aborted bool, h
 			SELECT batch_id, total FROM batches b
 			WHERE tenant_id = $1 AND finished_at < $2 AND aborted = $3
 			  AND status IN ('SUCCESS', 'PARTIAL_SUCCESS', 'FAILED')
-			  AND NOT EXISTS (SELECT 1 FROM batch_events_outbox o WHERE o.batch_id = b.batch_id)
+			  AND NOT EXISTS (SELECT 1 FROM batch_events_outbox o WHERE o.tenant_id = $1 AND o.batch_id = b.batch_id)
 			ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED`, tenant, horizon, aborted, p.cfg.Rows)
 		if err != nil {
 			return fmt.Errorf("find expired batches: %w", err)
@@ -302,7 +302,7 @@ func (p *Pruner) pruneBatches(ctx context.Context, tenant int64, aborted bool, h
 		if len(ids) == 0 {
 			return nil
 		}
-		tag, err := tx.Exec(ctx, `DELETE FROM batch_records WHERE batch_id = ANY($1)`, ids)
+		tag, err := tx.Exec(ctx, `DELETE FROM batch_records WHERE tenant_id = $1 AND batch_id = ANY($2)`, tenant, ids)
 		if err != nil {
 			return fmt.Errorf("delete ledger rows: %w", err)
 		}
@@ -348,11 +348,10 @@ func (p *Pruner) pruneTombstones(ctx context.Context, tenant, floor int64) (int6
 	}
 	tag, err := p.db.Exec(ctx, `
 		DELETE FROM memberships m
-		WHERE m.group_id IN (SELECT group_id FROM groups WHERE tenant_id = $1)
-		  AND (m.group_id, m.customer_id) IN (
+		WHERE m.tenant_id = $1 AND (m.group_id, m.customer_id) IN (
 			SELECT group_id, customer_id FROM memberships
-			WHERE group_id IN (SELECT group_id FROM groups WHERE tenant_id = $1) AND NOT present AND batch_id < $2
-			LIMIT $3 FOR UPDATE SKIP LOCKED)
+			WHERE tenant_id = $1 AND NOT present AND batch_id < $2
+			ORDER BY batch_id LIMIT $3 FOR UPDATE SKIP LOCKED)
 		  AND NOT m.present AND m.batch_id < $2`, tenant, floor, p.cfg.Rows)
 	if err != nil {
 		return 0, fmt.Errorf("delete tombstones: %w", err)
@@ -385,7 +384,7 @@ func (p *Pruner) pruneGroups(ctx context.Context, tenant int64, horizon time.Tim
 		last = ids[len(ids)-1]
 		tag, err := tx.Exec(ctx, `
 			DELETE FROM groups g WHERE tenant_id = $1 AND group_id = ANY($2) AND NOT visible
-			  AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = g.group_id)`, tenant, ids)
+			  AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.tenant_id = $1 AND m.group_id = g.group_id)`, tenant, ids)
 		if err != nil {
 			return fmt.Errorf("delete invisible groups: %w", err)
 		}
