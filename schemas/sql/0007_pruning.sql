@@ -8,7 +8,9 @@
 --   * memberships_tombstones: a tenant's delete tombstones by the batch that
 --     set them, for "tombstones below the tenant's floor". Only tombstones
 --     have entries; a membership update that changes batch_id is no longer
---     a HOT update (bench: no measurable change, the rows' pages are full).
+--     a HOT update. BenchmarkApply (1 tenant, chunks of 2,000), median of
+--     3 on a loaded 2-core machine: 15.0 PostgreSQL µs/record with the
+--     index, 14.4 without, within the runs' spread (14.3-15.7).
 --
 -- Plain CREATE INDEX (migrations run in one transaction): it blocks writes
 -- to the table while it builds, seconds per million rows.
