@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -292,5 +293,50 @@ func TestPruneWhileImporting(t *testing.T) {
 	// its tombstones are recent, so they stay.
 	if n := count(t, db, `SELECT count(*) FROM memberships WHERE NOT present AND batch_id = 60`); n != size {
 		t.Errorf("%d tombstones of batch 60, want %d", n, size)
+	}
+}
+
+// TestPruneStatementsNameTheirTenant plans every statement a pruning pass
+// sends and checks that each one on a tenant table filters by tenant_id
+// (SPEC §12, Citus).
+func TestPruneStatementsNameTheirTenant(t *testing.T) {
+	db, url := schematest.NewPool(t)
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec(t, db, `INSERT INTO tenants (tenant_id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 't')`, tenant)
+	newBatch(t, db, 1, 1, "PROCESSING")
+	apply(t, NewPGStore(db), matched(1, 0, pipeline.OptDelete, 10, "ghost"))
+	exec(t, db, `UPDATE batches SET finished_at = $1, idempotency_key = 'k', accepted_at = $1`, time.Now().Add(-40*24*time.Hour))
+	exec(t, db, `UPDATE groups SET created_at = $1`, time.Now().Add(-40*24*time.Hour))
+	exec(t, db, `DELETE FROM batch_events_outbox`)
+	// The pruner's statements only.
+	plog := &schematest.StatementLog{}
+	cfg.ConnConfig.Tracer = plog
+	pdb, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pdb.Close()
+	st, err := NewPruner(pdb, PruneConfig{}).Prune(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Batches != 1 || st.Tombstones != 1 || st.Groups != 1 {
+		t.Fatalf("pruned %+v, want a batch, a tombstone and a group: every statement sent", st)
+	}
+	conn, err := pdb.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	bad, err := plog.TenantFilterViolations(ctx, conn.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) > 0 || plog.Len() < 8 {
+		t.Errorf("%d statements; without their tenant:\n%s", plog.Len(), strings.Join(bad, "\n"))
 	}
 }
