@@ -283,6 +283,7 @@ func TestForgedTokenFloodEndToEnd(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	codes := map[int]int{}
+	floodStart := time.Now()
 	for range 16 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -310,9 +311,12 @@ func TestForgedTokenFloodEndToEnd(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
+	// The flood's length depends on the machine's load: the refill it
+	// allows (20/s) is counted over the time it really lasted.
+	refill := int(20 * time.Since(floodStart).Seconds())
 	slices.Sort(lat)
-	t.Logf("flood answers %v; valid requests: median %s, p95 %s, max %s", codes, lat[50], lat[95], lat[99])
-	if codes[http.StatusUnauthorized] > 100+20*3+16 || codes[http.StatusTooManyRequests] == 0 {
+	t.Logf("flood answers %v over %s; valid requests: median %s, p95 %s, max %s", codes, time.Since(floodStart).Round(time.Millisecond), lat[50], lat[95], lat[99])
+	if codes[http.StatusUnauthorized] > 100+refill+16 || codes[http.StatusTooManyRequests] == 0 {
 		t.Errorf("flood answers %v: want at most the burst and refill as 401, the rest 429", codes)
 	}
 	// Generous for a shared 2-core machine whose CPU the flood itself
