@@ -269,8 +269,9 @@ func (p *Pruner) pruneBatches(ctx context.Context, tenant int64, aborted bool, h
 		horizon = h.aborted
 	}
 	err = pgx.BeginFunc(ctx, p.db, func(tx pgx.Tx) error {
-		// Finished batches are never locked by the sink (it locks only
-		// PROCESSING ones), so SKIP LOCKED skips only other pruners' rows.
+		// The sink locks only PROCESSING batches; SKIP LOCKED skips the
+		// rows other pruners hold, and any ingest holds for a moment
+		// (its lazy release of an expired idempotency key).
 		rows, err := tx.Query(ctx, `
 			SELECT batch_id, total FROM batches b
 			WHERE tenant_id = $1 AND finished_at < $2 AND aborted = $3
