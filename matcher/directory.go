@@ -340,7 +340,8 @@ type thirdKey struct {
 // every groupmatch connection goes: the locks serialise all creators (a
 // worker's advisory locks would not, as they are node-local), and they are
 // released when the coordinator commits, after the tenant's shard has. When
-// a later tenant fails, the earlier ones stay created; the retry finds them.
+// a later tenant fails, the earlier ones stay created; the retry finds them
+// (and reports them found, Created false).
 func (d *PGDirectory) FindOrCreate(ctx context.Context, reqs []CreateRequest) ([]CreateResult, error) {
 	first := make(map[thirdKey]int, len(reqs)) // key -> index of first request
 	var keys []thirdKey

@@ -73,6 +73,9 @@ func Migrations() ([]Migration, error) {
 // another branch) is applied too. It holds a session advisory
 // lock throughout, so concurrent migrators (several processes starting at
 // once) apply each migration exactly once; running it again applies nothing.
+// On Citus, conn must be a connection to the coordinator: migration 6
+// distributes the tenant tables there, inside its transaction (see
+// docs/operations.md, "Schema keys and Citus").
 func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
 	ms, err := Migrations()
 	if err != nil {
