@@ -340,3 +340,61 @@ func TestPruneStatementsNameTheirTenant(t *testing.T) {
 		t.Errorf("%d statements; without their tenant:\n%s", plog.Len(), strings.Join(bad, "\n"))
 	}
 }
+
+// TestPruneSkipsGroupASinkIsWriting: a sink transaction naming an invisible
+// group in a delete holds the group's row lock (its upsert's ON CONFLICT
+// locks the row even when it changes nothing) until it commits, with the
+// tombstone it writes; the pruner skips the group meanwhile, so the new
+// tombstone never points at a deleted group.
+func TestPruneSkipsGroupASinkIsWriting(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	ctx := context.Background()
+	exec(t, db, `INSERT INTO tenants (tenant_id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 't')`, tenant)
+	old := time.Now().Add(-40 * 24 * time.Hour)
+	exec(t, db, `INSERT INTO groups (tenant_id, name, visible, created_at) VALUES ($1, 'ghost', false, $2)`, tenant, old)
+
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var ids []int64
+	rows, err := tx.Query(ctx, `
+		INSERT INTO groups (tenant_id, name, visible) VALUES ($1, 'ghost', false)
+		ON CONFLICT (tenant_id, name) DO UPDATE SET visible = true
+		WHERE NOT groups.visible AND excluded.visible
+		RETURNING group_id`, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		_ = rows.Scan(&id)
+		ids = append(ids, id)
+	}
+	if rows.Err() != nil || len(ids) != 0 {
+		t.Fatalf("upsert returned %v, %v: want no row (nothing changed)", ids, rows.Err())
+	}
+	var id int64
+	if err := tx.QueryRow(ctx, `SELECT group_id FROM groups WHERE tenant_id = $1 AND name = 'ghost'`, tenant).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO memberships (tenant_id, group_id, customer_id, present, batch_id, rec_index)
+		VALUES ($1, $2, 10, false, 99, 0)`, tenant, id); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := NewPruner(db, PruneConfig{}).Prune(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Groups != 0 {
+		t.Fatalf("pruned %d groups while a sink transaction held one", st.Groups)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM groups g JOIN memberships m USING (tenant_id, group_id)`); n != 1 {
+		t.Errorf("%d tombstones in an existing group, want 1", n)
+	}
+}
