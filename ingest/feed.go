@@ -22,7 +22,15 @@ import (
 type FeedConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
-	GroupID string          // consumer group; default "groupmatch-ingest"
+	GroupID string          // consumer group; default DefaultFeedGroupID
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
+	// EventsPerTenant sends the events of a request whose token names a
+	// tenant to that tenant's topic (pipeline.Topics.TenantEvents) instead
+	// of Topics.Events. A request without a valid token, or of a tenant
+	// whose topic does not exist (or whose name cannot be a topic's),
+	// is answered on Topics.Events.
+	EventsPerTenant bool
 	// MaxChunk is the most requests taken at once; default 64.
 	MaxChunk int
 	// Retry bounds retries while PostgreSQL or Kafka is down; the zero
@@ -30,6 +38,10 @@ type FeedConfig struct {
 	Retry  retry.Policy
 	Logger *slog.Logger
 }
+
+// DefaultFeedGroupID is the feed's consumer group unless FeedConfig names
+// another: the default topic prefix followed by the stage's name.
+const DefaultFeedGroupID = "groupmatch.ingest"
 
 // Feed turns the messages of the requests topic into batches, exactly as
 // the HTTP API would (same validation, auth and codes, no rate limit: the
@@ -55,7 +67,7 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.GroupID == "" {
-		cfg.GroupID = "groupmatch-ingest"
+		cfg.GroupID = DefaultFeedGroupID
 	}
 	if cfg.MaxChunk <= 0 {
 		cfg.MaxChunk = 64
@@ -65,13 +77,17 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 	}
 	log := cfg.Logger.With("stage", "ingest", "component", "feed")
 	c, err := stream.NewConsumer(stream.ConsumerConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests,
+		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests, Security: cfg.Security,
 		MaxChunk: cfg.MaxChunk, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingest: feed: %w", err)
 	}
-	return &Feed{cfg: cfg, svc: svc, consumer: c, events: stream.NewWriter(cfg.Brokers, cfg.Topics.Events), log: log}, nil
+	topic := cfg.Topics.Events
+	if cfg.EventsPerTenant {
+		topic = "" // each message names its topic
+	}
+	return &Feed{cfg: cfg, svc: svc, consumer: c, events: stream.NewWriter(cfg.Brokers, topic, cfg.Security), log: log}, nil
 }
 
 // Consumer exposes the feed's consumer for lag and reader metrics.
@@ -111,7 +127,19 @@ func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
 	if err := <-errs; err != nil {
 		return err // shutting down mid-retry: the chunk is read again
 	}
-	err := retry.Do(ctx, f.cfg.Retry, func() error { return f.events.WriteMessages(ctx, events...) }, f.notify)
+	err := retry.Do(ctx, f.cfg.Retry, func() error {
+		if !f.cfg.EventsPerTenant {
+			return f.events.WriteMessages(ctx, events...)
+		}
+		missing, err := stream.RouteToExisting(ctx, f.cfg.Brokers, f.cfg.Security, events, f.cfg.Topics.Events)
+		if err != nil {
+			return err
+		}
+		for _, t := range missing {
+			f.log.Warn("tenant events topic missing; answering on the shared events topic", "topic", t)
+		}
+		return f.events.WriteMessages(ctx, events...)
+	}, f.notify)
 	if err != nil {
 		return fmt.Errorf("ingest: write request events: %w", err)
 	}
@@ -130,8 +158,10 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 	}
 	var id int64
 	var refusal *Refusal
+	var tenant string // of a valid token
 	err := retry.Do(ctx, f.cfg.Retry, func() error {
 		p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
+		tenant = p.Tenant
 		if r != nil && r.Status == refuseUnavailable.Status {
 			return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
 		}
@@ -162,7 +192,14 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 	if err != nil {
 		return kafka.Message{}, err
 	}
-	return kafka.Message{Key: m.Key, Value: v}, nil
+	out := kafka.Message{Key: m.Key, Value: v}
+	if f.cfg.EventsPerTenant {
+		out.Topic = f.cfg.Topics.Events
+		if t, ok := f.cfg.Topics.TenantEvents(tenant); ok {
+			out.Topic = t
+		}
+	}
+	return out, nil
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {

@@ -22,22 +22,45 @@ import (
 // Kafka's acknowledgement and the commit repeats an event (consumers can
 // tell by its batchId).
 type Relay struct {
-	db       *pgxpool.Pool
-	w        *kafka.Writer
-	interval time.Duration
-	log      *slog.Logger
+	cfg RelayConfig
+	db  *pgxpool.Pool
+	w   *kafka.Writer
+	log *slog.Logger
 }
 
-// NewRelay returns a relay publishing to the events topic, polling the
-// outbox every interval (default 100 ms).
-func NewRelay(db *pgxpool.Pool, brokers []string, topics pipeline.Topics, interval time.Duration, log *slog.Logger) *Relay {
-	if interval <= 0 {
-		interval = 100 * time.Millisecond
+// RelayConfig configures a Relay. Zero values take the documented
+// defaults.
+type RelayConfig struct {
+	Brokers []string        // required
+	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
+	// EventsPerTenant sends each batch.finished to its tenant's topic
+	// (pipeline.Topics.TenantEvents) when that exists, else to
+	// Topics.Events.
+	EventsPerTenant bool
+	// Interval is how often the outbox is polled; default 100 ms.
+	Interval time.Duration
+	Logger   *slog.Logger
+}
+
+// NewRelay returns a relay publishing the outbox of db.
+func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
+	if cfg.Topics == (pipeline.Topics{}) {
+		cfg.Topics = pipeline.DefaultTopics()
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Interval <= 0 {
+		cfg.Interval = 100 * time.Millisecond
 	}
-	return &Relay{db: db, w: stream.NewWriter(brokers, topics.Events), interval: interval, log: log.With("stage", "sink", "component", "relay")}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	topic := cfg.Topics.Events
+	if cfg.EventsPerTenant {
+		topic = "" // each message names its topic
+	}
+	return &Relay{cfg: cfg, db: db, w: stream.NewWriter(cfg.Brokers, topic, cfg.Security),
+		log: cfg.Logger.With("stage", "sink", "component", "relay")}
 }
 
 // Writers exposes the relay's Kafka writer for metrics.
@@ -46,7 +69,7 @@ func (r *Relay) Writers() []*kafka.Writer { return []*kafka.Writer{r.w} }
 // Run publishes until ctx is done.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.w.Close()
-	t := time.NewTicker(r.interval)
+	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
 		for {
@@ -75,8 +98,8 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 		rows, err := tx.Query(ctx, `
 			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
 			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
-			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at
-			FROM batches b WHERE b.batch_id IN (
+			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at, t.name
+			FROM batches b JOIN tenants t ON t.tenant_id = b.tenant_id WHERE b.batch_id IN (
 				SELECT batch_id FROM batch_events_outbox ORDER BY batch_id LIMIT $1 FOR UPDATE SKIP LOCKED)
 			ORDER BY b.batch_id`, relayBatch)
 		if err != nil {
@@ -88,16 +111,24 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 		for rows.Next() {
 			var e pipeline.BatchFinishedEvent
 			var mu, mo, mp, mi int
+			var tenant string
 			if err := rows.Scan(&e.BatchID, &e.TenantID, &e.Status, &e.OptType, &e.Total, &e.Processed, &e.Success,
 				&e.Unmatched, &e.Ambiguous, &e.Invalid, &e.Failed, &mu, &mo, &mp, &mi, &e.GroupsCreated, &e.Conflicts,
-				&e.AcceptedAt, &e.FinishedAt); err != nil {
+				&e.AcceptedAt, &e.FinishedAt, &tenant); err != nil {
 				return err
 			}
 			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
 			e.ErrorCounts = map[string]int{}
 			ids = append(ids, e.BatchID)
 			events = append(events, e)
-			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID)})
+			m := kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID)}
+			if r.cfg.EventsPerTenant {
+				m.Topic = r.cfg.Topics.Events
+				if t, ok := r.cfg.Topics.TenantEvents(tenant); ok {
+					m.Topic = t
+				}
+			}
+			msgs = append(msgs, m)
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -114,6 +145,15 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 				return err
 			}
 			msgs[i].Value = v
+		}
+		if r.cfg.EventsPerTenant {
+			missing, err := stream.RouteToExisting(ctx, r.cfg.Brokers, r.cfg.Security, msgs, r.cfg.Topics.Events)
+			if err != nil {
+				return err
+			}
+			for _, t := range missing {
+				r.log.Warn("tenant events topic missing; publishing on the shared events topic", "topic", t)
+			}
 		}
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
 			return fmt.Errorf("write events: %w", err)

@@ -16,6 +16,8 @@ type ConsumerConfig struct {
 	Brokers []string // required
 	GroupID string   // required: the consumer group, one per stage
 	Topic   string   // required
+	// Security secures the connections; nil is plaintext.
+	Security *Security
 	// MaxChunk is the most messages handed to the handler at once; default 1000.
 	MaxChunk int
 	// Linger is how long a chunk waits for more messages once it has one;
@@ -89,6 +91,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		Brokers:  cfg.Brokers,
 		GroupID:  cfg.GroupID,
 		Topic:    cfg.Topic,
+		Dialer:   cfg.Security.Dialer(10 * time.Second),
 		MinBytes: 1,
 		// A fetch answers at most 1 MiB per partition (Kafka's own
 		// max.partition.fetch.bytes default): several thousand records,

@@ -27,6 +27,7 @@ import (
 	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
+	"github.com/groupmatch/groupmatch/stream"
 )
 
 // benchFlags are the settings of `groupmatch bench`.
@@ -72,6 +73,7 @@ See docs/performance.md.`
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addKafka(fs)
+	f.o.addGroups(fs)
 	f.o.addDatabase(fs)
 	f.o.addPartitions(fs)
 	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
@@ -205,7 +207,11 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		defer sys.stop(stderr)
 	} else {
 		report.Setup.Mode = "target"
-		sys = &benchSystem{base: strings.TrimRight(f.target, "/"), brokers: f.o.brokerList()}
+		sec, err := f.o.security()
+		if err != nil {
+			return err
+		}
+		sys = &benchSystem{base: strings.TrimRight(f.target, "/"), brokers: f.o.brokerList(), sec: sec}
 	}
 
 	poolCfg, err := pgxpool.ParseConfig(dbURL)
@@ -393,7 +399,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	go func() {
 		var d driven
 		if f.via == "kafka" {
-			cfg.KeyPrefix = keyPrefix
+			cfg.KeyPrefix, cfg.Security = keyPrefix, sys.sec
 			d.res, d.err = bench.DriveKafka(dctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
 		} else {
 			d.res, d.err = bench.DriveHTTP(dctx, sys.base, f.w, cfg)
@@ -538,8 +544,9 @@ func benchBaseline(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, tenan
 // benchSystem is the system under test: processes bench started, or a
 // running one (--target), which has none.
 type benchSystem struct {
-	base    string   // ingest's base URL
-	brokers []string // Kafka
+	base    string           // ingest's base URL
+	brokers []string         // Kafka
+	sec     *stream.Security // nil for the broker bench starts itself
 	procs   []*benchProc
 	once    sync.Once
 

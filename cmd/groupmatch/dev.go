@@ -117,7 +117,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func createTopics(ctx context.Context, o *options) error {
-	return stream.CreateTopics(ctx, o.brokerList(), topicSpecs(o, 1))
+	return stream.CreateTopics(ctx, o.brokerList(), nil, topicSpecs(o, topicSettings{replication: 1}))
 }
 
 // demoDirectory is the demo tenant's customers: the curl example matches

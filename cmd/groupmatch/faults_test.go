@@ -340,10 +340,10 @@ func TestFaultKillStages(t *testing.T) {
 	}()
 	for range 3 {
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-matcher", 2)
+		r.waitGroupStable("groupmatch.matcher", 2)
 		r.restart(&r.c.matcher, "matcher")
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch-sink", 1)
+		r.waitGroupStable("groupmatch.sink", 1)
 		r.restart(&r.c.sink, "sink")
 	}
 	<-done
@@ -491,7 +491,7 @@ func TestFaultPoisonMessages(t *testing.T) {
 	peekable := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":1,"params":"broken"}`, tenantID, batchID)
 	resolvedPeekable := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":2,"outcome":"WHAT"}`, tenantID, batchID)
 	write := func(topic string, values ...string) {
-		w := stream.NewWriter(brokers, topic)
+		w := stream.NewWriter(brokers, topic, nil)
 		defer w.Close()
 		var msgs []kafka.Message
 		for _, v := range values {
@@ -578,7 +578,7 @@ func TestFaultReplay(t *testing.T) {
 		for _, m := range readTopic(t, brokers, topic) {
 			msgs = append(msgs, kafka.Message{Key: m.Key, Value: m.Value})
 		}
-		w := stream.NewWriter(brokers, topic)
+		w := stream.NewWriter(brokers, topic, nil)
 		// Replay in reverse: old changes arrive after new ones.
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
 			msgs[i], msgs[j] = msgs[j], msgs[i]

@@ -35,7 +35,7 @@ const scrapeTimeout = 3 * time.Second
 // errors (topic, partition, attempt, error; never message contents) to log
 // at warn. Call it before the stage runs. The collectors' Kafka connections
 // are released when ctx is done.
-func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, pool *pgxpool.Pool, log *slog.Logger,
+func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, sec *stream.Security, pool *pgxpool.Pool, log *slog.Logger,
 	stage string, consumers []*stream.Consumer, writers ...*kafka.Writer) {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
 	stats := stream.NewStatsCollector()
@@ -61,7 +61,7 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, po
 	if len(targets) == 0 {
 		return
 	}
-	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: o.brokerList(), Targets: targets, Timeout: scrapeTimeout,
+	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: o.brokerList(), Security: sec, Targets: targets, Timeout: scrapeTimeout,
 		Logger: log.With("stage", stage)})
 	if err != nil { // cannot happen: the targets come from a valid consumer
 		log.Error("consumer lag not reported", "stage", stage, "err", err)

@@ -41,6 +41,7 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 	var o options
 	fs := newFlagSet(name+" [flags]", stderr)
 	o.addKafka(fs)
+	o.addGroups(fs)
 	o.addDatabase(fs)
 	o.addStages(fs, defaults[name])
 	o.addLog(fs)
@@ -59,6 +60,10 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 // /metrics. It fails fast when PostgreSQL or Kafka does not answer. started,
 // if set, is called with the HTTP address once it listens.
 func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(addr string)) error {
+	sec, err := o.security()
+	if err != nil {
+		return err
+	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("--database-url: %w", err)
@@ -79,7 +84,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
 	brokers := o.brokerList()
-	if err := stream.Ping(pingCtx, brokers); err != nil {
+	if err := stream.Ping(pingCtx, brokers, sec); err != nil {
 		return err
 	}
 
@@ -92,18 +97,19 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	var svc *ingest.Service
 	if slices.Contains(stages, stageIngest) {
 		svc, err = ingest.New(ingest.Config{
-			Brokers: brokers, Topics: topics, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
+			Brokers: brokers, Topics: topics, Security: sec, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
 		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
 		defer svc.Close()
-		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Logger: log}, svc)
+		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Security: sec,
+			GroupID: o.groupID(stageIngest), EventsPerTenant: o.eventsPerTenant, Logger: log}, svc)
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
@@ -114,25 +120,28 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		dir := matcher.NewPGDirectory(pool)
 		dir.ObserveQuery = metrics.ObserveLookup
 		m, err := matcher.New(matcher.Config{
-			Brokers: brokers, Topics: topics, MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
+			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
+			MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, dir, metrics)
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
+		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
 		store := sink.NewPGStore(pool)
 		store.PendingTimeout = o.pendingTimeout
 		s, err := sink.New(sink.Config{
-			Brokers: brokers, Topics: topics, MaxChunk: o.sinkChunk, Logger: log,
+			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
+			MaxChunk: o.sinkChunk, Logger: log,
 		}, store, sink.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
-		relay := sink.NewRelay(pool, brokers, topics, 0, log)
-		observeStage(gctx, reg, o, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
+		relay := sink.NewRelay(pool, sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
+			EventsPerTenant: o.eventsPerTenant, Logger: log})
+		observeStage(gctx, reg, o, sec, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
@@ -141,7 +150,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(r.Context(), gctx, pool, brokers, svc); err != nil {
+		if err := ready(r.Context(), gctx, pool, brokers, sec, svc); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -176,7 +185,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	log.Info("started", "stages", stages, "http_addr", ln.Addr().String(), "kafka_brokers", brokers)
+	log.Info("started", "stages", stages, "http_addr", ln.Addr().String(), "kafka_brokers", brokers, "kafka_security", sec.String())
 	if started != nil {
 		started(ln.Addr().String())
 	}
@@ -187,7 +196,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 
 // ready reports whether the process takes work: not shutting down, and
 // PostgreSQL and Kafka reachable.
-func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, svc *ingest.Service) error {
+func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, sec *stream.Security, svc *ingest.Service) error {
 	if running.Err() != nil {
 		return errors.New("shutting down")
 	}
@@ -201,5 +210,5 @@ func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, s
 	if err := pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
-	return stream.Ping(ctx, brokers)
+	return stream.Ping(ctx, brokers, sec)
 }
