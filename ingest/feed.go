@@ -40,8 +40,8 @@ type FeedConfig struct {
 }
 
 // DefaultFeedGroupID is the feed's consumer group unless FeedConfig names
-// another: the default topic prefix followed by the stage's name.
-const DefaultFeedGroupID = "groupmatch.ingest"
+// another.
+const DefaultFeedGroupID = "groupmatch-ingest"
 
 // Feed turns the messages of the requests topic into batches, exactly as
 // the HTTP API would (same validation, auth and codes, no rate limit: the

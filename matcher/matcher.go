@@ -45,9 +45,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultGroupID is the matcher's consumer group unless Config names
-// another: the default topic prefix followed by the stage's name.
-const DefaultGroupID = "groupmatch.matcher"
+// DefaultGroupID is the matcher's consumer group unless Config names another.
+const DefaultGroupID = "groupmatch-matcher"
 
 // Stage is a running matcher consumer.
 type Stage struct {

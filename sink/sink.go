@@ -40,9 +40,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultGroupID is the sink's consumer group unless Config names another:
-// the default topic prefix followed by the stage's name.
-const DefaultGroupID = "groupmatch.sink"
+// DefaultGroupID is the sink's consumer group unless Config names another.
+const DefaultGroupID = "groupmatch-sink"
 
 // Stage is a running sink consumer.
 type Stage struct {

@@ -239,3 +239,44 @@ func Ping(ctx context.Context, brokers []string, sec *Security) error {
 	}
 	return nil
 }
+
+// HasCommitted reports whether group has committed an offset on any
+// partition of topic. A topic or group that does not exist has none; so
+// does a group sec's principal may not describe (the answer is then
+// "cannot tell", reported as false).
+func HasCommitted(ctx context.Context, brokers []string, sec *Security, group, topic string) (bool, error) {
+	client := sec.Client(brokers, 10*time.Second)
+	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
+	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return false, fmt.Errorf("stream: committed offsets of %s: %w", group, err)
+	}
+	var partitions []int
+	for _, t := range meta.Topics {
+		if t.Name != topic || t.Error != nil {
+			continue
+		}
+		for _, p := range t.Partitions {
+			partitions = append(partitions, p.ID)
+		}
+	}
+	if len(partitions) == 0 {
+		return false, nil
+	}
+	resp, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: partitions}})
+	if err != nil {
+		return false, fmt.Errorf("stream: committed offsets of %s: %w", group, err)
+	}
+	if resp.Error != nil {
+		if errors.Is(resp.Error, kafka.GroupIdNotFound) || errors.Is(resp.Error, kafka.GroupAuthorizationFailed) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stream: committed offsets of %s: %w", group, resp.Error)
+	}
+	for _, p := range resp.Topics[topic] {
+		if p.Error == nil && p.CommittedOffset >= 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -20,7 +20,7 @@ import (
 type options struct {
 	brokers          string
 	kafkaSecurity    stream.SecurityConfig
-	groupIDPrefix    string
+	groupPrefix      string
 	eventsPerTenant  bool
 	databaseURL      string
 	httpAddr         string
@@ -98,9 +98,9 @@ func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&s.TLSKeyFile, "kafka-tls-key-file", env("KAFKA_TLS_KEY_FILE", ""), "PEM file of the client certificate's private key (KAFKA_TLS_KEY_FILE)")
 }
 
-// addGroups registers --group-id-prefix.
+// addGroups registers --group-prefix.
 func (o *options) addGroups(fs *flag.FlagSet) {
-	fs.StringVar(&o.groupIDPrefix, "group-id-prefix", env("GROUP_ID_PREFIX", ""), "prefix of the consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix (GROUP_ID_PREFIX)")
+	fs.StringVar(&o.groupPrefix, "group-prefix", env("GROUP_PREFIX", ""), "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
 }
 
 // secretFlag is a flag.Value whose value is never printed: --help shows
@@ -135,13 +135,17 @@ func (o *options) security() (*stream.Security, error) {
 	return sec, err
 }
 
-// groupID is the consumer group of a stage: <group id prefix><stage>, the
-// prefix defaulting to the topic prefix.
+// groupID is the consumer group of a stage: the group prefix and the
+// stage's name. The prefix defaults to the topic prefix with a final '.'
+// made '-', so that environments with their own topics have their own
+// groups, and the default topic prefix "groupmatch." gives the groups of
+// earlier releases (groupmatch-ingest, groupmatch-matcher, groupmatch-sink):
+// an upgrade keeps their committed offsets.
 func (o *options) groupID(stage string) string {
-	if o.groupIDPrefix != "" {
-		return o.groupIDPrefix + stage
+	if o.groupPrefix != "" {
+		return o.groupPrefix + stage
 	}
-	return o.topicPrefix + stage
+	return strings.TrimSuffix(o.topicPrefix, ".") + "-" + stage
 }
 
 // addDatabase registers --database-url and --db-max-conns.

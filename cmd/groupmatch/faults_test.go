@@ -340,10 +340,10 @@ func TestFaultKillStages(t *testing.T) {
 	}()
 	for range 3 {
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch.matcher", 2)
+		r.waitGroupStable("groupmatch-matcher", 2)
 		r.restart(&r.c.matcher, "matcher")
 		time.Sleep(300 * time.Millisecond)
-		r.waitGroupStable("groupmatch.sink", 1)
+		r.waitGroupStable("groupmatch-sink", 1)
 		r.restart(&r.c.sink, "sink")
 	}
 	<-done

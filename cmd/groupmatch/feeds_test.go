@@ -183,9 +183,9 @@ func TestFeedRedelivery(t *testing.T) {
 	}
 	// Stop ingest, rewind its group to the request, start it again.
 	r.c.ingest.stop()
-	r.waitGroupEmpty("groupmatch.ingest")
+	r.waitGroupEmpty("groupmatch-ingest")
 	client := &kafka.Client{Addr: kafka.TCP(brokers)}
-	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: "groupmatch.ingest", GenerationID: -1,
+	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: "groupmatch-ingest", GenerationID: -1,
 		Topics: map[string][]kafka.OffsetCommit{"groupmatch.requests": {{Partition: part, Offset: off}}}})
 	if err != nil {
 		t.Fatal(err)

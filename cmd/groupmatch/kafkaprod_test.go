@@ -43,8 +43,8 @@ func TestHelpShowsNoKafkaPassword(t *testing.T) {
 				t.Errorf("%s --help lacks %s", cmd, want)
 			}
 		}
-		if cmd != "topics" && !strings.Contains(help, "GROUP_ID_PREFIX") {
-			t.Errorf("%s --help lacks GROUP_ID_PREFIX", cmd)
+		if cmd != "topics" && !strings.Contains(help, "GROUP_PREFIX") {
+			t.Errorf("%s --help lacks GROUP_PREFIX", cmd)
 		}
 	}
 }
@@ -97,17 +97,19 @@ func TestKafkaSecurityErrors(t *testing.T) {
 	}
 }
 
-// Group ids are <prefix><stage>, the prefix defaulting to the topic prefix.
+// Group ids are <prefix><stage>, the prefix defaulting to the topic prefix
+// with its final '.' made '-': the default keeps the ids of earlier releases.
 func TestGroupIDs(t *testing.T) {
 	for _, tc := range []struct {
 		env  map[string]string
 		args []string
 		want string
 	}{
-		{nil, nil, "groupmatch.matcher"},
-		{nil, []string{"--topic-prefix", "staging.gm."}, "staging.gm.matcher"},
-		{map[string]string{"GROUP_ID_PREFIX": "blue-"}, []string{"--topic-prefix", "staging.gm."}, "blue-matcher"},
-		{map[string]string{"GROUP_ID_PREFIX": "blue-"}, []string{"--group-id-prefix", "green-"}, "green-matcher"},
+		{nil, nil, "groupmatch-matcher"},
+		{nil, []string{"--topic-prefix", "staging.gm."}, "staging.gm-matcher"},
+		{nil, []string{"--topic-prefix", "staging_"}, "staging_-matcher"},
+		{map[string]string{"GROUP_PREFIX": "blue."}, []string{"--topic-prefix", "staging.gm."}, "blue.matcher"},
+		{map[string]string{"GROUP_PREFIX": "blue-"}, []string{"--group-prefix", "green-"}, "green-matcher"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			for k, v := range tc.env {
@@ -208,7 +210,7 @@ func TestEventsPerTenant(t *testing.T) {
 	o := &options{
 		brokers: b.Addr(), databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
-		dbMaxConns: 8, pendingTimeout: 30 * time.Second, eventsPerTenant: true, groupIDPrefix: "env-a.",
+		dbMaxConns: 8, pendingTimeout: 30 * time.Second, eventsPerTenant: true, groupPrefix: "env-a.",
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, nil)), false)
@@ -326,5 +328,56 @@ func TestEventsPerTenant(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("tenant other's events never reached its new topic; it holds %+v", evs)
 		}
+	}
+}
+
+// A stage whose group would start from scratch while the group of earlier
+// releases has offsets on the same topic refuses to start; once the new
+// group has offsets of its own (copied, or after --group-prefix
+// groupmatch-), it starts.
+func TestGroupUpgradeGuard(t *testing.T) {
+	b, err := devenv.StartBroker(devenv.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	brokers := []string{b.Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	o := &options{topicPrefix: "staging.", partitions: 2}
+	if err := stream.CreateTopics(ctx, brokers, nil, topicSpecs(o, topicSettings{replication: 1})); err != nil {
+		t.Fatal(err)
+	}
+	commit := func(group string) {
+		t.Helper()
+		client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+		resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+			Topics: map[string][]kafka.OffsetCommit{"staging.records": {{Partition: 0, Offset: 0}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ps := range resp.Topics {
+			for _, p := range ps {
+				if p.Error != nil {
+					t.Fatal(p.Error)
+				}
+			}
+		}
+	}
+	stages := []string{stageIngest, stageMatcher, stageSink}
+	if err := checkGroupUpgrade(ctx, o, brokers, nil, stages); err != nil {
+		t.Fatalf("a new installation: %v", err)
+	}
+	commit("groupmatch-matcher")
+	err = checkGroupUpgrade(ctx, o, brokers, nil, stages)
+	if err == nil || !strings.HasPrefix(err.Error(), "consumer group staging-matcher has committed nothing on staging.records but groupmatch-matcher") {
+		t.Fatalf("an upgrade without the old offsets: %v", err)
+	}
+	if err := checkGroupUpgrade(ctx, &options{topicPrefix: "staging.", groupPrefix: "groupmatch-"}, brokers, nil, stages); err != nil {
+		t.Fatalf("keeping the old groups: %v", err)
+	}
+	commit("staging-matcher")
+	if err := checkGroupUpgrade(ctx, o, brokers, nil, stages); err != nil {
+		t.Fatalf("after copying the offsets: %v", err)
 	}
 }

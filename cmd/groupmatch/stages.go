@@ -87,6 +87,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if err := stream.Ping(pingCtx, brokers, sec); err != nil {
 		return err
 	}
+	if err := checkGroupUpgrade(pingCtx, o, brokers, sec, stages); err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
