@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -285,6 +287,18 @@ func TestEventsPerTenant(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"topic":"groupmatch.events.other"`) {
 		t.Errorf("no warning about the missing topic of tenant other in the logs")
+	}
+
+	// The writers of tenants' topics report under one topic label.
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte(`groupmatch_kafka_writer_messages_total{stage="ingest",topic="groupmatch.events.*"}`)) ||
+		bytes.Contains(metrics, []byte(`topic=""`)) {
+		t.Errorf("writer metrics of the events writers:\n%s", metrics)
 	}
 
 	// The consumer groups carry the prefix asked for.

@@ -47,9 +47,15 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, se
 		}
 	}
 	for _, w := range writers {
-		stats.AddWriter(w)
+		topic := w.Topic
+		if topic == "" { // events per tenant: each message names its topic
+			topic = o.topics().Events + ".*"
+			stats.AddWriter(labelledWriter{w, topic})
+		} else {
+			stats.AddWriter(w)
+		}
 		if w.ErrorLogger == nil { // set before the stage runs: no writer is in use yet
-			wlog := log.With("stage", stage, "component", "kafka-writer", "topic", w.Topic)
+			wlog := log.With("stage", stage, "component", "kafka-writer", "topic", topic)
 			w.ErrorLogger = kafka.LoggerFunc(func(msg string, args ...any) { wlog.Warn(fmt.Sprintf(msg, args...)) })
 		}
 	}
@@ -69,6 +75,20 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, se
 	}
 	reg.MustRegister(lag)
 	context.AfterFunc(ctx, lag.Close)
+}
+
+// labelledWriter reports the statistics of a writer whose messages name
+// their own topics under one topic label, so that tenants' topics add no
+// series.
+type labelledWriter struct {
+	w     *kafka.Writer
+	topic string
+}
+
+func (l labelledWriter) Stats() kafka.WriterStats {
+	s := l.w.Stats()
+	s.Topic = l.topic
+	return s
 }
 
 // batchCollector reports the batches in flight, read from PostgreSQL at each
