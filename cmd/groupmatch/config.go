@@ -110,17 +110,26 @@ type secretFlag string
 func (s *secretFlag) String() string     { return "" }
 func (s *secretFlag) Set(v string) error { *s = secretFlag(v); return nil }
 
-// kafkaSecurityFlags name the flag and variable of each SecurityConfig
-// field, for errors.
-var kafkaSecurityFlags = map[string]string{
-	"SASLMechanism":    "--kafka-sasl-mechanism (KAFKA_SASL_MECHANISM)",
-	"SASLUsername":     "--kafka-sasl-username (KAFKA_SASL_USERNAME)",
-	"SASLPassword":     "--kafka-sasl-password (KAFKA_SASL_PASSWORD)",
-	"SASLPasswordFile": "--kafka-sasl-password-file (KAFKA_SASL_PASSWORD_FILE)",
-	"TLS":              "--kafka-tls (KAFKA_TLS)",
-	"TLSCAFile":        "--kafka-tls-ca-file (KAFKA_TLS_CA_FILE)",
-	"TLSCertFile":      "--kafka-tls-cert-file (KAFKA_TLS_CERT_FILE)",
-	"TLSKeyFile":       "--kafka-tls-key-file (KAFKA_TLS_KEY_FILE)",
+// kafkaSecurityFlag names the flag and variable of a SecurityConfig field,
+// for errors.
+func kafkaSecurityFlag(field string) string {
+	switch field {
+	case "SASLMechanism":
+		return "--kafka-sasl-mechanism (KAFKA_SASL_MECHANISM)"
+	case "SASLUsername":
+		return "--kafka-sasl-username (KAFKA_SASL_USERNAME)"
+	case "SASLPassword":
+		return "--kafka-sasl-password (KAFKA_SASL_PASSWORD)"
+	case "SASLPasswordFile":
+		return "--kafka-sasl-password-file (KAFKA_SASL_PASSWORD_FILE)"
+	case "TLSCAFile":
+		return "--kafka-tls-ca-file (KAFKA_TLS_CA_FILE)"
+	case "TLSCertFile":
+		return "--kafka-tls-cert-file (KAFKA_TLS_CERT_FILE)"
+	case "TLSKeyFile":
+		return "--kafka-tls-key-file (KAFKA_TLS_KEY_FILE)"
+	}
+	return "--kafka-tls (KAFKA_TLS)"
 }
 
 // security builds the Kafka security of the command: nil for a plaintext
@@ -130,7 +139,7 @@ func (o *options) security() (*stream.Security, error) {
 	sec, err := o.kafkaSecurity.Build()
 	var ce *stream.ConfigError
 	if errors.As(err, &ce) {
-		return nil, fmt.Errorf("%s: %w", kafkaSecurityFlags[ce.Field], ce.Err)
+		return nil, fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)
 	}
 	return sec, err
 }
