@@ -70,7 +70,10 @@ const (
 //     identities to that application) and one alone is ignored. The type
 //     must be one of pipeline.AppTypes, compared ignoring letter case and
 //     returned in the listed spelling ("youzan" → "YOUZAN"); the value is
-//     returned trimmed.
+//     returned trimmed. Whenever the value is given (even where it would
+//     be ignored) it must be at most pipeline.MaxAppIDLen characters (code
+//     points) as sent, white space included, as JSON Schema's maxLength
+//     counts; that is checked before the rules combining the two.
 //   - data, an array of 1 to pipeline.MaxRecords objects. A record's
 //     identityType, thirdId, openid, unionid, phone and groups must each be
 //     a string or null (null reads as ""). Whether a record is usable (a
@@ -450,6 +453,9 @@ func (d *decoder) validateParams(v *paramValues) (pipeline.Params, *RequestError
 	appID, rerr := d.paramText(v, pAppID)
 	if rerr != nil {
 		return p, rerr
+	}
+	if utf8.RuneCountInString(appID) > pipeline.MaxAppIDLen {
+		return p, paramErr(pAppID, fmt.Sprintf("must be at most %d characters", pipeline.MaxAppIDLen))
 	}
 	appType, appID = strings.TrimSpace(appType), strings.TrimSpace(appID)
 	switch {

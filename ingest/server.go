@@ -269,6 +269,10 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "body could not be read")
 		return
 	}
+	if len(r.Header.Values("Idempotency-Key")) > 1 {
+		writeError(w, http.StatusBadRequest, "400", "INVALID_PARAMETER", "Idempotency-Key must be given at most once")
+		return
+	}
 	id, refusal, err := s.submit(r.Context(), p, body, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		s.log.Error("batch not accepted", "err", err)
@@ -285,6 +289,22 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 // MaxIdempotencyKey is the longest Idempotency-Key accepted.
 const MaxIdempotencyKey = 64
 
+// ValidIdempotencyKey reports whether key may name a request: "" (no key),
+// or 1 to MaxIdempotencyKey bytes each in 0x21-0x7E, printable ASCII
+// without space, so that a key is a token that survives any HTTP header,
+// Kafka header, log field and PostgreSQL text column unchanged.
+func ValidIdempotencyKey(key string) bool {
+	if len(key) > MaxIdempotencyKey {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // submit validates a batchAdd body and accepts it as a batch. A refusal is
 // the caller's mistake, answered as the API documents; an error means
 // PostgreSQL or Kafka failed and nothing was accepted, so a retry is safe.
@@ -296,9 +316,9 @@ func (s *Service) submit(ctx context.Context, p apps.Principal, body []byte, key
 	if err != nil {
 		return 0, &Refusal{Status: http.StatusBadRequest, Code: "400", ErrorCode: "INVALID_PARAMETER", Msg: err.Error()}, nil
 	}
-	if len(key) > MaxIdempotencyKey {
+	if !ValidIdempotencyKey(key) {
 		return 0, &Refusal{Status: http.StatusBadRequest, Code: "400", ErrorCode: "INVALID_PARAMETER",
-			Msg: fmt.Sprintf("Idempotency-Key must be at most %d characters", MaxIdempotencyKey)}, nil
+			Msg: fmt.Sprintf("Idempotency-Key must be 1 to %d printable ASCII characters (0x21-0x7E, no space)", MaxIdempotencyKey)}, nil
 	}
 	id, err := s.Accept(ctx, p, req, key)
 	if errors.Is(err, ErrIdempotencyConflict) {
@@ -376,7 +396,8 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 			s.abort(ctx, id)
 			return 0, fmt.Errorf("ingest: encode record: %w", err)
 		}
-		msgs[i] = kafka.Message{Key: pipeline.RecordKey(p.TenantID, leadingIdentity(req.Params, rec)), Value: v}
+		kind, value := leadingIdentity(req.Params, rec)
+		msgs[i] = kafka.Message{Key: pipeline.RecordKey(p.TenantID, kind, value), Value: v}
 	}
 	if err := s.records.WriteMessages(ctx, msgs...); err != nil {
 		s.abort(ctx, id)
@@ -402,37 +423,47 @@ func (s *Service) abort(ctx context.Context, id int64) {
 	s.metrics.BatchesAborted.Inc()
 }
 
-// leadingIdentity is the raw identifier a record is keyed by on the records
-// topic: the one matching will try first.
-func leadingIdentity(p pipeline.Params, r pipeline.RawRecord) string {
-	field := func(kind string) string {
-		switch strings.ToLower(strings.TrimSpace(kind)) {
-		case "phone":
+// leadingIdentity is the identifier a record is keyed by on the records
+// topic (pipeline.RecordKey): the one matching will try first, trimmed, and
+// its kind. An unknown identityType keys by thirdId; a record with no
+// identifier at all gets kind and value "" (it will be INVALID anyway).
+func leadingIdentity(p pipeline.Params, r pipeline.RawRecord) (pipeline.IdentityKind, string) {
+	field := func(k pipeline.IdentityKind) string {
+		switch k {
+		case pipeline.KindPhone:
 			return r.Phone
-		case "openid":
+		case pipeline.KindOpenID:
 			return r.OpenID
-		case "unionid":
+		case pipeline.KindUnionID:
 			return r.UnionID
-		default:
-			return r.ThirdID
 		}
+		return r.ThirdID
 	}
 	switch {
 	case !p.IsMatching:
-		return strings.TrimSpace(r.ThirdID)
+		return pipeline.KindThirdID, strings.TrimSpace(r.ThirdID)
 	case p.MatchingType == pipeline.MatchingExact:
-		return strings.TrimSpace(field(r.IdentityType))
+		k := pipeline.KindThirdID
+		switch strings.ToLower(strings.TrimSpace(r.IdentityType)) {
+		case "phone":
+			k = pipeline.KindPhone
+		case "openid":
+			k = pipeline.KindOpenID
+		case "unionid":
+			k = pipeline.KindUnionID
+		}
+		return k, strings.TrimSpace(field(k))
 	}
-	order := []string{"unionid", "openid", "phone", "id"}
+	order := pipeline.IdentityKinds
 	if p.IdentifyWay == pipeline.IdentifyThirdIDFirst {
-		order = []string{"id", "phone", "openid", "unionid"}
+		order = []pipeline.IdentityKind{pipeline.KindThirdID, pipeline.KindPhone, pipeline.KindOpenID, pipeline.KindUnionID}
 	}
 	for _, k := range order {
 		if v := strings.TrimSpace(field(k)); v != "" {
-			return v
+			return k, v
 		}
 	}
-	return ""
+	return "", ""
 }
 
 func (s *Service) batchResult(w http.ResponseWriter, r *http.Request, p apps.Principal) {
@@ -458,11 +489,20 @@ func (s *Service) batchResult(w http.ResponseWriter, r *http.Request, p apps.Pri
 }
 
 func (s *Service) groupList(w http.ResponseWriter, r *http.Request, p apps.Principal) {
-	groups, err := s.store.Groups(r.Context(), p.TenantID)
+	q := r.URL.Query()
+	pageNo, ok := intParam(w, q.Get("pageNo"), "pageNo", 1, 1, math.MaxInt32)
+	if !ok {
+		return
+	}
+	pageSize, ok := intParam(w, q.Get("pageSize"), "pageSize", 100, 1, 1000)
+	if !ok {
+		return
+	}
+	page, err := s.store.Groups(r.Context(), p.TenantID, pageNo, pageSize)
 	if s.readFailed(w, err, "") {
 		return
 	}
-	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: groups})
+	writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "SUCCESS", Msg: "ok", Data: page})
 }
 
 func (s *Service) groupMembers(w http.ResponseWriter, r *http.Request, p apps.Principal) {

@@ -219,27 +219,46 @@ type Group struct {
 	MemberCount int64  `json:"memberCount"`
 }
 
-// Groups lists the tenant's groups by name with their member counts.
-func (s *Store) Groups(ctx context.Context, tenantID int64) ([]Group, error) {
+// GroupsPage is the data of group/list: one page of the tenant's groups.
+type GroupsPage struct {
+	Groups   []Group `json:"groups"`
+	PageNo   int     `json:"pageNo"`
+	PageSize int     `json:"pageSize"`
+	Total    int64   `json:"total"` // visible groups of the tenant, on every page
+}
+
+// Groups reads page pageNo (from 1) of pageSize of the tenant's visible
+// groups, ordered by name, with their member counts, and how many the
+// tenant has in all. A page past the end is empty, not an error. Total and
+// page come from one statement, so they agree.
+func (s *Store) Groups(ctx context.Context, tenantID int64, pageNo, pageSize int) (GroupsPage, error) {
+	page := GroupsPage{Groups: []Group{}, PageNo: pageNo, PageSize: pageSize}
 	rows, err := s.db.Query(ctx, `
-		SELECT g.group_id, g.name, g.category,
-		       (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present)
-		FROM groups g WHERE g.tenant_id = $1 AND g.visible ORDER BY g.name`, tenantID)
+		SELECT t.total, p.group_id, p.name, p.category, p.members
+		FROM (SELECT count(*) AS total FROM groups WHERE tenant_id = $1 AND visible) t
+		LEFT JOIN LATERAL (
+			SELECT g.group_id, g.name, g.category,
+			       (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present) AS members
+			FROM groups g WHERE g.tenant_id = $1 AND g.visible
+			ORDER BY g.name LIMIT $2 OFFSET $3) p ON true`,
+		tenantID, pageSize, int64(pageNo-1)*int64(pageSize))
 	if err != nil {
-		return nil, fmt.Errorf("ingest: list groups: %w", err)
+		return page, fmt.Errorf("ingest: list groups: %w", err)
 	}
-	groups, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Group, error) {
-		var g Group
-		err := r.Scan(&g.GroupID, &g.GroupName, &g.Category, &g.MemberCount)
-		return g, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ingest: list groups: %w", err)
+	for rows.Next() {
+		var id, members *int64
+		var name, category *string
+		if err := rows.Scan(&page.Total, &id, &name, &category, &members); err != nil {
+			return page, fmt.Errorf("ingest: list groups: %w", err)
+		}
+		if id != nil {
+			page.Groups = append(page.Groups, Group{GroupID: *id, GroupName: *name, Category: *category, MemberCount: *members})
+		}
 	}
-	if groups == nil {
-		groups = []Group{}
+	if err := rows.Err(); err != nil {
+		return page, fmt.Errorf("ingest: list groups: %w", err)
 	}
-	return groups, nil
+	return page, nil
 }
 
 // Member is one entry of group/members.

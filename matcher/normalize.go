@@ -192,17 +192,34 @@ const smallGroupList = 16
 // NormalizeGroups splits s on "," and the full-width "，", trims each name of
 // white space (including the ideographic space), drops empty names and keeps
 // the first occurrence of each name, in order. Names are compared exactly
-// ("VIP" and "vip" are two groups). names is nil when none is left.
+// ("VIP" and "vip" are two groups). names is nil when none is left. The
+// names are substrings of s.
 //
-// tooLong is true when some kept name has more than pipeline.MaxGroupNameLen
-// characters, counted in runes (a CJK character counts as one). The names
-// are substrings of s.
-func NormalizeGroups(s string) (names []string, tooLong bool) {
+// problem is the first of these that holds, else pipeline.ReasonNone:
+//
+//   - pipeline.ReasonTooManyGroups: more than pipeline.MaxGroupsPerRecord
+//     distinct names. Splitting stops at the first name beyond the limit, so
+//     names then holds only MaxGroupsPerRecord+1 of them and a hostile list
+//     costs no more than a list at the limit.
+//   - pipeline.ReasonGroupNameInvalid: a kept name holds a character of
+//     Unicode category Cc (controls, NUL, U+0085) or Cf (format: bidi
+//     embeddings, overrides and isolates, zero-width space, joiners and
+//     non-joiner, soft hyphen, BOM U+FEFF, ...), a line or paragraph
+//     separator (U+2028, U+2029; categories Zl, Zp), or a byte that is not
+//     valid UTF-8. White space at either end is trimmed first, so only such
+//     characters inside a name count.
+//   - pipeline.ReasonGroupNameTooLong: a kept name has more than
+//     pipeline.MaxGroupNameLen characters, counted in code points after
+//     trimming (a CJK character counts as one).
+//
+// Each name is read once, without allocating, whatever the problem.
+func NormalizeGroups(s string) (names []string, problem pipeline.Reason) {
 	if s == "" {
-		return nil, false
+		return nil, pipeline.ReasonNone
 	}
 	var seen map[string]struct{}
-	names = make([]string, 0, strings.Count(s, ",")+strings.Count(s, "，")+1)
+	names = make([]string, 0, min(strings.Count(s, ",")+strings.Count(s, "，")+1, pipeline.MaxGroupsPerRecord+1))
+	var badName, longName bool
 	for rest := s; rest != ""; {
 		var name string
 		if i, w := indexGroupSep(rest); i < 0 {
@@ -231,15 +248,49 @@ func NormalizeGroups(s string) (names []string, tooLong bool) {
 				seen[name] = struct{}{}
 			}
 		}
-		if utf8.RuneCountInString(name) > pipeline.MaxGroupNameLen {
-			tooLong = true
-		}
 		names = append(names, name)
+		if len(names) > pipeline.MaxGroupsPerRecord {
+			return names, pipeline.ReasonTooManyGroups
+		}
+		n, ok := checkGroupName(name)
+		badName = badName || !ok
+		longName = longName || n > pipeline.MaxGroupNameLen
 	}
-	if len(names) == 0 {
-		return nil, tooLong
+	switch {
+	case len(names) == 0:
+		return nil, pipeline.ReasonNone
+	case badName:
+		return names, pipeline.ReasonGroupNameInvalid
+	case longName:
+		return names, pipeline.ReasonGroupNameTooLong
 	}
-	return names, tooLong
+	return names, pipeline.ReasonNone
+}
+
+// checkGroupName returns the number of code points of name and whether all
+// of them may stand in a group name (see NormalizeGroups). ASCII is judged
+// without a table look-up; an invalid byte counts as one code point.
+func checkGroupName(name string) (n int, ok bool) {
+	ok = true
+	for i := 0; i < len(name); n++ {
+		if c := name[i]; c < utf8.RuneSelf {
+			if c < 0x20 || c == 0x7f {
+				ok = false
+			}
+			i++
+			continue
+		}
+		r, w := utf8.DecodeRuneInString(name[i:])
+		i += w
+		if r >= '\u2070' && r < '\ufeff' {
+			continue // CJK, kana, Hangul, ...: no Cc, Cf, Zl or Zp in this range
+		}
+		if (r == utf8.RuneError && w == 1) || r == '\u2028' || r == '\u2029' ||
+			unicode.In(r, unicode.Cf, unicode.Cc) {
+			ok = false
+		}
+	}
+	return n, ok
 }
 
 // indexGroupSep returns the byte index and width of the first "," or "，"
@@ -371,9 +422,10 @@ type Normalized struct {
 	// blocked but failed NormalizePhone; Value(KindPhone) is then "".
 	PhoneMalformed bool
 	// Ref is what a result page may show of the record: ThirdID as sent
-	// (trimmed, even when blocked), and the masked phone (its canonical form
-	// when valid, the trimmed value as sent when malformed), openid and
-	// unionid; a blocked phone, openid or unionid is left out.
+	// (trimmed, even when blocked; left out when over MaxIdentityLen), and
+	// the masked phone (its canonical form when valid, the trimmed value as
+	// sent when malformed), openid and unionid; a blocked phone, openid or
+	// unionid is left out.
 	Ref pipeline.RecordRef
 }
 
@@ -403,10 +455,19 @@ func isFuzzy(p pipeline.Params) bool {
 // PhoneMalformed set; openid, unionid and thirdId are otherwise kept as sent
 // (case-sensitive). identityType is read by ParseIdentityType.
 //
-// Invalid holds the first problem found, identity problems before group
-// problems (a record nobody can be identified by is MISSING_IDENTITY whatever
-// its groups):
+// Invalid holds the first problem found, limits first, then identity
+// problems, then group problems (a record nobody can be identified by is
+// MISSING_IDENTITY whatever its groups):
 //
+//  0. Limits (SPEC §10): thirdId, openid or unionid over
+//     pipeline.MaxIdentityLen code points after trimming, or phone over
+//     pipeline.MaxPhoneLen code points as sent (before trimming and before
+//     separators are removed) → VALUE_TOO_LONG. This holds in every mode and
+//     for every field, read by the mode or not, blocked or not: an over-long
+//     value is never silently skipped (fuzzy), looked up, or given to a
+//     created customer (isMatching=false). Such a thirdId is left out of
+//     Ref. A byte that is not valid UTF-8 counts as one code point (ingest
+//     rejects such text, so only a message written around ingest has any).
 //  1. Identity, by mode:
 //     - isMatching=false: no usable thirdId → MISSING_IDENTITY. Other
 //     identifiers are optional: a malformed phone is dropped (the customer
@@ -418,8 +479,8 @@ func isFuzzy(p pipeline.Params) bool {
 //     - fuzzy: identityType is ignored (even an unknown one); no usable
 //     identifier of any kind → INVALID_PHONE when a malformed phone was the
 //     only identifier sent, else MISSING_IDENTITY.
-//  2. Groups: no name left → NO_GROUPS; a name over MaxGroupNameLen runes →
-//     GROUP_NAME_TOO_LONG.
+//  2. Groups: no name left → NO_GROUPS; otherwise NormalizeGroups' problem:
+//     TOO_MANY_GROUPS, then GROUP_NAME_INVALID, then GROUP_NAME_TOO_LONG.
 //
 // Cost: no allocation for the values when the phone is canonical or only
 // prefixed, one for the group list and one shared by the masked Ref fields.
@@ -427,10 +488,16 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 	var n Normalized
 
 	third := strings.TrimSpace(r.ThirdID)
-	n.Ref.ThirdID = third
+	openid, unionid := strings.TrimSpace(r.OpenID), strings.TrimSpace(r.UnionID)
+	thirdLong := longerThan(third, pipeline.MaxIdentityLen)
+	tooLong := thirdLong || longerThan(openid, pipeline.MaxIdentityLen) ||
+		longerThan(unionid, pipeline.MaxIdentityLen) || longerThan(r.Phone, pipeline.MaxPhoneLen)
+	if !thirdLong {
+		n.Ref.ThirdID = third
+	}
 	n.values[idxThirdID] = usable(third)
-	n.values[idxOpenID] = usable(strings.TrimSpace(r.OpenID))
-	n.values[idxUnionID] = usable(strings.TrimSpace(r.UnionID))
+	n.values[idxOpenID] = usable(openid)
+	n.values[idxUnionID] = usable(unionid)
 	phoneSent := usable(strings.TrimSpace(r.Phone))
 	if phoneSent != "" {
 		if c, ok := NormalizePhone(phoneSent); ok {
@@ -447,16 +514,20 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 		n.IdentityType, itKnown = ParseIdentityType(it)
 	}
 
-	var tooLong bool
-	n.Groups, tooLong = NormalizeGroups(r.Groups)
+	var groupProblem pipeline.Reason
+	n.Groups, groupProblem = NormalizeGroups(r.Groups)
 
-	n.Invalid = n.identityProblem(p, itMissing, itKnown)
+	if tooLong {
+		n.Invalid = pipeline.ReasonValueTooLong
+	} else {
+		n.Invalid = n.identityProblem(p, itMissing, itKnown)
+	}
 	if n.Invalid == pipeline.ReasonNone {
 		switch {
 		case len(n.Groups) == 0:
 			n.Invalid = pipeline.ReasonNoGroups
-		case tooLong:
-			n.Invalid = pipeline.ReasonGroupNameTooLong
+		default:
+			n.Invalid = groupProblem
 		}
 	}
 
@@ -466,6 +537,13 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 	}
 	n.setMaskedRef(phoneShown, n.values[idxOpenID], n.values[idxUnionID])
 	return n
+}
+
+// longerThan reports whether s has more than max code points; each byte that
+// is not valid UTF-8 counts as one. Strings of at most max bytes are judged
+// without counting.
+func longerThan(s string, max int) bool {
+	return len(s) > max && utf8.RuneCountInString(s) > max
 }
 
 // usable returns the trimmed s, or "" when it is blocked.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -159,38 +160,81 @@ func TestNormalizeGroups(t *testing.T) {
 	for i := range manyWant {
 		manyWant[i] = fmt.Sprintf("g%d", i)
 	}
+	const (
+		ok      = pipeline.ReasonNone
+		tooLong = pipeline.ReasonGroupNameTooLong
+		invalid = pipeline.ReasonGroupNameInvalid
+		tooMany = pipeline.ReasonTooManyGroups
+	)
+	names := func(n int, sep string) (string, []string) {
+		l := make([]string, n)
+		for i := range l {
+			l[i] = fmt.Sprintf("组%d", i)
+		}
+		return strings.Join(l, sep), l
+	}
+	list100, want100 := names(100, ",")
+	list101, want101 := names(101, "，")
+	list500, want500 := names(500, ",")
 	tests := []struct {
-		name        string
-		in          string
-		want        []string
-		wantTooLong bool
+		name string
+		in   string
+		want []string
+		why  pipeline.Reason
 	}{
-		{"empty", "", nil, false},
-		{"one", "vip", []string{"vip"}, false},
-		{"comma", "vip,new", []string{"vip", "new"}, false},
-		{"full-width comma", "vip，新客户", []string{"vip", "新客户"}, false},
-		{"mixed commas", "a，b,c，d", []string{"a", "b", "c", "d"}, false},
-		{"trimmed", "  vip , new\t", []string{"vip", "new"}, false},
-		{"ideographic space trimmed", "\u3000会员\u3000，新客", []string{"会员", "新客"}, false},
-		{"blank names dropped", ",vip,, ,new,", []string{"vip", "new"}, false},
-		{"only blanks", " , ，, ", nil, false},
-		{"duplicates keep first order", "b,a,b,c,a", []string{"b", "a", "c"}, false},
-		{"duplicates after trimming", "vip, vip ,vip，vip", []string{"vip"}, false},
-		{"case-sensitive", "VIP,vip", []string{"VIP", "vip"}, false},
-		{"inner spaces kept", "gold member", []string{"gold member"}, false},
-		{"64 cjk runes ok", cjk64, []string{cjk64}, false},
-		{"65 cjk runes too long", "vip," + cjk65, []string{"vip", cjk65}, true},
-		{"65 ascii too long", strings.Repeat("a", 65), []string{strings.Repeat("a", 65)}, true},
-		{"64 ascii plus spaces ok", "  " + strings.Repeat("a", 64) + "  ", []string{strings.Repeat("a", 64)}, false},
-		{"many names dedup via set", strings.Join(many, ","), manyWant, false},
-		{"lone 0xEF byte is part of a name", "a\xefb", []string{"a\xefb"}, false},
-		{"null is a name", "null", []string{"null"}, false},
+		{"empty", "", nil, ok},
+		{"one", "vip", []string{"vip"}, ok},
+		{"comma", "vip,new", []string{"vip", "new"}, ok},
+		{"full-width comma", "vip，新客户", []string{"vip", "新客户"}, ok},
+		{"mixed commas", "a，b,c，d", []string{"a", "b", "c", "d"}, ok},
+		{"trimmed", "  vip , new\t", []string{"vip", "new"}, ok},
+		{"ideographic space trimmed", "\u3000会员\u3000，新客", []string{"会员", "新客"}, ok},
+		{"blank names dropped", ",vip,, ,new,", []string{"vip", "new"}, ok},
+		{"only blanks", " , ，, ", nil, ok},
+		{"duplicates keep first order", "b,a,b,c,a", []string{"b", "a", "c"}, ok},
+		{"duplicates after trimming", "vip, vip ,vip，vip", []string{"vip"}, ok},
+		{"case-sensitive", "VIP,vip", []string{"VIP", "vip"}, ok},
+		{"inner spaces kept", "gold member", []string{"gold member"}, ok},
+		{"64 cjk runes ok", cjk64, []string{cjk64}, ok},
+		{"65 cjk runes too long", "vip," + cjk65, []string{"vip", cjk65}, tooLong},
+		{"65 ascii too long", strings.Repeat("a", 65), []string{strings.Repeat("a", 65)}, tooLong},
+		{"64 ascii plus spaces ok", "  " + strings.Repeat("a", 64) + "  ", []string{strings.Repeat("a", 64)}, ok},
+		{"many names dedup via set", strings.Join(many, ","), manyWant, ok},
+		{"invalid UTF-8 in a name", "a\xefb", []string{"a\xefb"}, invalid},
+		{"null is a name", "null", []string{"null"}, ok},
+		{"100 names ok", list100, want100, ok},
+		{"100 names and duplicates ok", list100 + "," + list100, want100, ok},
+		{"101 names too many", list101, want101, tooMany},
+		{"500 names: stops at 101", list500, want500[:101], tooMany},
+		{"too many beats invalid", "\u200b," + list100, append([]string{"\u200b"}, want100...), tooMany},
+		{"invalid beats too long", "a\u202eb," + strings.Repeat("a", 65), []string{"a\u202eb", strings.Repeat("a", 65)}, invalid},
+		{"NUL", "a\x00b", []string{"a\x00b"}, invalid},
+		{"tab inside", "a\tb", []string{"a\tb"}, invalid},
+		{"DEL", "a\x7fb", []string{"a\x7fb"}, invalid},
+		{"NEL inside (Cc)", "a\u0085b", []string{"a\u0085b"}, invalid},
+		{"NEL at the end is trimmed", "ab\u0085", []string{"ab"}, ok},
+		{"bidi override RLO", "vip\u202Egpj.exe", []string{"vip\u202Egpj.exe"}, invalid},
+		{"bidi isolate", "\u2066vip\u2069", []string{"\u2066vip\u2069"}, invalid},
+		{"LRM", "vip\u200E", []string{"vip\u200E"}, invalid},
+		{"zero-width space", "v\u200bip", []string{"v\u200bip"}, invalid},
+		{"zero-width space alone", "\u200b", []string{"\u200b"}, invalid},
+		{"zero-width joiner", "a\u200db", []string{"a\u200db"}, invalid},
+		{"zero-width non-joiner", "a\u200cb", []string{"a\u200cb"}, invalid},
+		{"word joiner", "a\u2060b", []string{"a\u2060b"}, invalid},
+		{"BOM", "\ufeffvip", []string{"\ufeffvip"}, invalid},
+		{"soft hyphen", "vi\u00adp", []string{"vi\u00adp"}, invalid},
+		{"line separator inside", "a\u2028b", []string{"a\u2028b"}, invalid},
+		{"paragraph separator inside", "a\u2029b", []string{"a\u2029b"}, invalid},
+		{"line separator at the ends is trimmed", "\u2028ab\u2029", []string{"ab"}, ok},
+		{"replacement character itself is fine", "a\ufffdb", []string{"a\ufffdb"}, ok},
+		{"emoji and variation selector fine", "会员\u2764\ufe0f", []string{"会员\u2764\ufe0f"}, ok},
+		{"64 runes with a control", strings.Repeat("a", 63) + "\x01", []string{strings.Repeat("a", 63) + "\x01"}, invalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, tooLong := NormalizeGroups(tt.in)
-			if !slices.Equal(got, tt.want) || tooLong != tt.wantTooLong {
-				t.Errorf("NormalizeGroups(%q) = %q, %v; want %q, %v", tt.in, got, tooLong, tt.want, tt.wantTooLong)
+			got, why := NormalizeGroups(tt.in)
+			if !slices.Equal(got, tt.want) || why != tt.why {
+				t.Errorf("NormalizeGroups(%q) = %q, %q; want %q, %q", tt.in, got, why, tt.want, tt.why)
 			}
 		})
 	}
@@ -499,6 +543,134 @@ func BenchmarkNormalize(b *testing.B) {
 		n := Normalize(fuzzyParams, r)
 		if n.Invalid != pipeline.ReasonNone {
 			b.Fatal(n.Invalid)
+		}
+	}
+}
+
+// TestNormalizeLimits checks each per-record limit of SPEC §10 at its
+// boundary, in every matching mode: exactly at the limit passes, one more
+// code point makes the record INVALID with the limit's reason.
+func TestNormalizeLimits(t *testing.T) {
+	at := func(s string, n int) string { return strings.Repeat(s, n) }
+	const (
+		idLen    = pipeline.MaxIdentityLen
+		phoneLen = pipeline.MaxPhoneLen
+		tooLong  = pipeline.ReasonValueTooLong
+	)
+	// A phone of exactly MaxPhoneLen characters as sent that is still valid:
+	// padding and separators count until trimmed.
+	phoneAt := "+86 138-0000-0000" + at(" ", phoneLen-len("+86 138-0000-0000"))
+	modes := []struct {
+		name string
+		p    pipeline.Params
+		base pipeline.RawRecord // a valid record under p
+	}{
+		{"no matching", noMatchParams, pipeline.RawRecord{ThirdID: "crm-1", Groups: "vip"}},
+		{"exact", exactParams, pipeline.RawRecord{IdentityType: "id", ThirdID: "crm-1", Groups: "vip"}},
+		{"fuzzy", fuzzyParams, pipeline.RawRecord{ThirdID: "crm-1", Groups: "vip"}},
+	}
+	tests := []struct {
+		name string
+		edit func(*pipeline.RawRecord)
+		want pipeline.Reason
+	}{
+		{"thirdId at limit", func(r *pipeline.RawRecord) { r.ThirdID = at("t", idLen) }, ""},
+		{"thirdId over", func(r *pipeline.RawRecord) { r.ThirdID = at("t", idLen+1) }, tooLong},
+		{"thirdId 3000", func(r *pipeline.RawRecord) { r.ThirdID = at("t", 3000) }, tooLong},
+		{"thirdId CJK at limit (384 bytes)", func(r *pipeline.RawRecord) { r.ThirdID = at("客", idLen) }, ""},
+		{"thirdId CJK over", func(r *pipeline.RawRecord) { r.ThirdID = at("客", idLen+1) }, tooLong},
+		{"thirdId measured after trimming", func(r *pipeline.RawRecord) { r.ThirdID = "  " + at("t", idLen) + "\t" }, ""},
+		{"openid at limit", func(r *pipeline.RawRecord) { r.OpenID = at("o", idLen) }, ""},
+		{"openid over", func(r *pipeline.RawRecord) { r.OpenID = at("o", idLen+1) }, tooLong},
+		{"unionid at limit", func(r *pipeline.RawRecord) { r.UnionID = at("u", idLen) }, ""},
+		{"unionid over", func(r *pipeline.RawRecord) { r.UnionID = at("u", idLen+1) }, tooLong},
+		{"blocked but over-long", func(r *pipeline.RawRecord) { r.UnionID = at("0", idLen+1) }, tooLong},
+		{"phone at limit as sent", func(r *pipeline.RawRecord) { r.Phone = phoneAt }, ""},
+		{"phone over as sent (padding counts)", func(r *pipeline.RawRecord) { r.Phone = phoneAt + " " }, tooLong},
+		{"phone 3000", func(r *pipeline.RawRecord) { r.Phone = at("1", 3000) }, tooLong},
+		{"over-long value beats group problems", func(r *pipeline.RawRecord) {
+			r.OpenID, r.Groups = at("o", idLen+1), "a\u202eb"
+		}, tooLong},
+		{"invalid byte counts as one", func(r *pipeline.RawRecord) { r.UnionID = at("\xff", idLen) }, ""},
+		{"invalid bytes over", func(r *pipeline.RawRecord) { r.UnionID = at("\xff", idLen+1) }, tooLong},
+		{"100 groups", func(r *pipeline.RawRecord) { r.Groups = groupList(100) }, ""},
+		{"101 groups", func(r *pipeline.RawRecord) { r.Groups = groupList(101) }, pipeline.ReasonTooManyGroups},
+		{"group name at limit", func(r *pipeline.RawRecord) { r.Groups = at("组", pipeline.MaxGroupNameLen) }, ""},
+		{"group name over", func(r *pipeline.RawRecord) { r.Groups = at("组", pipeline.MaxGroupNameLen+1) }, pipeline.ReasonGroupNameTooLong},
+		{"group name bidi override", func(r *pipeline.RawRecord) { r.Groups = "vip,\u202evip" }, pipeline.ReasonGroupNameInvalid},
+		{"group name zero-width space", func(r *pipeline.RawRecord) { r.Groups = "v\u200bip" }, pipeline.ReasonGroupNameInvalid},
+	}
+	for _, m := range modes {
+		for _, tt := range tests {
+			t.Run(m.name+"/"+tt.name, func(t *testing.T) {
+				r := m.base
+				tt.edit(&r)
+				n := Normalize(m.p, r)
+				if n.Invalid != tt.want {
+					t.Fatalf("Invalid = %q, want %q", n.Invalid, tt.want)
+				}
+				if tt.want != "" && n.Lookups(m.p) != nil {
+					t.Errorf("Lookups = %v for an invalid record", n.Lookups(m.p))
+				}
+				if len(n.Ref.ThirdID) > pipeline.MaxIdentityLen*utf8.UTFMax {
+					t.Errorf("Ref.ThirdID holds %d bytes", len(n.Ref.ThirdID))
+				}
+			})
+		}
+	}
+}
+
+// TestCheckGroupNameEveryRune compares checkGroupName, with its fast paths,
+// with Go's Unicode tables on every code point.
+func TestCheckGroupNameEveryRune(t *testing.T) {
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if r >= 0xD800 && r <= 0xDFFF {
+			continue // surrogates cannot be encoded
+		}
+		want := !unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+		if n, ok := checkGroupName(string(r)); n != 1 || ok != want {
+			t.Errorf("checkGroupName(%U) = %d, %v; want 1, %v", r, n, ok, want)
+		}
+	}
+	if n, ok := checkGroupName("a\xffb\xc3"); n != 4 || ok {
+		t.Errorf("invalid UTF-8: %d, %v; want 4, false", n, ok)
+	}
+}
+
+// groupList returns n distinct group names joined by ",".
+func groupList(n int) string {
+	l := make([]string, n)
+	for i := range l {
+		l[i] = fmt.Sprintf("g%03d", i)
+	}
+	return strings.Join(l, ",")
+}
+
+func BenchmarkNormalizeGroups(b *testing.B) {
+	for _, bc := range []struct{ name, in string }{
+		{"typical", "vip，新客户,vip"},
+		{"100 ascii", groupList(100)},
+		{"cjk 64", strings.Repeat("客", 64) + "," + strings.Repeat("户", 64)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, why := NormalizeGroups(bc.in); why != pipeline.ReasonNone {
+					b.Fatal(why)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkNormalizeGroupsHostile: a record's whole 64 KiB of text as
+// distinct group names costs no more than the first 101 of them.
+func BenchmarkNormalizeGroupsHostile(b *testing.B) {
+	in := groupList(12000)[:60000]
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, why := NormalizeGroups(in); why != pipeline.ReasonTooManyGroups {
+			b.Fatal(why)
 		}
 	}
 }

@@ -42,6 +42,10 @@ const (
 	ReasonInvalidIdentityType Reason = "INVALID_IDENTITY_TYPE"
 	ReasonNoGroups            Reason = "NO_GROUPS"
 	ReasonGroupNameTooLong    Reason = "GROUP_NAME_TOO_LONG"
+	ReasonValueTooLong        Reason = "VALUE_TOO_LONG"     // an identity value over its limit (SPEC §10)
+	ReasonTooManyGroups       Reason = "TOO_MANY_GROUPS"    // more than MaxGroupsPerRecord names
+	ReasonGroupNameInvalid    Reason = "GROUP_NAME_INVALID" // a group name holds a Cc or Cf character
+	ReasonGroupLimit          Reason = "GROUP_LIMIT"        // an add would exceed the tenant's group limit (sink)
 	ReasonUndecodable         Reason = "UNDECODABLE"
 	ReasonProcessingFailed    Reason = "PROCESSING_FAILED"
 )

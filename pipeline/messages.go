@@ -1,9 +1,12 @@
 package pipeline
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 )
 
@@ -69,7 +72,7 @@ func DecodeRecord(b []byte) (RecordMessage, error) {
 	if !fastRecord(b, &m) {
 		m = RecordMessage{}
 		if err := json.Unmarshal(b, &m); err != nil {
-			return m, fmt.Errorf("%w: record: %v", ErrUndecodable, err)
+			return m, undecodable("record", err)
 		}
 	}
 	if err := checkHeader("record", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
@@ -96,7 +99,7 @@ func DecodeResolved(b []byte) (ResolvedMessage, error) {
 	if !fastResolved(b, &m) {
 		m = ResolvedMessage{}
 		if err := json.Unmarshal(b, &m); err != nil {
-			return m, fmt.Errorf("%w: resolved: %v", ErrUndecodable, err)
+			return m, undecodable("resolved", err)
 		}
 	}
 	if err := checkHeader("resolved", m.V, m.TenantID, m.BatchID, m.Index); err != nil {
@@ -117,6 +120,23 @@ func DecodeResolved(b []byte) (ResolvedMessage, error) {
 	return m, nil
 }
 
+// undecodable wraps a json.Unmarshal error of a what message in
+// ErrUndecodable, keeping only what names no value (an offset, a field
+// path): these errors end up in logs and dead-letter headers, and
+// encoding/json makes no promise that its texts never quote the input
+// (a syntax error already quotes the offending character).
+func undecodable(what string, err error) error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return fmt.Errorf("%w: %s: not valid JSON near byte %d", ErrUndecodable, what, syntax.Offset)
+	case errors.As(err, &typ):
+		return fmt.Errorf("%w: %s: field %q has the wrong type", ErrUndecodable, what, typ.Field)
+	}
+	return fmt.Errorf("%w: %s: not valid JSON", ErrUndecodable, what)
+}
+
 func checkHeader(what string, v int, tenant, batch int64, index int) error {
 	switch {
 	case v != Version:
@@ -129,11 +149,28 @@ func checkHeader(what string, v int, tenant, batch int64, index int) error {
 	return nil
 }
 
-// RecordKey is the Kafka key of a records message: the tenant and the record's
-// leading identifier, so that all records naming one identity meet in one
-// matcher partition (find-or-create by thirdId relies on it).
-func RecordKey(tenantID int64, identity string) []byte {
-	return append(strconv.AppendInt(nil, tenantID, 10), append([]byte{'/'}, identity...)...)
+// RecordKey is the Kafka key of a records message: 32 lower-case hex digits,
+// the first 16 bytes of SHA-256 over the tenant id in decimal, a NUL byte,
+// the kind, a NUL byte and the record's leading identity value. It names no
+// identity value (SPEC §10), yet is stable: the same (tenant, kind, value)
+// always gives the same key, so every record naming one identity lands in
+// one matcher partition. Find-or-create by thirdId (isMatching=false)
+// relies on that: records naming one thirdId are resolved in order by one
+// consumer. Callers pass the value trimmed of white space, as the matcher
+// reads it; any other normalisation only spreads the records wider.
+func RecordKey(tenantID int64, kind IdentityKind, value string) []byte {
+	var buf [64]byte
+	h := sha256.New()
+	b := strconv.AppendInt(buf[:0], tenantID, 10)
+	b = append(b, 0)
+	b = append(b, kind...)
+	b = append(b, 0)
+	h.Write(b)
+	io.WriteString(h, value)
+	var sum [sha256.Size]byte
+	key := make([]byte, hex.EncodedLen(16))
+	hex.Encode(key, h.Sum(sum[:0])[:16])
+	return key
 }
 
 // ResolvedKey is the Kafka key of a resolved message: tenant and customer, so

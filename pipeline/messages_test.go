@@ -1,6 +1,9 @@
 package pipeline
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -143,4 +146,57 @@ func FuzzDecodeResolved(f *testing.F) {
 			t.Fatalf("round trip changed %s into %s (%v)", again, third, err)
 		}
 	})
+}
+
+func TestRecordKey(t *testing.T) {
+	k := RecordKey(7, KindThirdID, "crm-1")
+	// Pinned: partitioning must not change between versions.
+	sum := sha256.Sum256([]byte("7\x00id\x00crm-1"))
+	if want := hex.EncodeToString(sum[:16]); string(k) != want {
+		t.Fatalf("RecordKey = %s, want %s", k, want)
+	}
+	if !bytes.Equal(k, RecordKey(7, KindThirdID, "crm-1")) {
+		t.Error("RecordKey is not stable")
+	}
+	distinct := map[string]bool{string(k): true}
+	for _, other := range [][]byte{
+		RecordKey(8, KindThirdID, "crm-1"),
+		RecordKey(7, KindPhone, "crm-1"),
+		RecordKey(7, KindThirdID, "crm-2"),
+		RecordKey(71, KindThirdID, "crm-1"), // no ambiguity between tenant and value
+		RecordKey(7, KindThirdID, ""),
+	} {
+		if distinct[string(other)] {
+			t.Errorf("key %s repeats", other)
+		}
+		distinct[string(other)] = true
+	}
+	for _, v := range []string{"13800000000", "oA_xY1234567Q9Zk", "crm-000123", strings.Repeat("长", 3000)} {
+		key := string(RecordKey(1, KindOpenID, v))
+		if len(key) != 32 || strings.Contains(key, v) || strings.Trim(key, "0123456789abcdef") != "" {
+			t.Errorf("RecordKey(%.20q) = %q: want 32 hex digits without the value", v, key)
+		}
+	}
+}
+
+// TestDecodeErrorsHideValues: decoding errors go to logs and dead-letter
+// headers, so they must not quote the message.
+func TestDecodeErrorsHideValues(t *testing.T) {
+	for _, b := range []string{
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"params":{"optType":"add"},"record":{"phone":13800000000}}`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"params":{"optType":"add"},"record":{"thirdId":["crm-secret-1"]}}`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"record":{"phone":"13800000000"`,
+		`{"v":1,"tenantId":1,"batchId":1,"index":0,"outcome":"MATCHED","customerId":13800000000,"ref":{"thirdId":13800000000}}`,
+	} {
+		_, errRec := DecodeRecord([]byte(b))
+		_, errRes := DecodeResolved([]byte(b))
+		for _, err := range []error{errRec, errRes} {
+			if err == nil || !errors.Is(err, ErrUndecodable) {
+				t.Fatalf("%s: error %v, want ErrUndecodable", b, err)
+			}
+			if strings.Contains(err.Error(), "13800000000") || strings.Contains(err.Error(), "crm-secret-1") {
+				t.Errorf("error %q quotes the message", err)
+			}
+		}
+	}
 }

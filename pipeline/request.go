@@ -3,8 +3,24 @@ package pipeline
 // MaxRecords is the largest number of records one batchAdd request may carry.
 const MaxRecords = 500
 
-// MaxGroupNameLen is the longest group name, in characters (runes).
-const MaxGroupNameLen = 64
+// Per-record limits (SPEC §10). Lengths count Unicode code points (runes)
+// of valid UTF-8 text; a record beyond one is INVALID, never truncated.
+const (
+	// MaxGroupNameLen is the longest group name, after trimming.
+	MaxGroupNameLen = 64
+	// MaxGroupsPerRecord is the most distinct group names one record may
+	// name (ReasonTooManyGroups beyond).
+	MaxGroupsPerRecord = 100
+	// MaxIdentityLen is the longest thirdId, openid or unionid, after
+	// trimming (ReasonValueTooLong beyond).
+	MaxIdentityLen = 128
+	// MaxPhoneLen is the longest phone as sent, before trimming and before
+	// separators are removed (ReasonValueTooLong beyond).
+	MaxPhoneLen = 32
+	// MaxAppIDLen is the longest publicParams.accurateMatchValue as sent
+	// (before trimming); a longer one rejects the request.
+	MaxAppIDLen = 128
+)
 
 // MaxBatchID is the largest batch id, and the largest customer id: 2^53-1, so
 // JavaScript clients read ids exactly.

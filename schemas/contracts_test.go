@@ -97,6 +97,12 @@ func TestMessagesMatchSchemas(t *testing.T) {
 			Reason: pipeline.ReasonAmbiguous, Ref: &pipeline.RecordRef{}},
 		"invalid": {TenantID: 3, BatchID: 42, Index: 7, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeInvalid,
 			Reason: pipeline.ReasonGroupNameTooLong, Ref: &pipeline.RecordRef{OpenID: "oA-1****xyz", UnionID: "o6****cd"}},
+		"value too long": {TenantID: 3, BatchID: 42, Index: 10, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeInvalid,
+			Reason: pipeline.ReasonValueTooLong, Ref: &pipeline.RecordRef{UnionID: "uuuu****uuu"}},
+		"too many groups": {TenantID: 3, BatchID: 42, Index: 11, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeInvalid,
+			Reason: pipeline.ReasonTooManyGroups, Ref: &pipeline.RecordRef{ThirdID: strings.Repeat("t", pipeline.MaxIdentityLen)}},
+		"group name invalid": {TenantID: 3, BatchID: 42, Index: 12, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeInvalid,
+			Reason: pipeline.ReasonGroupNameInvalid, Ref: &pipeline.RecordRef{ThirdID: "crm-1"}},
 		"undecodable": {TenantID: 3, BatchID: 42, Index: 8, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeFailed,
 			Reason: pipeline.ReasonUndecodable},
 		"processing failed": {TenantID: 3, BatchID: 42, Index: 9, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeFailed,
@@ -208,7 +214,10 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.Resolved, "ref", map[string]any{}), set(schemas.Resolved, "optType", "Add"),
 		del("not found", "reason"), set("not found", "reason", "AMBIGUOUS"), del("not found", "ref"),
 		set("not found", "customerId", 1), set("not found", "ref.phone", "13800000000x"), set("not found", "ref.email", "x"),
-		set("not found", "outcome", "FAILED"),
+		set("not found", "outcome", "FAILED"), set("not found", "reason", "GROUP_LIMIT"),
+		set("not found", "ref.thirdId", strings.Repeat("t", 129)),
+		set(schemas.Resolved, "groups", hundredAndOneGroups()),
+		set(schemas.Record, "params.accurateMatchValue", strings.Repeat("w", 129)),
 
 		set(schemas.EventRequestAccepted, "type", "request.rejected"), del(schemas.EventRequestAccepted, "batchId"),
 		set(schemas.EventRequestAccepted, "batchId", 0), set(schemas.EventRequestAccepted, "at", "yesterday"),
@@ -493,4 +502,13 @@ func TestOpenAPIHandler(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/yaml" || !bytes.Equal(rec.Body.Bytes(), schemas.OpenAPI()) {
 		t.Errorf("HTTP %d, Content-Type %q, %d bytes", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Len())
 	}
+}
+
+// hundredAndOneGroups is one group name more than a record may carry.
+func hundredAndOneGroups() []any {
+	g := make([]any, pipeline.MaxGroupsPerRecord+1)
+	for i := range g {
+		g[i] = fmt.Sprintf("g%d", i)
+	}
+	return g
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -56,13 +57,22 @@ type PGStore struct {
 	// to accept it before the sink aborts it; it must exceed ingest's
 	// longest request.
 	PendingTimeout time.Duration
+	// MaxGroupsPerTenant is the most visible groups a tenant may have
+	// (SPEC §10; default DefaultMaxGroupsPerTenant). An add that would
+	// create more leaves its record INVALID with pipeline.ReasonGroupLimit
+	// and creates none of its groups; adding to existing groups is always
+	// allowed. Lowering it removes no group.
+	MaxGroupsPerTenant int
 }
+
+// DefaultMaxGroupsPerTenant is PGStore.MaxGroupsPerTenant's default.
+const DefaultMaxGroupsPerTenant = 10000
 
 var _ Store = (*PGStore)(nil)
 
 // NewPGStore returns a store on db.
 func NewPGStore(db *pgxpool.Pool) *PGStore {
-	return &PGStore{db: db, PendingTimeout: 60 * time.Second}
+	return &PGStore{db: db, PendingTimeout: 60 * time.Second, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
 }
 
 type batchState struct {
@@ -152,11 +162,14 @@ func (s *PGStore) applyLive(ctx context.Context, live []*pipeline.ResolvedMessag
 		res.Applied = len(fresh)
 		res.Duplicates += len(live) - len(fresh)
 		res.Outcomes = make(map[pipeline.Outcome]int, 4)
-		for _, r := range fresh {
-			res.Outcomes[r.Outcome]++
-		}
 		if len(fresh) == 0 {
 			return nil
+		}
+		if err := limitGroups(ctx, tx, fresh, s.MaxGroupsPerTenant); err != nil {
+			return err
+		}
+		for _, r := range fresh {
+			res.Outcomes[r.Outcome]++
 		}
 		created, err := applyMemberships(ctx, tx, fresh)
 		if err != nil {
@@ -281,6 +294,165 @@ func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessa
 		}
 	}
 	return fresh, nil
+}
+
+// groupLimitLockClass is the first key of the transaction-scoped advisory
+// lock pg_advisory_xact_lock(groupLimitLockClass, hashint8(tenant_id)) that
+// serialises the transactions creating groups for one tenant. The two-key
+// form lives apart from the one-key locks of the matcher and migrations.
+const groupLimitLockClass = 0x67726f75 // "grou"
+
+// limitGroups enforces limit, the most visible groups per tenant, on recs,
+// the chunk's records new to the ledger in (batch id, record index) order.
+// Each matched add that would make its tenant exceed the limit by creating
+// (or making visible) groups is replaced in recs by a copy that is INVALID
+// with pipeline.ReasonGroupLimit, and its ledger row is rewritten so; it
+// then creates no group and no membership, and counts as invalid. Records
+// are judged in order, each against the groups of earlier ones, so which
+// records of a chunk pass is deterministic. The *ResolvedMessage values
+// themselves are never modified: Apply may run the chunk again.
+//
+// Guarantee: a tenant never has more than limit visible groups, however
+// many sink transactions run at once, unless it had them before (a lowered
+// limit removes nothing). One query per chunk reads which named groups are
+// visible already; only when some add would create a group does the
+// transaction take its tenants' advisory locks (in hash order, so two
+// transactions cannot deadlock on them), then count the tenants' visible
+// groups and read the named ones again in later statements, which in READ
+// COMMITTED see every creation committed before the lock was granted. A
+// transaction that creates groups always holds that lock until it commits;
+// one that creates none never waits for it. Groups made invisibly by
+// deletes (tombstone holders) are not counted.
+func limitGroups(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage, limit int) error {
+	var wanted []groupKey
+	seen := make(map[groupKey]bool)
+	for _, r := range recs {
+		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd {
+			continue
+		}
+		for _, g := range r.Groups {
+			if k := (groupKey{r.TenantID, g}); !seen[k] {
+				seen[k] = true
+				wanted = append(wanted, k)
+			}
+		}
+	}
+	if len(wanted) == 0 {
+		return nil
+	}
+	visible, err := visibleGroups(ctx, tx, wanted)
+	if err != nil {
+		return err
+	}
+	var grow []int64 // tenants for which the chunk would create groups
+	for _, k := range wanted {
+		if !visible[k] && !slices.Contains(grow, k.tenant) {
+			grow = append(grow, k.tenant)
+		}
+	}
+	if len(grow) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `
+		SELECT pg_advisory_xact_lock($2::int, h) FROM (
+			SELECT DISTINCT hashint8(t) AS h FROM unnest($1::bigint[]) AS t) s
+		ORDER BY h`, grow, groupLimitLockClass); err != nil {
+		return fmt.Errorf("sink: lock group limits: %w", err)
+	}
+	count := make(map[int64]int, len(grow))
+	rows, err := tx.Query(ctx, `
+		SELECT t, (SELECT count(*) FROM groups g WHERE g.tenant_id = t AND g.visible)
+		FROM unnest($1::bigint[]) AS t`, grow)
+	if err != nil {
+		return fmt.Errorf("sink: count groups: %w", err)
+	}
+	for rows.Next() {
+		var t int64
+		var n int
+		if err := rows.Scan(&t, &n); err != nil {
+			return fmt.Errorf("sink: count groups: %w", err)
+		}
+		count[t] = n
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sink: count groups: %w", err)
+	}
+	// Groups may have been created while this transaction waited.
+	wanted = slices.DeleteFunc(wanted, func(k groupKey) bool { return visible[k] || !slices.Contains(grow, k.tenant) })
+	since, err := visibleGroups(ctx, tx, wanted)
+	if err != nil {
+		return err
+	}
+	maps.Copy(visible, since)
+	var limitedBatches []int64
+	var limitedIndexes []int32
+	allotted := make(map[groupKey]bool)
+	for i, r := range recs {
+		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd || !slices.Contains(grow, r.TenantID) {
+			continue
+		}
+		need := 0
+		for j, g := range r.Groups {
+			k := groupKey{r.TenantID, g}
+			if seen[k] && !visible[k] && !allotted[k] && !slices.Contains(r.Groups[:j], g) {
+				need++
+			}
+		}
+		if need == 0 {
+			continue
+		}
+		if count[r.TenantID]+need > limit {
+			c := *r
+			c.Outcome, c.Reason, c.MatchedBy, c.CustomerID, c.Conflict, c.Groups = pipeline.OutcomeInvalid, pipeline.ReasonGroupLimit, "", 0, false, nil
+			recs[i] = &c
+			limitedBatches, limitedIndexes = append(limitedBatches, r.BatchID), append(limitedIndexes, int32(r.Index))
+			continue
+		}
+		count[r.TenantID] += need
+		for _, g := range r.Groups {
+			allotted[groupKey{r.TenantID, g}] = true
+		}
+	}
+	if len(limitedBatches) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE batch_records r SET outcome = 'INVALID', reason = 'GROUP_LIMIT', matched_by = NULL, customer_id = NULL
+		FROM unnest($1::bigint[], $2::int[]) AS u(b, i)
+		WHERE r.batch_id = u.b AND r.rec_index = u.i`, limitedBatches, limitedIndexes); err != nil {
+		return fmt.Errorf("sink: record group limit: %w", err)
+	}
+	return nil
+}
+
+// visibleGroups reports which of keys name a visible group.
+func visibleGroups(ctx context.Context, tx pgx.Tx, keys []groupKey) (map[groupKey]bool, error) {
+	out := make(map[groupKey]bool, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	tenants, names := make([]int64, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		tenants[i], names[i] = k.tenant, k.name
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT g.tenant_id, g.name FROM groups g
+		JOIN unnest($1::bigint[], $2::text[]) AS u(t, n) ON g.tenant_id = u.t AND g.name = u.n
+		WHERE g.visible`, tenants, names)
+	if err != nil {
+		return nil, fmt.Errorf("sink: read visible groups: %w", err)
+	}
+	for rows.Next() {
+		var k groupKey
+		if err := rows.Scan(&k.tenant, &k.name); err != nil {
+			return nil, fmt.Errorf("sink: read visible groups: %w", err)
+		}
+		out[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: read visible groups: %w", err)
+	}
+	return out, nil
 }
 
 type groupKey struct {

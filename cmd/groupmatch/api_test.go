@@ -84,19 +84,24 @@ func TestEndToEndHTTP(t *testing.T) {
 	if got := s.members(token, "new", 1000); !equalIDs(got, 1, 3) {
 		t.Errorf("new members %v, want 1 3", got)
 	}
-	var list struct {
-		Data []struct {
-			GroupID     int64  `json:"groupId"`
-			GroupName   string `json:"groupName"`
-			Category    string `json:"category"`
-			MemberCount int64  `json:"memberCount"`
-		}
-	}
+	var list groupList
 	s.get("/api/open/audience/group/list", token, http.StatusOK, &list)
-	if len(list.Data) != 2 || list.Data[0].GroupName != "new" || list.Data[0].MemberCount != 2 ||
-		list.Data[1].GroupName != "vip" || list.Data[1].MemberCount != 4 || list.Data[1].Category != "未分类" {
+	if g := list.Data.Groups; len(g) != 2 || g[0].GroupName != "new" || g[0].MemberCount != 2 ||
+		g[1].GroupName != "vip" || g[1].MemberCount != 4 || g[1].Category != "未分类" ||
+		list.Data.Total != 2 || list.Data.PageNo != 1 || list.Data.PageSize != 100 {
 		t.Errorf("group list %+v", list.Data)
 	}
+	// Paged: one group per page, and a page past the end is empty.
+	s.get("/api/open/audience/group/list?pageNo=2&pageSize=1", token, http.StatusOK, &list)
+	if g := list.Data.Groups; len(g) != 1 || g[0].GroupName != "vip" || list.Data.Total != 2 {
+		t.Errorf("page 2 of 1: %+v", list.Data)
+	}
+	s.get("/api/open/audience/group/list?pageNo=3&pageSize=1", token, http.StatusOK, &list)
+	if len(list.Data.Groups) != 0 || list.Data.Total != 2 {
+		t.Errorf("page 3 of 1: %+v", list.Data)
+	}
+	s.get("/api/open/audience/group/list?pageSize=1001", token, http.StatusBadRequest, nil)
+	s.get("/api/open/audience/group/list?pageNo=0", token, http.StatusBadRequest, nil)
 
 	// Delete: customer 1 leaves vip by thirdId (exact); a missing group and a
 	// non-member are successful no-ops.
@@ -117,7 +122,7 @@ func TestEndToEndHTTP(t *testing.T) {
 		t.Errorf("vip members after delete %v, want 2 3 4", got)
 	}
 	s.get("/api/open/audience/group/list", token, http.StatusOK, &list)
-	if len(list.Data) != 2 {
+	if len(list.Data.Groups) != 2 || list.Data.Total != 2 {
 		t.Errorf("a delete of an unknown group made it visible: %+v", list.Data)
 	}
 
@@ -163,10 +168,10 @@ func TestAuthAndTenantSealing(t *testing.T) {
 		t.Errorf("other tenant's batch: %+v", env)
 	}
 	s.get("/api/integrate/audience/group/members?groupName=g", tokenB, http.StatusNotFound, &env)
-	var list struct{ Data []any }
+	var list groupList
 	s.get("/api/integrate/audience/group/list", tokenB, http.StatusOK, &list)
-	if len(list.Data) != 0 {
-		t.Errorf("tenant b sees groups %v", list.Data)
+	if len(list.Data.Groups) != 0 || list.Data.Total != 0 {
+		t.Errorf("tenant b sees groups %+v", list.Data)
 	}
 
 	// Wrong credentials, refresh, and disabling.

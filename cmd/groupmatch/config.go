@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -33,6 +34,7 @@ type options struct {
 	sinkChunk        int
 	dbMaxConns       int
 	pendingTimeout   time.Duration
+	maxGroups        int
 	maxInFlight      int
 	drainDelay       time.Duration
 	logLevel         string
@@ -180,8 +182,17 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", envInt("MAX_IN_FLIGHT", 256), "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+	fs.IntVar(&o.maxGroups, "max-groups-per-tenant", envInt("MAX_GROUPS_PER_TENANT", sink.DefaultMaxGroupsPerTenant), "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
 	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
+}
+
+// checkStages rejects settings of addStages that cannot work.
+func (o *options) checkStages() error {
+	if o.maxGroups < 1 {
+		return fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)
+	}
+	return nil
 }
 
 // addPartitions registers --partitions.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,7 +159,9 @@ func TestContractClientRefusesBreaches(t *testing.T) {
 		wantErr string // "" = the exchange passes
 	}{
 		{name: "documented", method: "GET", path: "/api/open/audience/group/list", token: "t", status: 200,
-			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":[]}`},
+			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":{"groups":[],"pageNo":1,"pageSize":100,"total":0}}`},
+		{name: "group list as an array (before paging)", method: "GET", path: "/api/open/audience/group/list", token: "t", status: 200,
+			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":[]}`, wantErr: "breaks"},
 		{name: "unknown route", method: "GET", path: "/api/open/audience/group/nope", token: "t", status: 404,
 			answer: `{"code":"404","errorCode":"NOT_FOUND","msg":"no such API","data":null}`, wantErr: "not in schemas/openapi.yaml"},
 		{name: "undocumented status", method: "GET", path: "/api/integrate/audience/group/list", token: "t", status: 418,
@@ -251,7 +254,7 @@ func TestBatchAddSchemaAgreesWithDecoder(t *testing.T) {
 		{"matchingType", []string{"", "null", "1", "2", "2.0", "3", `"1"`}},
 		{"identifyWay", []string{"", "null", "1", "20e-1", "0", `"x"`}},
 		{"accurateMatchType", []string{"", "null", `""`, `" "`, `"gzh"`, `" YouZan\t"`, `"nope"`, "1"}},
-		{"accurateMatchValue", []string{"", "null", `"\u3000"`, `"wx1"`, "2"}},
+		{"accurateMatchValue", []string{"", "null", `"\u3000"`, `"wx1"`, "2", `"` + strings.Repeat("应", 128) + `"`, `" ` + strings.Repeat("w", 128) + `"`}},
 		{"optType", []string{"", "null", `"add"`, `" DELETE"`, `"upsert"`, "1"}},
 	}
 	idx := make([]int, len(pools))
@@ -349,7 +352,7 @@ func TestContractsEndToEnd(t *testing.T) {
 	s.get("/readyz", "", http.StatusOK, nil)
 	s.get("/metrics", "", http.StatusOK, nil)
 
-	// Over Kafka: one request accepted, two rejected.
+	// Over Kafka: one request accepted, three rejected.
 	brokers := s.opts.brokerList()
 	w := stream.NewWriter(brokers, "groupmatch.requests", nil)
 	defer w.Close()
@@ -361,6 +364,9 @@ func TestContractsEndToEnd(t *testing.T) {
 		{Key: []byte("feed-forged"), Value: []byte(feedBody), Headers: []kafka.Header{{Key: pipeline.HeaderToken, Value: []byte("forged")}}},
 		{Key: []byte("feed-bad"), Value: []byte(`{"publicParams": {"isMatching": true, "optType": "add"}, "data": []}`),
 			Headers: []kafka.Header{{Key: pipeline.HeaderToken, Value: []byte(token)}}},
+		// Not UTF-8: PostgreSQL refused it (SQLSTATE 22021), which the feed retried for ever.
+		{Key: []byte("feed-bad-key"), Value: []byte(feedBody), Headers: []kafka.Header{
+			{Key: pipeline.HeaderToken, Value: []byte(token)}, {Key: pipeline.HeaderIdempotencyKey, Value: []byte("\xffkey")}}},
 	}
 	if err := w.WriteMessages(ctx, requests...); err != nil {
 		t.Fatal(err)
@@ -409,7 +415,7 @@ func TestContractsEndToEnd(t *testing.T) {
 				}
 			}
 			if byKey["feed-ok"] != pipeline.EventRequestAccepted || byKey["feed-forged"] != pipeline.EventRequestRejected ||
-				byKey["feed-bad"] != pipeline.EventRequestRejected {
+				byKey["feed-bad"] != pipeline.EventRequestRejected || byKey["feed-bad-key"] != pipeline.EventRequestRejected {
 				t.Errorf("request events by key %v", byKey)
 			}
 			break
@@ -441,8 +447,14 @@ func TestContractsEndToEnd(t *testing.T) {
 		}
 		var r pipeline.RecordMessage
 		mustUnmarshal(t, m.Value, &r)
-		if want := strconv.FormatInt(r.TenantID, 10) + "/"; !strings.HasPrefix(string(m.Key), want) {
-			t.Errorf("records key %q, want it to start with %q", m.Key, want)
+		// SPEC §10: the key is a hash (32 hex digits) and names no identity.
+		if !recordKeyPattern.Match(m.Key) {
+			t.Errorf("records key %q, want 32 lower-case hex digits", m.Key)
+		}
+		for _, v := range []string{r.Record.ThirdID, r.Record.OpenID, r.Record.UnionID, r.Record.Phone} {
+			if v = strings.TrimSpace(v); len(v) >= 3 && strings.Contains(string(m.Key), v) {
+				t.Errorf("records key %q holds the identity value %q", m.Key, v)
+			}
 		}
 		seenRecords[[2]int64{r.BatchID, int64(r.Index)}] = true
 	}
@@ -498,8 +510,8 @@ func TestContractsEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	if types[pipeline.EventRequestAccepted] != 1 || types[pipeline.EventRequestRejected] != 2 || types[pipeline.EventBatchFinished] != len(ids) {
-		t.Errorf("events by type %v, want 1 accepted, 2 rejected, %d finished", types, len(ids))
+	if types[pipeline.EventRequestAccepted] != 1 || types[pipeline.EventRequestRejected] != 3 || types[pipeline.EventBatchFinished] != len(ids) {
+		t.Errorf("events by type %v, want 1 accepted, 3 rejected, %d finished", types, len(ids))
 	}
 
 	// Dead letters carry the documented headers; a letter whose value was
@@ -528,6 +540,9 @@ func TestContractsEndToEnd(t *testing.T) {
 	}
 	t.Logf("validated %d records, %d resolved, %d events %v, %d dead letters", len(records)-1, len(resolved), len(events), types, len(dead))
 }
+
+// recordKeyPattern is the shape of pipeline.RecordKey.
+var recordKeyPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // readTopic reads every message of every partition of topic, up to the end
 // it has when called, with headers and positions.

@@ -73,6 +73,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
+	if err := o.checkStages(); err != nil {
+		return err
+	}
 	o.topicPrefix = "groupmatch."
 	log, err := o.logger(stderr)
 	if err != nil {

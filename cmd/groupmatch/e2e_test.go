@@ -202,6 +202,21 @@ type membersPage struct {
 	NextCursor string `json:"nextCursor"`
 }
 
+// groupList is the answer of group/list.
+type groupList struct {
+	Data struct {
+		Groups []struct {
+			GroupID     int64  `json:"groupId"`
+			GroupName   string `json:"groupName"`
+			Category    string `json:"category"`
+			MemberCount int64  `json:"memberCount"`
+		} `json:"groups"`
+		PageNo   int   `json:"pageNo"`
+		PageSize int   `json:"pageSize"`
+		Total    int64 `json:"total"`
+	}
+}
+
 // members reads every member of a group, page by page.
 func (s *system) members(token, group string, pageSize int) []int64 {
 	s.t.Helper()

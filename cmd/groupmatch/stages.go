@@ -48,6 +48,9 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
+	if err := o.checkStages(); err != nil {
+		return err
+	}
 	log, err := o.logger(stderr)
 	if err != nil {
 		return err
@@ -135,6 +138,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if slices.Contains(stages, stageSink) {
 		store := sink.NewPGStore(pool)
 		store.PendingTimeout = o.pendingTimeout
+		if o.maxGroups > 0 { // else the store's default; checkStages rejects a flag below 1
+			store.MaxGroupsPerTenant = o.maxGroups
+		}
 		s, err := sink.New(sink.Config{
 			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
 			MaxChunk: o.sinkChunk, Logger: log,

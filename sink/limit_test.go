@@ -1,0 +1,182 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+func visibleGroupCount(t *testing.T, db *pgxpool.Pool, tenantID int64) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM groups WHERE tenant_id = $1 AND visible`, tenantID).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// ledgerReasons returns "index:outcome/reason" of the batch's ledger rows.
+func ledgerReasons(t *testing.T, db *pgxpool.Pool, batch int64) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT rec_index, outcome, coalesce(reason, ''), customer_id IS NULL
+		FROM batch_records WHERE batch_id = $1 ORDER BY rec_index`, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var i int
+		var o, r string
+		var noCustomer bool
+		if err := rows.Scan(&i, &o, &r, &noCustomer); err != nil {
+			t.Fatal(err)
+		}
+		if o == string(pipeline.OutcomeInvalid) && !noCustomer {
+			t.Errorf("record %d is INVALID but names a customer", i)
+		}
+		out = append(out, fmt.Sprintf("%d:%s/%s", i, o, r))
+	}
+	return out
+}
+
+func TestApplyGroupLimit(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	s.MaxGroupsPerTenant = 3
+	ctx := context.Background()
+	if _, err := db.Exec(ctx, `INSERT INTO groups (tenant_id, name, visible) VALUES ($1, 'a', true), ($1, 'hidden', false)`, tenant); err != nil {
+		t.Fatal(err)
+	}
+	newBatch(t, db, 1, 7, "PROCESSING")
+	chunk := []pipeline.ResolvedMessage{
+		matched(1, 0, pipeline.OptAdd, 10, "a"),           // existing group: always allowed
+		matched(1, 1, pipeline.OptAdd, 11, "b", "c"),      // 1 + 2 = 3: at the limit
+		matched(1, 2, pipeline.OptAdd, 12, "d"),           // a fourth group: GROUP_LIMIT
+		matched(1, 3, pipeline.OptAdd, 13, "b"),           // created by record 1 of this chunk
+		matched(1, 4, pipeline.OptAdd, 14, "a", "hidden"), // making "hidden" visible creates it: GROUP_LIMIT, "a" untouched too
+		matched(1, 5, pipeline.OptDelete, 15, "z"),        // deletes create only invisible groups
+	}
+	res, err := s.Apply(ctx, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Applied != 6 || res.Outcomes[pipeline.OutcomeMatched] != 4 || res.Outcomes[pipeline.OutcomeInvalid] != 2 {
+		t.Fatalf("first chunk: %+v", res)
+	}
+	if got := fmt.Sprint(ledgerReasons(t, db, 1)); got != "[0:MATCHED/ 1:MATCHED/ 2:INVALID/GROUP_LIMIT 3:MATCHED/ 4:INVALID/GROUP_LIMIT 5:MATCHED/]" {
+		t.Fatalf("ledger %s", got)
+	}
+	if n := visibleGroupCount(t, db, tenant); n != 3 {
+		t.Fatalf("%d visible groups, want 3", n)
+	}
+	if m := fmt.Sprint(members(t, db)); m != "[a/10 b/11 b/13 c/11]" {
+		t.Fatalf("members %s", m)
+	}
+	// Redelivery changes nothing, and another tenant is not limited by this one.
+	if res, err := s.Apply(ctx, chunk); err != nil || res.Applied != 0 {
+		t.Fatalf("redelivery: %+v, %v", res, err)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
+		VALUES (2, 2, 'app', 'add', '{}', 'PROCESSING', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	other := matched(2, 0, pipeline.OptAdd, 10, "x", "y", "z")
+	other.TenantID = 2
+	last := []pipeline.ResolvedMessage{other,
+		{V: 1, TenantID: tenant, BatchID: 1, Index: 6, OptType: pipeline.OptAdd, Outcome: pipeline.OutcomeNotFound, Reason: pipeline.ReasonNotFound}}
+	res, err = s.Apply(ctx, last)
+	if err != nil || len(res.Finished) != 2 {
+		t.Fatalf("last chunk: %+v, %v", res, err)
+	}
+	got := readBatch(t, db, 1)
+	want := batchRow{status: "PARTIAL_SUCCESS", processed: 7, success: 4, unmatched: 1, invalid: 2, groupsCreated: 2}
+	if got != want {
+		t.Fatalf("batch row %+v, want %+v", got, want)
+	}
+	if n := visibleGroupCount(t, db, 2); n != 3 {
+		t.Fatalf("tenant 2 has %d visible groups, want 3", n)
+	}
+}
+
+// TestApplyGroupLimitConcurrent runs two sinks applying chunks that each want
+// new groups of one tenant at the same time: the tenant ends with exactly
+// the limit, every record is counted once, and a record was refused only
+// when its groups did not all exist.
+func TestApplyGroupLimitConcurrent(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	const limit = 25
+	ctx := context.Background()
+	var msgs []pipeline.ResolvedMessage
+	for b := int64(1); b <= 4; b++ {
+		newBatch(t, db, b, 60, "PROCESSING")
+		for i := range 60 {
+			msgs = append(msgs, matched(b, i, pipeline.OptAdd, int64(i+1), "common", fmt.Sprintf("g%d", (int(b)*60+i)%70)))
+		}
+	}
+	errs := make(chan error, 2)
+	for w := range 2 {
+		s := NewPGStore(db)
+		s.MaxGroupsPerTenant = limit
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			mine := append([]pipeline.ResolvedMessage(nil), msgs...)
+			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+			for len(mine) > 0 {
+				n := min(len(mine), 15)
+				for {
+					_, err := s.Apply(ctx, mine[:n])
+					if err == nil {
+						break
+					}
+					if !retry.Transient(err) {
+						errs <- err
+						return
+					}
+				}
+				mine = mine[n:]
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := visibleGroupCount(t, db, tenant); n != limit {
+		t.Fatalf("%d visible groups, want exactly %d", n, limit)
+	}
+	var success, invalid, created int
+	for b := int64(1); b <= 4; b++ {
+		r := readBatch(t, db, b)
+		if r.processed != 60 || r.success+r.invalid != 60 || r.status == "PROCESSING" {
+			t.Fatalf("batch %d: %+v", b, r)
+		}
+		success, invalid, created = success+r.success, invalid+r.invalid, created+r.groupsCreated
+	}
+	if created != limit || invalid == 0 {
+		t.Fatalf("groupsCreated %d (want %d), invalid %d (want some)", created, limit, invalid)
+	}
+	// Every applied record is a member of both its groups; no refused one is.
+	var applied, memberRows int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records WHERE outcome = 'MATCHED'`).Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records r
+		JOIN memberships m ON m.customer_id = r.customer_id AND (m.batch_id, m.rec_index) >= (0, 0)
+		JOIN groups g ON g.group_id = m.group_id AND g.name <> 'common'
+		WHERE r.outcome = 'MATCHED' AND m.batch_id = r.batch_id AND m.rec_index = r.rec_index`).Scan(&memberRows); err != nil {
+		t.Fatal(err)
+	}
+	if applied != success || memberRows != success {
+		t.Fatalf("applied %d, success %d, own memberships %d", applied, success, memberRows)
+	}
+}
