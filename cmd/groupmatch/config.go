@@ -92,7 +92,7 @@ func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", env("KAFKA_SASL_MECHANISM", ""), "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
 	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", env("KAFKA_SASL_USERNAME", ""), "SASL username (KAFKA_SASL_USERNAME)")
 	s.SASLPassword = env("KAFKA_SASL_PASSWORD", "")
-	fs.Var((*secretFlag)(&s.SASLPassword), "kafka-sasl-password", "SASL password; never shown. Prefer the environment or a file: a flag is visible to other users of the machine (KAFKA_SASL_PASSWORD)")
+	fs.Var((*secretFlag)(&s.SASLPassword), "kafka-sasl-password", "SASL `password`; never shown. Prefer the environment or a file: a flag is visible to other users of the machine (KAFKA_SASL_PASSWORD)")
 	fs.StringVar(&s.SASLPasswordFile, "kafka-sasl-password-file", env("KAFKA_SASL_PASSWORD_FILE", ""), "file holding the SASL password, instead of --kafka-sasl-password (KAFKA_SASL_PASSWORD_FILE)")
 	fs.BoolVar(&s.TLS, "kafka-tls", envBool("KAFKA_TLS", false), "connect to Kafka over TLS; implied by any --kafka-tls-*-file (KAFKA_TLS)")
 	fs.StringVar(&s.TLSCAFile, "kafka-tls-ca-file", env("KAFKA_TLS_CA_FILE", ""), "PEM file of the CA certificates that sign the brokers' certificates; default the system's (KAFKA_TLS_CA_FILE)")

@@ -53,7 +53,7 @@ func cmdTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&ts.minISR, "min-insync-replicas", envInt("TOPIC_MIN_INSYNC_REPLICAS", 0), "min.insync.replicas of new topics; 0 means the replication factor - 1, at least 1 (TOPIC_MIN_INSYNC_REPLICAS)")
 	fs.DurationVar(&ts.retention, "retention", envDuration("TOPIC_RETENTION", 7*24*time.Hour), "retention.ms of new topics; 0 leaves the broker's default (and is not checked), a negative value keeps messages for ever (TOPIC_RETENTION)")
 	var tenants stringList
-	fs.Var(&tenants, "tenant", "also create the events topic <prefix>events.<tenant> of this tenant, for --events-per-tenant; repeatable")
+	fs.Var(&tenants, "tenant", "also create the events topic <prefix>events.<tenant> of this `tenant`, for --events-per-tenant; repeatable")
 	check := fs.Bool("check", false, "exit non-zero when an existing topic's settings differ from the ones stated (drift); without it drift is only reported")
 	if err := parse(fs, args, 0); err != nil {
 		return err
