@@ -59,6 +59,7 @@ type Feed struct {
 	consumer *stream.Consumer
 	events   *kafka.Writer
 	log      *slog.Logger
+	missing  stream.Throttle // warnings about missing tenant topics
 }
 
 // NewFeed returns a feed accepting batches through svc.
@@ -136,7 +137,9 @@ func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
 			return err
 		}
 		for _, t := range missing {
-			f.log.Warn("tenant events topic missing; answering on the shared events topic", "topic", t)
+			if f.missing.Due(t, time.Now()) {
+				f.log.Warn("tenant events topic missing; answering on the shared events topic until it exists", "topic", t)
+			}
 		}
 		return f.events.WriteMessages(ctx, events...)
 	}, f.notify)

@@ -26,6 +26,8 @@ type Relay struct {
 	db  *pgxpool.Pool
 	w   *kafka.Writer
 	log *slog.Logger
+	// missing throttles the warnings about missing tenant topics.
+	missing stream.Throttle
 }
 
 // RelayConfig configures a Relay. Zero values take the documented
@@ -152,7 +154,9 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 				return err
 			}
 			for _, t := range missing {
-				r.log.Warn("tenant events topic missing; publishing on the shared events topic", "topic", t)
+				if r.missing.Due(t, time.Now()) {
+					r.log.Warn("tenant events topic missing; publishing on the shared events topic until it exists", "topic", t)
+				}
 			}
 		}
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {

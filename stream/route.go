@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -57,4 +58,33 @@ func RouteToExisting(ctx context.Context, brokers []string, sec *Security, msgs 
 		}
 	}
 	return missing, nil
+}
+
+// Throttle says whether something named by a key (a missing topic) is due
+// to be reported again: at most once per Every (default one minute), so
+// that a condition lasting hours logs a line a minute, not one per write.
+// The zero value is ready to use and safe for concurrent use.
+type Throttle struct {
+	Every time.Duration
+
+	mu   sync.Mutex
+	last map[string]time.Time // by key: when it was last due
+}
+
+// Due reports whether key is due at now, and if so starts its next wait.
+func (t *Throttle) Due(key string, now time.Time) bool {
+	every := t.Every
+	if every <= 0 {
+		every = time.Minute
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if last, ok := t.last[key]; ok && now.Sub(last) < every {
+		return false
+	}
+	if t.last == nil {
+		t.last = make(map[string]time.Time)
+	}
+	t.last[key] = now
+	return true
 }
