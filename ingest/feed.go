@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -31,7 +31,8 @@ type FeedConfig struct {
 	// whose topic does not exist (or whose name cannot be a topic's),
 	// is answered on Topics.Events.
 	EventsPerTenant bool
-	// MaxChunk is the most requests taken at once; default 64.
+	// MaxChunk is the most requests of one partition taken at once, and
+	// buffered while they are handled; default 64.
 	MaxChunk int
 	// Retry bounds retries while PostgreSQL or Kafka is down; the zero
 	// value retries until shutdown.
@@ -50,9 +51,22 @@ const DefaultFeedGroupID = "groupmatch-ingest"
 //
 // A request's idempotency key is its idempotency-key header, or else its
 // topic/partition/offset, so a request read twice (after a crash before the
-// commit) makes one batch. Requests of one partition are accepted in order;
-// partitions proceed in parallel. Offsets are committed only after the
-// chunk's records and events are in Kafka.
+// commit) makes one batch.
+//
+// Partitions progress independently: the consumer runs one worker per
+// assigned partition (stream.ConsumerConfig.PerPartition), each with its own
+// fetcher, handing the feed one partition's chunk at a time. Requests of one
+// partition are accepted in order. A request that fails transiently
+// (PostgreSQL or Kafka unavailable, retry.Transient) is retried with backoff
+// for as long as the Retry policy allows, holding back only the requests
+// after it in its partition; before the first retry the answers of the
+// requests before it are published. A request that can never succeed (a
+// refusal, a permanent error, a panic) is answered request.rejected at once,
+// with the code the HTTP API gives (see permanentRefusal), and the partition
+// goes on. A partition's offset is committed only after every request of the
+// chunk has its answer in Kafka, so no offset passes an unanswered request;
+// an answer may be published twice (same batch id) if the process dies
+// before the commit.
 type Feed struct {
 	cfg      FeedConfig
 	svc      *Service
@@ -79,7 +93,7 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 	log := cfg.Logger.With("stage", "ingest", "component", "feed")
 	c, err := stream.NewConsumer(stream.ConsumerConfig{
 		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests, Security: cfg.Security,
-		MaxChunk: cfg.MaxChunk, Logger: log,
+		MaxChunk: cfg.MaxChunk, PerPartition: true, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingest: feed: %w", err)
@@ -103,35 +117,35 @@ func (f *Feed) Run(ctx context.Context) error {
 	return f.consumer.Run(ctx, f.handle)
 }
 
+// handle answers one chunk of one partition, in order; see Feed.
 func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
-	byPartition := make(map[int][]int) // partition -> indexes into msgs, in order
-	for i, m := range msgs {
-		byPartition[m.Partition] = append(byPartition[m.Partition], i)
-	}
-	events := make([]kafka.Message, len(msgs))
-	errs := make(chan error, len(byPartition))
-	var wg sync.WaitGroup
-	for _, idx := range byPartition {
-		wg.Go(func() {
-			for _, i := range idx {
-				ev, err := f.request(ctx, msgs[i])
-				if err != nil {
-					errs <- err
-					return
-				}
-				events[i] = ev
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err // shutting down mid-retry: the chunk is read again
-	}
-	err := retry.Do(ctx, f.cfg.Retry, func() error {
-		if !f.cfg.EventsPerTenant {
-			return f.events.WriteMessages(ctx, events...)
+	events := make([]kafka.Message, 0, len(msgs))
+	published := 0 // events[:published] are in Kafka already
+	publish := func() error {
+		if published == len(events) {
+			return nil
 		}
+		err := retry.Do(ctx, f.cfg.Retry, func() error { return f.write(ctx, events[published:]) }, f.notify)
+		if err != nil {
+			return fmt.Errorf("ingest: write request events: %w", err)
+		}
+		published = len(events)
+		return nil
+	}
+	for _, m := range msgs {
+		ev, err := f.request(ctx, m, publish)
+		if err != nil {
+			return err // shutting down or out of retries: the chunk is read again
+		}
+		events = append(events, ev)
+	}
+	return publish()
+}
+
+// write publishes events; with EventsPerTenant, an event whose tenant has
+// no topic goes to the shared one.
+func (f *Feed) write(ctx context.Context, events []kafka.Message) error {
+	if f.cfg.EventsPerTenant {
 		missing, err := stream.RouteToExisting(ctx, f.cfg.Brokers, f.cfg.Security, events, f.cfg.Topics.Events)
 		if err != nil {
 			return err
@@ -141,17 +155,15 @@ func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
 				f.log.Warn("tenant events topic missing; answering on the shared events topic until it exists", "topic", t)
 			}
 		}
-		return f.events.WriteMessages(ctx, events...)
-	}, f.notify)
-	if err != nil {
-		return fmt.Errorf("ingest: write request events: %w", err)
 	}
-	return nil
+	return f.events.WriteMessages(ctx, events...)
 }
 
 // request accepts or refuses one request and returns its event. It retries
-// while PostgreSQL or Kafka is unavailable; an error means it gave up.
-func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, error) {
+// while PostgreSQL or Kafka is unavailable, calling beforeRetry (which may
+// fail) before the first wait; a permanent failure or a panic is a refusal.
+// An error means it gave up: ctx is done or the Retry policy ran out.
+func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() error) (kafka.Message, error) {
 	ev := pipeline.RequestEvent{
 		RequestKey: string(m.Key), Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
 		IdempotencyKey: header(m, pipeline.HeaderIdempotencyKey),
@@ -162,27 +174,47 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 	var id int64
 	var refusal *Refusal
 	var tenant string // of a valid token
+	var retried bool
+	var publishErr error // beforeRetry's: never a reason to reject the request
 	err := retry.Do(ctx, f.cfg.Retry, func() error {
-		p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
-		tenant = p.Tenant
-		if r != nil && r.Status == refuseUnavailable.Status {
-			return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
+		if publishErr = nil; retried {
+			if publishErr = beforeRetry(); publishErr != nil {
+				return publishErr
+			}
 		}
-		if refusal = r; r != nil {
-			return nil
-		}
-		if refusal = checkVersion(m.Value); refusal != nil {
-			return nil
-		}
-		var err error
-		id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
-		if err != nil {
-			return fmt.Errorf("%w: %w", retry.ErrTransient, err)
-		}
-		return nil
-	}, f.notify)
-	if err != nil {
+		return retry.Catch(func() error {
+			p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
+			tenant = p.Tenant
+			if r != nil && r.Status == refuseUnavailable.Status {
+				return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
+			}
+			if refusal = r; r != nil {
+				return nil
+			}
+			if refusal = checkVersion(m.Value); refusal != nil {
+				return nil
+			}
+			var err error
+			id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
+			return err // transient, or ctx ended: submit refuses what is permanent
+		})
+	}, func(err error, wait time.Duration) {
+		retried = true
+		f.notify(err, wait)
+	})
+	switch {
+	case err == nil:
+	case publishErr != nil || ctx.Err() != nil || retry.Transient(err):
 		return kafka.Message{}, err
+	default:
+		refusal = permanentRefusal(err)
+		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		var panicErr *retry.PanicError
+		if errors.As(err, &panicErr) {
+			class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
+		}
+		f.svc.metrics.FeedFailures.WithLabelValues(class).Inc()
+		f.log.Error("request failed permanently; rejecting it", attrs...)
 	}
 	if refusal != nil {
 		ev.Type, ev.Code, ev.ErrorCode, ev.Msg = pipeline.EventRequestRejected, refusal.Code, refusal.ErrorCode, refusal.Msg
@@ -206,7 +238,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message) (kafka.Message, err
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", err, "wait", wait)
+	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait", wait)
 }
 
 // checkVersion refuses a request whose "v" is present and not

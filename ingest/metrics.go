@@ -11,6 +11,10 @@ type Metrics struct {
 	BatchesAccepted prometheus.Counter
 	BatchesAborted  prometheus.Counter
 	InFlight        prometheus.Gauge
+	// FeedFailures counts requests-topic messages that failed permanently
+	// (class "permanent") or panicked ("panic") and were answered
+	// request.rejected.
+	FeedFailures *prometheus.CounterVec
 }
 
 // NewMetrics registers ingest's metrics on reg, labelled stage="ingest".
@@ -36,13 +40,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		BatchesAborted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupmatch_batches_aborted_total",
-			Help: "Batches whose acceptance failed (the caller got 503); never applied.",
+			Help: "Batches whose acceptance failed (the caller got 503 or a 4xx); never applied.",
 		}),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "groupmatch_http_requests_in_flight",
 			Help: "HTTP requests being served.",
 		}),
+		FeedFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupmatch_feed_failures_total",
+			Help: "Requests-topic messages that failed permanently or panicked, answered request.rejected; by class.",
+		}, []string{"class"}),
 	}
-	reg.MustRegister(m.Requests, m.RequestSeconds, m.RecordsAccepted, m.BatchesAccepted, m.BatchesAborted, m.InFlight)
+	reg.MustRegister(m.Requests, m.RequestSeconds, m.RecordsAccepted, m.BatchesAccepted, m.BatchesAborted, m.InFlight, m.FeedFailures)
 	return m
 }

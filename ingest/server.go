@@ -17,11 +17,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/time/rate"
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -275,7 +277,7 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 	}
 	id, refusal, err := s.submit(r.Context(), p, body, r.Header.Get("Idempotency-Key"))
 	if err != nil {
-		s.log.Error("batch not accepted", "err", err)
+		s.log.Error("batch not accepted; retry is safe", "err", stream.ErrorText(err))
 		refuseUnavailable.write(w)
 		return
 	}
@@ -306,8 +308,11 @@ func ValidIdempotencyKey(key string) bool {
 }
 
 // submit validates a batchAdd body and accepts it as a batch. A refusal is
-// the caller's mistake, answered as the API documents; an error means
-// PostgreSQL or Kafka failed and nothing was accepted, so a retry is safe.
+// an answer that a retry of the same request would get again: the caller's
+// mistake as the API documents, or a failure that retry.Transient calls
+// permanent (see permanentRefusal). An error means PostgreSQL or Kafka
+// failed transiently, or ctx ended, and nothing was accepted, so a retry is
+// safe.
 func (s *Service) submit(ctx context.Context, p apps.Principal, body []byte, key string) (int64, *Refusal, error) {
 	if len(body) > MaxBodyBytes {
 		return 0, copyOf(refuseTooLarge), nil
@@ -321,10 +326,56 @@ func (s *Service) submit(ctx context.Context, p apps.Principal, body []byte, key
 			Msg: fmt.Sprintf("Idempotency-Key must be 1 to %d printable ASCII characters (0x21-0x7E, no space)", MaxIdempotencyKey)}, nil
 	}
 	id, err := s.Accept(ctx, p, req, key)
-	if errors.Is(err, ErrIdempotencyConflict) {
+	switch {
+	case errors.Is(err, ErrIdempotencyConflict):
 		return 0, copyOf(refuseConflict), nil
+	case err != nil && !retry.Transient(err) && ctx.Err() == nil:
+		r := permanentRefusal(err)
+		s.log.Warn("batch refused: it cannot succeed on a retry", "tenant_id", p.TenantID, "code", r.Code, "err", stream.ErrorText(err))
+		return 0, r, nil
 	}
 	return id, nil, err
+}
+
+// permanentRefusal answers a request whose acceptance failed in a way no
+// retry can mend (nothing was accepted): a record Kafka refuses as too large
+// is 413 PAYLOAD_TOO_LARGE; a PostgreSQL data exception or program limit
+// (SQLSTATE class 22 or 54: a value of the request it cannot store) is 400
+// INVALID_PARAMETER; anything else (another permanent PostgreSQL error, a
+// panic) is 422 UNPROCESSABLE. Messages name a SQLSTATE, never a value.
+func permanentRefusal(err error) *Refusal {
+	var pgErr *pgconn.PgError
+	switch {
+	case tooLargeForKafka(err):
+		return &Refusal{http.StatusRequestEntityTooLarge, "413", "PAYLOAD_TOO_LARGE",
+			"the batch's records are too large for Kafka; nothing was accepted"}
+	case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "54")):
+		return &Refusal{http.StatusBadRequest, "400", "INVALID_PARAMETER",
+			"a value of the request cannot be stored (SQLSTATE " + pgErr.Code + "); nothing was accepted"}
+	case errors.As(err, &pgErr):
+		return &Refusal{http.StatusUnprocessableEntity, "422", "UNPROCESSABLE",
+			"the request cannot be processed (SQLSTATE " + pgErr.Code + "); nothing was accepted, and a retry fails the same way"}
+	}
+	return &Refusal{http.StatusUnprocessableEntity, "422", "UNPROCESSABLE",
+		"the request cannot be processed; nothing was accepted, and a retry fails the same way"}
+}
+
+// tooLargeForKafka reports whether Kafka, or kafka-go before sending,
+// refused a message as too large.
+func tooLargeForKafka(err error) bool {
+	var tooLarge kafka.MessageTooLargeError
+	if errors.Is(err, kafka.MessageSizeTooLarge) || errors.As(err, &tooLarge) {
+		return true
+	}
+	var writeErrs kafka.WriteErrors
+	if errors.As(err, &writeErrs) {
+		for _, e := range writeErrs {
+			if e != nil && tooLargeForKafka(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ErrIdempotencyConflict means the idempotency key names a batch made from
@@ -387,6 +438,12 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 	if err != nil {
 		return 0, err
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.abort(ctx, id) // nothing was accepted: no answer may leave the batch pending
+			panic(v)
+		}
+	}()
 	msgs := make([]kafka.Message, len(req.Records))
 	for i, rec := range req.Records {
 		v, err := pipeline.EncodeRecord(pipeline.RecordMessage{
@@ -404,13 +461,40 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 		return 0, fmt.Errorf("ingest: write records of batch %d: %w", id, err)
 	}
 	if err := s.store.Accept(ctx, id); err != nil {
-		s.abort(ctx, id)
-		return 0, err
+		if errors.Is(err, errNotAccepted) || !s.settle(ctx, id) {
+			return 0, err
+		}
+		s.log.Warn("acceptance reported a failure but had committed; answering the batch id", "batch_id", id, "err", stream.ErrorText(err))
 	}
 	s.metrics.BatchesAccepted.Inc()
 	s.metrics.RecordsAccepted.Add(float64(len(msgs)))
 	s.log.Info("batch accepted", "batch_id", id, "records", len(msgs), "tenant_id", p.TenantID)
 	return id, nil
+}
+
+// settle decides a batch whose acceptance failed ambiguously (see
+// Store.Settle), retrying for a few seconds even after ctx ended, and
+// reports whether it was accepted. A batch it cannot decide stays PENDING
+// until the janitor aborts it; the caller answers 503, which is then right
+// unless the lost acceptance had committed (the retry with an
+// Idempotency-Key gets the batch id).
+func (s *Service) settle(ctx context.Context, id int64) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var accepted bool
+	err := retry.Do(ctx, retry.Policy{MaxElapsed: 3 * time.Second, Initial: 50 * time.Millisecond, Max: time.Second}, func() error {
+		var err error
+		accepted, err = s.store.Settle(ctx, id)
+		return err
+	}, nil)
+	switch {
+	case err != nil:
+		s.log.Warn("acceptance undecided; the janitor will abort the batch if it is still pending", "batch_id", id, "err", stream.ErrorText(err))
+		return false
+	case !accepted:
+		s.metrics.BatchesAborted.Inc()
+	}
+	return accepted
 }
 
 func (s *Service) abort(ctx context.Context, id int64) {

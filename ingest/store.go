@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
 )
 
 // ErrNotFound means the batch or group does not exist for the caller's
@@ -20,11 +21,18 @@ import (
 var ErrNotFound = errors.New("ingest: not found")
 
 // errNotAccepted means a PENDING batch was aborted before ingest could
-// accept it.
-var errNotAccepted = errors.New("ingest: batch was aborted before acceptance")
+// accept it (the janitor judged it stale). Nothing was accepted, so a retry
+// is safe: it is transient.
+var errNotAccepted = fmt.Errorf("ingest: batch was aborted before acceptance: %w", retry.ErrTransient)
 
 // Store is ingest's PostgreSQL state: batches and the reads of §4.
-type Store struct{ db *pgxpool.Pool }
+type Store struct {
+	db *pgxpool.Pool
+	// afterAccept, when set (by tests), runs after Accept's UPDATE
+	// succeeded and its error is Accept's: an acceptance that committed
+	// but reported a failure, as a connection lost after COMMIT does.
+	afterAccept func(batchID int64) error
+}
 
 // NewStore returns a store on db.
 func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
@@ -102,7 +110,35 @@ func (s *Store) Accept(ctx context.Context, batchID int64) error {
 	if tag.RowsAffected() == 0 {
 		return errNotAccepted
 	}
+	if s.afterAccept != nil {
+		return s.afterAccept(batchID)
+	}
 	return nil
+}
+
+// Settle decides a batch whose acceptance failed ambiguously (Accept's
+// UPDATE may or may not have committed): a batch still PENDING is aborted
+// now, as Abort does, and reported not accepted; a batch that is no longer
+// PENDING was accepted unless it was aborted. The UPDATE waits for any
+// in-flight acceptance of the row, so the answer is final.
+func (s *Store) Settle(ctx context.Context, batchID int64) (accepted bool, err error) {
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
+		WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+	if err != nil {
+		return false, fmt.Errorf("ingest: settle batch: %w", err)
+	}
+	if tag.RowsAffected() > 0 {
+		return false, nil
+	}
+	var aborted bool
+	err = s.db.QueryRow(ctx, `SELECT aborted FROM batches WHERE batch_id = $1`, batchID).Scan(&aborted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil // pruned: it was aborted long ago
+	}
+	if err != nil {
+		return false, fmt.Errorf("ingest: settle batch: %w", err)
+	}
+	return !aborted, nil
 }
 
 // Abort marks a PENDING batch FAILED and aborted: its records, should any

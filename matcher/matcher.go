@@ -132,6 +132,14 @@ type item struct {
 	msg  pipeline.RecordMessage
 	norm Normalized
 	out  pipeline.ResolvedMessage
+	src  int // index of the record's message in the chunk
+}
+
+// isolated is a record whose resolution failed permanently (an error
+// retry.Transient rejects, or a panic) when resolved alone.
+type isolated struct {
+	src int // index into the chunk's items
+	err error
 }
 
 // scratch is the memory one chunk works in, reused by the next chunk: a
@@ -159,7 +167,7 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 	items := slices.Grow(sc.items[:0], len(msgs))
 	var dead []kafka.Message
 	var failed []pipeline.ResolvedMessage
-	for _, m := range msgs {
+	for src, m := range msgs {
 		rec, err := pipeline.DecodeRecord(m.Value)
 		if err != nil {
 			dead = append(dead, stream.DeadLetter(m, "matcher", "undecodable", err))
@@ -175,15 +183,28 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 		}
 		items = items[:len(items)+1]
 		it := &items[len(items)-1]
-		it.msg, it.norm = rec, Normalize(rec.Params, rec.Record)
+		it.msg, it.src = rec, src
+		if err := retry.Catch(func() error { it.norm = Normalize(rec.Params, rec.Record); return nil }); err != nil {
+			items = items[:len(items)-1]
+			dead = append(dead, s.isolatedLetter(m, rec.BatchID, rec.Index, err))
+			failed = append(failed, pipeline.ResolvedMessage{
+				V: pipeline.Version, TenantID: rec.TenantID, BatchID: rec.BatchID, Index: rec.Index, OptType: rec.Params.OptType,
+				Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonProcessingFailed,
+			})
+		}
 	}
 	sc.items = items
 
 	lookStart := time.Now()
-	if err := s.resolve(ctx, items); err != nil {
+	bad, err := s.resolve(ctx, items)
+	if err != nil {
 		return err
 	}
 	s.metrics.LookupSeconds.Observe(time.Since(lookStart).Seconds())
+	for _, b := range bad {
+		it := &items[b.src]
+		dead = append(dead, s.isolatedLetter(msgs[it.src], it.msg.BatchID, it.msg.Index, b.err))
+	}
 
 	out := slices.Grow(sc.out[:0], len(items)+len(failed))
 	counts := make(map[outcomeKey]int, 8)
@@ -237,11 +258,62 @@ func resolvedMessage(r pipeline.ResolvedMessage) (kafka.Message, error) {
 
 // resolve fills items[i].out: one batched look-up for the matching records,
 // one find-or-create for the isMatching=false ones, each retried by the
-// stage's policy.
-func (s *Stage) resolve(ctx context.Context, items []item) error {
-	return resolveChunk(ctx, s.dir, items, func(op func() error) error {
-		return retry.Do(ctx, s.cfg.Retry, op, s.notify)
+// stage's policy while it fails transiently.
+//
+// A chunk whose resolution fails permanently (an error retry.Transient
+// rejects, or a panic anywhere in it) is split in halves, each resolved
+// again, until the failing record is alone; that record's out is FAILED with
+// reason PROCESSING_FAILED (so the sink counts it and its batch finishes)
+// and it is returned, as an index into items, for the dead-letter topic.
+// Splitting costs directory round trips only when a chunk fails. An error
+// means a transient failure outlasted the retry policy or ctx is done: the
+// chunk must be delivered again.
+func (s *Stage) resolve(ctx context.Context, items []item) ([]isolated, error) {
+	return s.resolveFrom(ctx, items, 0)
+}
+
+// resolveFrom is resolve of items, which start at index base of the chunk.
+func (s *Stage) resolveFrom(ctx context.Context, items []item, base int) ([]isolated, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	err := retry.Catch(func() error {
+		return resolveChunk(ctx, s.dir, items, func(op func() error) error {
+			return retry.Do(ctx, s.cfg.Retry, func() error { return retry.Catch(op) }, s.notify)
+		})
 	})
+	switch {
+	case err == nil:
+		return nil, nil
+	case retry.Transient(err) || ctx.Err() != nil:
+		return nil, err
+	case len(items) > 1:
+		h := len(items) / 2
+		bad, err := s.resolveFrom(ctx, items[:h], base)
+		if err != nil {
+			return nil, err
+		}
+		more, err := s.resolveFrom(ctx, items[h:], base+h)
+		return append(bad, more...), err
+	}
+	it := &items[0]
+	it.out = verdictMessage(it.msg, &it.norm, Verdict{Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonProcessingFailed})
+	return []isolated{{src: base, err: err}}, nil
+}
+
+// isolatedLetter counts and logs a record that failed permanently and
+// returns its dead letter, of class "panic" or "permanent". Neither the log
+// nor the letter's headers quote a value of the record.
+func (s *Stage) isolatedLetter(m kafka.Message, batchID int64, index int, err error) kafka.Message {
+	class, attrs := "permanent", []any{"batch_id", batchID, "record_index", index,
+		"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+	var panicErr *retry.PanicError
+	if errors.As(err, &panicErr) {
+		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
+	}
+	s.metrics.DeadLetters.WithLabelValues(class).Inc()
+	s.log.Error("record failed permanently; counted failed and dead-lettered", attrs...)
+	return stream.DeadLetter(m, "matcher", class, err)
 }
 
 // resolveChunk is the stage's resolution of one chunk, apart from Kafka:

@@ -7,8 +7,11 @@ package retry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -20,12 +23,50 @@ import (
 // ErrTransient marks an error as worth retrying whatever it wraps.
 var ErrTransient = errors.New("transient")
 
+// PanicError is a panic recovered by Catch. It is permanent: the same input
+// panics again.
+type PanicError struct {
+	// Value is what was passed to panic. Error reports it only when it is
+	// a runtime.Error (whose text quotes no data) and otherwise names its
+	// type, so that no value of a record reaches a log or a header.
+	Value any
+	// Stack is the panicking goroutine's stack, for the log.
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	if re, ok := e.Value.(runtime.Error); ok {
+		return "panic: " + re.Error()
+	}
+	return fmt.Sprintf("panic: %T", e.Value)
+}
+
+// Catch runs op and returns its error, or a *PanicError if it panics. It is
+// for handlers that must isolate the input a panic came from instead of
+// stopping (SPEC §10); the caller must treat the error as permanent and
+// count it, never carry on silently.
+func Catch(op func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return op()
+}
+
 // Transient reports whether err is worth retrying: the database or broker
-// may answer differently later. Everything else (bad SQL, constraint
-// violations, bad data) is permanent.
+// may answer differently later. Everything else is permanent, notably
+// PostgreSQL's data exceptions (SQLSTATE class 22), integrity violations
+// (23), syntax and access errors (42) and program limits (54, e.g. an index
+// row too large), a recovered panic, and a message Kafka refuses as too
+// large.
 func Transient(err error) bool {
 	if err == nil {
 		return false
+	}
+	var panicErr *PanicError
+	if errors.As(err, &panicErr) {
+		return false // even when marked: it panics again
 	}
 	if errors.Is(err, ErrTransient) {
 		return true

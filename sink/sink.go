@@ -134,18 +134,22 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 	return nil
 }
 
-// apply applies recs with retries. A chunk that fails permanently is split
-// in halves until the failing record is alone; that record is counted
-// FAILED and dead-lettered, so one bad record never stalls the pipeline.
+// apply applies recs with retries. A chunk that fails permanently (an error
+// retry.Transient rejects, or a panic of the store) is split in halves until
+// the failing record is alone; that record is counted FAILED with reason
+// PROCESSING_FAILED and dead-lettered with class "permanent" or "panic", so
+// one bad record never stalls the pipeline.
 func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline.ResolvedMessage, origin []int) ([]deadLetter, error) {
 	if len(recs) == 0 {
 		return nil, nil
 	}
 	var res ApplyResult
 	err := retry.Do(ctx, s.cfg.Retry, func() error {
-		var err error
-		res, err = s.store.Apply(ctx, recs)
-		return err
+		return retry.Catch(func() error {
+			var err error
+			res, err = s.store.Apply(ctx, recs)
+			return err
+		})
 	}, func(err error, wait time.Duration) {
 		s.metrics.Retries.Inc()
 		if errors.Is(err, ErrBatchPending) {
@@ -175,13 +179,22 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 		return append(d1, d2...), err
 	}
 	r := recs[0]
-	s.log.Error("record failed permanently; dead-lettering it",
-		"batch_id", r.BatchID, "record_index", r.Index, "partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", err)
-	dead := []deadLetter{{msgs[origin[0]], "permanent", err}}
-	if r.Outcome == pipeline.OutcomeFailed {
-		return dead, nil // even the failure could not be recorded: leave it to the DLQ
+	class, attrs := "permanent", []any{"batch_id", r.BatchID, "record_index", r.Index,
+		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", stream.ErrorText(err)}
+	var panicErr *retry.PanicError
+	if errors.As(err, &panicErr) {
+		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
 	}
-	more, err2 := s.apply(ctx, msgs, []pipeline.ResolvedMessage{failedRecord(pipeline.Position{TenantID: r.TenantID, BatchID: r.BatchID, Index: r.Index}, pipeline.ReasonProcessingFailed)}, origin)
+	s.log.Error("record failed permanently; dead-lettering it", attrs...)
+	dead := []deadLetter{{msgs[origin[0]], class, err}}
+	bare := failedRecord(pipeline.Position{TenantID: r.TenantID, BatchID: r.BatchID, Index: r.Index}, pipeline.ReasonProcessingFailed)
+	if r.Outcome == bare.Outcome && r.Reason == bare.Reason && r.Ref == nil {
+		return dead, nil // even the bare failure could not be recorded: leave it to the DLQ
+	}
+	// Record the failure without anything of the record (a FAILED verdict
+	// of the matcher may carry the very value PostgreSQL refuses in its
+	// ref), so that its batch finishes.
+	more, err2 := s.apply(ctx, msgs, []pipeline.ResolvedMessage{bare}, origin)
 	return append(dead, more...), err2
 }
 
@@ -206,7 +219,7 @@ func (s *Stage) deadLetter(ctx context.Context, dead []deadLetter) error {
 	for i, d := range dead {
 		out[i] = stream.DeadLetter(d.msg, "sink", d.class, d.err)
 		s.metrics.DeadLetters.WithLabelValues(d.class).Inc()
-		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", d.err)
+		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", stream.ErrorText(d.err))
 	}
 	err := retry.Do(ctx, s.cfg.Retry, func() error { return s.dlq.WriteMessages(ctx, out...) }, nil)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -29,7 +30,15 @@ type ConsumerConfig struct {
 	// MaxWait is the longest a fetch waits on the broker; default 250 ms.
 	// Reader.Close can block for it.
 	MaxWait time.Duration
-	Logger  *slog.Logger
+	// PerPartition makes Run read every assigned partition with its own
+	// fetcher and goroutine: the handler gets one partition's messages at
+	// a time, is called concurrently for different partitions, and a
+	// handler that is slow or retrying holds back only its own partition
+	// (its fetcher stops at MaxChunk buffered messages; the others go on).
+	// Each partition commits its own offsets after each of its chunks.
+	// Default false: one fetcher, chunks mixing partitions.
+	PerPartition bool
+	Logger       *slog.Logger
 }
 
 // Validate reports the first missing required field.
@@ -78,15 +87,25 @@ type Handler func(ctx context.Context, msgs []kafka.Message) error
 // before: at-least-once delivery.
 type Consumer struct {
 	cfg    ConsumerConfig
-	reader *kafka.Reader
+	reader *kafka.Reader // nil when PerPartition
+
+	// PerPartition: the partition readers of the current generation, and
+	// the statistics of readers closed since the last Stats.
+	mu      sync.Mutex
+	readers map[*kafka.Reader]struct{}
+	gone    kafka.ReaderStats
 }
 
-// NewConsumer returns a consumer; it joins the group when Run starts.
+// NewConsumer returns a consumer. Without PerPartition it joins the group
+// at once; with it, when Run starts.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	if cfg.PerPartition {
+		return &Consumer{cfg: cfg, readers: make(map[*kafka.Reader]struct{})}, nil
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:  cfg.Brokers,
 		GroupID:  cfg.GroupID,
@@ -117,8 +136,34 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	return &Consumer{cfg: cfg, reader: r}, nil
 }
 
-// Stats returns the reader's statistics since the last call.
-func (c *Consumer) Stats() kafka.ReaderStats { return c.reader.Stats() }
+// Stats returns the reader's statistics since the last call; with
+// PerPartition, the sums of the partition readers' counters and queues.
+func (c *Consumer) Stats() kafka.ReaderStats {
+	if c.reader != nil {
+		return c.reader.Stats()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sum := c.gone
+	c.gone = kafka.ReaderStats{}
+	for r := range c.readers {
+		addStats(&sum, r.Stats())
+	}
+	sum.Topic = c.cfg.Topic
+	return sum
+}
+
+func addStats(sum *kafka.ReaderStats, s kafka.ReaderStats) {
+	sum.Dials += s.Dials
+	sum.Fetches += s.Fetches
+	sum.Messages += s.Messages
+	sum.Bytes += s.Bytes
+	sum.Rebalances += s.Rebalances
+	sum.Timeouts += s.Timeouts
+	sum.Errors += s.Errors
+	sum.QueueLength += s.QueueLength
+	sum.Lag += s.Lag
+}
 
 // GroupID is the consumer group the consumer is a member of.
 func (c *Consumer) GroupID() string { return c.cfg.GroupID }
@@ -129,7 +174,13 @@ func (c *Consumer) Topic() string { return c.cfg.Topic }
 // Run consumes until ctx is done or the handler fails. On shutdown it stops
 // fetching, lets the in-flight chunk finish and commit (bounded by
 // DrainTimeout), closes the reader and returns nil.
+//
+// With PerPartition the handler gets one partition's messages at a time and
+// is called concurrently for different partitions; see runPartitioned.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
+	if c.cfg.PerPartition {
+		return c.runPartitioned(ctx, h)
+	}
 	fetchCtx, stopFetch := context.WithCancel(ctx)
 	msgs := make(chan kafka.Message, c.cfg.MaxChunk) // bounded: the fetcher blocks when the handler lags
 	fetchErr := make(chan error, 1)
@@ -219,5 +270,170 @@ func (c *Consumer) fetchResult(fetchErr chan error) error {
 		return err
 	default:
 		return nil
+	}
+}
+
+// runPartitioned is Run with PerPartition. Each generation of the group
+// starts one worker per assigned partition, with a reader of its own
+// positioned at the group's committed offset; a worker fetches a chunk of
+// its partition, hands it to h, and commits the offset after the chunk's
+// last message once h returned nil. A rebalance cancels the workers'
+// handlers and fetches (their uncommitted messages go to the partitions'
+// next owners); shutdown stops fetching and lets in-flight chunks finish and
+// commit within DrainTimeout. A handler's error stops every worker and is
+// returned.
+func (c *Consumer) runPartitioned(ctx context.Context, h Handler) error {
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: c.cfg.GroupID, Brokers: c.cfg.Brokers, Topics: []string{c.cfg.Topic},
+		Dialer:                c.cfg.Security.Dialer(10 * time.Second),
+		StartOffset:           kafka.FirstOffset,
+		SessionTimeout:        10 * time.Second,
+		HeartbeatInterval:     1 * time.Second,
+		RebalanceTimeout:      10 * time.Second,
+		WatchPartitionChanges: true,
+		Logger:                c.kafkaLogger(slog.LevelDebug, "kafka-group"),
+		ErrorLogger:           c.kafkaLogger(slog.LevelWarn, "kafka-group"),
+	})
+	if err != nil {
+		return fmt.Errorf("stream: group %s: %w", c.cfg.GroupID, err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	// The handlers' context outlives ctx by DrainTimeout.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.DrainTimeout, cancelWork) })
+	var (
+		workers sync.WaitGroup
+		failMu  sync.Mutex
+		failure error
+	)
+	defer func() {
+		stopRun()
+		workers.Wait()
+		stopDrain()
+		cancelWork()
+		if err := group.Close(); err != nil {
+			c.cfg.Logger.Warn("leave group", "topic", c.cfg.Topic, "err", err)
+		}
+	}()
+	for {
+		gen, err := group.Next(runCtx)
+		if err != nil {
+			if runCtx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				break
+			}
+			c.cfg.Logger.Warn("consumer group not joined yet; retrying", "topic", c.cfg.Topic, "err", err)
+			continue // the group backs off before its next attempt
+		}
+		c.mu.Lock()
+		c.gone.Rebalances++
+		c.mu.Unlock()
+		assigned := gen.Assignments[c.cfg.Topic]
+		workers.Add(1)
+		gen.Start(func(genCtx context.Context) {
+			defer workers.Done()
+			var wg sync.WaitGroup
+			for _, a := range assigned {
+				wg.Go(func() {
+					if err := c.runPartition(runCtx, workCtx, genCtx, gen, a, h); err != nil {
+						failMu.Lock()
+						if failure == nil {
+							failure = err
+						}
+						failMu.Unlock()
+						stopRun()
+					}
+				})
+			}
+			wg.Wait()
+			// A generation ends when its last function returns: stay
+			// until it ends for its own reasons, or shutdown.
+			select {
+			case <-genCtx.Done():
+			case <-runCtx.Done():
+			}
+		})
+	}
+	workers.Wait()
+	failMu.Lock()
+	defer failMu.Unlock()
+	return failure
+}
+
+// runPartition consumes one assigned partition for one generation; see
+// runPartitioned. It returns nil on shutdown or when the generation ends.
+func (c *Consumer) runPartition(runCtx, workCtx, genCtx context.Context, gen *kafka.Generation, a kafka.PartitionAssignment, h Handler) error {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: a.ID,
+		Dialer:   c.cfg.Security.Dialer(10 * time.Second),
+		MinBytes: 1, MaxBytes: 1 << 20, MaxWait: c.cfg.MaxWait, QueueCapacity: c.cfg.MaxChunk,
+		Logger:      c.kafkaLogger(slog.LevelDebug, "kafka-reader"),
+		ErrorLogger: c.kafkaLogger(slog.LevelWarn, "kafka-reader"),
+	})
+	c.mu.Lock()
+	c.readers[r] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		err := r.Close()
+		c.mu.Lock()
+		delete(c.readers, r)
+		addStats(&c.gone, r.Stats())
+		c.mu.Unlock()
+		if err != nil {
+			c.cfg.Logger.Warn("close reader", "topic", c.cfg.Topic, "partition", a.ID, "err", err)
+		}
+	}()
+	if err := r.SetOffset(a.Offset); err != nil {
+		return fmt.Errorf("stream: %s/%d: set offset: %w", c.cfg.Topic, a.ID, err)
+	}
+	fetchCtx, stopFetch := context.WithCancel(runCtx)
+	defer stopFetch()
+	defer context.AfterFunc(genCtx, stopFetch)()
+	handleCtx, stopHandle := context.WithCancel(workCtx)
+	defer stopHandle()
+	defer context.AfterFunc(genCtx, stopHandle)()
+
+	chunk := make([]kafka.Message, 0, c.cfg.MaxChunk)
+	for {
+		chunk = chunk[:0]
+		m, err := r.FetchMessage(fetchCtx)
+		if err != nil {
+			if fetchCtx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("stream: fetch %s/%d: %w", c.cfg.Topic, a.ID, err)
+		}
+		chunk = append(chunk, m)
+		linger, cancel := context.WithTimeout(fetchCtx, c.cfg.Linger)
+		for len(chunk) < c.cfg.MaxChunk {
+			m, err := r.FetchMessage(linger)
+			if err != nil {
+				break // linger over; a real fetch error shows on the next fetch
+			}
+			chunk = append(chunk, m)
+		}
+		cancel()
+		if err := h(handleCtx, chunk); err != nil {
+			if handleCtx.Err() != nil || fetchCtx.Err() != nil {
+				return nil // shutdown or rebalance: the chunk is delivered again
+			}
+			return fmt.Errorf("stream: handle %s/%d chunk: %w", c.cfg.Topic, a.ID, err)
+		}
+		next := chunk[len(chunk)-1].Offset + 1
+		if err := gen.CommitOffsets(map[string]map[int]int64{c.cfg.Topic: {a.ID: next}}); err != nil {
+			c.cfg.Logger.Warn("commit failed; chunk will be redelivered", "topic", c.cfg.Topic, "partition", a.ID, "messages", len(chunk), "err", err)
+			if genCtx.Err() != nil || workCtx.Err() != nil {
+				return nil
+			}
+		}
+		if fetchCtx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+func (c *Consumer) kafkaLogger(level slog.Level, component string) kafka.LoggerFunc {
+	return func(msg string, args ...any) {
+		c.cfg.Logger.Log(context.Background(), level, fmt.Sprintf(msg, args...), "component", component)
 	}
 }

@@ -26,17 +26,7 @@ const (
 // position. A PostgreSQL error is named by its SQLSTATE and constraint
 // only: its message may quote a value of the record.
 func DeadLetter(m kafka.Message, stage, class string, err error) kafka.Message {
-	text := ""
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr):
-		text = "postgres error SQLSTATE " + pgErr.Code
-		if pgErr.ConstraintName != "" {
-			text += " on " + pgErr.ConstraintName
-		}
-	case err != nil:
-		text = err.Error()
-	}
+	text := ErrorText(err)
 	return kafka.Message{
 		Key:   m.Key,
 		Value: m.Value,
@@ -49,4 +39,23 @@ func DeadLetter(m kafka.Message, stage, class string, err error) kafka.Message {
 			{Key: HeaderOffset, Value: strconv.AppendInt(nil, m.Offset, 10)},
 		},
 	}
+}
+
+// ErrorText is err as a dead-letter header or a log line may show it: a
+// PostgreSQL error is named by its SQLSTATE and constraint only, since its
+// message may quote a value of the record; other errors of groupmatch carry
+// none. nil reads "".
+func ErrorText(err error) string {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr):
+		text := "postgres error SQLSTATE " + pgErr.Code
+		if pgErr.ConstraintName != "" {
+			text += " on " + pgErr.ConstraintName
+		}
+		return text
+	case err != nil:
+		return err.Error()
+	}
+	return ""
 }

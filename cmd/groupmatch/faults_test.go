@@ -545,6 +545,68 @@ func TestFaultPoisonMessages(t *testing.T) {
 	t.Logf("dead letters by topic/class: %v", classes)
 }
 
+// A record that PostgreSQL refuses for good (here a thirdId holding NUL,
+// SQLSTATE 22021, as a value too large to index gives 54000) no longer stops
+// the matcher: it is isolated, counted failed with reason PROCESSING_FAILED
+// and dead-lettered, and the other records of its chunk and later batches
+// are processed.
+func TestFaultPermanentRecord(t *testing.T) {
+	r := newRig(t, startSystemDB(t).url, "")
+	ctx := context.Background()
+	brokers := []string{strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS=")}
+	var tenantID, batchID int64
+	if err := r.db.QueryRow(ctx, `SELECT tenant_id FROM tenants WHERE name = 'faults'`).Scan(&tenantID); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.db.QueryRow(ctx, `INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
+		VALUES (nextval('batch_id_seq'), $1, 'x', 'add', '{}', 'PROCESSING', 3) RETURNING batch_id`, tenantID).Scan(&batchID); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []kafka.Message
+	for i, thirdID := range []string{"perm-0", `perm-\u0000-1`, "perm-2"} {
+		v := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":%d,"params":{"isMatching":false,"optType":"add"},"record":{"thirdId":"%s","groups":"perm"}}`,
+			tenantID, batchID, i, thirdID)
+		msgs = append(msgs, kafka.Message{Key: []byte("one-partition"), Value: []byte(v)})
+	}
+	w := stream.NewWriter(brokers, "groupmatch.records", nil)
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	// The pipeline keeps going: normal batches after it finish exactly.
+	r.load(5, 2, 50, 1)
+	r.verify(60 * time.Second)
+	var status string
+	var processed, success, failed int
+	if err := r.db.QueryRow(ctx, `SELECT status, processed, success, failed FROM batches WHERE batch_id = $1`, batchID).
+		Scan(&status, &processed, &success, &failed); err != nil {
+		t.Fatal(err)
+	}
+	if status != "PARTIAL_SUCCESS" || processed != 3 || success != 2 || failed != 1 {
+		t.Fatalf("batch with a bad record: %s processed %d success %d failed %d; want PARTIAL_SUCCESS 3 2 1", status, processed, success, failed)
+	}
+	var reason string
+	if err := r.db.QueryRow(ctx, `SELECT reason FROM batch_records WHERE batch_id = $1 AND rec_index = 1`, batchID).Scan(&reason); err != nil || reason != "PROCESSING_FAILED" {
+		t.Fatalf("bad record's reason %q (%v), want PROCESSING_FAILED", reason, err)
+	}
+	var found bool
+	for _, m := range readTopic(t, brokers, "groupmatch.dlq") {
+		h := map[string]string{}
+		for _, x := range m.Headers {
+			h[x.Key] = string(x.Value)
+		}
+		if h[stream.HeaderStage] == "matcher" && h[stream.HeaderErrorClass] == "permanent" {
+			found = true
+			if h[stream.HeaderError] != "postgres error SQLSTATE 22021" {
+				t.Errorf("dead letter error header %q, want the SQLSTATE only", h[stream.HeaderError])
+			}
+		}
+	}
+	if !found {
+		t.Error("no permanent dead letter from the matcher")
+	}
+}
+
 // A second matcher and a second sink join mid-stream (rebalances).
 func TestFaultRebalance(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
