@@ -49,7 +49,7 @@ lint:
 	$(GO) vet $(PKGS)
 
 # Fuzz targets as package:Target pairs.
-FUZZ_TARGETS := ./ingest:FuzzDecodeRequest ./matcher:FuzzNormalizePhone ./pipeline:FuzzDecodeRecord ./pipeline:FuzzDecodeResolved ./matcher:FuzzDecodeLine
+FUZZ_TARGETS := ./ingest:FuzzDecodeRequest ./matcher:FuzzNormalizePhone ./pipeline:FuzzDecodeRecord ./pipeline:FuzzDecodeResolved ./matcher:FuzzDecodeLine ./matcher:FuzzPipeline
 
 fuzz-short:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \

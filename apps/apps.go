@@ -143,8 +143,19 @@ func (s *Store) Disable(ctx context.Context, appID string) error {
 	return nil
 }
 
+// Admit decides whether an application may get a token pair now. An error
+// it returns is returned by the issuing call, which then issues nothing.
+type Admit func(appID string) error
+
 // IssueToken exchanges an application's credentials for a token pair.
 func (s *Store) IssueToken(ctx context.Context, appID, secret string) (Tokens, error) {
+	return s.IssueTokenIf(ctx, appID, secret, nil)
+}
+
+// IssueTokenIf is IssueToken asking admit, if not nil, once the credentials
+// are verified and before issuing: callers without valid credentials never
+// reach admit, so they cannot use up an application's issuing budget.
+func (s *Store) IssueTokenIf(ctx context.Context, appID, secret string, admit Admit) (Tokens, error) {
 	var stored []byte
 	err := s.db.QueryRow(ctx, `SELECT secret_hash FROM applications WHERE appid = $1 AND disabled_at IS NULL`, appID).Scan(&stored)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -156,13 +167,25 @@ func (s *Store) IssueToken(ctx context.Context, appID, secret string) (Tokens, e
 	if subtle.ConstantTimeCompare(stored, hash(secret)) != 1 {
 		return Tokens{}, ErrBadCredentials
 	}
+	if admit != nil {
+		if err := admit(appID); err != nil {
+			return Tokens{}, err
+		}
+	}
 	return s.issue(ctx, s.db, appID)
 }
 
 // Refresh exchanges a refresh token for a new pair; the refresh token is
 // used up.
 func (s *Store) Refresh(ctx context.Context, refreshToken string) (Tokens, error) {
+	return s.RefreshIf(ctx, refreshToken, nil)
+}
+
+// RefreshIf is Refresh asking admit, if not nil, once the refresh token is
+// verified; when admit refuses, the refresh token stays valid.
+func (s *Store) RefreshIf(ctx context.Context, refreshToken string, admit Admit) (Tokens, error) {
 	var out Tokens
+	var refused error
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var appID string
 		err := tx.QueryRow(ctx, `
@@ -176,9 +199,17 @@ func (s *Store) Refresh(ctx context.Context, refreshToken string) (Tokens, error
 		if err != nil {
 			return err
 		}
+		if admit != nil {
+			if refused = admit(appID); refused != nil {
+				return refused // rolls the refresh token's deletion back
+			}
+		}
 		out, err = s.issue(ctx, tx, appID)
 		return err
 	})
+	if refused != nil {
+		return Tokens{}, refused
+	}
 	if err != nil && !errors.Is(err, ErrTokenInvalid) {
 		return Tokens{}, fmt.Errorf("apps: refresh: %w", err)
 	}

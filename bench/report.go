@@ -60,6 +60,9 @@ type Setup struct {
 	MatcherConsumers int `json:"matcherConsumers,omitempty"`
 	SinkChunk        int `json:"sinkChunk,omitempty"`
 	DBMaxConns       int `json:"dbMaxConns,omitempty"`
+	// TenantRate is the per-tenant records quota a self-started ingest was
+	// given (TENANT_RATE); 0 is off.
+	TenantRate float64 `json:"tenantRate,omitempty"`
 }
 
 // MarshalJSON writes the workload's mix as its string form.
@@ -99,6 +102,8 @@ type PipelineResult struct {
 	// Chunks says how the matcher and the sink cut their work (a
 	// self-started system only).
 	Chunks map[string]StageChunks `json:"chunks,omitempty"`
+	// Neighbour is the small tenant's side of a --neighbour run.
+	Neighbour *NeighbourResult `json:"neighbour,omitempty"`
 }
 
 // StageResult is one stage measured alone (--stage): its whole input
@@ -201,6 +206,11 @@ type Headline struct {
 	// CPUSecondsPer1000 is the CPU of every measured process (PostgreSQL's
 	// backends included when visible) per 1,000 records.
 	CPUSecondsPer1000 float64 `json:"cpuSecondsPer1000Records,omitempty"`
+	// NeighbourP50Ms, NeighbourP95Ms and NeighbourMaxMs are the small
+	// tenant's batch latency, accept → final (--neighbour).
+	NeighbourP50Ms float64 `json:"neighbourP50Ms,omitempty"`
+	NeighbourP95Ms float64 `json:"neighbourP95Ms,omitempty"`
+	NeighbourMaxMs float64 `json:"neighbourMaxMs,omitempty"`
 }
 
 // Finish computes the headline from the rest of the report.
@@ -211,6 +221,9 @@ func (r *Report) Finish() {
 		h.IngestRecordsPerSec = p.IngestRecordsPerSec
 		h.BatchP50Ms, h.BatchP99Ms = p.BatchLatency.P50, p.BatchLatency.P99
 		h.CPUSecondsPer1000, h.PeakRSSMB = costOf(p.Processes)
+		if n := p.Neighbour; n != nil {
+			h.NeighbourP50Ms, h.NeighbourP95Ms, h.NeighbourMaxMs = n.BatchLatency.P50, n.BatchLatency.P95, n.BatchLatency.Max
+		}
 	}
 	if st := r.Stage; st != nil {
 		h.StageRecordsPerSec = st.RecordsPerSec
@@ -259,8 +272,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		s.Mode, s.Via, thousands(float64(wl.Customers)), thousands(float64(wl.Records)), wl.BatchSize, wl.Mix, wl.MatchRate, wl.DeleteShare,
 		wl.Groups, wl.GroupNames, s.Clients, rateText(s.Rate))
 	if s.Partitions > 0 {
-		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, %d consumers per matcher process, sink chunk %d, %d PostgreSQL connections per process\n",
-			s.Partitions, s.MatcherChunk, s.MatcherConsumers, s.SinkChunk, s.DBMaxConns)
+		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, %d consumers per matcher process, sink chunk %d, %d PostgreSQL connections per process, tenant rate %s\n",
+			s.Partitions, s.MatcherChunk, s.MatcherConsumers, s.SinkChunk, s.DBMaxConns, tenantRateText(s.TenantRate))
 	}
 	if r.DirectorySeconds > 0 {
 		fmt.Fprintf(bw, "directory: %s customers loaded in %.1f s\n", thousands(float64(wl.Customers)), r.DirectorySeconds)
@@ -293,6 +306,17 @@ func (r *Report) WriteText(w io.Writer) error {
 			}
 		}
 		writeProcesses(bw, p.Processes)
+		if n := p.Neighbour; n != nil {
+			l := n.BatchLatency
+			fmt.Fprintf(bw, "neighbour: tenant %s (%s customers), a batch of %d records every %s while the big tenant's backlog drained:\n",
+				n.Tenant, thousands(float64(n.Customers)), n.BatchSize, time.Duration(n.IntervalS*float64(time.Second)))
+			fmt.Fprintf(bw, "  batch accept→final   p50 %.0f ms  p95 %.0f ms  p99 %.0f ms  max %.0f ms  (%d batches, %d retried)\n",
+				l.P50, l.P95, l.P99, l.Max, l.Count, n.Retried)
+			o := n.Outcomes
+			fmt.Fprintf(bw, "  outcomes             success %d, unmatched %d, ambiguous %d, invalid %d, failed %d\n",
+				o.Success, o.Unmatched, o.Ambiguous, o.Invalid, o.Failed)
+			fmt.Fprintf(bw, "  big tenant           %10s records/s end to end, tenant rate %s\n", thousands(n.BigTenantRecordsPerSec), tenantRateText(s.TenantRate))
+		}
 	}
 	if st := r.Stage; st != nil {
 		fmt.Fprintf(bw, "%s alone (%d process(es), the whole input waiting in Kafka):\n", st.Stage, st.Instances)
@@ -347,6 +371,14 @@ func writeProcesses(bw *bufio.Writer, procs []ProcessCost) {
 func rateText(r float64) string {
 	if r <= 0 {
 		return "unlimited"
+	}
+	return thousands(r) + " records/s"
+}
+
+// tenantRateText describes the per-tenant records quota.
+func tenantRateText(r float64) string {
+	if r <= 0 {
+		return "off"
 	}
 	return thousands(r) + " records/s"
 }

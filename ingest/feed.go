@@ -3,6 +3,8 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -169,7 +171,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 		IdempotencyKey: header(m, pipeline.HeaderIdempotencyKey),
 	}
 	if ev.IdempotencyKey == "" {
-		ev.IdempotencyKey = m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+		ev.IdempotencyKey = defaultIdempotencyKey(m)
 	}
 	var id int64
 	var refusal *Refusal
@@ -196,7 +198,11 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 			}
 			var err error
 			id, refusal, err = f.svc.submit(ctx, p, m.Value, ev.IdempotencyKey)
-			return err // transient, or ctx ended: submit refuses what is permanent
+			var quota *QuotaError
+			if errors.As(err, &quota) {
+				waitQuota(ctx, quota) // the topic's lag is the back-pressure: wait, never refuse
+			}
+			return err // transient (a quota too), or ctx ended: submit refuses what is permanent
 		})
 	}, func(err error, wait time.Duration) {
 		retried = true
@@ -265,4 +271,19 @@ func header(m kafka.Message, key string) string {
 		}
 	}
 	return ""
+}
+
+// defaultIdempotencyKey is the idempotency key of a request published
+// without one: its topic/partition/offset, so that a request read again
+// makes no second batch. A topic name may be up to 249 characters, so when
+// that form is longer than MaxIdempotencyKey the topic is replaced by
+// "k" and the first 16 hex digits of its SHA-256 (at most 49 characters in
+// all): still one key per message, and always a valid key.
+func defaultIdempotencyKey(m kafka.Message) string {
+	pos := "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+	if key := m.Topic + pos; len(key) <= MaxIdempotencyKey && ValidIdempotencyKey(key) {
+		return key
+	}
+	sum := sha256.Sum256([]byte(m.Topic))
+	return "k" + hex.EncodeToString(sum[:8]) + pos
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,14 +50,35 @@ type Config struct {
 	// MaxInFlight bounds the batchAdd requests served at once; beyond it
 	// ingest answers 503 at once instead of queueing. Default 256.
 	MaxInFlight int
-	Logger      *slog.Logger
+	// AuthFailRate is the failed authentications per second each client
+	// address may make, default 20; AuthFailBurst how many in a row,
+	// default 100. Beyond them the address is answered 429 before its
+	// credentials are checked. AuthFailClients bounds the addresses
+	// tracked, default 65,536 (see failureLimiter).
+	AuthFailRate    float64
+	AuthFailBurst   int
+	AuthFailClients int
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// client address (see clientAddr); none by default, and then the
+	// header is ignored.
+	TrustedProxies []netip.Prefix
+	// TokenRate is the token pairs (getOrgAccessToken and refresh) each
+	// application may get per minute, also its burst; default 10.
+	TokenRate float64
+	// TenantRate is each tenant's records quota per second over batchAdd
+	// and the requests topic; 0 (the default) means none. Its burst is
+	// max(TenantRate, 500), so any batch fits into a full bucket.
+	TenantRate float64
+	Logger     *slog.Logger
 }
 
 // Auth is what ingest needs of the application store.
 type Auth interface {
 	Authenticate(ctx context.Context, accessToken string) (apps.Principal, error)
-	IssueToken(ctx context.Context, appID, secret string) (apps.Tokens, error)
-	Refresh(ctx context.Context, refreshToken string) (apps.Tokens, error)
+	// IssueTokenIf and RefreshIf call admit once the credentials are
+	// verified and issue nothing when it fails, returning its error.
+	IssueTokenIf(ctx context.Context, appID, secret string, admit apps.Admit) (apps.Tokens, error)
+	RefreshIf(ctx context.Context, refreshToken string, admit apps.Admit) (apps.Tokens, error)
 }
 
 // Service is the ingest stage: the HTTP API of SPEC §3–§4. It validates and
@@ -74,6 +96,10 @@ type Service struct {
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter // by appid; one per application
+
+	failures    *failureLimiter       // failed authentications by client address
+	tokenLimits *keyedLimiter[string] // token pairs issued by appid
+	quota       *keyedLimiter[int64]  // records by tenant; nil without a quota
 }
 
 // New returns an ingest service.
@@ -102,6 +128,22 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256
 	}
+	if cfg.AuthFailRate <= 0 {
+		cfg.AuthFailRate = 20
+	}
+	if cfg.AuthFailBurst <= 0 {
+		cfg.AuthFailBurst = 100
+	}
+	if cfg.AuthFailClients <= 0 {
+		cfg.AuthFailClients = 1 << 16
+	}
+	if cfg.TokenRate <= 0 {
+		cfg.TokenRate = 10
+	}
+	var quota *keyedLimiter[int64]
+	if cfg.TenantRate > 0 {
+		quota = newKeyedLimiter[int64](cfg.TenantRate, max(int(math.Ceil(cfg.TenantRate)), pipeline.MaxRecords))
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -110,8 +152,11 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 	return &Service{
 		cfg: cfg, store: store, auth: auth, metrics: metrics,
 		log: cfg.Logger.With("stage", "ingest"), records: w,
-		limiters: make(map[string]*rate.Limiter),
-		inFlight: make(chan struct{}, cfg.MaxInFlight),
+		limiters:    make(map[string]*rate.Limiter),
+		inFlight:    make(chan struct{}, cfg.MaxInFlight),
+		failures:    newFailureLimiter(cfg.AuthFailRate, cfg.AuthFailBurst, cfg.AuthFailClients),
+		tokenLimits: newKeyedLimiter[string](cfg.TokenRate/60, max(int(cfg.TokenRate), 1)),
+		quota:       quota,
 	}, nil
 }
 
@@ -197,12 +242,22 @@ func (s *Service) route(name string, h http.Handler) http.Handler {
 
 type principalKey struct{}
 
-// authed checks X-Token (401), the audience.group permission (403) and the
-// application's rate limit (429) before h runs.
+// authed checks the client address's failure budget (429), X-Token (401),
+// the audience.group permission (403) and the application's rate limit
+// (429) before h runs. A missing or invalid token spends one failure of the
+// client address's budget.
 func (s *Service) authed(h func(http.ResponseWriter, *http.Request, apps.Principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		addr := s.clientAddr(r)
+		if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
+			refuseTooManyFailures(w, wait)
+			return
+		}
 		p, refusal := s.authorize(r.Context(), r.Header.Get("X-Token"))
 		if refusal != nil {
+			if refusal.Status == http.StatusUnauthorized {
+				s.failures.fail(addr, time.Now())
+			}
 			refusal.write(w)
 			return
 		}
@@ -276,6 +331,12 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 		return
 	}
 	id, refusal, err := s.submit(r.Context(), p, body, r.Header.Get("Idempotency-Key"))
+	var quota *QuotaError
+	if errors.As(err, &quota) {
+		setRetryAfter(w, quota.RetryAfter)
+		writeError(w, http.StatusTooManyRequests, "429", "RATE_LIMITED", "records quota of the tenant exceeded")
+		return
+	}
 	if err != nil {
 		s.log.Error("batch not accepted; retry is safe", "err", stream.ErrorText(err))
 		refuseUnavailable.write(w)
@@ -425,7 +486,14 @@ func (s *Service) Accept(ctx context.Context, p apps.Principal, req Request, key
 				continue
 			}
 		}
+		refund, err := s.takeQuota(p.TenantID, len(req.Records))
+		if err != nil {
+			return 0, err
+		}
 		id, err := s.accept(ctx, p, req, key, hash)
+		if err != nil {
+			refund() // nothing was accepted
+		}
 		if errors.Is(err, errKeyTaken) {
 			continue // a concurrent request with the key won; answer as it does
 		}
@@ -626,20 +694,35 @@ func (s *Service) readFailed(w http.ResponseWriter, err error, what string) bool
 }
 
 func (s *Service) getToken(w http.ResponseWriter, r *http.Request) {
+	addr := s.clientAddr(r)
+	if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
+		refuseTooManyFailures(w, wait)
+		return
+	}
 	q := r.URL.Query()
-	t, err := s.auth.IssueToken(r.Context(), q.Get("instanceAppid"), q.Get("instanceSecrect"))
-	s.answerToken(w, t, err, "100100", "APP_CREDENTIALS_INVALID", "instanceAppid or instanceSecrect is wrong")
+	t, err := s.auth.IssueTokenIf(r.Context(), q.Get("instanceAppid"), q.Get("instanceSecrect"), s.admitToken)
+	s.answerToken(w, addr, t, err, "100100", "APP_CREDENTIALS_INVALID", "instanceAppid or instanceSecrect is wrong")
 }
 
 func (s *Service) refreshToken(w http.ResponseWriter, r *http.Request) {
-	t, err := s.auth.Refresh(r.Context(), r.URL.Query().Get("orgRefreshToken"))
-	s.answerToken(w, t, err, "100200", "TOKEN_INVALID", "orgRefreshToken is invalid or expired")
+	addr := s.clientAddr(r)
+	if wait, blocked := s.failures.blocked(addr, time.Now()); blocked {
+		refuseTooManyFailures(w, wait)
+		return
+	}
+	t, err := s.auth.RefreshIf(r.Context(), r.URL.Query().Get("orgRefreshToken"), s.admitToken)
+	s.answerToken(w, addr, t, err, "100200", "TOKEN_INVALID", "orgRefreshToken is invalid or expired")
 }
 
-func (s *Service) answerToken(w http.ResponseWriter, t apps.Tokens, err error, code, errorCode, msg string) {
+func (s *Service) answerToken(w http.ResponseWriter, addr netip.Addr, t apps.Tokens, err error, code, errorCode, msg string) {
+	var limited *TokenRateError
 	switch {
 	case errors.Is(err, apps.ErrBadCredentials), errors.Is(err, apps.ErrTokenInvalid):
+		s.failures.fail(addr, time.Now())
 		writeError(w, http.StatusUnauthorized, code, errorCode, msg)
+	case errors.As(err, &limited):
+		setRetryAfter(w, limited.RetryAfter)
+		writeError(w, http.StatusTooManyRequests, "429", "RATE_LIMITED", "token issuing limit of the application reached")
 	case err != nil:
 		s.log.Error("token", "err", err)
 		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")

@@ -26,11 +26,11 @@ func (f fakeAuth) Authenticate(_ context.Context, token string) (apps.Principal,
 	return p, nil
 }
 
-func (f fakeAuth) IssueToken(context.Context, string, string) (apps.Tokens, error) {
+func (f fakeAuth) IssueTokenIf(context.Context, string, string, apps.Admit) (apps.Tokens, error) {
 	return apps.Tokens{}, apps.ErrBadCredentials
 }
 
-func (f fakeAuth) Refresh(context.Context, string) (apps.Tokens, error) {
+func (f fakeAuth) RefreshIf(context.Context, string, apps.Admit) (apps.Tokens, error) {
 	return apps.Tokens{}, apps.ErrTokenInvalid
 }
 

@@ -257,6 +257,11 @@ func BenchmarkResolveChunk(b *testing.B) {
 	}{{"mixed", matchertest.MixedModes}, {"exact", matchertest.ExactModes}, {"fuzzy", matchertest.FuzzyModes}} {
 		rng := rand.New(rand.NewPCG(1, 2))
 		recs := matchertest.BigBatches(rng, bigCustomers, benchChunks*benchChunk/pipeline.MaxRecords, pipeline.MaxRecords, tenant, mix.modes)
+		for _, r := range recs {
+			if r.Index == 0 {
+				acceptBatches(b, db, tenant, r.BatchID)
+			}
+		}
 		for _, workers := range []int{1, 2} {
 			b.Run(fmt.Sprintf("mix=%s/workers=%d", mix.name, workers), func(b *testing.B) {
 				benchmarkChunks(b, db, dir, recs, workers)

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
 )
 
 // Key names one normalised identity value of a tenant.
@@ -52,11 +54,34 @@ type Directory interface {
 	// that thirdId, creating it if the tenant has none. Concurrent calls
 	// naming the same (tenant, thirdId) create one customer.
 	FindOrCreate(ctx context.Context, reqs []CreateRequest) ([]CreateResult, error)
+	// BatchStates says, for each given batch id, whether records of it
+	// may change the directory, in one query. A batch absent from the
+	// map is closed. It fails with ErrBatchPending (transient) when a
+	// batch is still being accepted by ingest.
+	BatchStates(ctx context.Context, ids []int64) (map[int64]BatchState, error)
 }
+
+// BatchState is what a batch lets its records do to the directory.
+type BatchState struct {
+	TenantID int64
+	// Open: the batch is accepted and not finished, so its records get
+	// outcomes and may create customers. A batch not open was aborted
+	// (ingest answered 503) or already finished (its deadline passed, or
+	// the record is a redelivery): its records must change nothing.
+	Open bool
+}
+
+// ErrBatchPending means a record's batch is not accepted yet (ingest is
+// still writing its records to Kafka): retry the chunk.
+var ErrBatchPending = fmt.Errorf("matcher: batch not yet accepted: %w", retry.ErrTransient)
 
 // PGDirectory is the PostgreSQL Directory.
 type PGDirectory struct {
 	db *pgxpool.Pool
+	// PendingTimeout is how long a PENDING batch may wait for its ingest
+	// to accept it before BatchStates aborts it (as the sink and ingest's
+	// janitor do); default 60 s. It must exceed ingest's longest request.
+	PendingTimeout time.Duration
 	// ObserveQuery, when set before use, is told the distinct values of
 	// every look-up query sent (Metrics.ObserveLookup fits).
 	ObserveQuery func(kind pipeline.IdentityKind, values int)
@@ -65,7 +90,58 @@ type PGDirectory struct {
 var _ Directory = (*PGDirectory)(nil)
 
 // NewPGDirectory returns a directory on db.
-func NewPGDirectory(db *pgxpool.Pool) *PGDirectory { return &PGDirectory{db: db} }
+func NewPGDirectory(db *pgxpool.Pool) *PGDirectory {
+	return &PGDirectory{db: db, PendingTimeout: 60 * time.Second}
+}
+
+// BatchStates reads the batches in one query. A batch PENDING for longer
+// than PendingTimeout is aborted with the compare-and-set ingest uses, so
+// exactly one of accepting and aborting it wins.
+func (d *PGDirectory) BatchStates(ctx context.Context, ids []int64) (map[int64]BatchState, error) {
+	rows, err := d.db.Query(ctx, `
+		SELECT batch_id, tenant_id, status, aborted, accepted_at < now() - make_interval(secs => $2)
+		FROM batches WHERE batch_id = ANY($1)`, ids, d.PendingTimeout.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("matcher: read batches: %w", err)
+	}
+	out := make(map[int64]BatchState, len(ids))
+	var stale []int64
+	pending := false
+	for rows.Next() {
+		var id int64
+		var st BatchState
+		var status string
+		var aborted, old bool
+		if err := rows.Scan(&id, &st.TenantID, &status, &aborted, &old); err != nil {
+			return nil, fmt.Errorf("matcher: read batches: %w", err)
+		}
+		switch {
+		case status == "PENDING" && old:
+			stale = append(stale, id)
+		case status == "PENDING":
+			pending = true
+		}
+		st.Open = status == "PROCESSING" && !aborted
+		out[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("matcher: read batches: %w", err)
+	}
+	if len(stale) > 0 {
+		tag, err := d.db.Exec(ctx, `
+			UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
+			WHERE batch_id = ANY($1) AND status = 'PENDING'`, stale)
+		if err != nil {
+			return nil, fmt.Errorf("matcher: abort stale batches: %w", err)
+		}
+		// A stale batch accepted meanwhile is read again on the retry.
+		pending = pending || int(tag.RowsAffected()) < len(stale)
+	}
+	if pending {
+		return nil, ErrBatchPending
+	}
+	return out, nil
+}
 
 // lookupSQL answers one identity kind for one tenant ($1) and an array of
 // values ($2): each row is a value found, a customer holding it and, but for

@@ -623,6 +623,7 @@ func runEquivalence(t *testing.T, seed uint64, records int) {
 		for n := 100 + g.rng.IntN(300); n > 0 && done < records; {
 			batch++
 			tn := tenants[g.rng.IntN(len(tenants))]
+			acceptBatches(t, db, tn.id, batch)
 			p := g.params()
 			for i := range min(1+g.rng.IntN(60), n, records-done) {
 				r := g.record(tn, p, done)

@@ -38,6 +38,16 @@ func (d *poisonDirectory) fail() error {
 	return fmt.Errorf("matcher: find or create: %w", &pgconn.PgError{Code: "54000"})
 }
 
+// BatchStates reports every batch open: the test's records belong to
+// an accepted batch of tenant 1.
+func (d *poisonDirectory) BatchStates(_ context.Context, ids []int64) (map[int64]BatchState, error) {
+	out := make(map[int64]BatchState, len(ids))
+	for _, id := range ids {
+		out[id] = BatchState{TenantID: 1, Open: true}
+	}
+	return out, nil
+}
+
 func (d *poisonDirectory) Lookup(_ context.Context, keys []Key) (map[Key][]Binding, error) {
 	d.mu.Lock()
 	d.calls++
@@ -215,6 +225,10 @@ func (failingDirectory) Lookup(context.Context, []Key) (map[Key][]Binding, error
 }
 
 func (failingDirectory) FindOrCreate(context.Context, []CreateRequest) ([]CreateResult, error) {
+	return nil, &pgconn.PgError{Code: "57P01"}
+}
+
+func (failingDirectory) BatchStates(context.Context, []int64) (map[int64]BatchState, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 

@@ -323,13 +323,21 @@ func (s *Stage) isolatedLetter(m kafka.Message, batchID int64, index int, err er
 // ones. do runs each directory call and decides about retries; an error it
 // returns fails the whole chunk and leaves items[i].out unspecified.
 func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op func() error) error) error {
+	open, err := openBatches(ctx, dir, items, do)
+	if err != nil {
+		return err
+	}
 	keys := make([]Key, 0, 2*len(items)) // a mixed stream carries about two keys a record
 	var creates []CreateRequest
-	var createItems []int
+	var createItems, closed []int
 	for i := range items {
 		it := &items[i]
 		p, n := it.msg.Params, &it.norm
 		if n.Invalid != pipeline.ReasonNone {
+			continue
+		}
+		if !p.IsMatching && !open[batchOf{it.msg.TenantID, it.msg.BatchID}] {
+			closed = append(closed, i)
 			continue
 		}
 		if !p.IsMatching {
@@ -385,7 +393,72 @@ func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op f
 		it.out = verdictMessage(it.msg, &it.norm, v)
 		it.out.Created = made[j].Created
 	}
+	for _, i := range closed {
+		m := &items[i].msg
+		items[i].out = pipeline.ResolvedMessage{
+			V: pipeline.Version, TenantID: m.TenantID, BatchID: m.BatchID, Index: m.Index, OptType: m.Params.OptType,
+			Outcome: pipeline.OutcomeFailed, Reason: pipeline.ReasonBatchClosed,
+		}
+	}
 	return nil
+}
+
+// batchOf names a batch of a tenant.
+type batchOf struct{ tenant, batch int64 }
+
+// openBatches returns the open batches (BatchState.Open) among those of the
+// chunk's valid isMatching=false records, the only records that change the
+// directory: one dir.BatchStates call, none when the chunk has no such
+// record. It retries (through do) while a batch is still being accepted.
+// Records of a batch not in the set are closed: forwarded as FAILED,
+// reason BATCH_CLOSED, creating nothing; the sink drops them (aborted
+// batch), counts them duplicates (finished batch) or dead-letters them
+// (unknown batch), as it would their resolved verdicts.
+func openBatches(ctx context.Context, dir Directory, items []item, do func(op func() error) error) (map[batchOf]bool, error) {
+	var ids []int64
+	var seen map[int64]bool // made only for a chunk that needs it
+	for i := range items {
+		it := &items[i]
+		if it.msg.Params.IsMatching || it.norm.Invalid != pipeline.ReasonNone || seen[it.msg.BatchID] {
+			continue
+		}
+		if seen == nil {
+			seen = make(map[int64]bool)
+		}
+		seen[it.msg.BatchID] = true
+		ids = append(ids, it.msg.BatchID)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	var states map[int64]BatchState
+	err := do(func() error {
+		// Ingest marks a batch accepted just after Kafka acknowledged its
+		// records, so a PENDING batch is usually accepted within
+		// milliseconds: look again a few times before backing off.
+		for wait := 2 * time.Millisecond; ; wait *= 2 {
+			var err error
+			states, err = dir.BatchStates(ctx, ids)
+			if !errors.Is(err, ErrBatchPending) || wait > 16*time.Millisecond {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(wait):
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("matcher: %w", err)
+	}
+	open := make(map[batchOf]bool, len(states))
+	for id, st := range states {
+		if st.Open {
+			open[batchOf{st.TenantID, id}] = true
+		}
+	}
+	return open, nil
 }
 
 func verdictMessage(rec pipeline.RecordMessage, n *Normalized, v Verdict) pipeline.ResolvedMessage {
@@ -404,6 +477,9 @@ func verdictMessage(rec pipeline.RecordMessage, n *Normalized, v Verdict) pipeli
 
 func (s *Stage) notify(err error, wait time.Duration) {
 	s.metrics.Retries.Inc()
+	if errors.Is(err, ErrBatchPending) {
+		return // ingest is still accepting the batch: a normal, short wait
+	}
 	s.log.Warn("directory unavailable; retrying", "err", err, "wait", wait)
 }
 

@@ -48,4 +48,11 @@ const (
 	ReasonGroupLimit          Reason = "GROUP_LIMIT"        // an add would exceed the tenant's group limit (sink)
 	ReasonUndecodable         Reason = "UNDECODABLE"
 	ReasonProcessingFailed    Reason = "PROCESSING_FAILED"
+	// ReasonTimedOut: the record had no outcome when its batch reached
+	// the batch deadline; the sink recorded it failed.
+	ReasonTimedOut Reason = "TIMED_OUT"
+	// ReasonBatchClosed marks, on the resolved topic only, a record the
+	// matcher did not resolve because its batch was aborted, already
+	// finished or unknown; the sink drops it (it never reaches a result).
+	ReasonBatchClosed Reason = "BATCH_CLOSED"
 )

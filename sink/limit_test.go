@@ -23,7 +23,7 @@ func visibleGroupCount(t *testing.T, db *pgxpool.Pool, tenantID int64) int {
 }
 
 // ledgerReasons returns "index:outcome/reason" of the batch's ledger rows.
-func ledgerReasons(t *testing.T, db *pgxpool.Pool, batch int64) []string {
+func groupLimitLedger(t *testing.T, db *pgxpool.Pool, batch int64) []string {
 	t.Helper()
 	rows, err := db.Query(context.Background(), `SELECT rec_index, outcome, coalesce(reason, ''), customer_id IS NULL
 		FROM batch_records WHERE batch_id = $1 ORDER BY rec_index`, batch)
@@ -71,7 +71,7 @@ func TestApplyGroupLimit(t *testing.T) {
 	if res.Applied != 6 || res.Outcomes[pipeline.OutcomeMatched] != 4 || res.Outcomes[pipeline.OutcomeInvalid] != 2 {
 		t.Fatalf("first chunk: %+v", res)
 	}
-	if got := fmt.Sprint(ledgerReasons(t, db, 1)); got != "[0:MATCHED/ 1:MATCHED/ 2:INVALID/GROUP_LIMIT 3:MATCHED/ 4:INVALID/GROUP_LIMIT 5:MATCHED/]" {
+	if got := fmt.Sprint(groupLimitLedger(t, db, 1)); got != "[0:MATCHED/ 1:MATCHED/ 2:INVALID/GROUP_LIMIT 3:MATCHED/ 4:INVALID/GROUP_LIMIT 5:MATCHED/]" {
 		t.Fatalf("ledger %s", got)
 	}
 	if n := visibleGroupCount(t, db, tenant); n != 3 {

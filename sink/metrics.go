@@ -14,6 +14,10 @@ type Metrics struct {
 	DeadLetters   *prometheus.CounterVec // by class
 	PendingWaits  prometheus.Counter
 	DroppedRecord prometheus.Counter
+	// TimedOut and TimedOutRecords count the batches the Deadline finished
+	// and their records counted failed with reason TIMED_OUT.
+	TimedOut        prometheus.Counter
+	TimedOutRecords prometheus.Counter
 }
 
 // NewMetrics registers the sink's metrics on reg, labelled stage="sink".
@@ -58,8 +62,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "groupmatch_sink_aborted_records_total",
 			Help: "Records of batches whose acceptance failed; never applied.",
 		}),
+		TimedOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_batches_timed_out_total",
+			Help: "Batches finished by the batch deadline while still PROCESSING.",
+		}),
+		TimedOutRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_records_timed_out_total",
+			Help: "Records without an outcome at their batch's deadline, counted failed (TIMED_OUT).",
+		}),
 	}
 	reg.MustRegister(m.Records, m.Duplicates, m.ChunkSeconds, m.Finished, m.BatchLatency,
-		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord)
+		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord, m.TimedOut, m.TimedOutRecords)
 	return m
 }

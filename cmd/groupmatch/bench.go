@@ -57,6 +57,13 @@ type benchFlags struct {
 	tenant          string
 	timeout         time.Duration
 	stall           time.Duration
+
+	neighbour          bool
+	neighbourTenant    string
+	neighbourInterval  time.Duration
+	neighbourBatch     int
+	neighbourCustomers int
+	tenantRate         float64
 }
 
 const benchSynopsis = `bench [--customers N] [--records N] [--via http|kafka] [--target URL | --single] [--rate R] [--baseline] [--json FILE]
@@ -110,6 +117,12 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tenant, "tenant", env("BENCH_TENANT", "bench"), "tenant the directory and the batches belong to (BENCH_TENANT)")
 	fs.DurationVar(&f.timeout, "timeout", envDuration("BENCH_TIMEOUT", time.Hour), "give up when the run takes longer (BENCH_TIMEOUT)")
 	fs.DurationVar(&f.stall, "stall", envDuration("BENCH_STALL", 2*time.Minute), "give up when no record is accepted or applied for this long (BENCH_STALL)")
+	fs.BoolVar(&f.neighbour, "neighbour", envBool("BENCH_NEIGHBOUR", false), "noisy neighbour: while the workload's backlog drains, a second tenant with its own application and directory sends a small batch every --neighbour-interval; reports that tenant's batch latency, accept → final (BENCH_NEIGHBOUR)")
+	fs.StringVar(&f.neighbourTenant, "neighbour-tenant", env("BENCH_NEIGHBOUR_TENANT", "bench-neighbour"), "tenant of the small batches (BENCH_NEIGHBOUR_TENANT)")
+	fs.DurationVar(&f.neighbourInterval, "neighbour-interval", envDuration("BENCH_NEIGHBOUR_INTERVAL", time.Second), "time between two of the neighbour's batches (BENCH_NEIGHBOUR_INTERVAL)")
+	fs.IntVar(&f.neighbourBatch, "neighbour-batch", envInt("BENCH_NEIGHBOUR_BATCH", 10), "records per neighbour batch (BENCH_NEIGHBOUR_BATCH)")
+	fs.IntVar(&f.neighbourCustomers, "neighbour-customers", envInt("BENCH_NEIGHBOUR_CUSTOMERS", 1000), "customers in the neighbour's directory (BENCH_NEIGHBOUR_CUSTOMERS)")
+	fs.Float64Var(&f.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "per-tenant records quota of a self-started ingest, records/s, passed to the processes as TENANT_RATE; 0 is off (TENANT_RATE)")
 }
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -148,6 +161,21 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("bench: --stage needs the stages as separate processes and excludes --baseline (no --target, no --single)")
 	case f.instances < 1:
 		return errors.New("bench: --instances must be at least 1")
+	case f.neighbour && (f.backlog || f.stage != "" || !f.pipeline):
+		return errors.New("bench: --neighbour needs the pipeline draining while it sends (no --backlog, no --stage, no --pipeline=false)")
+	case f.neighbour && (f.neighbourInterval <= 0 || f.neighbourBatch < 1 || f.neighbourBatch > 500):
+		return errors.New("bench: --neighbour-interval must be positive and --neighbour-batch 1 to 500")
+	case f.neighbour && f.neighbourTenant == f.tenant:
+		return errors.New("bench: --neighbour-tenant must differ from --tenant")
+	case f.tenantRate < 0:
+		return errors.New("bench: --tenant-rate must be at least 0")
+	case f.tenantRate > 0 && f.target != "":
+		return errors.New("bench: --tenant-rate configures a self-started ingest; a --target has its own")
+	}
+	if f.neighbour {
+		if err := neighbourWorkload(&f).Validate(); err != nil {
+			return fmt.Errorf("%w (of the neighbour)", err)
+		}
 	}
 	if f.stage != "" {
 		f.backlog = true // the stage starts once its whole input waits in Kafka
@@ -199,6 +227,7 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		report.Setup.Partitions, report.Setup.MatcherChunk, report.Setup.SinkChunk, report.Setup.DBMaxConns =
 			f.o.partitions, f.o.matcherChunk, f.o.sinkChunk, f.o.dbMaxConns
 		report.Setup.MatcherConsumers = f.o.matcherConsumers
+		report.Setup.TenantRate = f.tenantRate
 		fmt.Fprintf(stderr, "bench: starting the system (%s) on database %s\n", report.Setup.Mode, f.database)
 		sys, err = startBenchSystem(ctx, f, dbURL, dir)
 		if err != nil {
@@ -245,6 +274,13 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		report.DirectorySeconds = secs
 	}
 
+	var neighbour *benchNeighbour
+	if f.neighbour {
+		if neighbour, err = setupNeighbour(ctx, f, pool, store, live); err != nil {
+			return err
+		}
+	}
+
 	var batchIDs []int64
 	if f.stage != "" {
 		tok, err := store.IssueToken(ctx, creds.AppID, creds.Secret)
@@ -259,7 +295,7 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		if err != nil {
 			return err
 		}
-		res, ids, err := benchPipeline(ctx, f, sys, pool, tenantID, tok.Access, live, stderr)
+		res, ids, err := benchPipeline(ctx, f, sys, pool, tenantID, tok.Access, neighbour, live, stderr)
 		if err != nil {
 			return err
 		}
@@ -367,10 +403,12 @@ func checkpoint(ctx context.Context, pool *pgxpool.Pool) {
 	_, _ = pool.Exec(ctx, "CHECKPOINT")
 }
 
-// benchPipeline drives the workload through the system and measures it. It
-// returns the batch id of each batch index.
+// benchPipeline drives the workload through the system and measures it;
+// with a neighbour, that tenant sends its small batches from the start of
+// the drive until the workload's last batch is final. It returns the batch
+// id of each batch index.
 func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
-	live *bench.Live, stderr io.Writer) (*bench.PipelineResult, []int64, error) {
+	neighbour *benchNeighbour, live *bench.Live, stderr io.Writer) (*bench.PipelineResult, []int64, error) {
 	obs, err := bench.NewObserver(ctx, pool, tenantID)
 	if err != nil {
 		return nil, nil, err
@@ -408,6 +446,11 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	}()
 	if f.profileDir != "" {
 		profiles.Go(func() { sys.profile(dctx, f.profileDir, f.profileFor, stderr) })
+	}
+	if neighbour != nil {
+		if err := neighbour.start(dctx, f, pool, sys.base); err != nil {
+			return nil, nil, err
+		}
 	}
 
 	start := time.Now()
@@ -469,7 +512,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 				el, bench.Thousands(float64(sent.Load())), bench.Thousands(float64(f.w.Records)),
 				bench.Thousands(float64(p.Records)), bench.Thousands(float64(p.Records)/el),
 				bench.Thousands(float64(p.Processed)), bench.Thousands(float64(p.Processed-prevApplied)/now.Sub(prevAt).Seconds()),
-				bench.Thousands(float64(p.Processed)/el), p.Finished, nb))
+				bench.Thousands(float64(p.Processed)/el), p.Finished, nb) + neighbourProgress(neighbour))
 			lastPrint, prevApplied, prevAt = now, p.Processed, now
 		}
 		if drive != nil && p.Finished >= nb {
@@ -477,6 +520,9 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 		}
 	}
 	live.Done()
+	if neighbour != nil {
+		neighbour.drive.Stop() // the backlog has drained: no more batches; finish reads the rest
+	}
 	after := sys.sample()
 	pgAfter, backends, _ := bench.PostgresCPU(db)
 	selfAfter, _ := bench.SampleProc(os.Getpid())
@@ -510,6 +556,11 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	c := bench.NewProcessCost("bench", os.Getpid(), self, selfAfter, f.w.Records)
 	c.Note, c.PeakRSSMB = "the load generator", 0
 	res.Processes = append(res.Processes, c)
+	if neighbour != nil {
+		if res.Neighbour, err = neighbour.finish(ctx, f, live, res.EndToEndRecordsPerSec); err != nil {
+			return nil, nil, err
+		}
+	}
 	ids := drive.res.BatchIDs
 	if f.via == "kafka" {
 		if ids, err = obs.BatchIDs(ctx, keyPrefix, nb); err != nil {
@@ -553,6 +604,7 @@ type benchSystem struct {
 	// What starting a stage process takes (self-started systems).
 	exe, dir  string
 	stageArgs []string
+	env       []string // added to the stages' environment
 }
 
 // startBenchSystem starts the broker and the stages as separate processes
@@ -577,7 +629,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, err
 	}
 	if f.single {
-		p, err := startBenchProc(exe, dir, "dev", []string{"DATABASE_URL=" + dbURL},
+		p, err := startBenchProc(exe, dir, "dev", append([]string{"DATABASE_URL=" + dbURL}, stageEnv(f)...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
 				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
 		if err != nil {
@@ -616,7 +668,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	sys.exe, sys.dir = exe, dir
+	sys.exe, sys.dir, sys.env = exe, dir, stageEnv(f)
 	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
 	stages := []string{stageIngest, stageMatcher, stageSink}
 	if f.backlog {
@@ -661,7 +713,7 @@ func (s *benchSystem) startInstances(ctx context.Context, stage string, n int) (
 // startStage starts a process of stage, logging to <dir>/<name>.log, and
 // waits until it serves.
 func (s *benchSystem) startStage(ctx context.Context, name, stage string) (*benchProc, error) {
-	p, err := startBenchProc(s.exe, s.dir, name, nil, append([]string{stage}, s.stageArgs...)...)
+	p, err := startBenchProc(s.exe, s.dir, name, s.env, append([]string{stage}, s.stageArgs...)...)
 	if err != nil {
 		return nil, err
 	}

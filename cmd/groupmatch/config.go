@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -35,6 +36,13 @@ type options struct {
 	dbMaxConns       int
 	pendingTimeout   time.Duration
 	maxGroups        int
+	batchDeadline    time.Duration
+	authFailRate     float64
+	authFailBurst    int
+	authFailClients  int
+	trustedProxies   string
+	tokenRate        float64
+	tenantRate       float64
 	maxInFlight      int
 	drainDelay       time.Duration
 	logLevel         string
@@ -176,6 +184,12 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
 	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
 	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
+	fs.Float64Var(&o.authFailRate, "auth-fail-rate", envFloat("AUTH_FAIL_RATE", 20), "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
+	fs.IntVar(&o.authFailBurst, "auth-fail-burst", envInt("AUTH_FAIL_BURST", 100), "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
+	fs.IntVar(&o.authFailClients, "auth-fail-clients", envInt("AUTH_FAIL_CLIENTS", 65536), "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", env("TRUSTED_PROXIES", ""), "comma-separated addresses or CIDR prefixes of proxies whose X-Forwarded-For names the client address; empty: the header is ignored (TRUSTED_PROXIES)")
+	fs.Float64Var(&o.tokenRate, "token-rate", envFloat("TOKEN_RATE", 10), "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
+	fs.Float64Var(&o.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
 	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
 	fs.IntVar(&o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
 	fs.IntVar(&o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction (SINK_CHUNK)")
@@ -183,6 +197,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
 	fs.IntVar(&o.maxGroups, "max-groups-per-tenant", envInt("MAX_GROUPS_PER_TENANT", sink.DefaultMaxGroupsPerTenant), "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
+	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
 	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
 }
@@ -198,6 +213,26 @@ func (o *options) checkStages() error {
 // addPartitions registers --partitions.
 func (o *options) addPartitions(fs *flag.FlagSet) {
 	fs.IntVar(&o.partitions, "partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of the records and resolved topics (TOPIC_PARTITIONS)")
+}
+
+// proxyPrefixes parses --trusted-proxies: addresses and CIDR prefixes.
+func (o *options) proxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(o.trustedProxies, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-proxies: %q is neither an address nor a CIDR prefix", f)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 func (o *options) brokerList() []string {

@@ -36,7 +36,8 @@ type system struct {
 	client *http.Client
 }
 
-func startSystem(t *testing.T) *system {
+// startSystem starts a system; tweaks adjust its options before it starts.
+func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	t.Helper()
 	b, err := devenv.StartBroker(devenv.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 4})
 	if err != nil {
@@ -48,6 +49,9 @@ func startSystem(t *testing.T) *system {
 		brokers: b.Addr(), databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
 		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
+	}
+	for _, tweak := range tweaks {
+		tweak(o)
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

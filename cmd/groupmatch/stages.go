@@ -63,6 +63,16 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 // /metrics. It fails fast when PostgreSQL or Kafka does not answer. started,
 // if set, is called with the HTTP address once it listens.
 func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(addr string)) error {
+	if o.batchDeadline < 0 {
+		return errors.New("--batch-deadline must not be negative")
+	}
+	if o.authFailRate < 0 || o.authFailBurst < 0 || o.authFailClients < 0 || o.tokenRate < 0 || o.tenantRate < 0 {
+		return errors.New("--auth-fail-rate, --auth-fail-burst, --auth-fail-clients, --token-rate and --tenant-rate must not be negative")
+	}
+	proxies, err := o.proxyPrefixes()
+	if err != nil {
+		return err
+	}
 	sec, err := o.security()
 	if err != nil {
 		return err
@@ -105,6 +115,8 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		svc, err = ingest.New(ingest.Config{
 			Brokers: brokers, Topics: topics, Security: sec, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
+			AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
+			TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
 		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
@@ -125,6 +137,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		metrics := matcher.NewMetrics(reg)
 		dir := matcher.NewPGDirectory(pool)
 		dir.ObserveQuery = metrics.ObserveLookup
+		if o.pendingTimeout > 0 {
+			dir.PendingTimeout = o.pendingTimeout
+		}
 		m, err := matcher.New(matcher.Config{
 			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
 			MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
@@ -141,15 +156,18 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if o.maxGroups > 0 { // else the store's default; checkStages rejects a flag below 1
 			store.MaxGroupsPerTenant = o.maxGroups
 		}
+		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sink.Config{
 			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
 			MaxChunk: o.sinkChunk, Logger: log,
-		}, store, sink.NewMetrics(reg))
+		}, store, metrics)
 		if err != nil {
 			return err
 		}
 		relay := sink.NewRelay(pool, sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
 			EventsPerTenant: o.eventsPerTenant, Logger: log})
+		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
+		g.Go(func() error { return deadline.Run(gctx) })
 		observeStage(gctx, reg, o, sec, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })

@@ -1,0 +1,199 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// Deadline finishes batches still PROCESSING After their acceptance (SPEC
+// §10: no batch stays PROCESSING for ever). Each overdue batch is finished
+// in a transaction of its own that
+//
+//   - writes a ledger row (outcome FAILED, reason TIMED_OUT) for every
+//     record index the ledger lacks, so a record arriving later is a
+//     duplicate to Apply and changes nothing;
+//   - adds those records to failed and sets the final status by the rule
+//     Apply uses (SUCCESS, PARTIAL_SUCCESS or FAILED), with a conditional
+//     UPDATE … WHERE status = 'PROCESSING';
+//   - writes the batch's row of the batch.finished outbox.
+//
+// Several sink processes may sweep at once: the ledger's primary key and the
+// conditional UPDATE make exactly one of them finish a batch; a sweeper that
+// loses rolls back. A sink transaction applying records of the batch at the
+// same time either commits first (its records keep their outcomes) or finds
+// the TIMED_OUT rows and counts its records as duplicates.
+type Deadline struct {
+	db  *pgxpool.Pool
+	cfg DeadlineConfig
+}
+
+// DeadlineConfig configures a Deadline. Zero values take the documented
+// defaults.
+type DeadlineConfig struct {
+	// After is how long a batch may stay PROCESSING after acceptance;
+	// default 1 h.
+	After time.Duration
+	// Interval is how often overdue batches are looked for; default
+	// After/10, within [50 ms, 1 min].
+	Interval time.Duration
+	Metrics  *Metrics // nil: none
+	Logger   *slog.Logger
+}
+
+// NewDeadline returns a Deadline on db.
+func NewDeadline(db *pgxpool.Pool, cfg DeadlineConfig) *Deadline {
+	if cfg.After <= 0 {
+		cfg.After = time.Hour
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = min(max(cfg.After/10, 50*time.Millisecond), time.Minute)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Logger = cfg.Logger.With("stage", "sink", "component", "deadline")
+	return &Deadline{db: db, cfg: cfg}
+}
+
+// deadlineSweep is the most overdue batches one Sweep finishes.
+const deadlineSweep = 100
+
+// Run sweeps every Interval until ctx is done. Failures are logged and
+// retried at the next tick.
+func (d *Deadline) Run(ctx context.Context) error {
+	t := time.NewTicker(d.cfg.Interval)
+	defer t.Stop()
+	for {
+		for {
+			done, err := d.Sweep(ctx)
+			if err != nil && ctx.Err() == nil {
+				d.cfg.Logger.Warn("finishing overdue batches failed; will retry", "err", err)
+			}
+			if err != nil || len(done) < deadlineSweep {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// TimedOut is a batch a Sweep finished at its deadline.
+type TimedOut struct {
+	FinishedBatch
+	Records int // records counted failed with reason TIMED_OUT
+}
+
+// Sweep finishes up to 100 overdue batches, oldest first, each in its own
+// transaction, and returns those it finished. Batches another sweeper or
+// the sink finished meanwhile are skipped.
+func (d *Deadline) Sweep(ctx context.Context) ([]TimedOut, error) {
+	rows, err := d.db.Query(ctx, `
+		SELECT batch_id, tenant_id FROM batches
+		WHERE status = 'PROCESSING' AND accepted_at < now() - make_interval(secs => $1)
+		ORDER BY accepted_at LIMIT $2`, d.cfg.After.Seconds(), deadlineSweep)
+	if err != nil {
+		return nil, fmt.Errorf("sink: find overdue batches: %w", err)
+	}
+	type batchRef struct{ id, tenant int64 }
+	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (batchRef, error) {
+		var b batchRef
+		err := r.Scan(&b.id, &b.tenant)
+		return b, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sink: find overdue batches: %w", err)
+	}
+	var done []TimedOut
+	for _, b := range due {
+		t, ok, err := d.finish(ctx, b.tenant, b.id)
+		if err != nil {
+			return done, err
+		}
+		if !ok {
+			continue
+		}
+		done = append(done, t)
+		if m := d.cfg.Metrics; m != nil {
+			m.TimedOut.Inc()
+			m.TimedOutRecords.Add(float64(t.Records))
+			m.Finished.WithLabelValues(t.Status).Inc()
+			m.BatchLatency.Observe(t.Latency.Seconds())
+		}
+		d.cfg.Logger.Warn("batch timed out", "batch_id", t.BatchID, "tenant_id", t.TenantID,
+			"status", t.Status, "timed_out_records", t.Records, "latency", t.Latency)
+	}
+	return done, nil
+}
+
+// errNotOverdue rolls back a finish whose batch was finished meanwhile.
+var errNotOverdue = errors.New("sink: batch no longer overdue")
+
+// finish finishes one overdue batch; ok is false when it was not (any
+// more) PROCESSING and overdue.
+func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOut, bool, error) {
+	out := TimedOut{FinishedBatch: FinishedBatch{BatchID: batchID, TenantID: tenantID}}
+	err := pgx.BeginFunc(ctx, d.db, func(tx pgx.Tx) error {
+		// The ledger rows first, like Apply: a concurrent Apply holding an
+		// uncommitted row of this batch is waited for (ON CONFLICT), and
+		// neither transaction locks the batch row before its ledger rows,
+		// so the two cannot deadlock.
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO batch_records (batch_id, rec_index, outcome, reason)
+			SELECT b.batch_id, i, $4, $5
+			FROM batches b CROSS JOIN LATERAL generate_series(0, b.total - 1) AS i
+			WHERE b.batch_id = $1 AND b.tenant_id = $2 AND b.status = 'PROCESSING'
+			  AND b.accepted_at < now() - make_interval(secs => $3)
+			  AND NOT EXISTS (SELECT 1 FROM batch_records x WHERE x.batch_id = b.batch_id AND x.rec_index = i)
+			ON CONFLICT DO NOTHING`,
+			batchID, tenantID, d.cfg.After.Seconds(), string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut))
+		if err != nil {
+			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
+		}
+		out.Records = int(tag.RowsAffected())
+		// Every record without a counted outcome is one of the rows just
+		// written (the ledger and the counters change together), so
+		// failed grows by total - processed.
+		var accepted, finished time.Time
+		err = tx.QueryRow(ctx, `
+			UPDATE batches SET
+				failed = failed + (total - processed),
+				processed = total,
+				status = CASE
+					WHEN success = total THEN 'SUCCESS'
+					WHEN success = 0 THEN 'FAILED'
+					ELSE 'PARTIAL_SUCCESS' END,
+				finished_at = now()
+			WHERE batch_id = $1 AND tenant_id = $2 AND status = 'PROCESSING'
+			RETURNING status, accepted_at, finished_at`, batchID, tenantID).Scan(&out.Status, &accepted, &finished)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNotOverdue
+		}
+		if err != nil {
+			return fmt.Errorf("sink: finish timed-out batch: %w", err)
+		}
+		out.Latency = finished.Sub(accepted)
+		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (batch_id) VALUES ($1) ON CONFLICT DO NOTHING`, batchID); err != nil {
+			return fmt.Errorf("sink: write outbox: %w", err)
+		}
+		return nil
+	})
+	if errors.Is(err, errNotOverdue) {
+		return out, false, nil
+	}
+	if err != nil {
+		return out, false, fmt.Errorf("sink: batch %d: %w", batchID, err)
+	}
+	return out, true, nil
+}
