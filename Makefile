@@ -4,7 +4,7 @@ BIN       ?= bin/groupmatch
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
-.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean bench bench-small
+.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean bench bench-small kafka
 
 ## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
 run:
@@ -14,11 +14,21 @@ run:
 build:
 	$(GO) build -o $(BIN) ./cmd/groupmatch
 
-## deps: Go modules and the services and tools the tests need (PostgreSQL, prometheus/promtool, docker-compose)
+## deps: Go modules and the services and tools the tests need (PostgreSQL, Apache Kafka's jars
+## from Maven Central with Maven and a Java runtime, prometheus/promtool, docker-compose, kcat)
 deps:
 	$(GO) mod download
 	bash .ci/ensure-postgres.sh
+	bash .ci/ensure-kafka.sh
 	bash .ci/ensure-tools.sh
+
+## kafka: Apache Kafka (the version the tests and docker-compose.yml run) in the foreground on
+## 127.0.0.1:$(KAFKA_PORT), its log in KAFKA_DATA (default: a temporary folder); Ctrl-C stops it
+KAFKA_PORT ?= 9092
+KAFKA_DATA ?=
+kafka: build
+	bash .ci/ensure-kafka.sh
+	$(BIN) kafka --addr 127.0.0.1:$(KAFKA_PORT) $(if $(KAFKA_DATA),--data $(KAFKA_DATA))
 
 ## bench: groupmatch bench at its defaults (1,000,000 customers, 2,000,000 records) with the
 ## plain-PostgreSQL baseline; report in bin/bench.json. Not part of make test (about 5 minutes on 2 cores).

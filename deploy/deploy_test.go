@@ -18,6 +18,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/groupmatch/groupmatch/devenv"
 )
 
 // compose is the part of a compose file the tests look at.
@@ -142,8 +144,8 @@ func TestComposeStages(t *testing.T) {
 			t.Errorf("%s: healthcheck %v does not probe /readyz on port 8080", name, s.Healthcheck.Test)
 		}
 	}
-	if p := c.Services["ingest"].Ports; !slices.Contains(p, "8080:8080") {
-		t.Errorf("ingest ports %v, want 8080:8080", p)
+	if p := c.Services["ingest"].Ports; !slices.Contains(p, "127.0.0.1:8080:8080") {
+		t.Errorf("ingest ports %v, want 127.0.0.1:8080:8080", p)
 	}
 	for _, name := range []string{"matcher", "sink"} {
 		if p := c.Services[name].Ports; len(p) > 0 {
@@ -188,7 +190,7 @@ func TestComposeMonitoringMounts(t *testing.T) {
 	if graf["/etc/grafana/provisioning"] != "./deploy/grafana/provisioning" || graf["/var/lib/grafana/dashboards"] != "./deploy/grafana/dashboards" {
 		t.Errorf("grafana mounts %v", graf)
 	}
-	for _, p := range []string{"9090:9090", "3000:3000"} {
+	for _, p := range []string{"127.0.0.1:9090:9090", "127.0.0.1:3000:3000"} {
 		if !slices.Contains(c.Services["prometheus"].Ports, p) && !slices.Contains(c.Services["grafana"].Ports, p) {
 			t.Errorf("port %s not published", p)
 		}
@@ -318,15 +320,134 @@ func TestGrafanaProvisioning(t *testing.T) {
 // docker compose validates the file against the Compose schema, offline:
 // the compose plugin where it exists, else Debian's docker-compose (which
 // make deps installs). No Docker engine is needed for that.
+// The secrets come from the environment (.env): with every variable of
+// .env.example set, the file validates; with one missing, compose refuses.
 func TestComposeConfigValidates(t *testing.T) {
-	cmd := exec.Command("docker", "compose", "-f", "../docker-compose.yml", "config", "-q")
-	if exec.Command("docker", "compose", "version").Run() != nil {
-		if _, err := exec.LookPath("docker-compose"); err != nil {
-			t.Fatal("neither docker compose nor docker-compose is installed; make deps installs Debian's docker-compose")
+	vars := envExample(t)
+	composeConfig := func(env []string) *exec.Cmd {
+		cmd := exec.Command("docker", "compose", "-f", "../docker-compose.yml", "config", "-q")
+		if exec.Command("docker", "compose", "version").Run() != nil {
+			if _, err := exec.LookPath("docker-compose"); err != nil {
+				t.Fatal("neither docker compose nor docker-compose is installed; make deps installs Debian's docker-compose")
+			}
+			cmd = exec.Command("docker-compose", "-f", "../docker-compose.yml", "config", "-q")
 		}
-		cmd = exec.Command("docker-compose", "-f", "../docker-compose.yml", "config", "-q")
+		// The variables are given explicitly; a developer's own .env
+		// beside the file fills only what the environment leaves unset.
+		cmd.Env = append(os.Environ(), env...)
+		return cmd
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	var all []string
+	for _, v := range vars {
+		all = append(all, v+"=secret1")
+	}
+	if out, err := composeConfig(all).CombinedOutput(); err != nil {
+		t.Fatalf("compose config: %v\n%s", err, out)
+	}
+	if _, err := os.Stat("../.env"); err == nil {
+		t.Log("../.env exists: not checking that compose refuses missing secrets")
+		return
+	}
+	for i, v := range vars {
+		env := append(slices.Clone(all[:i]), all[i+1:]...)
+		env = append(env, v+"=")
+		out, err := composeConfig(env).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), v) {
+			t.Errorf("compose config without %s: %v, want a refusal naming it\n%s", v, err, out)
+		}
+	}
+}
+
+// envExample returns the variables .env.example documents.
+func envExample(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vars []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, _, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			vars = append(vars, strings.TrimSpace(name))
+		}
+	}
+	if len(vars) == 0 {
+		t.Fatal(".env.example names no variable")
+	}
+	return vars
+}
+
+// No secret is written in the compose file, nothing listens beyond this
+// host, and Prometheus cannot be reconfigured or stopped over HTTP.
+func TestComposeHardening(t *testing.T) {
+	c := loadCompose(t)
+	vars := envExample(t)
+	secretRef := regexp.MustCompile(`\$\{([A-Z_]+):\?[^}]*\}`)
+	secrets := map[string]string{ // service -> variable holding a secret
+		"postgres": "POSTGRES_PASSWORD",
+		"grafana":  "GF_SECURITY_ADMIN_PASSWORD",
+	}
+	for name, key := range secrets {
+		v := c.Services[name].Environment[key]
+		m := secretRef.FindStringSubmatch(v)
+		if m == nil || !slices.Contains(vars, m[1]) {
+			t.Errorf("%s: %s = %q, want ${VAR:?…} with VAR documented in .env.example", name, key, v)
+		}
+	}
+	for name := range stages {
+		u := c.Services[name].Environment["DATABASE_URL"]
+		if m := secretRef.FindStringSubmatch(u); m == nil || m[1] != "POSTGRES_PASSWORD" {
+			t.Errorf("%s: DATABASE_URL %q does not take its password from POSTGRES_PASSWORD", name, u)
+		}
+	}
+	raw, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regexp.MustCompile(`(?i)(password|passwd)["']?\s*[:=]\s*["']?(admin|groupmatch|postgres)\b`).Match(raw) {
+		t.Error("docker-compose.yml writes a password in the clear")
+	}
+	for name, s := range c.Services {
+		for _, p := range s.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("%s publishes %q on every interface, want 127.0.0.1:…", name, p)
+			}
+		}
+		for _, arg := range s.Command {
+			if strings.Contains(arg, "web.enable-lifecycle") || strings.Contains(arg, "web.enable-admin-api") {
+				t.Errorf("%s: %s lets anyone who reaches it stop or reconfigure it", name, arg)
+			}
+		}
+	}
+}
+
+// Kafka in compose is the broker the tests run (devenv.StartKafka): the
+// same version and single-node settings, and its log in a named volume so
+// that down and up keep records and offsets.
+func TestComposeKafkaMatchesTests(t *testing.T) {
+	c := loadCompose(t)
+	k := c.Services["kafka"]
+	if want := "apache/kafka:" + devenv.KafkaVersion; k.Image != want {
+		t.Errorf("kafka image %q, want %s", k.Image, want)
+	}
+	for key, want := range devenv.KafkaSettings() {
+		name := "KAFKA_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		if got := k.Environment[name]; got != want {
+			t.Errorf("kafka %s = %q, want %q as the tests run it (%s)", name, got, want, key)
+		}
+	}
+	dir := k.Environment["KAFKA_LOG_DIRS"]
+	if dir == "" || k.Environment["CLUSTER_ID"] == "" {
+		t.Errorf("kafka needs KAFKA_LOG_DIRS and a fixed CLUSTER_ID to keep its log: %v", k.Environment)
+	}
+	var named bool
+	for _, v := range k.Volumes {
+		src, dst, _ := strings.Cut(v, ":")
+		if dst == dir && !strings.HasPrefix(src, ".") && !strings.HasPrefix(src, "/") {
+			_, named = c.Volumes[src]
+		}
+	}
+	if !named {
+		t.Errorf("kafka's log dir %q is not a named volume: %v", dir, k.Volumes)
 	}
 }

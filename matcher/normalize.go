@@ -453,7 +453,10 @@ func isFuzzy(p pipeline.Params) bool {
 // Identity values are trimmed and blocked values (IsBlocked) dropped; the
 // phone is put in canonical form (NormalizePhone) or dropped with
 // PhoneMalformed set; openid, unionid and thirdId are otherwise kept as sent
-// (case-sensitive). identityType is read by ParseIdentityType.
+// (case-sensitive). identityType is read by ParseIdentityType. A value
+// holding a NUL byte, which PostgreSQL text cannot hold, is malformed: it
+// counts as absent (a phone as malformed) and is never shown in Ref. Ingest
+// refuses NUL, so only a message written around ingest has one.
 //
 // Invalid holds the first problem found, limits first, then identity
 // problems, then group problems (a record nobody can be identified by is
@@ -492,6 +495,7 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 	thirdLong := longerThan(third, pipeline.MaxIdentityLen)
 	tooLong := thirdLong || longerThan(openid, pipeline.MaxIdentityLen) ||
 		longerThan(unionid, pipeline.MaxIdentityLen) || longerThan(r.Phone, pipeline.MaxPhoneLen)
+	third, openid, unionid = storable(third), storable(openid), storable(unionid)
 	if !thirdLong {
 		n.Ref.ThirdID = third
 	}
@@ -504,10 +508,11 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 			n.values[idxPhone] = c
 		} else {
 			n.PhoneMalformed = true
+			phoneSent = storable(phoneSent) // shown masked in Ref, unless it holds NUL
 		}
 	}
 
-	it := strings.TrimSpace(r.IdentityType)
+	it := storable(strings.TrimSpace(r.IdentityType))
 	itMissing := isBlockedTrimmed(it)
 	itKnown := false
 	if !itMissing {
@@ -544,6 +549,15 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 // without counting.
 func longerThan(s string, max int) bool {
 	return len(s) > max && utf8.RuneCountInString(s) > max
+}
+
+// storable returns s, or "" when it holds a NUL byte: PostgreSQL text
+// cannot hold one, so such a value could be neither looked up nor stored.
+func storable(s string) string {
+	if strings.IndexByte(s, 0) >= 0 {
+		return ""
+	}
+	return s
 }
 
 // usable returns the trimmed s, or "" when it is blocked.

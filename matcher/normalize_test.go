@@ -620,6 +620,44 @@ func TestNormalizeLimits(t *testing.T) {
 	}
 }
 
+// A value holding NUL (PostgreSQL text cannot hold one) is malformed: it
+// counts as absent, is never looked up or stored, and never reaches Ref.
+func TestNormalizeNUL(t *testing.T) {
+	tests := []struct {
+		name string
+		p    pipeline.Params
+		r    pipeline.RawRecord
+		want pipeline.Reason
+	}{
+		{"thirdId, no matching", noMatchParams, pipeline.RawRecord{ThirdID: "crm\x00-1", Groups: "vip"}, pipeline.ReasonMissingIdentity},
+		{"thirdId, exact", exactParams, pipeline.RawRecord{IdentityType: "id", ThirdID: "crm\x00-1", Groups: "vip"}, pipeline.ReasonMissingIdentity},
+		{"identityType, exact", exactParams, pipeline.RawRecord{IdentityType: "id\x00", ThirdID: "crm-1", Groups: "vip"}, pipeline.ReasonMissingIdentity},
+		{"phone, exact", exactParams, pipeline.RawRecord{IdentityType: "phone", Phone: "138\x0000000000", Groups: "vip"}, pipeline.ReasonInvalidPhone},
+		{"all, fuzzy", fuzzyParams, pipeline.RawRecord{ThirdID: "t\x00", OpenID: "o\x00", UnionID: "u\x00", Phone: "1\x00", Groups: "vip"}, pipeline.ReasonInvalidPhone},
+		{"fuzzy skips it", fuzzyParams, pipeline.RawRecord{UnionID: "u\x00", ThirdID: "crm-1", Groups: "vip"}, ""},
+		{"created customer drops it", noMatchParams, pipeline.RawRecord{ThirdID: "crm-1", OpenID: "o\x00", UnionID: "u\x00", Phone: "1\x00", Groups: "vip"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := Normalize(tt.p, tt.r)
+			if n.Invalid != tt.want {
+				t.Fatalf("Invalid = %q, want %q", n.Invalid, tt.want)
+			}
+			for _, k := range kindsByIndex {
+				if strings.IndexByte(n.Value(k), 0) >= 0 {
+					t.Errorf("value of %s holds NUL", k)
+				}
+			}
+			ref := n.Ref
+			for _, v := range []string{ref.ThirdID, ref.Phone, ref.OpenID, ref.UnionID} {
+				if strings.IndexByte(v, 0) >= 0 {
+					t.Errorf("Ref holds NUL: %+v", ref)
+				}
+			}
+		})
+	}
+}
+
 // TestCheckGroupNameEveryRune compares checkGroupName, with its fast paths,
 // with Go's Unicode tables on every code point.
 func TestCheckGroupNameEveryRune(t *testing.T) {

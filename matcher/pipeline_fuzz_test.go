@@ -16,12 +16,7 @@ package matcher
 //
 //	go test ./matcher/ -run '^$' -fuzz '^FuzzPipeline$' -fuzztime 10s
 //
-// KNOWN FAILING: inputs of the classes issue 11 names that still fail
-// (knownFailingClass: NUL in a field; an identity value over 128
-// characters stored for a created customer) are skipped unless
-// GROUPMATCH_FUZZ_KNOWN_FAILING=1, and their seeds are kept apart in
-// knownFailingPipelineSeeds; TestPipelineKnownFailing checks that they fail
-// for the reason written down, and tells when one passes. It is a test file
+// It is a test file
 // of the matcher, because resolveChunk is the matcher's own; it uses the
 // sink only through sink.PGStore, as the stage does.
 
@@ -29,17 +24,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
@@ -233,9 +224,6 @@ func encodeFuzzInput(in fuzzInput) []byte {
 type pipelineSeed struct {
 	name string
 	in   fuzzInput
-	// sqlstates are, for a known-failing seed, the SQLSTATEs of the errors
-	// it may fail with today (the first stage to meet the NUL fails).
-	sqlstates []string
 }
 
 var (
@@ -287,6 +275,22 @@ var pipelineSeeds = []pipelineSeed{
 	{name: "invalid UTF-8 and control characters", in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
 		{ThirdID: "\xff\xfe\x01\x1b[31m", OpenID: "\xc3\x28", Phone: "\x7f138", Groups: "\xe2\x82,\t\r\n"},
 	}}},
+	// Issue 11's classes: over-long stored identities and NUL, which once
+	// failed in PostgreSQL (54000, 22021, 22P05).
+	{name: "3000-char thirdId, isMatching=false", in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
+		{ThirdID: fuzzNoise(3000, 1), Groups: "vip"},
+	}}},
+	{name: "long unionid on a created customer", in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
+		{ThirdID: "fuzz-long-unionid", UnionID: fuzzNoise(3000, 2), Groups: "vip"},
+	}}},
+	{name: "long openid on a created customer", in: fuzzInput{params: pipeline.Params{OptType: pipeline.OptAdd, AppType: "gzh", AppID: "wx1"},
+		records: []pipeline.RawRecord{{ThirdID: "fuzz-long-openid", OpenID: fuzzNoise(3000, 3), Groups: "vip"}}}},
+	{name: "NUL in every field", in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
+		{IdentityType: "thirdId", ThirdID: "t\x00t", OpenID: "o\x00o", UnionID: "u\x00u", Phone: "138\x0000000000", Groups: "g\x00g"},
+	}}},
+	{name: "NUL in the thirdId of a record that is not applied", in: fuzzInput{params: seedExact, records: []pipeline.RawRecord{
+		{IdentityType: "phone", ThirdID: "crm\x00-1", Phone: "13800000000", Groups: "vip"},
+	}}},
 }
 
 // fuzzNoise is n printable characters that PostgreSQL cannot compress (a long
@@ -299,75 +303,6 @@ func fuzzNoise(n int, seed uint64) string {
 		b[i] = alphabet[rng.IntN(len(alphabet))]
 	}
 	return string(b)
-}
-
-// Classes of input that fail today, for bugs issue 11 names; see
-// knownFailingClass.
-const (
-	fuzzClassNUL        = "NUL in a field"
-	fuzzClassStoredLong = "identity value over 128 characters on a record that creates a customer"
-)
-
-// knownFailingClass names the known-failing class in belongs to, or "".
-//
-// KNOWN FAILING, to be enabled after the merge of issue 11: FuzzPipeline
-// skips inputs of these classes unless GROUPMATCH_FUZZ_KNOWN_FAILING=1, so
-// that `make fuzz-short` stays green while the per-record limits of SPEC
-// §10 (VALUE_TOO_LONG, GROUP_NAME_INVALID) are being written elsewhere.
-// TestPipelineKnownFailing checks that each class still fails, with the
-// SQLSTATE written down; when it says one passes, delete the class here.
-//
-//   - fuzzClassNUL: PostgreSQL text cannot hold NUL. A NUL in a looked-up value
-//     fails the matcher's look-up (22021); in a record that is not applied,
-//     the sink's ledger row, whose ref is jsonb (22P05). Ingest rejects NUL,
-//     but the records topic may be written by anyone (SPEC §10: no record
-//     can stop a stage).
-//   - fuzzClassStoredLong: a thirdId, openid or unionid of an isMatching=false
-//     record is stored and indexed; beyond about 2,700 bytes that
-//     PostgreSQL cannot compress, the insert fails (54000).
-func knownFailingClass(in fuzzInput) string {
-	for _, r := range in.records {
-		for _, v := range []string{r.IdentityType, r.ThirdID, r.OpenID, r.UnionID, r.Phone, r.Groups} {
-			if strings.IndexByte(v, 0) >= 0 {
-				return fuzzClassNUL
-			}
-		}
-	}
-	if !in.params.IsMatching {
-		for _, r := range in.records {
-			for _, v := range []string{r.ThirdID, r.OpenID, r.UnionID} {
-				if utf8.RuneCountInString(strings.TrimSpace(v)) > 128 {
-					return fuzzClassStoredLong
-				}
-			}
-		}
-	}
-	return ""
-}
-
-// fuzzKnownFailing is whether FuzzPipeline runs inputs of known-failing
-// classes too.
-var fuzzKnownFailing = os.Getenv("GROUPMATCH_FUZZ_KNOWN_FAILING") == "1"
-
-// knownFailingPipelineSeeds are seeds of issue 11's classes that fail
-// today (see knownFailingClass). They are not in the fuzzing corpus unless
-// GROUPMATCH_FUZZ_KNOWN_FAILING=1; once the limits are merged,
-// TestPipelineKnownFailing says which pass, and they move to pipelineSeeds.
-var knownFailingPipelineSeeds = []pipelineSeed{
-	{name: "3000-char thirdId, isMatching=false", sqlstates: []string{"54000"}, in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
-		{ThirdID: fuzzNoise(3000, 1), Groups: "vip"},
-	}}},
-	{name: "long unionid on a created customer", sqlstates: []string{"54000"}, in: fuzzInput{params: seedNoMatch, records: []pipeline.RawRecord{
-		{ThirdID: "fuzz-long-unionid", UnionID: fuzzNoise(3000, 2), Groups: "vip"},
-	}}},
-	{name: "long openid on a created customer", sqlstates: []string{"54000"}, in: fuzzInput{params: pipeline.Params{OptType: pipeline.OptAdd, AppType: "gzh", AppID: "wx1"},
-		records: []pipeline.RawRecord{{ThirdID: "fuzz-long-openid", OpenID: fuzzNoise(3000, 3), Groups: "vip"}}}},
-	{name: "NUL in every field", sqlstates: []string{"22021", "22P05"}, in: fuzzInput{params: seedFuzzy, records: []pipeline.RawRecord{
-		{IdentityType: "thirdId", ThirdID: "t\x00t", OpenID: "o\x00o", UnionID: "u\x00u", Phone: "138\x0000000000", Groups: "g\x00g"},
-	}}},
-	{name: "NUL in the thirdId of a record that is not applied", sqlstates: []string{"22P05", "22021"}, in: fuzzInput{params: seedExact, records: []pipeline.RawRecord{
-		{IdentityType: "phone", ThirdID: "crm\x00-1", Phone: "13800000000", Groups: "vip"},
-	}}},
 }
 
 // fuzzPipeline is the database and directory of a fuzzing process.
@@ -511,17 +446,9 @@ func FuzzPipeline(f *testing.F) {
 	for _, s := range pipelineSeeds {
 		f.Add(encodeFuzzInput(s.in))
 	}
-	if fuzzKnownFailing {
-		for _, s := range knownFailingPipelineSeeds {
-			f.Add(encodeFuzzInput(s.in))
-		}
-	}
 	fp := newFuzzPipeline(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := decodeFuzzInput(data)
-		if c := knownFailingClass(in); c != "" && !fuzzKnownFailing {
-			t.Skipf("known failing (%s); GROUPMATCH_FUZZ_KNOWN_FAILING=1 runs it", c)
-		}
 		if err := fp.run(t, in); err != nil {
 			t.Fatal(err)
 		}
@@ -530,37 +457,10 @@ func FuzzPipeline(f *testing.F) {
 
 // The seeds pass through the encoding unchanged.
 func TestFuzzInputEncoding(t *testing.T) {
-	for _, s := range append(append([]pipelineSeed(nil), pipelineSeeds...), knownFailingPipelineSeeds...) {
+	for _, s := range pipelineSeeds {
 		got := decodeFuzzInput(encodeFuzzInput(s.in))
 		if fmt.Sprint(got) != fmt.Sprint(s.in) {
 			t.Errorf("%s: decoded as %+v", s.name, got)
 		}
-	}
-}
-
-// TestPipelineKnownFailing runs the known-failing seeds: each must still
-// fail with its SQLSTATE (the bug issue 11 names). One that passes has been
-// fixed: move it to pipelineSeeds.
-func TestPipelineKnownFailing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs PostgreSQL")
-	}
-	fp := newFuzzPipeline(t)
-	for _, s := range knownFailingPipelineSeeds {
-		t.Run(s.name, func(t *testing.T) {
-			if knownFailingClass(s.in) == "" {
-				t.Fatal("belongs to no known-failing class, so FuzzPipeline would not skip its kind")
-			}
-			err := fp.run(t, decodeFuzzInput(encodeFuzzInput(s.in)))
-			var pgErr *pgconn.PgError
-			switch {
-			case err == nil:
-				t.Errorf("passes now: move it from knownFailingPipelineSeeds to pipelineSeeds")
-			case !errors.As(err, &pgErr) || !slices.Contains(s.sqlstates, pgErr.Code):
-				t.Errorf("fails otherwise than known (SQLSTATE %v): %v", s.sqlstates, err)
-			default:
-				t.Logf("fails as known: %v", err)
-			}
-		})
 	}
 }

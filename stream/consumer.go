@@ -74,6 +74,12 @@ func (c *ConsumerConfig) withDefaults() ConsumerConfig {
 	return d
 }
 
+// fetchRetryMin and fetchRetryMax bound the pause after a failed fetch.
+const (
+	fetchRetryMin = 100 * time.Millisecond
+	fetchRetryMax = 5 * time.Second
+)
+
 // Handler processes one chunk of messages, in partition order. When it
 // returns nil the chunk's offsets are committed; an error stops the consumer
 // without committing, so the chunk is delivered again (to this process after
@@ -171,7 +177,9 @@ func (c *Consumer) GroupID() string { return c.cfg.GroupID }
 // Topic is the topic the consumer reads.
 func (c *Consumer) Topic() string { return c.cfg.Topic }
 
-// Run consumes until ctx is done or the handler fails. On shutdown it stops
+// Run consumes until ctx is done or the handler fails. A failed fetch (the
+// broker unreachable) is logged and retried, never the end of Run: the
+// stage outlives a broker restart. On shutdown it stops
 // fetching, lets the in-flight chunk finish and commit (bounded by
 // DrainTimeout), closes the reader and returns nil.
 //
@@ -183,17 +191,31 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	}
 	fetchCtx, stopFetch := context.WithCancel(ctx)
 	msgs := make(chan kafka.Message, c.cfg.MaxChunk) // bounded: the fetcher blocks when the handler lags
-	fetchErr := make(chan error, 1)
 	go func() {
 		defer close(msgs)
+		// A fetch error is kafka-go reporting that the broker has been
+		// unreachable for a few attempts; its reader keeps retrying and
+		// heals once the broker is back. Going on (with a pause, so the
+		// errors do not flood the log) keeps the stage alive through a
+		// broker restart or a leader change instead of exiting, which took
+		// ingest's HTTP API down with it.
+		pause := fetchRetryMin
 		for {
 			m, err := c.reader.FetchMessage(fetchCtx)
 			if err != nil {
-				if fetchCtx.Err() == nil {
-					fetchErr <- fmt.Errorf("stream: fetch %s: %w", c.cfg.Topic, err)
+				if fetchCtx.Err() != nil {
+					return
 				}
-				return
+				c.cfg.Logger.Warn("fetch failed; retrying", "topic", c.cfg.Topic, "retry_in", pause, "err", err)
+				select {
+				case <-time.After(pause):
+				case <-fetchCtx.Done():
+					return
+				}
+				pause = min(2*pause, fetchRetryMax)
+				continue
 			}
+			pause = fetchRetryMin
 			select {
 			case msgs <- m:
 			case <-fetchCtx.Done():
@@ -226,8 +248,8 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 		chunk = chunk[:0]
 		select {
 		case m, ok := <-msgs:
-			if !ok {
-				return c.fetchResult(fetchErr)
+			if !ok { // the fetcher stops only when ctx is done
+				return nil
 			}
 			chunk = append(chunk, m)
 		case <-ctx.Done():
@@ -261,15 +283,6 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-	}
-}
-
-func (c *Consumer) fetchResult(fetchErr chan error) error {
-	select {
-	case err := <-fetchErr:
-		return err
-	default:
-		return nil
 	}
 }
 
@@ -394,6 +407,7 @@ func (c *Consumer) runPartition(runCtx, workCtx, genCtx context.Context, gen *ka
 	defer context.AfterFunc(genCtx, stopHandle)()
 
 	chunk := make([]kafka.Message, 0, c.cfg.MaxChunk)
+	pause := fetchRetryMin
 	for {
 		chunk = chunk[:0]
 		m, err := r.FetchMessage(fetchCtx)
@@ -401,8 +415,18 @@ func (c *Consumer) runPartition(runCtx, workCtx, genCtx context.Context, gen *ka
 			if fetchCtx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("stream: fetch %s/%d: %w", c.cfg.Topic, a.ID, err)
+			// As in Run: the broker is unreachable for now; the reader
+			// heals once it is back, so retry instead of ending the stage.
+			c.cfg.Logger.Warn("fetch failed; retrying", "topic", c.cfg.Topic, "partition", a.ID, "retry_in", pause, "err", err)
+			select {
+			case <-time.After(pause):
+			case <-fetchCtx.Done():
+				return nil
+			}
+			pause = min(2*pause, fetchRetryMax)
+			continue
 		}
+		pause = fetchRetryMin
 		chunk = append(chunk, m)
 		linger, cancel := context.WithTimeout(fetchCtx, c.cfg.Linger)
 		for len(chunk) < c.cfg.MaxChunk {

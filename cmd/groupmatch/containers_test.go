@@ -14,18 +14,21 @@ import (
 	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/devenv"
 )
 
-// Images of the container test: those of docker-compose.yml.
+// Images of the container test: those of docker-compose.yml (the Kafka
+// version is devenv.KafkaVersion, which compose pins too).
 const (
-	kafkaImage    = "apache/kafka:3.9.1"
+	kafkaImage    = "apache/kafka:" + devenv.KafkaVersion
 	postgresImage = "postgres:15.10"
 )
 
 // The documented flow end to end against real Apache Kafka (KRaft) and
 // PostgreSQL containers, where a Docker engine answers; skipped, saying
-// so, where none does (the in-process broker and the local PostgreSQL run
-// the same flow in TestEndToEndHTTP and the operations tests).
+// so, where none does (Apache Kafka from the jars make deps fetches and the
+// local PostgreSQL run the same flow in TestEndToEndHTTP and the
+// operations tests).
 func TestEndToEndContainers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containers")

@@ -354,7 +354,7 @@ func TestContractsEndToEnd(t *testing.T) {
 
 	// Over Kafka: one request accepted, three rejected.
 	brokers := s.opts.brokerList()
-	w := stream.NewWriter(brokers, "groupmatch.requests", nil)
+	w := stream.NewWriter(brokers, s.topic("requests"), nil)
 	defer w.Close()
 	feedBody := `{"publicParams": {"isMatching": true, "matchingType": 2, "identifyWay": 2, "optType": "add"},
 	  "data": [{"thirdId": "crm-5", "groups": "feed"}, {"phone": "13800000009", "groups": "feed"}]}`
@@ -373,7 +373,7 @@ func TestContractsEndToEnd(t *testing.T) {
 	}
 	// A message no stage can decode goes to the dead-letter topic.
 	const poisonKey = "contracts-test-poison"
-	pw := stream.NewWriter(brokers, "groupmatch.records", nil)
+	pw := stream.NewWriter(brokers, s.topic("records"), nil)
 	defer pw.Close()
 	if err := pw.WriteMessages(ctx, kafka.Message{Key: []byte(poisonKey), Value: []byte(`{"v":1,"poison":true}`)}); err != nil {
 		t.Fatal(err)
@@ -383,8 +383,8 @@ func TestContractsEndToEnd(t *testing.T) {
 	var events, dead []kafka.Message
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		events = readTopic(t, brokers, "groupmatch.events")
-		dead = readTopic(t, brokers, "groupmatch.dlq")
+		events = readTopic(t, brokers, s.topic("events"))
+		dead = readTopic(t, brokers, s.topic("dlq"))
 		byKey := map[string]string{}
 		finished := map[int64]int{}
 		for _, m := range events {
@@ -430,8 +430,8 @@ func TestContractsEndToEnd(t *testing.T) {
 	}
 
 	c := schematest.MustContracts(t)
-	records := readTopic(t, brokers, "groupmatch.records")
-	resolved := readTopic(t, brokers, "groupmatch.resolved")
+	records := readTopic(t, brokers, s.topic("records"))
+	resolved := readTopic(t, brokers, s.topic("resolved"))
 	if len(records) == 0 || len(resolved) == 0 {
 		t.Fatalf("%d records and %d resolved messages", len(records), len(resolved))
 	}
@@ -516,7 +516,7 @@ func TestContractsEndToEnd(t *testing.T) {
 
 	// Dead letters carry the documented headers; a letter whose value was
 	// decodable still validates against its original topic's schema.
-	schemaOf := map[string]string{"groupmatch.records": schemas.Record, "groupmatch.resolved": schemas.Resolved}
+	schemaOf := map[string]string{s.topic("records"): schemas.Record, s.topic("resolved"): schemas.Resolved}
 	for _, m := range dead {
 		h := map[string]string{}
 		for _, x := range m.Headers {

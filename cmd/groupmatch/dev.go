@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -58,6 +60,34 @@ func cmdBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log.Info("broker started; for development and tests only", "addr", b.Addr(), "data", dir)
 	<-ctx.Done()
 	return nil
+}
+
+// cmdKafka runs Apache Kafka (devenv.StartKafka: one JVM, KRaft, the
+// jars .ci/ensure-kafka.sh fetched) until ctx is done, then stops it
+// cleanly. For development and tests, never production.
+func cmdKafka(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("kafka [--addr 127.0.0.1:9092] [--data DIR]", stderr)
+	addr := fs.String("addr", env("KAFKA_ADDR", "127.0.0.1:9092"), "listen and advertised address of the broker; port 0 picks a free one (KAFKA_ADDR)")
+	controller := fs.String("controller-addr", env("KAFKA_CONTROLLER_ADDR", ""), "address of the KRaft controller listener; default a free port, which a restart on the same --data must repeat (KAFKA_CONTROLLER_ADDR)")
+	data := fs.String("data", env("KAFKA_DATA", ""), "folder keeping the broker's log across restarts; empty uses a temporary folder removed on exit (KAFKA_DATA)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	start := time.Now()
+	k, err := devenv.StartKafka(ctx, devenv.KafkaConfig{Addr: *addr, ControllerAddr: *controller, DataDir: *data, Log: stderr})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "KAFKA_BROKERS=%s\n", k.Addr())
+	fmt.Fprintf(stderr, "Apache Kafka %s ready after %s; controller %s, log in %s; Ctrl-C stops it\n",
+		devenv.KafkaVersion, time.Since(start).Round(time.Millisecond), k.ControllerAddr(), k.DataDir())
+	select {
+	case <-ctx.Done():
+	case <-k.Done():
+		return errors.New("kafka: the broker exited on its own; its output is above")
+	}
+	fmt.Fprintln(stderr, "stopping Apache Kafka")
+	return k.Close()
 }
 
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -17,13 +17,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/apps"
-	"github.com/groupmatch/groupmatch/devenv"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
 // system is a running groupmatch (all stages in this process) on a fresh
-// database and an in-process broker.
+// database and the shared Apache Kafka, with topics and consumer groups of
+// its own.
 type system struct {
 	t    *testing.T
 	base string // http://host:port
@@ -39,14 +39,11 @@ type system struct {
 // startSystem starts a system; tweaks adjust its options before it starts.
 func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	t.Helper()
-	b, err := devenv.StartBroker(devenv.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	brokers := testKafka(t)
+	names := namesFor(t)
 	pool, dbURL := schematest.NewPool(t)
 	o := &options{
-		brokers: b.Addr(), databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
+		brokers: brokers, databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: names.topicPrefix, groupPrefix: names.groupPrefix,
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
 		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
 	}
@@ -56,8 +53,14 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	base := runStagesOn(t, o, log, false)
+	tp := o.topics()
+	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ)
 	return &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
+
+// topic is the name of one of the system's topics: requests, records,
+// resolved, events or dlq.
+func (s *system) topic(name string) string { return s.opts.topicPrefix + name }
 
 // dbOnly is a fresh database for tests that run their own processes.
 type dbOnly struct{ url string }

@@ -57,7 +57,7 @@ func (s *system) waitEvents(within time.Duration, match func([]event) bool) []ev
 	s.t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		out := s.kcat("", "-C", "-t", "groupmatch.events", "-e", "-q", "-f", "%s\n")
+		out := s.kcat("", "-C", "-t", s.topic("events"), "-e", "-q", "-f", "%s\n")
 		var evs []event
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 			if line == "" {
@@ -86,9 +86,9 @@ func TestFeedWithKcat(t *testing.T) {
 	s.loadDirectory("feed", testDirectory)
 	body := `{"publicParams":{"isMatching":true,"matchingType":1,"optType":"add"},"data":[{"identityType":"id","thirdId":"crm-1","groups":"kcat"},{"identityType":"phone","phone":"13800000009","groups":"kcat"}]}`
 	// -K: splits key from value at the first tab; -H: headers.
-	s.kcat("order-1\t"+body+"\n", "-P", "-t", "groupmatch.requests", "-K", "\t", "-H", "x-token="+token, "-H", "idempotency-key=feed-42")
-	s.kcat("order-2\t"+body+"\n", "-P", "-t", "groupmatch.requests", "-K", "\t", "-H", "x-token=forged")
-	s.kcat("order-3\t{\"publicParams\":{}}\n", "-P", "-t", "groupmatch.requests", "-K", "\t", "-H", "x-token="+token)
+	s.kcat("order-1\t"+body+"\n", "-P", "-t", s.topic("requests"), "-K", "\t", "-H", "x-token="+token, "-H", "idempotency-key=feed-42")
+	s.kcat("order-2\t"+body+"\n", "-P", "-t", s.topic("requests"), "-K", "\t", "-H", "x-token=forged")
+	s.kcat("order-3\t{\"publicParams\":{}}\n", "-P", "-t", s.topic("requests"), "-K", "\t", "-H", "x-token="+token)
 
 	var accepted event
 	evs := s.waitEvents(30*time.Second, func(evs []event) bool {
@@ -148,10 +148,10 @@ func TestFeedWithKcat(t *testing.T) {
 // topic/partition/offset.
 func TestFeedRedelivery(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
-	brokers := strings.TrimPrefix(r.c.env[0], "KAFKA_BROKERS=")
+	brokers := r.c.brokers
 	ctx := context.Background()
 	body := `{"publicParams":{"isMatching":false,"optType":"add"},"data":[{"thirdId":"r-1","groups":"redelivered"}]}`
-	w := &kafka.Writer{Addr: kafka.TCP(brokers), Topic: "groupmatch.requests", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers), Topic: r.c.topic("requests"), RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	msg := kafka.Message{Key: []byte("once"), Value: []byte(body), Headers: []kafka.Header{{Key: "x-token", Value: []byte(r.token)}}}
 	if err := w.WriteMessages(ctx, msg); err != nil {
@@ -166,7 +166,7 @@ func TestFeedRedelivery(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 			out = out[:0]
-			for _, m := range readTopic(t, []string{brokers}, "groupmatch.events") {
+			for _, m := range readTopic(t, []string{brokers}, r.c.topic("events")) {
 				var e event
 				if json.Unmarshal(m.Value, &e) == nil && e.Type == "request.accepted" {
 					out = append(out, e)
@@ -178,15 +178,15 @@ func TestFeedRedelivery(t *testing.T) {
 	first := accepted(1)[0]
 	var part int
 	var off int64
-	if _, err := fmt.Sscanf(first.IdempotencyKey, "groupmatch.requests/%d/%d", &part, &off); err != nil {
+	if _, err := fmt.Sscanf(strings.TrimPrefix(first.IdempotencyKey, r.c.topic("requests")), "/%d/%d", &part, &off); err != nil {
 		t.Fatalf("default idempotency key %q is not topic/partition/offset", first.IdempotencyKey)
 	}
 	// Stop ingest, rewind its group to the request, start it again.
 	r.c.ingest.stop()
-	r.waitGroupEmpty("groupmatch-ingest")
+	r.waitGroupEmpty(stageIngest)
 	client := &kafka.Client{Addr: kafka.TCP(brokers)}
-	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: "groupmatch-ingest", GenerationID: -1,
-		Topics: map[string][]kafka.OffsetCommit{"groupmatch.requests": {{Partition: part, Offset: off}}}})
+	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: r.c.group(stageIngest), GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{r.c.topic("requests"): {{Partition: part, Offset: off}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ Commands:
   matcher            resolves records to customers
   sink               applies group writes and batch progress to PostgreSQL
   broker             only dev's in-process Kafka-protocol broker (development and tests only)
+  kafka              Apache Kafka from the jars make deps fetched, in the foreground (development and tests only)
   migrate            applies the database schema; safe to run again
   topics             creates the Kafka topics; safe to run again
   app create         creates an application and prints its credentials once
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdStages(ctx, cmd, []string{cmd}, rest, stdout, stderr)
 	case "broker":
 		return cmdBroker(ctx, rest, stdout, stderr)
+	case "kafka":
+		return cmdKafka(ctx, rest, stdout, stderr)
 	case "migrate":
 		return cmdMigrate(ctx, rest, stdout, stderr)
 	case "topics":

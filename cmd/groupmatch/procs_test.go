@@ -161,40 +161,39 @@ func runProc(t *testing.T, env []string, stdin io.Reader, args ...string) string
 	return stdout.String()
 }
 
-var (
-	brokerAddrRE = regexp.MustCompile(`^KAFKA_BROKERS=(\S+)`)
-	httpAddrRE   = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
-)
+var httpAddrRE = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
 
-// cluster is groupmatch run as separate processes of the built binary.
+// cluster is groupmatch run as separate processes of the built binary,
+// on Apache Kafka with topics and consumer groups of its own.
 type cluster struct {
 	env     []string
-	broker  *proc
+	brokers string // KAFKA_BROKERS
+	names   kafkaNames
 	base    string // ingest's http://host:port
 	ingest  *proc
 	matcher *proc
 	sink    *proc
 }
 
+// startCluster runs the stages on the shared broker.
 func startCluster(t *testing.T, dbURL string) *cluster {
 	t.Helper()
-	return startClusterWith(t, dbURL, "")
+	return startClusterOn(t, dbURL, "")
 }
 
-// startClusterWith keeps the broker's log in brokerData when it is set, so
-// the broker can be restarted.
-func startClusterWith(t *testing.T, dbURL, brokerData string, env ...string) *cluster {
+// startClusterOn runs migrate, topics and the three stages against brokers
+// (the shared broker when empty), with env added to their environment.
+func startClusterOn(t *testing.T, dbURL, brokers string, env ...string) *cluster {
 	t.Helper()
-	c := &cluster{}
-	args := []string{"broker", "--addr", "127.0.0.1:0", "--partitions", "4", "--log-level", envOr("GROUPMATCH_TEST_BROKER_LOG", "info")}
-	if brokerData != "" {
-		args = append(args, "--data", brokerData)
+	if brokers == "" {
+		brokers = testKafka(t)
 	}
-	c.broker = startProc(t, nil, nil, args...)
-	brokers := c.broker.waitFor(brokerAddrRE, 30*time.Second)
-	c.env = append([]string{"KAFKA_BROKERS=" + brokers, "DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
+	c := &cluster{brokers: brokers, names: namesFor(t)}
+	c.env = append([]string{"KAFKA_BROKERS=" + brokers, "TOPIC_PREFIX=" + c.names.topicPrefix, "GROUP_PREFIX=" + c.names.groupPrefix,
+		"DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
 	runProc(t, c.env, nil, "migrate")
 	runProc(t, c.env, nil, "topics", "--partitions", "4")
+	waitTopics(t, brokers, c.topic("requests"), c.topic("records"), c.topic("resolved"), c.topic("events"), c.topic("dlq"))
 	c.ingest = c.start(t, "ingest")
 	c.base = "http://" + c.ingest.waitFor(httpAddrRE, 30*time.Second)
 	c.matcher = c.start(t, "matcher")
@@ -207,6 +206,13 @@ func startClusterWith(t *testing.T, dbURL, brokerData string, env ...string) *cl
 func (c *cluster) start(t *testing.T, stage string) *proc {
 	return startProc(t, c.env, nil, stage)
 }
+
+// topic is the name of one of the cluster's topics: requests, records,
+// resolved, events or dlq.
+func (c *cluster) topic(name string) string { return c.names.topicPrefix + name }
+
+// group is the consumer group of a stage.
+func (c *cluster) group(stage string) string { return c.names.groupPrefix + stage }
 
 // Each stage as its own process of the built binary: one batch end to end,
 // then a graceful stop of every process.
@@ -241,7 +247,7 @@ func TestMultiProcess(t *testing.T) {
 	if got := h.members(tok.Data.OrgAccessToken, "vip", 10); !equalIDs(got, 1) {
 		t.Fatalf("vip members %v, want 1", got)
 	}
-	for _, p := range []*proc{c.ingest, c.matcher, c.sink, c.broker} {
+	for _, p := range []*proc{c.ingest, c.matcher, c.sink} {
 		p.stop()
 	}
 }

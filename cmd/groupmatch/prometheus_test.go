@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,6 +93,9 @@ func promtool(t *testing.T) string {
 func TestMetricsScrape(t *testing.T) {
 	s := trafficSystem(t, 2)
 	body := scrape(t, s.base)
+	// The system's topics and groups have prefixes of their own.
+	names := strings.NewReplacer(`topic="groupmatch.`, `topic="`+s.opts.topicPrefix,
+		`group="groupmatch-matcher"`, `group="`+s.opts.groupID(stageMatcher)+`"`, `group="groupmatch-sink"`, `group="`+s.opts.groupID(stageSink)+`"`)
 	for _, want := range []string{
 		`groupmatch_http_requests_total{code="200",route="batchAdd",stage="ingest"} 2`,
 		`groupmatch_http_requests_total{code="404",route="batchResult",stage="ingest"} 1`,
@@ -102,9 +107,6 @@ func TestMetricsScrape(t *testing.T) {
 		`groupmatch_batches_finished_total{stage="sink",status="PARTIAL_SUCCESS"} 2`,
 		`groupmatch_batch_latency_seconds_count{stage="sink"} 2`,
 		`groupmatch_batches_in_flight{stage="sink"} 0`,
-		`groupmatch_kafka_writer_messages_total{stage="ingest",topic="groupmatch.records"} 12`,
-		`groupmatch_kafka_writer_messages_total{stage="matcher",topic="groupmatch.resolved"} 12`,
-		`groupmatch_kafka_reader_messages_total{stage="sink",topic="groupmatch.resolved"} 12`,
 		`groupmatch_kafka_consumer_lag_messages{group="groupmatch-matcher",partition="0",stage="matcher",topic="groupmatch.records"} 0`,
 		`groupmatch_kafka_consumer_lag_messages{group="groupmatch-sink",partition="3",stage="sink",topic="groupmatch.resolved"} 0`,
 		`groupmatch_kafka_consumer_lag_messages{group="groupmatch-dlq-replay",partition="0",stage="sink",topic="groupmatch.dlq"} 0`,
@@ -113,8 +115,23 @@ func TestMetricsScrape(t *testing.T) {
 		`groupmatch_sink_chunk_duration_seconds_bucket{stage="sink",le="+Inf"}`,
 		`groupmatch_retries_total{stage="sink"}`,
 	} {
-		if !strings.Contains(body, want) {
+		if want = names.Replace(want); !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	// kafka-go counts a message again each time it writes or fetches it
+	// again, and Apache Kafka makes it do so now and then (a partition
+	// answers NOT_LEADER_OR_FOLLOWER for a moment after its topic is
+	// created; a fetch times out on a busy machine): at least, not exactly.
+	for _, want := range []string{
+		`groupmatch_kafka_writer_messages_total{stage="ingest",topic="groupmatch.records"}`,
+		`groupmatch_kafka_writer_messages_total{stage="matcher",topic="groupmatch.resolved"}`,
+		`groupmatch_kafka_reader_messages_total{stage="sink",topic="groupmatch.resolved"}`,
+	} {
+		want = names.Replace(want)
+		m := append([]string{""}, regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(want)+` (\S+)$`).FindStringSubmatch(body)...)
+		if v, err := strconv.ParseFloat(m[len(m)-1], 64); err != nil || v < 12 {
+			t.Errorf("scrape: %s is %q, want at least 12", want, m[len(m)-1])
 		}
 	}
 	for _, v := range opsIdentities {
