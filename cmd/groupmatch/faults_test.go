@@ -532,11 +532,13 @@ func TestFaultPoisonMessages(t *testing.T) {
 	t.Logf("dead letters by topic/class: %v", classes)
 }
 
-// A record that PostgreSQL refuses for good (here a thirdId holding NUL,
-// SQLSTATE 22021, as a value too large to index gives 54000) no longer stops
-// the matcher: it is isolated, counted failed with reason PROCESSING_FAILED
-// and dead-lettered, and the other records of its chunk and later batches
-// are processed.
+// A record that PostgreSQL refuses for good no longer stops the matcher: it
+// is isolated, counted failed with reason PROCESSING_FAILED and
+// dead-lettered, and the other records of its chunk and later batches are
+// processed. Normalisation now keeps every value the issue named (NUL,
+// over-long values) from reaching PostgreSQL, so the test makes its own
+// poison: a CHECK constraint that refuses one thirdId (SQLSTATE 23514), an
+// error no validation foresaw.
 func TestFaultPermanentRecord(t *testing.T) {
 	r := newRig(t, startSystemDB(t).url, "")
 	ctx := context.Background()
@@ -549,13 +551,16 @@ func TestFaultPermanentRecord(t *testing.T) {
 		VALUES (nextval('batch_id_seq'), $1, 'x', 'add', '{}', 'PROCESSING', 3) RETURNING batch_id`, tenantID).Scan(&batchID); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := r.db.Exec(ctx, `ALTER TABLE customers ADD CONSTRAINT test_poison CHECK (third_id <> 'perm-poison-1')`); err != nil {
+		t.Fatal(err)
+	}
 	var msgs []kafka.Message
-	for i, thirdID := range []string{"perm-0", `perm-\u0000-1`, "perm-2"} {
+	for i, thirdID := range []string{"perm-0", "perm-poison-1", "perm-2"} {
 		v := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":%d,"params":{"isMatching":false,"optType":"add"},"record":{"thirdId":"%s","groups":"perm"}}`,
 			tenantID, batchID, i, thirdID)
 		msgs = append(msgs, kafka.Message{Key: []byte("one-partition"), Value: []byte(v)})
 	}
-	w := stream.NewWriter(brokers, "groupmatch.records", nil)
+	w := stream.NewWriter(brokers, r.c.topic("records"), nil)
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
@@ -577,14 +582,14 @@ func TestFaultPermanentRecord(t *testing.T) {
 		t.Fatalf("bad record's reason %q (%v), want PROCESSING_FAILED", reason, err)
 	}
 	var found bool
-	for _, m := range readTopic(t, brokers, "groupmatch.dlq") {
+	for _, m := range readTopic(t, brokers, r.c.topic("dlq")) {
 		h := map[string]string{}
 		for _, x := range m.Headers {
 			h[x.Key] = string(x.Value)
 		}
 		if h[stream.HeaderStage] == "matcher" && h[stream.HeaderErrorClass] == "permanent" {
 			found = true
-			if h[stream.HeaderError] != "postgres error SQLSTATE 22021" {
+			if !strings.HasPrefix(h[stream.HeaderError], "postgres error SQLSTATE 23514") {
 				t.Errorf("dead letter error header %q, want the SQLSTATE only", h[stream.HeaderError])
 			}
 		}

@@ -150,7 +150,7 @@ func TestBatchDeadlineEndToEnd(t *testing.T) {
 	}
 	// The event as sent: valid, with the TIMED_OUT records in errorCounts.
 	contracts := schematest.MustContracts(t)
-	for _, line := range strings.Split(strings.TrimSpace(s.kcat("", "-C", "-t", "groupmatch.events", "-e", "-q", "-f", "%s\n")), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(s.kcat("", "-C", "-t", s.topic("events"), "-e", "-q", "-f", "%s\n")), "\n") {
 		var ev struct {
 			Type        string         `json:"type"`
 			BatchID     int64          `json:"batchId"`
@@ -234,7 +234,7 @@ func TestTenantQuotaEndToEnd(t *testing.T) {
 	// of refill apiece, less what refilled since the burst was spent).
 	start := time.Now()
 	s.kcat("quota-1\t"+batch(300)+"\nquota-2\t"+batch(300)+"\n",
-		"-P", "-t", "groupmatch.requests", "-K", "\t", "-H", "x-token="+big)
+		"-P", "-t", s.topic("requests"), "-K", "\t", "-H", "x-token="+big)
 	evs := s.waitEvents(30*time.Second, func(evs []event) bool {
 		n := 0
 		for _, e := range evs {
