@@ -243,7 +243,8 @@ func Ping(ctx context.Context, brokers []string, sec *Security) error {
 // HasCommitted reports whether group has committed an offset on any
 // partition of topic. A topic or group that does not exist has none; so
 // does a group sec's principal may not describe (the answer is then
-// "cannot tell", reported as false).
+// "cannot tell", reported as false). Errors that are kafka.Error may be
+// temporary (no coordinator yet): callers retry those.
 func HasCommitted(ctx context.Context, brokers []string, sec *Security, group, topic string) (bool, error) {
 	client := sec.Client(brokers, 10*time.Second)
 	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
@@ -274,8 +275,14 @@ func HasCommitted(ctx context.Context, brokers []string, sec *Security, group, t
 		return false, fmt.Errorf("stream: committed offsets of %s: %w", group, resp.Error)
 	}
 	for _, p := range resp.Topics[topic] {
-		if p.Error == nil && p.CommittedOffset >= 0 {
-			return true, nil
+		switch {
+		case p.Error == nil:
+			if p.CommittedOffset >= 0 {
+				return true, nil
+			}
+		case errors.Is(p.Error, kafka.GroupIdNotFound), errors.Is(p.Error, kafka.UnknownTopicOrPartition):
+		default:
+			return false, fmt.Errorf("stream: committed offset of %s on %s/%d: %w", group, topic, p.Partition, p.Error)
 		}
 	}
 	return false, nil

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -18,7 +20,9 @@ const legacyGroupPrefix = "groupmatch-"
 // window would make new batches. That happens on upgrade when the topic
 // prefix is not the default, or --group-prefix names new groups; the
 // operator keeps the old groups or copies their offsets
-// (docs/operations.md, "Consumer groups").
+// (docs/operations.md, "Consumer groups"). A group coordinator that is not
+// ready yet (a broker just started) is waited for up to
+// groupCheckPatience.
 func checkGroupUpgrade(ctx context.Context, o *options, brokers []string, sec *stream.Security, stages []string) error {
 	t := o.topics()
 	topicOf := map[string]string{stageIngest: t.Requests, stageMatcher: t.Records, stageSink: t.Resolved}
@@ -27,11 +31,11 @@ func checkGroupUpgrade(ctx context.Context, o *options, brokers []string, sec *s
 		if group == legacy || topic == "" {
 			continue
 		}
-		has, err := stream.HasCommitted(ctx, brokers, sec, group, topic)
+		has, err := hasCommitted(ctx, brokers, sec, group, topic)
 		if err != nil || has {
 			return err
 		}
-		old, err := stream.HasCommitted(ctx, brokers, sec, legacy, topic)
+		old, err := hasCommitted(ctx, brokers, sec, legacy, topic)
 		if err != nil {
 			return err
 		}
@@ -43,4 +47,22 @@ func checkGroupUpgrade(ctx context.Context, o *options, brokers []string, sec *s
 		}
 	}
 	return nil
+}
+
+// groupCheckPatience bounds the retries of checkGroupUpgrade's look-ups.
+const groupCheckPatience = 30 * time.Second
+
+// hasCommitted is stream.HasCommitted, retried while the cluster answers
+// transiently (no group coordinator yet, a leader moving).
+func hasCommitted(ctx context.Context, brokers []string, sec *stream.Security, group, topic string) (bool, error) {
+	var has bool
+	err := retry.Do(ctx, retry.Policy{MaxElapsed: groupCheckPatience, Initial: 100 * time.Millisecond, Max: 2 * time.Second}, func() error {
+		var err error
+		has, err = stream.HasCommitted(ctx, brokers, sec, group, topic)
+		return err
+	}, nil)
+	if err != nil {
+		return false, fmt.Errorf("consumer group check: %w", err)
+	}
+	return has, nil
 }
