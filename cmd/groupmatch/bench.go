@@ -629,7 +629,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, err
 	}
 	if f.single {
-		p, err := startBenchProc(exe, dir, "dev", append([]string{"DATABASE_URL=" + dbURL}, stageEnv(f)...),
+		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnv(f)...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
 				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
 		if err != nil {
@@ -662,13 +662,14 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	sys.brokers = strings.Split(m, ",")
 	o := f.o
 	o.brokers = m
+	o.kafkaSecurity = stream.SecurityConfig{} // bench's own broker is plaintext
 	if _, err := migrate(ctx, dbURL); err != nil {
 		return fail(err)
 	}
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	sys.exe, sys.dir, sys.env = exe, dir, stageEnv(f)
+	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnv(f)...)
 	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
 	stages := []string{stageIngest, stageMatcher, stageSink}
 	if f.backlog {
@@ -978,4 +979,12 @@ func (p *benchProc) stop() error {
 		<-p.done
 		return errors.New("killed: no exit within the shutdown timeout")
 	}
+}
+
+// plaintextKafkaEnv clears the Kafka security settings a self-started
+// system's processes would inherit: its broker is the plaintext in-process
+// one. (An empty variable counts as unset.)
+func plaintextKafkaEnv() []string {
+	return []string{"KAFKA_SASL_MECHANISM=", "KAFKA_SASL_USERNAME=", "KAFKA_SASL_PASSWORD=", "KAFKA_SASL_PASSWORD_FILE=",
+		"KAFKA_TLS=", "KAFKA_TLS_CA_FILE=", "KAFKA_TLS_CERT_FILE=", "KAFKA_TLS_KEY_FILE="}
 }

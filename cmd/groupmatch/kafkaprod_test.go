@@ -395,3 +395,16 @@ func TestGroupUpgradeGuard(t *testing.T) {
 		t.Fatalf("after copying the offsets: %v", err)
 	}
 }
+
+// A system bench starts itself runs on its own plaintext broker, whatever
+// Kafka security the environment holds for --target runs.
+func TestBenchOwnBrokerIsPlaintext(t *testing.T) {
+	t.Setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+	t.Setenv("KAFKA_SASL_USERNAME", "bench")
+	t.Setenv("KAFKA_SASL_PASSWORD", flagSecret)
+	t.Setenv("KAFKA_TLS", "true")
+	r, _ := runBenchCmd(t, "--customers", "200", "--records", "1000", "--clients", "2", "--via", "kafka")
+	if r.Pipeline == nil || r.Setup.Workload.Records != 1000 {
+		t.Fatalf("report %+v", r)
+	}
+}
