@@ -133,7 +133,7 @@ func (s *Store) Create(ctx context.Context, tenant, name string, scopes []string
 // Disable disables an application: its tokens stop working at once, and it
 // can get no new ones.
 func (s *Store) Disable(ctx context.Context, appID string) error {
-	tag, err := s.db.Exec(ctx, `UPDATE applications SET disabled_at = coalesce(disabled_at, now()) WHERE appid = $1`, appID)
+	tag, err := s.db.Exec(ctx, `UPDATE applications SET disabled_at = coalesce(disabled_at, $2) WHERE appid = $1`, appID, s.now())
 	if err != nil {
 		return fmt.Errorf("apps: disable: %w", err)
 	}

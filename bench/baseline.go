@@ -112,8 +112,8 @@ FROM (
 // winning, guarded by position against a later one already stored, in key
 // order so that concurrent chunks lock alike.
 var baselineApply = []string{
-	`INSERT INTO %[1]s.batch_records (batch_id, rec_index, outcome, reason, matched_by, customer_id)
-	SELECT batch_id, rec_index, outcome, nullif(outcome, 'MATCHED'), matched_by, customer_id FROM resolved ORDER BY batch_id, rec_index`,
+	`INSERT INTO %[1]s.batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id)
+	SELECT $1, batch_id, rec_index, outcome, nullif(outcome, 'MATCHED'), matched_by, customer_id FROM resolved ORDER BY batch_id, rec_index`,
 	`INSERT INTO %[1]s.batches (batch_id, tenant_id, appid, opt_type, params, status, total, processed,
 		success, unmatched, ambiguous, matched_unionid, matched_openid, matched_phone, matched_id, finished_at)
 	SELECT batch_id, $1, 'baseline', CASE WHEN bool_and(opt_add) THEN 'add' ELSE 'delete' END, '{}',
@@ -128,13 +128,13 @@ var baselineApply = []string{
 	ON CONFLICT (tenant_id, name) DO NOTHING`,
 	`UPDATE %[1]s.groups SET visible = true WHERE tenant_id = $1 AND NOT visible
 		AND name IN (SELECT n FROM resolved, unnest(groups) AS n WHERE outcome = 'MATCHED' AND opt_add)`,
-	`INSERT INTO %[1]s.memberships AS t (group_id, customer_id, present, batch_id, rec_index)
-	SELECT DISTINCT ON (g.group_id, r.customer_id) g.group_id, r.customer_id, r.opt_add, r.batch_id, r.rec_index
+	`INSERT INTO %[1]s.memberships AS t (tenant_id, group_id, customer_id, present, batch_id, rec_index)
+	SELECT DISTINCT ON (g.group_id, r.customer_id) $1::bigint, g.group_id, r.customer_id, r.opt_add, r.batch_id, r.rec_index
 	FROM resolved r CROSS JOIN LATERAL unnest(r.groups) AS n(name)
 	JOIN %[1]s.groups g ON g.tenant_id = $1 AND g.name = n.name
 	WHERE r.outcome = 'MATCHED'
 	ORDER BY g.group_id, r.customer_id, r.batch_id DESC, r.rec_index DESC
-	ON CONFLICT (group_id, customer_id) DO UPDATE
+	ON CONFLICT (tenant_id, group_id, customer_id) DO UPDATE
 	SET present = excluded.present, batch_id = excluded.batch_id, rec_index = excluded.rec_index
 	WHERE (t.batch_id, t.rec_index) < (excluded.batch_id, excluded.rec_index)`,
 }
@@ -370,7 +370,7 @@ func baselineOutcomes(ctx context.Context, db *pgxpool.Pool, schema string) (Out
 // in the pipeline's tables (schema "public") or the baseline's.
 func Memberships(ctx context.Context, db *pgxpool.Pool, schema string, tenantID int64, prefix string) (map[string]int64, error) {
 	rows, err := db.Query(ctx, fmt.Sprintf(`SELECT g.name, count(*) FILTER (WHERE m.present)
-		FROM %[1]s.groups g JOIN %[1]s.memberships m ON m.group_id = g.group_id
+		FROM %[1]s.groups g JOIN %[1]s.memberships m ON m.tenant_id = g.tenant_id AND m.group_id = g.group_id
 		WHERE g.tenant_id = $1 AND starts_with(g.name, $2) GROUP BY g.name`, pgx.Identifier{schema}.Sanitize()), tenantID, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("bench: count memberships: %w", err)

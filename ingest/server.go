@@ -508,7 +508,7 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			s.abort(ctx, id) // nothing was accepted: no answer may leave the batch pending
+			s.abort(ctx, p.TenantID, id) // nothing was accepted: no answer may leave the batch pending
 			panic(v)
 		}
 	}()
@@ -518,18 +518,18 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 			TenantID: p.TenantID, BatchID: id, Index: i, Params: req.Params, Record: rec,
 		})
 		if err != nil {
-			s.abort(ctx, id)
+			s.abort(ctx, p.TenantID, id)
 			return 0, fmt.Errorf("ingest: encode record: %w", err)
 		}
 		kind, value := leadingIdentity(req.Params, rec)
 		msgs[i] = kafka.Message{Key: pipeline.RecordKey(p.TenantID, kind, value), Value: v}
 	}
 	if err := s.records.WriteMessages(ctx, msgs...); err != nil {
-		s.abort(ctx, id)
+		s.abort(ctx, p.TenantID, id)
 		return 0, fmt.Errorf("ingest: write records of batch %d: %w", id, err)
 	}
-	if err := s.store.Accept(ctx, id); err != nil {
-		if errors.Is(err, errNotAccepted) || !s.settle(ctx, id) {
+	if err := s.store.Accept(ctx, p.TenantID, id); err != nil {
+		if errors.Is(err, errNotAccepted) || !s.settle(ctx, p.TenantID, id) {
 			return 0, err
 		}
 		s.log.Warn("acceptance reported a failure but had committed; answering the batch id", "batch_id", id, "err", stream.ErrorText(err))
@@ -546,13 +546,13 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 // until the janitor aborts it; the caller answers 503, which is then right
 // unless the lost acceptance had committed (the retry with an
 // Idempotency-Key gets the batch id).
-func (s *Service) settle(ctx context.Context, id int64) bool {
+func (s *Service) settle(ctx context.Context, tenantID, id int64) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	var accepted bool
 	err := retry.Do(ctx, retry.Policy{MaxElapsed: 3 * time.Second, Initial: 50 * time.Millisecond, Max: time.Second}, func() error {
 		var err error
-		accepted, err = s.store.Settle(ctx, id)
+		accepted, err = s.store.Settle(ctx, tenantID, id)
 		return err
 	}, nil)
 	switch {
@@ -565,10 +565,10 @@ func (s *Service) settle(ctx context.Context, id int64) bool {
 	return accepted
 }
 
-func (s *Service) abort(ctx context.Context, id int64) {
+func (s *Service) abort(ctx context.Context, tenantID, id int64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := s.store.Abort(ctx, id); err != nil {
+	if err := s.store.Abort(ctx, tenantID, id); err != nil {
 		s.log.Warn("abort failed; the janitor will abort the batch", "batch_id", id, "err", err)
 		return
 	}

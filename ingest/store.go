@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -50,19 +49,28 @@ var errKeyTaken = errors.New("ingest: idempotency key taken")
 // CreateBatch allocates the next batch id (acceptance order) and records
 // the batch as PENDING: its records are not to be applied until Accept. A
 // non-empty key must be free for the tenant (see FindByKey), else
-// errKeyTaken.
+// errKeyTaken. The id comes from a statement of its own, which names no
+// table: on Citus it runs on the coordinator, the only node with the
+// sequence.
 func (s *Store) CreateBatch(ctx context.Context, tenantID int64, appID string, p pipeline.Params, total int, key string, hash []byte) (int64, error) {
 	params, err := json.Marshal(p)
 	if err != nil {
 		return 0, fmt.Errorf("ingest: encode params: %w", err)
 	}
 	var id int64
+	if err := s.db.QueryRow(ctx, `SELECT nextval('batch_id_seq')`).Scan(&id); err != nil {
+		return 0, fmt.Errorf("ingest: allocate batch id: %w", err)
+	}
+	// A taken key returns no row (ON CONFLICT DO NOTHING): no constraint
+	// name or SQLSTATE is inspected, which a distributed engine reports
+	// differently.
 	err = s.db.QueryRow(ctx, `
-		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, idempotency_key, request_hash)
-		VALUES (nextval('batch_id_seq'), $1, $2, $3, $4, 'PENDING', $5, nullif($6, ''), $7) RETURNING batch_id`,
-		tenantID, appID, string(p.OptType), params, total, key, hash).Scan(&id)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "batches_idempotency" {
+		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, idempotency_key, request_hash, accepted_at)
+		VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, nullif($7, ''), $8, $9)
+		ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+		RETURNING batch_id`,
+		id, tenantID, appID, string(p.OptType), params, total, key, hash, time.Now()).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, errKeyTaken
 	}
 	if err != nil {
@@ -84,8 +92,8 @@ type keyedBatch struct {
 func (s *Store) FindByKey(ctx context.Context, tenantID int64, key string) (keyedBatch, bool, error) {
 	var b keyedBatch
 	_, err := s.db.Exec(ctx, `UPDATE batches SET idempotency_key = NULL
-		WHERE tenant_id = $1 AND idempotency_key = $2 AND accepted_at < now() - make_interval(secs => $3)`,
-		tenantID, key, IdempotencyWindow.Seconds())
+		WHERE tenant_id = $1 AND idempotency_key = $2 AND accepted_at < $3`,
+		tenantID, key, time.Now().Add(-IdempotencyWindow))
 	if err != nil {
 		return b, false, fmt.Errorf("ingest: release expired key: %w", err)
 	}
@@ -100,10 +108,12 @@ func (s *Store) FindByKey(ctx context.Context, tenantID int64, key string) (keye
 	return b, true, nil
 }
 
-// Accept moves a batch from PENDING to PROCESSING once all its records are
-// in Kafka. It fails with errNotAccepted if the batch was aborted meanwhile.
-func (s *Store) Accept(ctx context.Context, batchID int64) error {
-	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'PROCESSING' WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+// Accept moves a tenant's batch from PENDING to PROCESSING once all its
+// records are in Kafka. It fails with errNotAccepted if the batch was
+// aborted meanwhile.
+func (s *Store) Accept(ctx context.Context, tenantID, batchID int64) error {
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'PROCESSING' WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PENDING'`,
+		tenantID, batchID)
 	if err != nil {
 		return fmt.Errorf("ingest: accept batch: %w", err)
 	}
@@ -121,9 +131,9 @@ func (s *Store) Accept(ctx context.Context, batchID int64) error {
 // now, as Abort does, and reported not accepted; a batch that is no longer
 // PENDING was accepted unless it was aborted. The UPDATE waits for any
 // in-flight acceptance of the row, so the answer is final.
-func (s *Store) Settle(ctx context.Context, batchID int64) (accepted bool, err error) {
-	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
-		WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+func (s *Store) Settle(ctx context.Context, tenantID, batchID int64) (accepted bool, err error) {
+	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = $3, idempotency_key = NULL
+		WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PENDING'`, tenantID, batchID, time.Now())
 	if err != nil {
 		return false, fmt.Errorf("ingest: settle batch: %w", err)
 	}
@@ -131,7 +141,7 @@ func (s *Store) Settle(ctx context.Context, batchID int64) (accepted bool, err e
 		return false, nil
 	}
 	var aborted bool
-	err = s.db.QueryRow(ctx, `SELECT aborted FROM batches WHERE batch_id = $1`, batchID).Scan(&aborted)
+	err = s.db.QueryRow(ctx, `SELECT aborted FROM batches WHERE tenant_id = $1 AND batch_id = $2`, tenantID, batchID).Scan(&aborted)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil // pruned: it was aborted long ago
 	}
@@ -144,9 +154,9 @@ func (s *Store) Settle(ctx context.Context, batchID int64) (accepted bool, err e
 // Abort marks a PENDING batch FAILED and aborted: its records, should any
 // have reached Kafka, are never applied. The caller was told 503, so its
 // idempotency key is released for the retry.
-func (s *Store) Abort(ctx context.Context, batchID int64) error {
-	_, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
-		WHERE batch_id = $1 AND status = 'PENDING'`, batchID)
+func (s *Store) Abort(ctx context.Context, tenantID, batchID int64) error {
+	_, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = $3, idempotency_key = NULL
+		WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PENDING'`, tenantID, batchID, time.Now())
 	if err != nil {
 		return fmt.Errorf("ingest: abort batch: %w", err)
 	}
@@ -154,14 +164,37 @@ func (s *Store) Abort(ctx context.Context, batchID int64) error {
 }
 
 // AbortStale aborts batches left PENDING for longer than age (their ingest
-// died between allocating and accepting them) and returns how many.
+// died between allocating and accepting them) and returns how many. It
+// finds them across tenants without locks, then aborts each tenant's in a
+// statement of its own (one tenant per transaction), with the compare-and-set
+// Accept races against.
 func (s *Store) AbortStale(ctx context.Context, age time.Duration) (int64, error) {
-	tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
-		WHERE status = 'PENDING' AND accepted_at < now() - make_interval(secs => $1)`, age.Seconds())
+	rows, err := s.db.Query(ctx, `SELECT /* all tenants */ tenant_id, batch_id FROM batches
+		WHERE status = 'PENDING' AND accepted_at < $1`, time.Now().Add(-age))
 	if err != nil {
-		return 0, fmt.Errorf("ingest: abort stale batches: %w", err)
+		return 0, fmt.Errorf("ingest: find stale batches: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	stale := make(map[int64][]int64)
+	for rows.Next() {
+		var t, id int64
+		if err := rows.Scan(&t, &id); err != nil {
+			return 0, fmt.Errorf("ingest: find stale batches: %w", err)
+		}
+		stale[t] = append(stale[t], id)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("ingest: find stale batches: %w", err)
+	}
+	var n int64
+	for t, ids := range stale {
+		tag, err := s.db.Exec(ctx, `UPDATE batches SET status = 'FAILED', aborted = true, finished_at = $3, idempotency_key = NULL
+			WHERE tenant_id = $1 AND batch_id = ANY($2) AND status = 'PENDING'`, t, ids, time.Now())
+		if err != nil {
+			return n, fmt.Errorf("ingest: abort stale batches: %w", err)
+		}
+		n += tag.RowsAffected()
+	}
+	return n, nil
 }
 
 // Failure is one record of a batch that was not applied.
@@ -210,7 +243,7 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 	}
 	r.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
 	rows, err := s.db.Query(ctx, `SELECT reason, count(*) FROM batch_records
-		WHERE batch_id = $1 AND reason IS NOT NULL GROUP BY reason`, batchID)
+		WHERE tenant_id = $1 AND batch_id = $2 AND reason IS NOT NULL GROUP BY reason`, tenantID, batchID)
 	if err != nil {
 		return r, fmt.Errorf("ingest: read error counts: %w", err)
 	}
@@ -227,8 +260,8 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 		return r, fmt.Errorf("ingest: read error counts: %w", err)
 	}
 	rows, err = s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}') FROM batch_records
-		WHERE batch_id = $1 AND reason IS NOT NULL ORDER BY rec_index LIMIT $2 OFFSET $3`,
-		batchID, pageSize, (pageNo-1)*pageSize)
+		WHERE tenant_id = $1 AND batch_id = $2 AND reason IS NOT NULL ORDER BY rec_index LIMIT $3 OFFSET $4`,
+		tenantID, batchID, pageSize, (pageNo-1)*pageSize)
 	if err != nil {
 		return r, fmt.Errorf("ingest: read failures: %w", err)
 	}
@@ -274,7 +307,8 @@ func (s *Store) Groups(ctx context.Context, tenantID int64, pageNo, pageSize int
 		FROM (SELECT count(*) AS total FROM groups WHERE tenant_id = $1 AND visible) t
 		LEFT JOIN LATERAL (
 			SELECT g.group_id, g.name, g.category,
-			       (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present) AS members
+			       (SELECT count(*) FROM memberships m
+			        WHERE m.tenant_id = g.tenant_id AND m.group_id = g.group_id AND m.present) AS members
 			FROM groups g WHERE g.tenant_id = $1 AND g.visible
 			ORDER BY g.name LIMIT $2 OFFSET $3) p ON true`,
 		tenantID, pageSize, int64(pageNo-1)*int64(pageSize))
@@ -324,8 +358,9 @@ func (s *Store) Members(ctx context.Context, tenantID int64, name, cursor string
 		}
 	}
 	var groupID int64
-	err := s.db.QueryRow(ctx, `SELECT group_id, (SELECT count(*) FROM memberships m WHERE m.group_id = g.group_id AND m.present)
-		FROM groups g WHERE tenant_id = $1 AND name = $2 AND visible`, tenantID, name).Scan(&groupID, &page.MemberCount)
+	err := s.db.QueryRow(ctx, `SELECT group_id, (SELECT count(*) FROM memberships m
+			WHERE m.tenant_id = g.tenant_id AND m.group_id = g.group_id AND m.present)
+		FROM groups g WHERE g.tenant_id = $1 AND g.name = $2 AND g.visible`, tenantID, name).Scan(&groupID, &page.MemberCount)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return page, ErrNotFound
 	}
@@ -335,7 +370,7 @@ func (s *Store) Members(ctx context.Context, tenantID int64, name, cursor string
 	rows, err := s.db.Query(ctx, `
 		SELECT m.customer_id, coalesce(c.third_id, '') FROM memberships m
 		LEFT JOIN customers c ON c.tenant_id = $1 AND c.customer_id = m.customer_id
-		WHERE m.group_id = $2 AND m.present AND m.customer_id > $3
+		WHERE m.tenant_id = $1 AND m.group_id = $2 AND m.present AND m.customer_id > $3
 		ORDER BY m.customer_id LIMIT $4`, tenantID, groupID, after, pageSize+1)
 	if err != nil {
 		return page, fmt.Errorf("ingest: read members: %w", err)

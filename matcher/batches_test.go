@@ -23,7 +23,7 @@ func setBatches(tb testing.TB, db *pgxpool.Pool, tenantID int64, status string, 
 	_, err := db.Exec(context.Background(), `
 		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, aborted, total)
 		SELECT id, $2, 'app', 'add', '{}', $3, $3 = 'FAILED', 500 FROM unnest($1::bigint[]) AS id
-		ON CONFLICT (batch_id) DO UPDATE SET status = excluded.status, aborted = excluded.aborted`, ids, tenantID, status)
+		ON CONFLICT (tenant_id, batch_id) DO UPDATE SET status = excluded.status, aborted = excluded.aborted`, ids, tenantID, status)
 	if err != nil {
 		tb.Fatalf("batches: %v", err)
 	}
@@ -138,7 +138,7 @@ func TestPendingBatchWaits(t *testing.T) {
 	if _, err := db.Exec(ctx, `UPDATE batches SET accepted_at = now() - interval '1 hour' WHERE batch_id = 3`); err != nil {
 		t.Fatal(err)
 	}
-	states, err := dir.BatchStates(ctx, []int64{3})
+	states, err := dir.BatchStates(ctx, []BatchRef{{tenant, 3}})
 	if err != nil || states[3].Open {
 		t.Fatalf("stale pending batch: %+v, %v", states, err)
 	}
@@ -155,7 +155,7 @@ type countingDir struct {
 	states int
 }
 
-func (d *countingDir) BatchStates(ctx context.Context, ids []int64) (map[int64]BatchState, error) {
+func (d *countingDir) BatchStates(ctx context.Context, ids []BatchRef) (map[int64]BatchState, error) {
 	d.states++
 	return d.Directory.BatchStates(ctx, ids)
 }

@@ -54,12 +54,17 @@ type Directory interface {
 	// that thirdId, creating it if the tenant has none. Concurrent calls
 	// naming the same (tenant, thirdId) create one customer.
 	FindOrCreate(ctx context.Context, reqs []CreateRequest) ([]CreateResult, error)
-	// BatchStates says, for each given batch id, whether records of it
-	// may change the directory, in one query. A batch absent from the
-	// map is closed. It fails with ErrBatchPending (transient) when a
-	// batch is still being accepted by ingest.
-	BatchStates(ctx context.Context, ids []int64) (map[int64]BatchState, error)
+	// BatchStates says, for each given batch, by batch id, whether
+	// records of it may change the directory, in one query. A batch
+	// absent from the map is closed (a batch of another tenant is
+	// absent). It fails with ErrBatchPending (transient) when a batch is
+	// still being accepted by ingest.
+	BatchStates(ctx context.Context, batches []BatchRef) (map[int64]BatchState, error)
 }
+
+// BatchRef names a batch: batch ids are unique, but every look-up of a
+// tenant table names the tenant too (on Citus it routes the query).
+type BatchRef struct{ TenantID, BatchID int64 }
 
 // BatchState is what a batch lets its records do to the directory.
 type BatchState struct {
@@ -96,16 +101,23 @@ func NewPGDirectory(db *pgxpool.Pool) *PGDirectory {
 
 // BatchStates reads the batches in one query. A batch PENDING for longer
 // than PendingTimeout is aborted with the compare-and-set ingest uses, so
-// exactly one of accepting and aborting it wins.
-func (d *PGDirectory) BatchStates(ctx context.Context, ids []int64) (map[int64]BatchState, error) {
+// exactly one of accepting and aborting it wins (one statement per tenant).
+func (d *PGDirectory) BatchStates(ctx context.Context, batches []BatchRef) (map[int64]BatchState, error) {
+	var tenants, ids []int64
+	for _, b := range batches {
+		if !slices.Contains(tenants, b.TenantID) {
+			tenants = append(tenants, b.TenantID)
+		}
+		ids = append(ids, b.BatchID)
+	}
 	rows, err := d.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, accepted_at < now() - make_interval(secs => $2)
-		FROM batches WHERE batch_id = ANY($1)`, ids, d.PendingTimeout.Seconds())
+		SELECT batch_id, tenant_id, status, aborted, accepted_at < $3
+		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-d.PendingTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("matcher: read batches: %w", err)
 	}
 	out := make(map[int64]BatchState, len(ids))
-	var stale []int64
+	stale := make(map[int64][]int64) // tenant -> batches
 	pending := false
 	for rows.Next() {
 		var id int64
@@ -115,9 +127,12 @@ func (d *PGDirectory) BatchStates(ctx context.Context, ids []int64) (map[int64]B
 		if err := rows.Scan(&id, &st.TenantID, &status, &aborted, &old); err != nil {
 			return nil, fmt.Errorf("matcher: read batches: %w", err)
 		}
+		if !slices.Contains(batches, BatchRef{st.TenantID, id}) {
+			continue // another tenant's batch: closed
+		}
 		switch {
 		case status == "PENDING" && old:
-			stale = append(stale, id)
+			stale[st.TenantID] = append(stale[st.TenantID], id)
 		case status == "PENDING":
 			pending = true
 		}
@@ -127,15 +142,15 @@ func (d *PGDirectory) BatchStates(ctx context.Context, ids []int64) (map[int64]B
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("matcher: read batches: %w", err)
 	}
-	if len(stale) > 0 {
+	for tenant, ids := range stale {
 		tag, err := d.db.Exec(ctx, `
-			UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
-			WHERE batch_id = ANY($1) AND status = 'PENDING'`, stale)
+			UPDATE batches SET status = 'FAILED', aborted = true, finished_at = $3, idempotency_key = NULL
+			WHERE tenant_id = $1 AND batch_id = ANY($2) AND status = 'PENDING'`, tenant, ids, time.Now())
 		if err != nil {
 			return nil, fmt.Errorf("matcher: abort stale batches: %w", err)
 		}
 		// A stale batch accepted meanwhile is read again on the retry.
-		pending = pending || int(tag.RowsAffected()) < len(stale)
+		pending = pending || int(tag.RowsAffected()) < len(ids)
 	}
 	if pending {
 		return nil, ErrBatchPending
@@ -317,19 +332,16 @@ type thirdKey struct {
 	third  string
 }
 
-// findThirdIDsSQL answers arrays of (tenant, thirdId) with the customers
-// holding them. The OFFSET 0 keeps the lateral subquery from being flattened
-// into a join the planner could run as a hash join over the tenants' whole
-// directories: each pair is one probe of customers_third_id.
-const findThirdIDsSQL = `
-	SELECT k.t, k.v, c.customer_id
-	FROM unnest($1::bigint[], $2::text[]) AS k(t, v)
-	CROSS JOIN LATERAL (SELECT customer_id FROM customers
-		WHERE tenant_id = k.t AND third_id = k.v AND third_id IS NOT NULL OFFSET 0) c`
-
-// FindOrCreate runs in one transaction that takes a transaction-scoped
-// advisory lock per (tenant, thirdId), in a fixed order, before looking;
-// a concurrent creator of the same thirdId waits and then finds the row.
+// FindOrCreate handles each tenant in a transaction of its own (on Citus it
+// stays in the tenant's shard). The transaction takes a transaction-scoped
+// advisory lock per thirdId, in hash order, before looking; a concurrent
+// creator of the same thirdId waits and then finds the row. The lock
+// statement names no table, so on Citus it runs on the coordinator, where
+// every groupmatch connection goes: the locks serialise all creators (a
+// worker's advisory locks would not, as they are node-local), and they are
+// released when the coordinator commits, after the tenant's shard has. When
+// a later tenant fails, the earlier ones stay created; the retry finds them
+// (and reports them found, Created false).
 func (d *PGDirectory) FindOrCreate(ctx context.Context, reqs []CreateRequest) ([]CreateResult, error) {
 	first := make(map[thirdKey]int, len(reqs)) // key -> index of first request
 	var keys []thirdKey
@@ -343,60 +355,71 @@ func (d *PGDirectory) FindOrCreate(ctx context.Context, reqs []CreateRequest) ([
 	slices.SortFunc(keys, func(a, b thirdKey) int {
 		return cmp.Or(cmp.Compare(a.tenant, b.tenant), cmp.Compare(a.third, b.third))
 	})
-	tenants := make([]int64, len(keys))
-	thirds := make([]string, len(keys))
-	for i, k := range keys {
-		tenants[i], thirds[i] = k.tenant, k.third
-	}
 	found := make(map[thirdKey][]int64, len(keys))
 	created := make(map[thirdKey]bool)
-	err := pgx.BeginFunc(ctx, d.db, func(tx pgx.Tx) error {
-		// Volatile functions in the target list run after the sort, so the
-		// locks are taken in hash order.
-		if _, err := tx.Exec(ctx, `
-			SELECT pg_advisory_xact_lock(h) FROM (
-				SELECT DISTINCT hashtextextended(t::text || '/' || v, 0) AS h
-				FROM unnest($1::bigint[], $2::text[]) AS k(t, v)) s
-			ORDER BY h`, tenants, thirds); err != nil {
-			return fmt.Errorf("lock thirdIds: %w", err)
+	for len(keys) > 0 {
+		n := 1
+		for n < len(keys) && keys[n].tenant == keys[0].tenant {
+			n++
 		}
-		rows, err := tx.Query(ctx, findThirdIDsSQL, tenants, thirds)
-		if err != nil {
-			return fmt.Errorf("find thirdIds: %w", err)
+		tenant := keys[0].tenant
+		thirds := make([]string, n)
+		for i, k := range keys[:n] {
+			thirds[i] = k.third
 		}
-		for rows.Next() {
-			var k thirdKey
-			var id int64
-			if err := rows.Scan(&k.tenant, &k.third, &id); err != nil {
+		keys = keys[n:]
+		err := pgx.BeginFunc(ctx, d.db, func(tx pgx.Tx) error {
+			// Volatile functions in the target list run after the sort, so
+			// the locks are taken in hash order.
+			if _, err := tx.Exec(ctx, `
+				SELECT pg_advisory_xact_lock(h) FROM (
+					SELECT DISTINCT hashtextextended($1::bigint::text || '/' || v, 0) AS h
+					FROM unnest($2::text[]) AS v) s
+				ORDER BY h`, tenant, thirds); err != nil {
+				return fmt.Errorf("lock thirdIds: %w", err)
+			}
+			// The thirdId look-up (one probe per value of the tenant).
+			rows, err := tx.Query(ctx, lookupSQL[pipeline.KindThirdID], tenant, thirds)
+			if err != nil {
 				return fmt.Errorf("find thirdIds: %w", err)
 			}
-			found[k] = append(found[k], id)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("find thirdIds: %w", err)
-		}
-		var missing []CreateRequest
-		for _, k := range keys {
-			if len(found[k]) == 0 {
-				missing = append(missing, reqs[first[k]])
+			got := make(map[string][]int64, len(thirds))
+			for rows.Next() {
+				var third string
+				var id int64
+				if err := rows.Scan(&third, &id); err != nil {
+					return fmt.Errorf("find thirdIds: %w", err)
+				}
+				got[third] = append(got[third], id)
 			}
-		}
-		if len(missing) == 0 {
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("find thirdIds: %w", err)
+			}
+			var missing []CreateRequest
+			for _, t := range thirds {
+				k := thirdKey{tenant, t}
+				found[k] = got[t]
+				if len(got[t]) == 0 {
+					missing = append(missing, reqs[first[k]])
+				}
+			}
+			if len(missing) == 0 {
+				return nil
+			}
+			ids, err := createCustomers(ctx, tx, tenant, missing)
+			if err != nil {
+				return err
+			}
+			for i, r := range missing {
+				k := thirdKey{tenant, r.ThirdID}
+				found[k] = []int64{ids[i]}
+				created[k] = true
+			}
 			return nil
-		}
-		ids, err := createCustomers(ctx, tx, missing)
+		})
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("matcher: find or create: %w", err)
 		}
-		for i, r := range missing {
-			k := thirdKey{r.TenantID, r.ThirdID}
-			found[k] = []int64{ids[i]}
-			created[k] = true
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("matcher: find or create: %w", err)
 	}
 	out := make([]CreateResult, len(reqs))
 	for i, r := range reqs {
@@ -413,9 +436,11 @@ func (d *PGDirectory) FindOrCreate(ctx context.Context, reqs []CreateRequest) ([
 	return out, nil
 }
 
-// createCustomers inserts customers with fresh ids from the created-id
-// range and their identities, returning the ids in request order.
-func createCustomers(ctx context.Context, tx pgx.Tx, reqs []CreateRequest) ([]int64, error) {
+// createCustomers inserts one tenant's customers with fresh ids from the
+// created-id range and their identities, returning the ids in request
+// order. The ids come from a statement that names no table, so on Citus
+// nextval runs on the coordinator, the only node with the sequence.
+func createCustomers(ctx context.Context, tx pgx.Tx, tenantID int64, reqs []CreateRequest) ([]int64, error) {
 	var ids []int64
 	rows, err := tx.Query(ctx, `SELECT nextval('customer_created_id_seq') FROM generate_series(1, $1)`, len(reqs))
 	if err != nil {
@@ -425,34 +450,36 @@ func createCustomers(ctx context.Context, tx pgx.Tx, reqs []CreateRequest) ([]in
 		return nil, fmt.Errorf("allocate customer ids: %w", err)
 	}
 	n := len(reqs)
-	tenants, thirds, unionids, uTypes, uApps := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	var pT, pC []int64
+	thirds, unionids, uTypes, uApps := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	var pC []int64
 	var pV, pType, pApp []string
-	var oT, oC []int64
+	var oC []int64
 	var oV, oType, oApp []string
 	for i, r := range reqs {
-		tenants[i], thirds[i], unionids[i] = r.TenantID, r.ThirdID, r.UnionID
+		thirds[i], unionids[i] = r.ThirdID, r.UnionID
 		if r.UnionID != "" {
 			uTypes[i], uApps[i] = r.AppType, r.AppID
 		}
 		if r.Phone != "" {
-			pT, pC, pV, pType, pApp = append(pT, r.TenantID), append(pC, ids[i]), append(pV, r.Phone), append(pType, r.AppType), append(pApp, r.AppID)
+			pC, pV, pType, pApp = append(pC, ids[i]), append(pV, r.Phone), append(pType, r.AppType), append(pApp, r.AppID)
 		}
 		if r.OpenID != "" {
-			oT, oC, oV, oType, oApp = append(oT, r.TenantID), append(oC, ids[i]), append(oV, r.OpenID), append(oType, r.AppType), append(oApp, r.AppID)
+			oC, oV, oType, oApp = append(oC, ids[i]), append(oV, r.OpenID), append(oType, r.AppType), append(oApp, r.AppID)
 		}
 	}
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO customers (tenant_id, customer_id, third_id, unionid, unionid_app_type, unionid_app_id)
-		SELECT t, c, th, nullif(u, ''), ut, ua FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(t, c, th, u, ut, ua)`,
-		tenants, ids, thirds, unionids, uTypes, uApps)
-	if len(pT) > 0 {
+		SELECT $1, c, th, nullif(u, ''), ut, ua FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(c, th, u, ut, ua)`,
+		tenantID, ids, thirds, unionids, uTypes, uApps)
+	if len(pC) > 0 {
 		b.Queue(`INSERT INTO customer_phones (tenant_id, customer_id, phone, app_type, app_id)
-			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING`, pT, pC, pV, pType, pApp)
+			SELECT $1, c, p, t, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS x(c, p, t, a) ON CONFLICT DO NOTHING`,
+			tenantID, pC, pV, pType, pApp)
 	}
-	if len(oT) > 0 {
+	if len(oC) > 0 {
 		b.Queue(`INSERT INTO customer_openids (tenant_id, customer_id, openid, app_type, app_id)
-			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING`, oT, oC, oV, oType, oApp)
+			SELECT $1, c, o, t, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS x(c, o, t, a) ON CONFLICT DO NOTHING`,
+			tenantID, oC, oV, oType, oApp)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("create customers: %w", err)

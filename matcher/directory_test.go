@@ -168,7 +168,6 @@ func TestDirectoryQueriesUseIndexes(t *testing.T) {
 		{"lookup openid", lookupSQL[pipeline.KindOpenID], "customer_openids_pkey", []any{tenant, values[pipeline.KindOpenID]}, true},
 		{"lookup unionid", lookupSQL[pipeline.KindUnionID], "customers_unionid", []any{tenant, values[pipeline.KindUnionID]}, true},
 		{"lookup id", lookupSQL[pipeline.KindThirdID], "customers_third_id", []any{tenant, values[pipeline.KindThirdID]}, true},
-		{"find thirdIds", findThirdIDsSQL, "customers_third_id", []any{tenants, values[pipeline.KindThirdID]}, false},
 		{"load: loaded customers", findLoadedSQL, "customers_pkey", []any{tenant, ids}, true},
 		{"load: update customer", updateCustomerSQL, "customers_pkey", []any{tenant, ids[0], "crm-0", "u", "", ""}, false},
 		{"load: upsert customers", upsertCustomersSQL, "", []any{tenant, ids, values[pipeline.KindThirdID], empty, empty, empty}, false},

@@ -40,10 +40,10 @@ func (d *poisonDirectory) fail() error {
 
 // BatchStates reports every batch open: the test's records belong to
 // an accepted batch of tenant 1.
-func (d *poisonDirectory) BatchStates(_ context.Context, ids []int64) (map[int64]BatchState, error) {
+func (d *poisonDirectory) BatchStates(_ context.Context, ids []BatchRef) (map[int64]BatchState, error) {
 	out := make(map[int64]BatchState, len(ids))
 	for _, id := range ids {
-		out[id] = BatchState{TenantID: 1, Open: true}
+		out[id.BatchID] = BatchState{TenantID: 1, Open: true}
 	}
 	return out, nil
 }
@@ -228,7 +228,7 @@ func (failingDirectory) FindOrCreate(context.Context, []CreateRequest) ([]Create
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 
-func (failingDirectory) BatchStates(context.Context, []int64) (map[int64]BatchState, error) {
+func (failingDirectory) BatchStates(context.Context, []BatchRef) (map[int64]BatchState, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 

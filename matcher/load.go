@@ -474,8 +474,9 @@ func usableValue(s string) string {
 var chunkRetry = retry.Policy{MaxElapsed: time.Minute}
 
 // loadChunk writes one chunk in one transaction: by COPY for the customers
-// the tenant lacks, by merging for the others. When the COPY meets a row a
-// concurrent writer added, the whole chunk is merged in a new transaction.
+// the tenant lacks, by merging for the others. When the COPY fails (it may
+// have met a row a concurrent writer added), the whole chunk is merged in a
+// new transaction.
 // It returns how many customers it COPYed.
 func (l *Loader) loadChunk(ctx context.Context, tenantID int64, c *loadChunk) (int, error) {
 	var copied int
@@ -485,8 +486,13 @@ func (l *Loader) loadChunk(ctx context.Context, tenantID int64, c *loadChunk) (i
 			copied, err = copyNewMergeRest(ctx, tx, tenantID, c)
 			return err
 		})
+		// A row a concurrent writer added makes the COPY fail: with a
+		// unique violation (23505) on PostgreSQL, with XX000 on Citus. So
+		// any error PostgreSQL reported that a retry cannot mend merges
+		// the chunk instead (upserts cannot meet that conflict); an error
+		// of another cause fails the merge too and is returned.
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
+		if errors.As(err, &pgErr) && !retry.Transient(err) {
 			copied = 0
 			err = pgx.BeginFunc(ctx, l.db, func(tx pgx.Tx) error { return upsertAll(ctx, tx, tenantID, c) })
 		}

@@ -415,18 +415,19 @@ type batchOf struct{ tenant, batch int64 }
 // batch), counts them duplicates (finished batch) or dead-letters them
 // (unknown batch), as it would their resolved verdicts.
 func openBatches(ctx context.Context, dir Directory, items []item, do func(op func() error) error) (map[batchOf]bool, error) {
-	var ids []int64
-	var seen map[int64]bool // made only for a chunk that needs it
+	var ids []BatchRef
+	var seen map[BatchRef]bool // made only for a chunk that needs it
 	for i := range items {
 		it := &items[i]
-		if it.msg.Params.IsMatching || it.norm.Invalid != pipeline.ReasonNone || seen[it.msg.BatchID] {
+		ref := BatchRef{it.msg.TenantID, it.msg.BatchID}
+		if it.msg.Params.IsMatching || it.norm.Invalid != pipeline.ReasonNone || seen[ref] {
 			continue
 		}
 		if seen == nil {
-			seen = make(map[int64]bool)
+			seen = make(map[BatchRef]bool)
 		}
-		seen[it.msg.BatchID] = true
-		ids = append(ids, it.msg.BatchID)
+		seen[ref] = true
+		ids = append(ids, ref)
 	}
 	if len(ids) == 0 {
 		return nil, nil

@@ -22,6 +22,13 @@ import (
 //go:embed sql/*.sql
 var migrations embed.FS
 
+// ReferenceTables are the tables every tenant's statements share (tenants,
+// applications and their tokens): on Citus, migration 6 makes them
+// reference tables, copied to every node. Every other table with a
+// tenant_id column is a tenant table, distributed by tenant_id: its keys
+// lead with tenant_id and every statement on it names the tenant.
+var ReferenceTables = []string{"tenants", "applications", "app_tokens"}
+
 // migrateLockID is the advisory lock that serialises concurrent migrators.
 const migrateLockID = 0x67726f75706d61 // "groupma"
 
@@ -66,6 +73,9 @@ func Migrations() ([]Migration, error) {
 // another branch) is applied too. It holds a session advisory
 // lock throughout, so concurrent migrators (several processes starting at
 // once) apply each migration exactly once; running it again applies nothing.
+// On Citus, conn must be a connection to the coordinator: migration 6
+// distributes the tenant tables there, inside its transaction (see
+// docs/operations.md, "Schema keys and Citus").
 func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
 	ms, err := Migrations()
 	if err != nil {

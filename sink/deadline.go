@@ -99,10 +99,12 @@ type TimedOut struct {
 // transaction, and returns those it finished. Batches another sweeper or
 // the sink finished meanwhile are skipped.
 func (d *Deadline) Sweep(ctx context.Context) ([]TimedOut, error) {
+	// Across tenants, read only: each batch is then finished in a
+	// transaction of its tenant.
 	rows, err := d.db.Query(ctx, `
-		SELECT batch_id, tenant_id FROM batches
-		WHERE status = 'PROCESSING' AND accepted_at < now() - make_interval(secs => $1)
-		ORDER BY accepted_at LIMIT $2`, d.cfg.After.Seconds(), deadlineSweep)
+		SELECT /* all tenants */ batch_id, tenant_id FROM batches
+		WHERE status = 'PROCESSING' AND accepted_at < $1
+		ORDER BY accepted_at LIMIT $2`, time.Now().Add(-d.cfg.After), deadlineSweep)
 	if err != nil {
 		return nil, fmt.Errorf("sink: find overdue batches: %w", err)
 	}
@@ -144,20 +146,30 @@ var errNotOverdue = errors.New("sink: batch no longer overdue")
 // more) PROCESSING and overdue.
 func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOut, bool, error) {
 	out := TimedOut{FinishedBatch: FinishedBatch{BatchID: batchID, TenantID: tenantID}}
+	now := time.Now()
 	err := pgx.BeginFunc(ctx, d.db, func(tx pgx.Tx) error {
-		// The ledger rows first, like Apply: a concurrent Apply holding an
-		// uncommitted row of this batch is waited for (ON CONFLICT), and
-		// neither transaction locks the batch row before its ledger rows,
-		// so the two cannot deadlock.
+		// The batch is read without a lock and the ledger rows written
+		// first, like Apply: a concurrent Apply holding an uncommitted row
+		// of this batch is waited for (ON CONFLICT), and neither
+		// transaction locks the batch row before its ledger rows, so the
+		// two cannot deadlock. The conditional UPDATE below decides.
+		var total int
+		err := tx.QueryRow(ctx, `
+			SELECT total FROM batches
+			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
+			  AND accepted_at < $3`,
+			tenantID, batchID, now.Add(-d.cfg.After)).Scan(&total)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNotOverdue
+		}
+		if err != nil {
+			return fmt.Errorf("sink: read overdue batch: %w", err)
+		}
 		tag, err := tx.Exec(ctx, `
-			INSERT INTO batch_records (batch_id, rec_index, outcome, reason)
-			SELECT b.batch_id, i, $4, $5
-			FROM batches b CROSS JOIN LATERAL generate_series(0, b.total - 1) AS i
-			WHERE b.batch_id = $1 AND b.tenant_id = $2 AND b.status = 'PROCESSING'
-			  AND b.accepted_at < now() - make_interval(secs => $3)
-			  AND NOT EXISTS (SELECT 1 FROM batch_records x WHERE x.batch_id = b.batch_id AND x.rec_index = i)
+			INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason)
+			SELECT $1, $2, i, $4, $5 FROM generate_series(0, $3::int - 1) AS i
 			ON CONFLICT DO NOTHING`,
-			batchID, tenantID, d.cfg.After.Seconds(), string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut))
+			tenantID, batchID, total, string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut))
 		if err != nil {
 			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
 		}
@@ -174,9 +186,9 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 					WHEN success = total THEN 'SUCCESS'
 					WHEN success = 0 THEN 'FAILED'
 					ELSE 'PARTIAL_SUCCESS' END,
-				finished_at = now()
-			WHERE batch_id = $1 AND tenant_id = $2 AND status = 'PROCESSING'
-			RETURNING status, accepted_at, finished_at`, batchID, tenantID).Scan(&out.Status, &accepted, &finished)
+				finished_at = $3
+			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
+			RETURNING status, accepted_at, finished_at`, tenantID, batchID, now).Scan(&out.Status, &accepted, &finished)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNotOverdue
 		}
@@ -184,7 +196,8 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 			return fmt.Errorf("sink: finish timed-out batch: %w", err)
 		}
 		out.Latency = finished.Sub(accepted)
-		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (batch_id) VALUES ($1) ON CONFLICT DO NOTHING`, batchID); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (tenant_id, batch_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+			tenantID, batchID); err != nil {
 			return fmt.Errorf("sink: write outbox: %w", err)
 		}
 		return nil

@@ -17,8 +17,8 @@ import (
 // Relay publishes batch.finished events from the outbox that the sink fills
 // in the transaction finishing each batch, so there is one event per batch
 // however often records are redelivered. Rows are published, then deleted,
-// in one transaction holding them with FOR UPDATE SKIP LOCKED, so several
-// sinks share the work without publishing a row twice; only a crash between
+// in one transaction per tenant holding them with FOR UPDATE SKIP LOCKED, so
+// several sinks share the work without publishing a row twice; only a crash between
 // Kafka's acknowledgement and the commit repeats an event (consumers can
 // tell by its batchId).
 type Relay struct {
@@ -93,44 +93,79 @@ func (r *Relay) Run(ctx context.Context) error {
 
 const relayBatch = 500
 
-// publish sends up to relayBatch events and returns how many it sent.
+// publish sends up to relayBatch events and returns how many it sent. It
+// reads the oldest outbox rows of every tenant without locks, then, tenant
+// by tenant, locks that tenant's rows (FOR UPDATE SKIP LOCKED: rows another
+// relay holds are left to it), publishes them and deletes them in one
+// transaction: on Citus each transaction stays in one tenant's shard.
 func (r *Relay) publish(ctx context.Context) (int, error) {
+	rows, err := r.db.Query(ctx, `SELECT /* all tenants */ tenant_id, batch_id FROM batch_events_outbox
+		ORDER BY batch_id LIMIT $1`, relayBatch)
+	if err != nil {
+		return 0, fmt.Errorf("sink: relay: read outbox: %w", err)
+	}
+	per := make(map[int64][]int64)
+	var tenants []int64 // in order of their oldest row
+	for rows.Next() {
+		var t, id int64
+		if err := rows.Scan(&t, &id); err != nil {
+			return 0, fmt.Errorf("sink: relay: read outbox: %w", err)
+		}
+		if _, ok := per[t]; !ok {
+			tenants = append(tenants, t)
+		}
+		per[t] = append(per[t], id)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("sink: relay: read outbox: %w", err)
+	}
 	n := 0
-	err := pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
+	for _, t := range tenants {
+		sent, err := r.publishTenant(ctx, t, per[t])
+		n += sent
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// publishTenant publishes and deletes those of one tenant's outbox rows ids
+// that no other relay holds, in one transaction, and returns how many.
+func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) (int, error) {
+	topic, err := r.eventsTopic(ctx, tenantID)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
 			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
 			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
-			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at, t.name
-			FROM batches b JOIN tenants t ON t.tenant_id = b.tenant_id WHERE b.batch_id IN (
-				SELECT batch_id FROM batch_events_outbox ORDER BY batch_id LIMIT $1 FOR UPDATE SKIP LOCKED)
-			ORDER BY b.batch_id`, relayBatch)
+			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at
+			FROM batches b WHERE b.tenant_id = $1 AND b.batch_id IN (
+				SELECT o.batch_id FROM batch_events_outbox o WHERE o.tenant_id = $1 AND o.batch_id = ANY($2)
+				ORDER BY o.batch_id FOR UPDATE SKIP LOCKED)
+			ORDER BY b.batch_id`, tenantID, ids)
 		if err != nil {
 			return err
 		}
-		var ids []int64
+		var held []int64
 		var events []pipeline.BatchFinishedEvent
 		var msgs []kafka.Message
 		for rows.Next() {
 			var e pipeline.BatchFinishedEvent
 			var mu, mo, mp, mi int
-			var tenant string
 			if err := rows.Scan(&e.BatchID, &e.TenantID, &e.Status, &e.OptType, &e.Total, &e.Processed, &e.Success,
 				&e.Unmatched, &e.Ambiguous, &e.Invalid, &e.Failed, &mu, &mo, &mp, &mi, &e.GroupsCreated, &e.Conflicts,
-				&e.AcceptedAt, &e.FinishedAt, &tenant); err != nil {
+				&e.AcceptedAt, &e.FinishedAt); err != nil {
 				return err
 			}
 			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
 			e.ErrorCounts = map[string]int{}
-			ids = append(ids, e.BatchID)
+			held = append(held, e.BatchID)
 			events = append(events, e)
-			m := kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID)}
-			if r.cfg.EventsPerTenant {
-				m.Topic = r.cfg.Topics.Events
-				if t, ok := r.cfg.Topics.TenantEvents(tenant); ok {
-					m.Topic = t
-				}
-			}
-			msgs = append(msgs, m)
+			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID), Topic: topic})
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -138,7 +173,7 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 		if len(msgs) == 0 {
 			return nil
 		}
-		if err := errorCounts(ctx, tx, ids, events); err != nil {
+		if err := errorCounts(ctx, tx, tenantID, held, events); err != nil {
 			return err
 		}
 		for i := range events {
@@ -162,7 +197,7 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
 			return fmt.Errorf("write events: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM batch_events_outbox WHERE batch_id = ANY($1)`, ids); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM batch_events_outbox WHERE tenant_id = $1 AND batch_id = ANY($2)`, tenantID, held); err != nil {
 			return err
 		}
 		n = len(msgs)
@@ -174,15 +209,33 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// errorCounts fills the events' ErrorCounts from the ledger's failure rows
-// (events[i] is batch ids[i]).
-func errorCounts(ctx context.Context, tx pgx.Tx, ids []int64, events []pipeline.BatchFinishedEvent) error {
+// eventsTopic is the topic of a tenant's events: "" (the writer's own)
+// unless EventsPerTenant, then the tenant's topic if its name can be one,
+// else the shared events topic. RouteToExisting later sends the events of
+// a tenant whose topic does not exist to the shared one.
+func (r *Relay) eventsTopic(ctx context.Context, tenantID int64) (string, error) {
+	if !r.cfg.EventsPerTenant {
+		return "", nil
+	}
+	var name string
+	if err := r.db.QueryRow(ctx, `SELECT name FROM tenants WHERE tenant_id = $1`, tenantID).Scan(&name); err != nil {
+		return "", fmt.Errorf("sink: relay: tenant %d: %w", tenantID, err)
+	}
+	if t, ok := r.cfg.Topics.TenantEvents(name); ok {
+		return t, nil
+	}
+	return r.cfg.Topics.Events, nil
+}
+
+// errorCounts fills the events' ErrorCounts from the tenant's ledger
+// failure rows (events[i] is batch ids[i]).
+func errorCounts(ctx context.Context, tx pgx.Tx, tenantID int64, ids []int64, events []pipeline.BatchFinishedEvent) error {
 	pos := make(map[int64]int, len(ids))
 	for i, id := range ids {
 		pos[id] = i
 	}
 	rows, err := tx.Query(ctx, `SELECT batch_id, reason, count(*) FROM batch_records
-		WHERE batch_id = ANY($1) AND reason IS NOT NULL GROUP BY 1, 2`, ids)
+		WHERE tenant_id = $1 AND batch_id = ANY($2) AND reason IS NOT NULL GROUP BY 1, 2`, tenantID, ids)
 	if err != nil {
 		return err
 	}

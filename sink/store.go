@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -88,12 +87,17 @@ type ledgerKey struct {
 	index int
 }
 
-// Apply writes a chunk in one transaction: ledger rows (batch, index) with
-// ON CONFLICT DO NOTHING, then, for the rows that were new, group creation,
-// membership changes guarded by position (the highest (batch, index) wins,
-// deletes leave tombstones), and one counter update per batch. A chunk
-// holding a record of a batch still PENDING fails with ErrBatchPending and
-// changes nothing.
+// Apply writes a chunk, one transaction per tenant (on Citus a transaction
+// stays in one tenant's shard): ledger rows (tenant, batch, index) by INSERT
+// … ON CONFLICT DO NOTHING RETURNING, then, for the rows that were new,
+// group creation, membership changes guarded by position (the highest
+// (batch, index) wins, deletes leave tombstones), and one counter update per
+// batch. Each record's ledger row, effect and counters share a transaction,
+// so each takes effect once. A chunk holding a record of a batch still
+// PENDING fails with ErrBatchPending and changes nothing. When a later
+// tenant's transaction fails, the tenants before it stay applied and Apply
+// returns the error: applying the chunk again finds their records in the
+// ledger (duplicates).
 func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
 	var res ApplyResult
 	batches, err := s.batchStates(ctx, recs)
@@ -124,76 +128,80 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 		seen[k] = true
 		live = append(live, r)
 	}
+	res.Outcomes = make(map[pipeline.Outcome]int, 4)
 	if len(live) == 0 {
 		return res, nil
 	}
 	slices.SortFunc(live, func(a, b *pipeline.ResolvedMessage) int {
-		return cmp.Or(cmp.Compare(a.BatchID, b.BatchID), cmp.Compare(a.Index, b.Index))
+		return cmp.Or(cmp.Compare(a.TenantID, b.TenantID), cmp.Compare(a.BatchID, b.BatchID), cmp.Compare(a.Index, b.Index))
 	})
-	for attempt := 1; ; attempt++ {
-		r := res // what the checks above found; applyLive adds the rest
-		err = s.applyLive(ctx, live, &r)
-		if err == nil {
-			return r, nil
+	for len(live) > 0 {
+		n := 1
+		for n < len(live) && live[n].TenantID == live[0].TenantID {
+			n++
 		}
-		// Each race lost means another writer committed at least one
-		// record of live, found as a duplicate next time: at most
-		// len(live) races can be lost.
-		if attempt > len(live) || !ledgerRace(err) {
+		if err := s.applyTenant(ctx, live[0].TenantID, live[:n], &res); err != nil {
 			return ApplyResult{}, fmt.Errorf("sink: apply chunk: %w", err)
 		}
+		live = live[n:]
 	}
+	return res, nil
 }
 
-// ledgerRace reports whether err is a unique violation of the ledger's
-// primary key: a concurrent writer applied a record of the chunk first.
-func ledgerRace(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "batch_records_pkey"
-}
-
-// applyLive writes the live records in one transaction, filling res.
-func (s *PGStore) applyLive(ctx context.Context, live []*pipeline.ResolvedMessage, res *ApplyResult) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		fresh, err := insertLedger(ctx, tx, live)
+// applyTenant writes one tenant's live records, in (batch, index) order, in
+// one transaction, adding what it did to res once it committed.
+func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipeline.ResolvedMessage, res *ApplyResult) error {
+	var (
+		fresh    []*pipeline.ResolvedMessage
+		finished []FinishedBatch
+	)
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		var err error
+		fresh, err = insertLedger(ctx, tx, tenantID, live)
+		if err != nil || len(fresh) == 0 {
+			return err
+		}
+		if err := limitGroups(ctx, tx, tenantID, fresh, s.MaxGroupsPerTenant); err != nil {
+			return err
+		}
+		created, err := applyMemberships(ctx, tx, tenantID, fresh)
 		if err != nil {
 			return err
 		}
-		res.Applied = len(fresh)
-		res.Duplicates += len(live) - len(fresh)
-		res.Outcomes = make(map[pipeline.Outcome]int, 4)
-		if len(fresh) == 0 {
-			return nil
-		}
-		if err := limitGroups(ctx, tx, fresh, s.MaxGroupsPerTenant); err != nil {
-			return err
-		}
-		for _, r := range fresh {
-			res.Outcomes[r.Outcome]++
-		}
-		created, err := applyMemberships(ctx, tx, fresh)
-		if err != nil {
-			return err
-		}
-		res.Finished, err = updateCounters(ctx, tx, fresh, created)
+		finished, err = updateCounters(ctx, tx, tenantID, fresh, created, time.Now())
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	res.Applied += len(fresh)
+	res.Duplicates += len(live) - len(fresh)
+	for _, r := range fresh {
+		res.Outcomes[r.Outcome]++
+	}
+	res.Finished = append(res.Finished, finished...)
+	return nil
 }
 
-// batchStates reads the batches of a chunk, aborting those PENDING for
-// longer than PendingTimeout (their ingest died before accepting them).
+// batchStates reads the batches of a chunk, by (tenant, batch id), aborting
+// those PENDING for longer than PendingTimeout (their ingest died before
+// accepting them).
 func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessage) (map[int64]batchState, error) {
 	ids := make([]int64, 0, 4)
+	tenants := make([]int64, 0, 1)
 	for i := range recs {
 		if !slices.Contains(ids, recs[i].BatchID) {
 			ids = append(ids, recs[i].BatchID)
 		}
+		if !slices.Contains(tenants, recs[i].TenantID) {
+			tenants = append(tenants, recs[i].TenantID)
+		}
 	}
 	out := make(map[int64]batchState, len(ids))
-	var stale []int64
+	stale := make(map[int64][]int64) // tenant -> its stale batches
 	rows, err := s.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < now() - make_interval(secs => $2)
-		FROM batches WHERE batch_id = ANY($1)`, ids, s.PendingTimeout.Seconds())
+		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < $3
+		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-s.PendingTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("sink: read batches: %w", err)
 	}
@@ -204,43 +212,53 @@ func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessa
 			return nil, fmt.Errorf("sink: read batches: %w", err)
 		}
 		if st.status == "PENDING" && st.stale {
-			stale = append(stale, id)
+			stale[st.tenantID] = append(stale[st.tenantID], id)
 		}
 		out[id] = st
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sink: read batches: %w", err)
 	}
-	if len(stale) == 0 {
-		return out, nil
-	}
-	// The same compare-and-set ingest uses: exactly one of accept and abort wins.
-	rows, err = s.db.Query(ctx, `
-		UPDATE batches SET status = 'FAILED', aborted = true, finished_at = now(), idempotency_key = NULL
-		WHERE batch_id = ANY($1) AND status = 'PENDING' RETURNING batch_id`, stale)
-	if err != nil {
-		return nil, fmt.Errorf("sink: abort stale batches: %w", err)
-	}
-	aborted, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("sink: abort stale batches: %w", err)
-	}
-	for _, id := range aborted {
-		st := out[id]
-		st.status, st.aborted = "FAILED", true
-		out[id] = st
-	}
-	// A stale batch that was accepted meanwhile is read again next time.
-	for _, id := range stale {
-		if !slices.Contains(aborted, id) {
+	// The same compare-and-set ingest uses: exactly one of accept and
+	// abort wins. One statement per tenant, each its own transaction.
+	for tenant, ids := range stale {
+		aborted, err := abortPending(ctx, s.db, tenant, ids, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("sink: abort stale batches: %w", err)
+		}
+		for _, id := range aborted {
+			st := out[id]
+			st.status, st.aborted = "FAILED", true
+			out[id] = st
+		}
+		// A stale batch that was accepted meanwhile is read again next time.
+		if len(aborted) < len(ids) {
 			return nil, ErrBatchPending
 		}
 	}
 	return out, nil
 }
 
-// insertLedger records each record once and returns those that were new.
-func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage) ([]*pipeline.ResolvedMessage, error) {
+// abortPending marks those of one tenant's batches that are still PENDING
+// FAILED and aborted, as of now, and returns their ids.
+func abortPending(ctx context.Context, db interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}, tenantID int64, ids []int64, now time.Time) ([]int64, error) {
+	rows, err := db.Query(ctx, `
+		UPDATE batches SET status = 'FAILED', aborted = true, finished_at = $3, idempotency_key = NULL
+		WHERE tenant_id = $1 AND batch_id = ANY($2) AND status = 'PENDING' RETURNING batch_id`, tenantID, ids, now)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// insertLedger records each of one tenant's records once and returns those
+// that were new. ON CONFLICT DO NOTHING waits for a concurrent transaction
+// inserting the same position and then skips it, so a record is new to
+// exactly one transaction; no constraint name or SQLSTATE is inspected (a
+// distributed engine reports neither as PostgreSQL does).
+func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) ([]*pipeline.ResolvedMessage, error) {
 	n := len(recs)
 	batchIDs := make([]int64, n)
 	indexes := make([]int32, n)
@@ -261,18 +279,13 @@ func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessa
 			refs[i] = b
 		}
 	}
-	// A plain insert of the rows the ledger lacks costs half of an
-	// INSERT … ON CONFLICT DO NOTHING (no speculative insertion). The
-	// primary key still guards: a concurrent transaction inserting the same
-	// position makes this one fail with a unique violation once it commits,
-	// and Apply runs the chunk again, finding the row.
 	rows, err := tx.Query(ctx, `
-		INSERT INTO batch_records (batch_id, rec_index, outcome, reason, matched_by, customer_id, ref)
-		SELECT b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j
-		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::jsonb[]) AS u(b, i, o, r, m, c, j)
-		WHERE NOT EXISTS (SELECT 1 FROM batch_records x WHERE x.batch_id = u.b AND x.rec_index = u.i)
+		INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id, ref)
+		SELECT $1, b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j
+		FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[]) AS u(b, i, o, r, m, c, j)
+		ON CONFLICT DO NOTHING
 		RETURNING batch_id, rec_index`,
-		batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs)
+		tenantID, batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs)
 	if err != nil {
 		return nil, fmt.Errorf("sink: insert ledger: %w", err)
 	}
@@ -303,8 +316,8 @@ func insertLedger(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessa
 const groupLimitLockClass = 0x67726f75 // "grou"
 
 // limitGroups enforces limit, the most visible groups per tenant, on recs,
-// the chunk's records new to the ledger in (batch id, record index) order.
-// Each matched add that would make its tenant exceed the limit by creating
+// one tenant's records new to the ledger in (batch id, record index) order.
+// Each matched add that would make the tenant exceed the limit by creating
 // (or making visible) groups is replaced in recs by a copy that is INVALID
 // with pipeline.ReasonGroupLimit, and its ledger row is rewritten so; it
 // then creates no group and no membership, and counts as invalid. Records
@@ -316,101 +329,82 @@ const groupLimitLockClass = 0x67726f75 // "grou"
 // many sink transactions run at once, unless it had them before (a lowered
 // limit removes nothing). One query per chunk reads which named groups are
 // visible already; only when some add would create a group does the
-// transaction take its tenants' advisory locks (in hash order, so two
-// transactions cannot deadlock on them), then count the tenants' visible
-// groups and read the named ones again in later statements, which in READ
-// COMMITTED see every creation committed before the lock was granted. A
-// transaction that creates groups always holds that lock until it commits;
-// one that creates none never waits for it. Groups made invisibly by
-// deletes (tombstone holders) are not counted.
-func limitGroups(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage, limit int) error {
-	var wanted []groupKey
-	seen := make(map[groupKey]bool)
+// transaction take the tenant's advisory lock, then count the tenant's
+// visible groups and read the named ones again in later statements, which
+// in READ COMMITTED see every creation committed before the lock was
+// granted. A transaction that creates groups always holds that lock until
+// it commits; one that creates none never waits for it. Groups made
+// invisibly by deletes (tombstone holders) are not counted.
+//
+// The lock statement names no table, so on Citus it runs on the
+// coordinator, inside the transaction's coordinator part; every sink
+// connects to the coordinator, so the lock serialises them all (a worker's
+// advisory locks would not), and it is released only when the coordinator
+// commits, after the tenant's shard committed.
+func limitGroups(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage, limit int) error {
+	var wanted []string
+	seen := make(map[string]bool)
 	for _, r := range recs {
 		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd {
 			continue
 		}
 		for _, g := range r.Groups {
-			if k := (groupKey{r.TenantID, g}); !seen[k] {
-				seen[k] = true
-				wanted = append(wanted, k)
+			if !seen[g] {
+				seen[g] = true
+				wanted = append(wanted, g)
 			}
 		}
 	}
 	if len(wanted) == 0 {
 		return nil
 	}
-	visible, err := visibleGroups(ctx, tx, wanted)
+	visible, err := visibleGroups(ctx, tx, tenantID, wanted)
 	if err != nil {
 		return err
 	}
-	var grow []int64 // tenants for which the chunk would create groups
-	for _, k := range wanted {
-		if !visible[k] && !slices.Contains(grow, k.tenant) {
-			grow = append(grow, k.tenant)
-		}
+	wanted = slices.DeleteFunc(wanted, func(g string) bool { return visible[g] })
+	if len(wanted) == 0 {
+		return nil // the chunk creates no group
 	}
-	if len(grow) == 0 {
-		return nil
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1::int, hashint8($2::bigint))`, groupLimitLockClass, tenantID); err != nil {
+		return fmt.Errorf("sink: lock group limit: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `
-		SELECT pg_advisory_xact_lock($2::int, h) FROM (
-			SELECT DISTINCT hashint8(t) AS h FROM unnest($1::bigint[]) AS t) s
-		ORDER BY h`, grow, groupLimitLockClass); err != nil {
-		return fmt.Errorf("sink: lock group limits: %w", err)
-	}
-	count := make(map[int64]int, len(grow))
-	rows, err := tx.Query(ctx, `
-		SELECT t, (SELECT count(*) FROM groups g WHERE g.tenant_id = t AND g.visible)
-		FROM unnest($1::bigint[]) AS t`, grow)
-	if err != nil {
-		return fmt.Errorf("sink: count groups: %w", err)
-	}
-	for rows.Next() {
-		var t int64
-		var n int
-		if err := rows.Scan(&t, &n); err != nil {
-			return fmt.Errorf("sink: count groups: %w", err)
-		}
-		count[t] = n
-	}
-	if err := rows.Err(); err != nil {
+	var count int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM groups WHERE tenant_id = $1 AND visible`, tenantID).Scan(&count); err != nil {
 		return fmt.Errorf("sink: count groups: %w", err)
 	}
 	// Groups may have been created while this transaction waited.
-	wanted = slices.DeleteFunc(wanted, func(k groupKey) bool { return visible[k] || !slices.Contains(grow, k.tenant) })
-	since, err := visibleGroups(ctx, tx, wanted)
+	since, err := visibleGroups(ctx, tx, tenantID, wanted)
 	if err != nil {
 		return err
 	}
 	maps.Copy(visible, since)
 	var limitedBatches []int64
 	var limitedIndexes []int32
-	allotted := make(map[groupKey]bool)
+	allotted := make(map[string]bool)
 	for i, r := range recs {
-		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd || !slices.Contains(grow, r.TenantID) {
+		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd {
 			continue
 		}
 		need := 0
 		for j, g := range r.Groups {
-			k := groupKey{r.TenantID, g}
-			if seen[k] && !visible[k] && !allotted[k] && !slices.Contains(r.Groups[:j], g) {
+			if !visible[g] && !allotted[g] && !slices.Contains(r.Groups[:j], g) {
 				need++
 			}
 		}
 		if need == 0 {
 			continue
 		}
-		if count[r.TenantID]+need > limit {
+		if count+need > limit {
 			c := *r
 			c.Outcome, c.Reason, c.MatchedBy, c.CustomerID, c.Conflict, c.Groups = pipeline.OutcomeInvalid, pipeline.ReasonGroupLimit, "", 0, false, nil
 			recs[i] = &c
 			limitedBatches, limitedIndexes = append(limitedBatches, r.BatchID), append(limitedIndexes, int32(r.Index))
 			continue
 		}
-		count[r.TenantID] += need
+		count += need
 		for _, g := range r.Groups {
-			allotted[groupKey{r.TenantID, g}] = true
+			allotted[g] = true
 		}
 	}
 	if len(limitedBatches) == 0 {
@@ -418,46 +412,34 @@ func limitGroups(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessag
 	}
 	if _, err := tx.Exec(ctx, `
 		UPDATE batch_records r SET outcome = 'INVALID', reason = 'GROUP_LIMIT', matched_by = NULL, customer_id = NULL
-		FROM unnest($1::bigint[], $2::int[]) AS u(b, i)
-		WHERE r.batch_id = u.b AND r.rec_index = u.i`, limitedBatches, limitedIndexes); err != nil {
+		FROM unnest($2::bigint[], $3::int[]) AS u(b, i)
+		WHERE r.tenant_id = $1 AND r.batch_id = u.b AND r.rec_index = u.i`, tenantID, limitedBatches, limitedIndexes); err != nil {
 		return fmt.Errorf("sink: record group limit: %w", err)
 	}
 	return nil
 }
 
-// visibleGroups reports which of keys name a visible group.
-func visibleGroups(ctx context.Context, tx pgx.Tx, keys []groupKey) (map[groupKey]bool, error) {
-	out := make(map[groupKey]bool, len(keys))
-	if len(keys) == 0 {
+// visibleGroups reports which of the tenant's names are visible groups.
+func visibleGroups(ctx context.Context, tx pgx.Tx, tenantID int64, names []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(names))
+	if len(names) == 0 {
 		return out, nil
 	}
-	tenants, names := make([]int64, len(keys)), make([]string, len(keys))
-	for i, k := range keys {
-		tenants[i], names[i] = k.tenant, k.name
-	}
-	rows, err := tx.Query(ctx, `
-		SELECT g.tenant_id, g.name FROM groups g
-		JOIN unnest($1::bigint[], $2::text[]) AS u(t, n) ON g.tenant_id = u.t AND g.name = u.n
-		WHERE g.visible`, tenants, names)
+	rows, err := tx.Query(ctx, `SELECT name FROM groups WHERE tenant_id = $1 AND name = ANY($2) AND visible`, tenantID, names)
 	if err != nil {
 		return nil, fmt.Errorf("sink: read visible groups: %w", err)
 	}
 	for rows.Next() {
-		var k groupKey
-		if err := rows.Scan(&k.tenant, &k.name); err != nil {
+		var name string
+		if err := rows.Scan(&name); err != nil {
 			return nil, fmt.Errorf("sink: read visible groups: %w", err)
 		}
-		out[k] = true
+		out[name] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sink: read visible groups: %w", err)
 	}
 	return out, nil
-}
-
-type groupKey struct {
-	tenant int64
-	name   string
 }
 
 type memberKey struct {
@@ -471,93 +453,82 @@ type memberChange struct {
 	index   int
 }
 
-// applyMemberships creates the groups that adds name, then writes each
-// (group, customer) change guarded by position. It returns, per batch, how
-// many groups the batch made visible.
-func applyMemberships(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage) (map[int64]int, error) {
+// applyMemberships creates the tenant's groups that adds name, then writes
+// each (group, customer) change guarded by position. It returns, per batch,
+// how many groups the batch made visible.
+func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) (map[int64]int, error) {
 	// Groups named, with the first batch that adds to each.
 	type groupUse struct {
 		add      bool
 		addBatch int64
 	}
-	uses := make(map[groupKey]groupUse)
+	uses := make(map[string]groupUse)
 	for _, r := range recs {
 		if r.Outcome != pipeline.OutcomeMatched {
 			continue
 		}
 		for _, g := range r.Groups {
-			k := groupKey{r.TenantID, g}
-			u := uses[k]
+			u := uses[g]
 			if r.OptType == pipeline.OptAdd && (!u.add || r.BatchID < u.addBatch) {
 				u.add, u.addBatch = true, r.BatchID
 			}
-			uses[k] = u
+			uses[g] = u
 		}
 	}
 	created := make(map[int64]int)
 	if len(uses) == 0 {
 		return created, nil
 	}
-	keys := make([]groupKey, 0, len(uses))
-	for k := range uses {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b groupKey) int {
-		return cmp.Or(cmp.Compare(a.tenant, b.tenant), cmp.Compare(a.name, b.name))
-	})
-	tenants := make([]int64, len(keys))
-	names := make([]string, len(keys))
-	visible := make([]bool, len(keys))
-	for i, k := range keys {
-		tenants[i], names[i], visible[i] = k.tenant, k.name, uses[k].add
+	names := slices.Sorted(maps.Keys(uses))
+	visible := make([]bool, len(names))
+	for i, n := range names {
+		visible[i] = uses[n].add
 	}
 	// A delete of a group nobody added creates it invisibly, so its
 	// tombstones order later adds; an add makes it visible ("created").
 	rows, err := tx.Query(ctx, `
 		INSERT INTO groups (tenant_id, name, visible)
-		SELECT t, n, v FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS u(t, n, v) ORDER BY t, n
+		SELECT $1, n, v FROM unnest($2::text[], $3::bool[]) AS u(n, v) ORDER BY n
 		ON CONFLICT (tenant_id, name) DO UPDATE SET visible = true
 		WHERE NOT groups.visible AND excluded.visible
-		RETURNING tenant_id, name, group_id, visible`, tenants, names, visible)
+		RETURNING name, group_id, visible`, tenantID, names, visible)
 	if err != nil {
 		return nil, fmt.Errorf("sink: upsert groups: %w", err)
 	}
-	ids := make(map[groupKey]int64, len(keys))
+	ids := make(map[string]int64, len(names))
 	for rows.Next() {
-		var k groupKey
+		var name string
 		var id int64
 		var vis bool
-		if err := rows.Scan(&k.tenant, &k.name, &id, &vis); err != nil {
+		if err := rows.Scan(&name, &id, &vis); err != nil {
 			return nil, fmt.Errorf("sink: upsert groups: %w", err)
 		}
-		ids[k] = id
+		ids[name] = id
 		if vis {
-			created[uses[k].addBatch]++
+			created[uses[name].addBatch]++
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sink: upsert groups: %w", err)
 	}
-	if len(ids) < len(keys) {
-		tenants, names = tenants[:0], names[:0]
-		for _, k := range keys {
-			if _, ok := ids[k]; !ok {
-				tenants, names = append(tenants, k.tenant), append(names, k.name)
+	if len(ids) < len(names) {
+		var rest []string
+		for _, n := range names {
+			if _, ok := ids[n]; !ok {
+				rest = append(rest, n)
 			}
 		}
-		rows, err := tx.Query(ctx, `
-			SELECT g.tenant_id, g.name, g.group_id FROM groups g
-			JOIN unnest($1::bigint[], $2::text[]) AS u(t, n) ON g.tenant_id = u.t AND g.name = u.n`, tenants, names)
+		rows, err := tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2)`, tenantID, rest)
 		if err != nil {
 			return nil, fmt.Errorf("sink: read groups: %w", err)
 		}
 		for rows.Next() {
-			var k groupKey
+			var name string
 			var id int64
-			if err := rows.Scan(&k.tenant, &k.name, &id); err != nil {
+			if err := rows.Scan(&name, &id); err != nil {
 				return nil, fmt.Errorf("sink: read groups: %w", err)
 			}
-			ids[k] = id
+			ids[name] = id
 		}
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("sink: read groups: %w", err)
@@ -571,7 +542,7 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedM
 			continue
 		}
 		for _, g := range r.Groups {
-			id, ok := ids[groupKey{r.TenantID, g}]
+			id, ok := ids[g]
 			if !ok {
 				return nil, fmt.Errorf("sink: group of batch %d vanished", r.BatchID)
 			}
@@ -598,12 +569,12 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedM
 		present[i], batchIDs[i], indexes[i] = c.present, c.batch, int32(c.index)
 	}
 	_, err = tx.Exec(ctx, `
-		INSERT INTO memberships (group_id, customer_id, present, batch_id, rec_index)
-		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bool[], $4::bigint[], $5::int[])
-		ON CONFLICT (group_id, customer_id) DO UPDATE
+		INSERT INTO memberships (tenant_id, group_id, customer_id, present, batch_id, rec_index)
+		SELECT $1, g, c, p, b, i FROM unnest($2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::int[]) AS u(g, c, p, b, i)
+		ON CONFLICT (tenant_id, group_id, customer_id) DO UPDATE
 		SET present = excluded.present, batch_id = excluded.batch_id, rec_index = excluded.rec_index
 		WHERE (memberships.batch_id, memberships.rec_index) < (excluded.batch_id, excluded.rec_index)`,
-		groupIDs, customerIDs, present, batchIDs, indexes)
+		tenantID, groupIDs, customerIDs, present, batchIDs, indexes)
 	if err != nil {
 		return nil, fmt.Errorf("sink: write memberships: %w", err)
 	}
@@ -646,10 +617,13 @@ func (c *counters) count(r *pipeline.ResolvedMessage) {
 	}
 }
 
-// updateCounters adds the chunk's increments to each batch once, finishing
-// the batches whose every record now has an outcome. Rows are locked in
-// batch id order so concurrent sinks cannot deadlock on them.
-func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMessage, created map[int64]int) ([]FinishedBatch, error) {
+// updateCounters adds the chunk's increments to each of the tenant's
+// batches once, finishing, as of now, the batches whose every record now has
+// an outcome. Rows are locked in batch id order so concurrent sinks cannot
+// deadlock on them. The finish time is a parameter and the latency is
+// computed here: on Citus an UPDATE of a distributed table may call no
+// volatile function, nor now() inside CASE or RETURNING.
+func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage, created map[int64]int, now time.Time) ([]FinishedBatch, error) {
 	per := make(map[int64]*counters)
 	var ids []int64
 	for _, r := range recs {
@@ -675,10 +649,10 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 			cols[i] = append(cols[i], v)
 		}
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE batch_id = ANY($1) ORDER BY batch_id FOR UPDATE`, ids); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE`, tenantID, ids); err != nil {
 		return nil, fmt.Errorf("sink: lock batches: %w", err)
 	}
-	args := []any{ids}
+	args := []any{tenantID, now, ids}
 	for _, c := range cols {
 		args = append(args, c)
 	}
@@ -701,29 +675,28 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 				WHEN b.success + d.success = b.total THEN 'SUCCESS'
 				WHEN b.success + d.success = 0 THEN 'FAILED'
 				ELSE 'PARTIAL_SUCCESS' END,
-			finished_at = CASE WHEN b.processed + d.processed = b.total THEN clock_timestamp() END
-		FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[],
-			$8::int[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[])
+			finished_at = CASE WHEN b.processed + d.processed = b.total THEN $2::timestamptz END
+		FROM unnest($3::bigint[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[], $9::int[],
+			$10::int[], $11::int[], $12::int[], $13::int[], $14::int[], $15::int[])
 			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
 			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
-		WHERE b.batch_id = d.batch_id
-		RETURNING b.batch_id, b.tenant_id, b.status, b.finished_at IS NOT NULL,
-			extract(epoch FROM coalesce(b.finished_at, now()) - b.accepted_at)`, args...)
+		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id
+		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: update counters: %w", err)
 	}
 	var finished []FinishedBatch
 	updated := 0
 	for rows.Next() {
-		var f FinishedBatch
-		var done bool
-		var secs float64
-		if err := rows.Scan(&f.BatchID, &f.TenantID, &f.Status, &done, &secs); err != nil {
+		f := FinishedBatch{TenantID: tenantID}
+		var accepted time.Time
+		var done *time.Time
+		if err := rows.Scan(&f.BatchID, &f.Status, &accepted, &done); err != nil {
 			return nil, fmt.Errorf("sink: update counters: %w", err)
 		}
 		updated++
-		if done {
-			f.Latency = time.Duration(secs * float64(time.Second))
+		if done != nil {
+			f.Latency = done.Sub(accepted)
 			finished = append(finished, f)
 		}
 	}
@@ -740,7 +713,8 @@ func updateCounters(ctx context.Context, tx pgx.Tx, recs []*pipeline.ResolvedMes
 		}
 		// The batch.finished event, published by the Relay: one row per
 		// batch, written with the counters that finish it.
-		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (batch_id) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING`, done); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO batch_events_outbox (tenant_id, batch_id)
+			SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING`, tenantID, done); err != nil {
 			return nil, fmt.Errorf("sink: write outbox: %w", err)
 		}
 	}

@@ -48,6 +48,9 @@ type options struct {
 	logLevel         string
 	logFormat        string
 	pprof            bool
+	// statements, set only by tests, is also told of every statement the
+	// stages' pool sends (see teeTracer).
+	statements sqlObserver
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/groupmatch?sslmode=disable"

@@ -160,6 +160,7 @@ func TestHealthcheckRefused(t *testing.T) {
 // URL. With dbMayVanish, the stages may stop with an error.
 func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) string {
 	t.Helper()
+	o.statements = statements
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := createTopics(ctx, o); err != nil {
 		cancel()

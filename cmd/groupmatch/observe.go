@@ -129,7 +129,8 @@ func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	var n int64
 	var oldest *float64
-	err := b.pool.QueryRow(ctx, `SELECT count(*), extract(epoch FROM min(accepted_at))::float8
+	// Every tenant's batches, read only: on Citus one query over the shards.
+	err := b.pool.QueryRow(ctx, `SELECT /* all tenants */ count(*), extract(epoch FROM min(accepted_at))::float8
 		FROM batches WHERE status = 'PROCESSING'`).Scan(&n, &oldest)
 	if err != nil {
 		b.errors.Inc()
@@ -143,6 +144,53 @@ func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
 	b.errors.Collect(ch)
 }
 
+// sqlObserver is told of the statements a pool sends (tests collect them:
+// schematest.StatementLog).
+type sqlObserver interface {
+	pgx.QueryTracer
+	pgx.BatchTracer
+}
+
+// teeTracer is pgxTracer's TraceLog that also tells also of every query and
+// batch query; its other tracing (connect, copy, prepare, acquire) is the
+// TraceLog's alone.
+type teeTracer struct {
+	*tracelog.TraceLog
+	also sqlObserver
+}
+
+func (t teeTracer) TraceQueryStart(ctx context.Context, c *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	return t.also.TraceQueryStart(t.TraceLog.TraceQueryStart(ctx, c, d), c, d)
+}
+
+func (t teeTracer) TraceQueryEnd(ctx context.Context, c *pgx.Conn, d pgx.TraceQueryEndData) {
+	t.also.TraceQueryEnd(ctx, c, d)
+	t.TraceLog.TraceQueryEnd(ctx, c, d)
+}
+
+func (t teeTracer) TraceBatchStart(ctx context.Context, c *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	return t.also.TraceBatchStart(t.TraceLog.TraceBatchStart(ctx, c, d), c, d)
+}
+
+func (t teeTracer) TraceBatchQuery(ctx context.Context, c *pgx.Conn, d pgx.TraceBatchQueryData) {
+	t.also.TraceBatchQuery(ctx, c, d)
+	t.TraceLog.TraceBatchQuery(ctx, c, d)
+}
+
+func (t teeTracer) TraceBatchEnd(ctx context.Context, c *pgx.Conn, d pgx.TraceBatchEndData) {
+	t.also.TraceBatchEnd(ctx, c, d)
+	t.TraceLog.TraceBatchEnd(ctx, c, d)
+}
+
+// stagesTracer is pgxTracer, teed to also when it is set.
+func stagesTracer(log *slog.Logger, also sqlObserver) pgx.QueryTracer {
+	t := pgxTracer(log)
+	if also == nil {
+		return t
+	}
+	return teeTracer{TraceLog: t, also: also}
+}
+
 // pgxTracer bridges pgx's tracing into log. Only failures are logged: at
 // warn, at info for serialization failures and deadlocks (the stages retry
 // them), at debug when the caller's context ended (shutdown) and for a pool
@@ -151,7 +199,7 @@ func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
 // that succeed are not logged. Query arguments never are: they carry
 // identity values; nor are error texts that may quote a value (see
 // safeError).
-func pgxTracer(log *slog.Logger) pgx.QueryTracer {
+func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 	log = log.With("component", "pgx")
 	return &tracelog.TraceLog{
 		LogLevel: tracelog.LogLevelError,

@@ -82,7 +82,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		return fmt.Errorf("--database-url: %w", err)
 	}
 	poolCfg.MaxConns = int32(max(o.dbMaxConns, 2))
-	poolCfg.ConnConfig.Tracer = pgxTracer(log)
+	poolCfg.ConnConfig.Tracer = stagesTracer(log, o.statements)
 	// Name the connections after the stages, so pg_stat_activity shows who
 	// is who.
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = "groupmatch-" + strings.Join(stages, "+")
