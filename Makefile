@@ -4,7 +4,7 @@ BIN       ?= bin/groupmatch
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
-.PHONY: run build test lint deps check-deploy fuzz fuzz-short clean bench bench-small kafka
+.PHONY: run build test test-cluster lint deps check-deploy fuzz fuzz-short clean bench bench-small kafka
 
 ## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
 run:
@@ -45,6 +45,13 @@ bench-small: build
 test: deps lint check-deploy
 	$(GO) test -count=1 -timeout 9m $(PKGS)
 	$(MAKE) --no-print-directory fuzz-short
+
+## test-cluster: the three-broker tests, opted in by GROUPMATCH_CLUSTER_TESTS=1 (make test skips
+## them): devenv's cluster helper, then TestClusterLeaderKill (partition leaders SIGKILLed while
+## batches flow; nothing lost or doubled). About 2½ minutes on 2 cores; CI runs it after make test.
+CLUSTER_TESTS := ^(TestStartKafkaCluster|TestClusterLeaderKill)$$
+test-cluster: deps
+	GROUPMATCH_CLUSTER_TESTS=1 $(GO) test -count=1 -p 1 -v -timeout 15m -run '$(CLUSTER_TESTS)' ./devenv ./cmd/groupmatch
 
 ## check-deploy: promtool checks the Prometheus configuration and rules, and runs the rules' unit tests
 check-deploy:

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,11 +102,13 @@ type KafkaConfig struct {
 	// StartTimeout bounds StartKafka from the JVM's start until the broker
 	// answers metadata requests; default 2 minutes.
 	StartTimeout time.Duration
+
+	clusterID string // set by StartKafkaCluster: the id its nodes are formatted with
 }
 
 // Kafka is a running single-node Apache Kafka (KRaft, broker and
-// controller in one JVM) started by StartKafka. Its methods are safe for
-// concurrent use.
+// controller in one JVM) started by StartKafka, or one node of a
+// KafkaCluster. Its methods are safe for concurrent use.
 type Kafka struct {
 	addr, controllerAddr, dataDir string
 	cmd                           *exec.Cmd
@@ -139,6 +142,29 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 	if err != nil {
 		return nil, err
 	}
+	k, err := launchKafka(ctx, cfg, kafkaNode{id: 1})
+	if err != nil {
+		return nil, err
+	}
+	if err := k.awaitReady(ctx, cfg.StartTimeout, 1); err != nil {
+		k.kill()
+		k.removeTemp()
+		return nil, fmt.Errorf("devenv: kafka: %w\nlast output of the broker:\n%s", err, k.out.tail())
+	}
+	return k, nil
+}
+
+// kafkaNode says which node of a KRaft quorum a JVM is.
+type kafkaNode struct {
+	id     int    // node.id
+	voters string // controller.quorum.voters; empty: this node alone
+}
+
+// launchKafka resolves cfg's ports, formats the DataDir unless an earlier
+// broker did, and starts the JVM without waiting for it to answer. cfg has
+// its defaults. On error nothing is left running or on disk but a DataDir
+// the caller named.
+func launchKafka(ctx context.Context, cfg KafkaConfig, node kafkaNode) (*Kafka, error) {
 	if _, err := os.Stat(cfg.LibsDir); err != nil {
 		return nil, fmt.Errorf("devenv: kafka: no broker jars (run `make deps` or .ci/ensure-kafka.sh): %w", err)
 	}
@@ -149,6 +175,7 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 			k.removeTemp()
 		}
 	}()
+	var err error
 	if k.addr, err = resolvePort(cfg.Addr); err != nil {
 		return nil, fmt.Errorf("devenv: kafka: address: %w", err)
 	}
@@ -158,6 +185,9 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 	}
 	if k.controllerAddr, err = resolvePort(cfg.ControllerAddr); err != nil {
 		return nil, fmt.Errorf("devenv: kafka: controller address: %w", err)
+	}
+	if node.voters == "" {
+		node.voters = fmt.Sprintf("%d@%s", node.id, k.controllerAddr)
 	}
 	k.dataDir = cfg.DataDir
 	if k.dataDir == "" {
@@ -174,7 +204,7 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 	}
 	k.tempDirs = append(k.tempDirs, confDir)
 	props := filepath.Join(confDir, "server.properties")
-	if err := os.WriteFile(props, k.serverProperties(cfg.Settings), 0o644); err != nil {
+	if err := os.WriteFile(props, k.serverProperties(node, cfg.Settings), 0o644); err != nil {
 		return nil, fmt.Errorf("devenv: kafka: %w", err)
 	}
 	logProps := filepath.Join(confDir, "log4j.properties")
@@ -190,10 +220,15 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 		"-cp", filepath.Join(cfg.LibsDir, "*"))
 
 	// Format the storage unless an earlier broker did: a formatted DataDir
-	// keeps its cluster id (the storage tool refuses another one).
+	// keeps its cluster id (the storage tool refuses another one). The
+	// nodes of one cluster share the id in cfg.clusterID.
 	if _, err := os.Stat(filepath.Join(k.dataDir, "meta.properties")); errors.Is(err, os.ErrNotExist) {
+		id := cfg.clusterID
+		if id == "" {
+			id = newClusterID()
+		}
 		format := exec.CommandContext(ctx, cfg.Java, append(slices.Clone(java),
-			"kafka.tools.StorageTool", "format", "--cluster-id="+newClusterID(), "-c", props)...)
+			"kafka.tools.StorageTool", "format", "--cluster-id="+id, "-c", props)...)
 		if out, err := format.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("devenv: kafka: formatting %s: %w\n%s", k.dataDir, err, out)
 		}
@@ -211,19 +246,15 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 		k.waitErr = k.cmd.Wait()
 		close(k.exited)
 	}()
-	if err := k.awaitReady(ctx, cfg.StartTimeout); err != nil {
-		k.kill()
-		return nil, fmt.Errorf("devenv: kafka: %w\nlast output of the broker:\n%s", err, k.out.tail())
-	}
 	ok = true
 	return k, nil
 }
 
-// awaitReady polls the broker until its metadata lists itself and a leader
-// for every partition. Each attempt dials anew: a kafka.Client would answer
-// from its transport's cached metadata, which outlives a broker on the same
-// address.
-func (k *Kafka) awaitReady(ctx context.Context, within time.Duration) error {
+// awaitReady polls the broker until its metadata lists brokers brokers
+// (itself alone, for a single node) and a leader for every partition. Each
+// attempt dials anew: a kafka.Client would answer from its transport's
+// cached metadata, which outlives a broker on the same address.
+func (k *Kafka) awaitReady(ctx context.Context, within time.Duration, brokers int) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	probe := func() error {
@@ -237,12 +268,12 @@ func (k *Kafka) awaitReady(ctx context.Context, within time.Duration) error {
 		if err := conn.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
 			return err
 		}
-		brokers, err := conn.Brokers()
+		listed, err := conn.Brokers()
 		if err != nil {
 			return err
 		}
-		if len(brokers) != 1 {
-			return fmt.Errorf("metadata lists %d brokers", len(brokers))
+		if len(listed) != brokers {
+			return fmt.Errorf("metadata lists %d brokers, not %d", len(listed), brokers)
 		}
 		// A restarted broker lists its topics before their partitions
 		// have leaders again.
@@ -333,15 +364,15 @@ func (k *Kafka) removeTemp() {
 // Output returns the last lines the broker printed (up to 64 KiB).
 func (k *Kafka) Output() string { return k.out.tail() }
 
-// serverProperties returns the broker's server.properties: KRaft with one
-// node that is broker and controller, plaintext listeners on the resolved
-// addresses, KafkaSettings, then extra.
-func (k *Kafka) serverProperties(extra map[string]string) []byte {
+// serverProperties returns the broker's server.properties: KRaft, the node
+// broker and controller of the quorum node.voters, plaintext listeners on
+// the resolved addresses, KafkaSettings, then extra.
+func (k *Kafka) serverProperties(node kafkaNode, extra map[string]string) []byte {
 	s := KafkaSettings()
 	maps.Copy(s, map[string]string{
 		"process.roles":                        "broker,controller",
-		"node.id":                              "1",
-		"controller.quorum.voters":             "1@" + k.controllerAddr,
+		"node.id":                              strconv.Itoa(node.id),
+		"controller.quorum.voters":             node.voters,
 		"listeners":                            "PLAINTEXT://" + k.addr + ",CONTROLLER://" + k.controllerAddr,
 		"advertised.listeners":                 "PLAINTEXT://" + k.addr,
 		"controller.listener.names":            "CONTROLLER",

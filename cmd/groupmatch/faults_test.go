@@ -175,12 +175,23 @@ func (r *rig) load(seed uint64, count, size, clients int) {
 // loadFor posts batches from a few clients, each pausing between posts,
 // until d has passed, so that the load spans a fault injected meanwhile.
 func (r *rig) loadFor(seed uint64, d time.Duration, size, clients int) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	r.loadUntil(seed, ctx.Done(), size, clients)
+}
+
+// loadUntil is loadFor until stop is closed.
+func (r *rig) loadUntil(seed uint64, stop <-chan struct{}, size, clients int) {
 	var wg sync.WaitGroup
-	deadline := time.Now().Add(d)
 	for c := range clients {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(seed, uint64(c)))
-			for time.Now().Before(deadline) {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 				body, b := makeBatch(rng, size)
 				r.post(body, b)
 				time.Sleep(50 * time.Millisecond)
@@ -297,7 +308,7 @@ func (r *rig) restart(p **proc, stage string) {
 func (r *rig) waitGroupEmpty(stage string) {
 	r.t.Helper()
 	group := r.c.group(stage)
-	client := &kafka.Client{Addr: kafka.TCP(r.c.brokers)}
+	client := &kafka.Client{Addr: kafka.TCP(strings.Split(r.c.brokers, ",")...)}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := client.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})

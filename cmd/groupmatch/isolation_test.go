@@ -283,6 +283,7 @@ func TestForgedTokenFloodEndToEnd(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	codes := map[int]int{}
+	start := time.Now()
 	for range 16 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -310,9 +311,12 @@ func TestForgedTokenFloodEndToEnd(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
+	flood := time.Since(start)
 	slices.Sort(lat)
-	t.Logf("flood answers %v; valid requests: median %s, p95 %s, max %s", codes, lat[50], lat[95], lat[99])
-	if codes[http.StatusUnauthorized] > 100+20*3+16 || codes[http.StatusTooManyRequests] == 0 {
+	t.Logf("flood of %s answers %v; valid requests: median %s, p95 %s, max %s", flood.Round(time.Millisecond), codes, lat[50], lat[95], lat[99])
+	// The budget: a burst of 100, a refill of 20 a second over the flood's
+	// duration (longer on a loaded machine), and the 16 requests in flight.
+	if budget := 100 + int(20*flood.Seconds()) + 16; codes[http.StatusUnauthorized] > budget || codes[http.StatusTooManyRequests] == 0 {
 		t.Errorf("flood answers %v: want at most the burst and refill as 401, the rest 429", codes)
 	}
 	// Generous for a shared 2-core machine whose CPU the flood itself

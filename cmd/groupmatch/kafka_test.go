@@ -31,7 +31,7 @@ var sharedKafka struct {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := guardTenantFilters(m.Run())
 	if sharedKafka.k != nil {
 		if err := sharedKafka.k.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "stopping the shared Apache Kafka:", err)
@@ -133,10 +133,18 @@ func waitTopics(t *testing.T, brokers string, topics ...string) {
 	t.Fatalf("topics %v have no leaders after 60 s: %v", topics, last)
 }
 
+// topicsLed reports why topics are not ready yet, asking the first broker
+// of the comma-separated brokers that answers.
 func topicsLed(brokers string, topics []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers)
+	var conn *kafka.Conn
+	var err error
+	for _, addr := range strings.Split(brokers, ",") {
+		if conn, err = kafka.DialContext(ctx, "tcp", addr); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
