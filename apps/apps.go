@@ -60,6 +60,7 @@ type Tokens struct {
 // Principal is who a valid access token speaks for.
 type Principal struct {
 	TenantID int64
+	Tenant   string // the tenant's name
 	AppID    string
 	Scopes   []string
 }
@@ -248,9 +249,10 @@ func (s *Store) Authenticate(ctx context.Context, accessToken string) (Principal
 	}
 	var p Principal
 	err := s.db.QueryRow(ctx, `
-		SELECT a.tenant_id, a.appid, a.scopes FROM app_tokens t JOIN applications a USING (appid)
+		SELECT a.tenant_id, n.name, a.appid, a.scopes
+		FROM app_tokens t JOIN applications a USING (appid) JOIN tenants n ON n.tenant_id = a.tenant_id
 		WHERE t.token_hash = $1 AND t.kind = 'access' AND t.expires_at > $2 AND a.disabled_at IS NULL`,
-		hash(accessToken), s.now()).Scan(&p.TenantID, &p.AppID, &p.Scopes)
+		hash(accessToken), s.now()).Scan(&p.TenantID, &p.Tenant, &p.AppID, &p.Scopes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
 	}

@@ -39,6 +39,9 @@ type DriveConfig struct {
 	// Sent, if set, counts records as requests are accepted (HTTP) or
 	// published (Kafka), for the progress line.
 	Sent *atomic.Int64
+	// Security secures the Kafka connections of DriveKafka; nil is
+	// plaintext.
+	Security *stream.Security
 }
 
 func (c DriveConfig) withDefaults() DriveConfig {
@@ -218,7 +221,7 @@ func DriveKafka(ctx context.Context, brokers []string, topic string, w Workload,
 	}
 	n := w.Batches()
 	res := DriveResult{Batches: n, Records: w.Records}
-	wr := stream.NewWriter(brokers, topic)
+	wr := stream.NewWriter(brokers, topic, cfg.Security)
 	wr.Balancer = &kafka.RoundRobin{}
 	defer wr.Close()
 	pace := newPacer(cfg.Rate, w.BatchSize)

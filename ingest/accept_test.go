@@ -73,7 +73,7 @@ func newRig(t *testing.T, partitions int) *rig {
 	for _, name := range []string{topics.Requests, topics.Records, topics.Events} {
 		specs = append(specs, stream.TopicSpec{Name: name, Partitions: partitions})
 	}
-	if err := stream.CreateTopics(ctx, brokers, specs); err != nil {
+	if err := stream.CreateTopics(ctx, brokers, nil, specs); err != nil {
 		t.Fatal(err)
 	}
 	auth := &switchAuth{fakeAuth: fakeAuth{"good": {TenantID: 1, AppID: "a1", Scopes: []string{apps.ScopeGroup}}}, down: make(chan struct{})}

@@ -24,7 +24,15 @@ import (
 type FeedConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
-	GroupID string          // consumer group; default "groupmatch-ingest"
+	GroupID string          // consumer group; default DefaultFeedGroupID
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
+	// EventsPerTenant sends the events of a request whose token names a
+	// tenant to that tenant's topic (pipeline.Topics.TenantEvents) instead
+	// of Topics.Events. A request without a valid token, or of a tenant
+	// whose topic does not exist (or whose name cannot be a topic's),
+	// is answered on Topics.Events.
+	EventsPerTenant bool
 	// MaxChunk is the most requests of one partition taken at once, and
 	// buffered while they are handled; default 64.
 	MaxChunk int
@@ -33,6 +41,10 @@ type FeedConfig struct {
 	Retry  retry.Policy
 	Logger *slog.Logger
 }
+
+// DefaultFeedGroupID is the feed's consumer group unless FeedConfig names
+// another.
+const DefaultFeedGroupID = "groupmatch-ingest"
 
 // Feed turns the messages of the requests topic into batches, exactly as
 // the HTTP API would (same validation, auth and codes, no rate limit: the
@@ -63,6 +75,7 @@ type Feed struct {
 	consumer *stream.Consumer
 	events   *kafka.Writer
 	log      *slog.Logger
+	missing  stream.Throttle // warnings about missing tenant topics
 }
 
 // NewFeed returns a feed accepting batches through svc.
@@ -71,7 +84,7 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.GroupID == "" {
-		cfg.GroupID = "groupmatch-ingest"
+		cfg.GroupID = DefaultFeedGroupID
 	}
 	if cfg.MaxChunk <= 0 {
 		cfg.MaxChunk = 64
@@ -81,13 +94,17 @@ func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
 	}
 	log := cfg.Logger.With("stage", "ingest", "component", "feed")
 	c, err := stream.NewConsumer(stream.ConsumerConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests,
+		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Requests, Security: cfg.Security,
 		MaxChunk: cfg.MaxChunk, PerPartition: true, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingest: feed: %w", err)
 	}
-	return &Feed{cfg: cfg, svc: svc, consumer: c, events: stream.NewWriter(cfg.Brokers, cfg.Topics.Events), log: log}, nil
+	topic := cfg.Topics.Events
+	if cfg.EventsPerTenant {
+		topic = "" // each message names its topic
+	}
+	return &Feed{cfg: cfg, svc: svc, consumer: c, events: stream.NewWriter(cfg.Brokers, topic, cfg.Security), log: log}, nil
 }
 
 // Consumer exposes the feed's consumer for lag and reader metrics.
@@ -110,7 +127,7 @@ func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
 		if published == len(events) {
 			return nil
 		}
-		err := retry.Do(ctx, f.cfg.Retry, func() error { return f.events.WriteMessages(ctx, events[published:]...) }, f.notify)
+		err := retry.Do(ctx, f.cfg.Retry, func() error { return f.write(ctx, events[published:]) }, f.notify)
 		if err != nil {
 			return fmt.Errorf("ingest: write request events: %w", err)
 		}
@@ -127,6 +144,23 @@ func (f *Feed) handle(ctx context.Context, msgs []kafka.Message) error {
 	return publish()
 }
 
+// write publishes events; with EventsPerTenant, an event whose tenant has
+// no topic goes to the shared one.
+func (f *Feed) write(ctx context.Context, events []kafka.Message) error {
+	if f.cfg.EventsPerTenant {
+		missing, err := stream.RouteToExisting(ctx, f.cfg.Brokers, f.cfg.Security, events, f.cfg.Topics.Events)
+		if err != nil {
+			return err
+		}
+		for _, t := range missing {
+			if f.missing.Due(t, time.Now()) {
+				f.log.Warn("tenant events topic missing; answering on the shared events topic until it exists", "topic", t)
+			}
+		}
+	}
+	return f.events.WriteMessages(ctx, events...)
+}
+
 // request accepts or refuses one request and returns its event. It retries
 // while PostgreSQL or Kafka is unavailable, calling beforeRetry (which may
 // fail) before the first wait; a permanent failure or a panic is a refusal.
@@ -141,6 +175,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 	}
 	var id int64
 	var refusal *Refusal
+	var tenant string // of a valid token
 	var retried bool
 	var publishErr error // beforeRetry's: never a reason to reject the request
 	err := retry.Do(ctx, f.cfg.Retry, func() error {
@@ -151,6 +186,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 		}
 		return retry.Catch(func() error {
 			p, r := f.svc.authorize(ctx, header(m, pipeline.HeaderToken))
+			tenant = p.Tenant
 			if r != nil && r.Status == refuseUnavailable.Status {
 				return fmt.Errorf("ingest: feed: authenticate: %w", retry.ErrTransient)
 			}
@@ -197,7 +233,14 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 	if err != nil {
 		return kafka.Message{}, err
 	}
-	return kafka.Message{Key: m.Key, Value: v}, nil
+	out := kafka.Message{Key: m.Key, Value: v}
+	if f.cfg.EventsPerTenant {
+		out.Topic = f.cfg.Topics.Events
+		if t, ok := f.cfg.Topics.TenantEvents(tenant); ok {
+			out.Topic = t
+		}
+	}
+	return out, nil
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {

@@ -35,6 +35,8 @@ const MaxBodyBytes = 1 << 20
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
 	// RateLimit is each application's sustained request rate per second,
 	// default 100; RateBurst its burst, default 200.
 	RateLimit float64
@@ -145,7 +147,7 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	w := stream.NewWriter(cfg.Brokers, cfg.Topics.Records)
+	w := stream.NewWriter(cfg.Brokers, cfg.Topics.Records, cfg.Security)
 	w.WriteTimeout = cfg.RequestTimeout
 	return &Service{
 		cfg: cfg, store: store, auth: auth, metrics: metrics,

@@ -108,7 +108,7 @@ func TestStageIsolatesFailingRecord(t *testing.T) {
 			for _, name := range []string{topics.Records, topics.Resolved, topics.DLQ} {
 				specs = append(specs, stream.TopicSpec{Name: name, Partitions: 2})
 			}
-			if err := stream.CreateTopics(ctx, brokers, specs); err != nil {
+			if err := stream.CreateTopics(ctx, brokers, nil, specs); err != nil {
 				t.Fatal(err)
 			}
 			// One chunk (one partition, written at once) of 40 records,
@@ -124,7 +124,7 @@ func TestStageIsolatesFailingRecord(t *testing.T) {
 					Record: pipeline.RawRecord{IdentityType: "id", ThirdID: fmt.Sprintf("t-%d", i), Groups: "vip"}})
 				msgs = append(msgs, kafka.Message{Key: []byte("k"), Value: v})
 			}
-			w := stream.NewWriter(brokers, topics.Records)
+			w := stream.NewWriter(brokers, topics.Records, nil)
 			defer w.Close()
 			if err := w.WriteMessages(ctx, msgs...); err != nil {
 				t.Fatal(err)

@@ -28,6 +28,8 @@ type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default DefaultGroupID
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
 	// MaxChunk is the most records resolved together; default 2000.
 	MaxChunk int
 	// Consumers is how many members of the consumer group the stage runs,
@@ -81,12 +83,12 @@ func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 	log := cfg.Logger.With("stage", "matcher")
 	s := &Stage{
 		cfg: cfg, dir: dir, metrics: metrics, log: log,
-		out: stream.NewWriter(cfg.Brokers, cfg.Topics.Resolved),
-		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ),
+		out: stream.NewWriter(cfg.Brokers, cfg.Topics.Resolved, cfg.Security),
+		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ, cfg.Security),
 	}
 	for range cfg.Consumers {
 		c, err := stream.NewConsumer(stream.ConsumerConfig{
-			Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records,
+			Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records, Security: cfg.Security,
 			MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
 		})
 		if err != nil {

@@ -206,6 +206,24 @@ func DefaultTopics() Topics {
 	}
 }
 
+// TenantEvents returns the events topic of one tenant, Events + "." +
+// tenant, and whether the tenant's name can be part of a topic name (ASCII
+// letters, digits, '.', '_' and '-', the whole name at most 249
+// characters). Kafka treats '.' and '_' alike in metric names, so tenants
+// "a.b" and "a_b" cannot both have a topic.
+func (t Topics) TenantEvents(tenant string) (string, bool) {
+	name := t.Events + "." + tenant
+	if tenant == "" || len(name) > 249 || tenant == "." || tenant == ".." {
+		return "", false
+	}
+	for _, c := range []byte(tenant) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return "", false
+		}
+	}
+	return name, true
+}
+
 // Position names one record of one batch.
 type Position struct {
 	TenantID int64 `json:"tenantId"`

@@ -22,22 +22,47 @@ import (
 // Kafka's acknowledgement and the commit repeats an event (consumers can
 // tell by its batchId).
 type Relay struct {
-	db       *pgxpool.Pool
-	w        *kafka.Writer
-	interval time.Duration
-	log      *slog.Logger
+	cfg RelayConfig
+	db  *pgxpool.Pool
+	w   *kafka.Writer
+	log *slog.Logger
+	// missing throttles the warnings about missing tenant topics.
+	missing stream.Throttle
 }
 
-// NewRelay returns a relay publishing to the events topic, polling the
-// outbox every interval (default 100 ms).
-func NewRelay(db *pgxpool.Pool, brokers []string, topics pipeline.Topics, interval time.Duration, log *slog.Logger) *Relay {
-	if interval <= 0 {
-		interval = 100 * time.Millisecond
+// RelayConfig configures a Relay. Zero values take the documented
+// defaults.
+type RelayConfig struct {
+	Brokers []string        // required
+	Topics  pipeline.Topics // default pipeline.DefaultTopics()
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
+	// EventsPerTenant sends each batch.finished to its tenant's topic
+	// (pipeline.Topics.TenantEvents) when that exists, else to
+	// Topics.Events.
+	EventsPerTenant bool
+	// Interval is how often the outbox is polled; default 100 ms.
+	Interval time.Duration
+	Logger   *slog.Logger
+}
+
+// NewRelay returns a relay publishing the outbox of db.
+func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
+	if cfg.Topics == (pipeline.Topics{}) {
+		cfg.Topics = pipeline.DefaultTopics()
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Interval <= 0 {
+		cfg.Interval = 100 * time.Millisecond
 	}
-	return &Relay{db: db, w: stream.NewWriter(brokers, topics.Events), interval: interval, log: log.With("stage", "sink", "component", "relay")}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	topic := cfg.Topics.Events
+	if cfg.EventsPerTenant {
+		topic = "" // each message names its topic
+	}
+	return &Relay{cfg: cfg, db: db, w: stream.NewWriter(cfg.Brokers, topic, cfg.Security),
+		log: cfg.Logger.With("stage", "sink", "component", "relay")}
 }
 
 // Writers exposes the relay's Kafka writer for metrics.
@@ -46,7 +71,7 @@ func (r *Relay) Writers() []*kafka.Writer { return []*kafka.Writer{r.w} }
 // Run publishes until ctx is done.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.w.Close()
-	t := time.NewTicker(r.interval)
+	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
 		for {
@@ -108,8 +133,12 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 // publishTenant publishes and deletes those of one tenant's outbox rows ids
 // that no other relay holds, in one transaction, and returns how many.
 func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) (int, error) {
+	topic, err := r.eventsTopic(ctx, tenantID)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
-	err := pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
 			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
 			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
@@ -136,7 +165,7 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 			e.ErrorCounts = map[string]int{}
 			held = append(held, e.BatchID)
 			events = append(events, e)
-			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID)})
+			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID), Topic: topic})
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -154,6 +183,17 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 			}
 			msgs[i].Value = v
 		}
+		if r.cfg.EventsPerTenant {
+			missing, err := stream.RouteToExisting(ctx, r.cfg.Brokers, r.cfg.Security, msgs, r.cfg.Topics.Events)
+			if err != nil {
+				return err
+			}
+			for _, t := range missing {
+				if r.missing.Due(t, time.Now()) {
+					r.log.Warn("tenant events topic missing; publishing on the shared events topic until it exists", "topic", t)
+				}
+			}
+		}
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
 			return fmt.Errorf("write events: %w", err)
 		}
@@ -167,6 +207,24 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 		return 0, fmt.Errorf("sink: relay: %w", err)
 	}
 	return n, nil
+}
+
+// eventsTopic is the topic of a tenant's events: "" (the writer's own)
+// unless EventsPerTenant, then the tenant's topic if its name can be one,
+// else the shared events topic. RouteToExisting later sends the events of
+// a tenant whose topic does not exist to the shared one.
+func (r *Relay) eventsTopic(ctx context.Context, tenantID int64) (string, error) {
+	if !r.cfg.EventsPerTenant {
+		return "", nil
+	}
+	var name string
+	if err := r.db.QueryRow(ctx, `SELECT name FROM tenants WHERE tenant_id = $1`, tenantID).Scan(&name); err != nil {
+		return "", fmt.Errorf("sink: relay: tenant %d: %w", tenantID, err)
+	}
+	if t, ok := r.cfg.Topics.TenantEvents(name); ok {
+		return t, nil
+	}
+	return r.cfg.Topics.Events, nil
 }
 
 // errorCounts fills the events' ErrorCounts from the tenant's ledger

@@ -27,7 +27,9 @@ import (
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
-	GroupID string          // consumer group; default "groupmatch-sink"
+	GroupID string          // consumer group; default DefaultGroupID
+	// Security secures the Kafka connections; nil is plaintext.
+	Security *stream.Security
 	// MaxChunk is the most records applied in one transaction; default 2000.
 	MaxChunk int
 	// Linger is how long a chunk waits to fill; default 5 ms.
@@ -37,6 +39,9 @@ type Config struct {
 	Retry  retry.Policy
 	Logger *slog.Logger
 }
+
+// DefaultGroupID is the sink's consumer group unless Config names another.
+const DefaultGroupID = "groupmatch-sink"
 
 // Stage is a running sink consumer.
 type Stage struct {
@@ -57,7 +62,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.GroupID == "" {
-		cfg.GroupID = "groupmatch-sink"
+		cfg.GroupID = DefaultGroupID
 	}
 	if cfg.MaxChunk <= 0 {
 		cfg.MaxChunk = 2000
@@ -67,7 +72,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	}
 	log := cfg.Logger.With("stage", "sink")
 	c, err := stream.NewConsumer(stream.ConsumerConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Resolved,
+		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Resolved, Security: cfg.Security,
 		MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
 	})
 	if err != nil {
@@ -75,7 +80,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	}
 	return &Stage{
 		cfg: cfg, store: store, consumer: c, metrics: metrics, log: log,
-		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ),
+		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ, cfg.Security),
 	}, nil
 }
 

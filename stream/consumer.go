@@ -17,6 +17,8 @@ type ConsumerConfig struct {
 	Brokers []string // required
 	GroupID string   // required: the consumer group, one per stage
 	Topic   string   // required
+	// Security secures the connections; nil is plaintext.
+	Security *Security
 	// MaxChunk is the most messages handed to the handler at once; default 1000.
 	MaxChunk int
 	// Linger is how long a chunk waits for more messages once it has one;
@@ -114,6 +116,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		Brokers:  cfg.Brokers,
 		GroupID:  cfg.GroupID,
 		Topic:    cfg.Topic,
+		Dialer:   cfg.Security.Dialer(10 * time.Second),
 		MinBytes: 1,
 		// A fetch answers at most 1 MiB per partition (Kafka's own
 		// max.partition.fetch.bytes default): several thousand records,
@@ -295,6 +298,7 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 func (c *Consumer) runPartitioned(ctx context.Context, h Handler) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: c.cfg.GroupID, Brokers: c.cfg.Brokers, Topics: []string{c.cfg.Topic},
+		Dialer:                c.cfg.Security.Dialer(10 * time.Second),
 		StartOffset:           kafka.FirstOffset,
 		SessionTimeout:        10 * time.Second,
 		HeartbeatInterval:     1 * time.Second,
@@ -374,6 +378,7 @@ func (c *Consumer) runPartitioned(ctx context.Context, h Handler) error {
 func (c *Consumer) runPartition(runCtx, workCtx, genCtx context.Context, gen *kafka.Generation, a kafka.PartitionAssignment, h Handler) error {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: a.ID,
+		Dialer:   c.cfg.Security.Dialer(10 * time.Second),
 		MinBytes: 1, MaxBytes: 1 << 20, MaxWait: c.cfg.MaxWait, QueueCapacity: c.cfg.MaxChunk,
 		Logger:      c.kafkaLogger(slog.LevelDebug, "kafka-reader"),
 		ErrorLogger: c.kafkaLogger(slog.LevelWarn, "kafka-reader"),

@@ -19,7 +19,7 @@ func TestConsumerPerPartition(t *testing.T) {
 	b := startBroker(t, 2)
 	brokers := []string{b.Addr()}
 	ctx := testContext(t)
-	if err := stream.CreateTopics(ctx, brokers, []stream.TopicSpec{{Name: "pp", Partitions: 2}}); err != nil {
+	if err := stream.CreateTopics(ctx, brokers, nil, []stream.TopicSpec{{Name: "pp", Partitions: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "pp", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
@@ -82,7 +82,7 @@ func TestConsumerPerPartitionHandlerError(t *testing.T) {
 	b := startBroker(t, 2)
 	brokers := []string{b.Addr()}
 	ctx := testContext(t)
-	if err := stream.CreateTopics(ctx, brokers, []stream.TopicSpec{{Name: "pe", Partitions: 2}}); err != nil {
+	if err := stream.CreateTopics(ctx, brokers, nil, []stream.TopicSpec{{Name: "pe", Partitions: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "pe", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}

@@ -25,6 +25,8 @@ type LagTarget struct {
 type LagConfig struct {
 	Brokers []string    // required
 	Targets []LagTarget // required: the subscriptions to report
+	// Security secures the connections; nil is plaintext.
+	Security *Security
 	// Timeout bounds the Kafka round trips of one scrape; default 3 s. A
 	// scrape that runs out of time reports no lag series and counts an error.
 	Timeout time.Duration
@@ -100,7 +102,7 @@ func NewLagCollector(cfg LagConfig) (*LagCollector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	tr := &kafka.Transport{DialTimeout: cfg.Timeout, IdleTimeout: time.Minute}
+	tr := cfg.Security.Transport(cfg.Timeout)
 	return &LagCollector{
 		cfg:       cfg,
 		transport: tr,

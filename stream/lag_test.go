@@ -35,7 +35,7 @@ func TestLagCollector(t *testing.T) {
 	b := startBroker(t, 3)
 	brokers := []string{b.Addr()}
 	ctx := testContext(t)
-	if err := stream.CreateTopics(ctx, brokers, []stream.TopicSpec{{Name: "recs", Partitions: 3}}); err != nil {
+	if err := stream.CreateTopics(ctx, brokers, nil, []stream.TopicSpec{{Name: "recs", Partitions: 3}}); err != nil {
 		t.Fatal(err)
 	}
 	// 5 messages to partition 0, 3 to partition 1, none to partition 2.

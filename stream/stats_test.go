@@ -107,10 +107,10 @@ func TestStatsCollectorAccumulates(t *testing.T) {
 func TestStatsCollectorRealWriter(t *testing.T) {
 	b := startBroker(t, 2)
 	ctx := testContext(t)
-	if err := stream.CreateTopics(ctx, []string{b.Addr()}, []stream.TopicSpec{{Name: "stats", Partitions: 2}}); err != nil {
+	if err := stream.CreateTopics(ctx, []string{b.Addr()}, nil, []stream.TopicSpec{{Name: "stats", Partitions: 2}}); err != nil {
 		t.Fatal(err)
 	}
-	w := stream.NewWriter([]string{b.Addr()}, "stats")
+	w := stream.NewWriter([]string{b.Addr()}, "stats", nil)
 	defer w.Close()
 	c := stream.NewStatsCollector()
 	c.AddWriter(w)

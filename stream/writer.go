@@ -17,10 +17,15 @@ import (
 //
 // A WriteMessages that returns an error (even a cancelled one) may still have
 // written some messages: consumers must be idempotent.
-func NewWriter(brokers []string, topic string) *kafka.Writer {
+//
+// sec secures its connections (nil: plaintext); the writers of one sec share
+// its connections. An empty topic makes a writer of messages that each name
+// their topic.
+func NewWriter(brokers []string, topic string, sec *Security) *kafka.Writer {
 	return &kafka.Writer{
 		Addr:         kafka.TCP(brokers...),
 		Topic:        topic,
+		Transport:    sec.writerTransport(),
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchSize:    1000,

@@ -27,6 +27,7 @@ import (
 	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
+	"github.com/groupmatch/groupmatch/stream"
 )
 
 // benchFlags are the settings of `groupmatch bench`.
@@ -79,6 +80,7 @@ See docs/performance.md.`
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addKafka(fs)
+	f.o.addGroups(fs)
 	f.o.addDatabase(fs)
 	f.o.addPartitions(fs)
 	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
@@ -234,7 +236,11 @@ func runBench(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) (err
 		defer sys.stop(stderr)
 	} else {
 		report.Setup.Mode = "target"
-		sys = &benchSystem{base: strings.TrimRight(f.target, "/"), brokers: f.o.brokerList()}
+		sec, err := f.o.security()
+		if err != nil {
+			return err
+		}
+		sys = &benchSystem{base: strings.TrimRight(f.target, "/"), brokers: f.o.brokerList(), sec: sec}
 	}
 
 	poolCfg, err := pgxpool.ParseConfig(dbURL)
@@ -431,7 +437,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	go func() {
 		var d driven
 		if f.via == "kafka" {
-			cfg.KeyPrefix = keyPrefix
+			cfg.KeyPrefix, cfg.Security = keyPrefix, sys.sec
 			d.res, d.err = bench.DriveKafka(dctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
 		} else {
 			d.res, d.err = bench.DriveHTTP(dctx, sys.base, f.w, cfg)
@@ -589,8 +595,9 @@ func benchBaseline(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, tenan
 // benchSystem is the system under test: processes bench started, or a
 // running one (--target), which has none.
 type benchSystem struct {
-	base    string   // ingest's base URL
-	brokers []string // Kafka
+	base    string           // ingest's base URL
+	brokers []string         // Kafka
+	sec     *stream.Security // nil for the broker bench starts itself
 	procs   []*benchProc
 	once    sync.Once
 
@@ -622,7 +629,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, err
 	}
 	if f.single {
-		p, err := startBenchProc(exe, dir, "dev", append([]string{"DATABASE_URL=" + dbURL}, stageEnv(f)...),
+		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnv(f)...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
 				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
 		if err != nil {
@@ -655,13 +662,14 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	sys.brokers = strings.Split(m, ",")
 	o := f.o
 	o.brokers = m
+	o.kafkaSecurity = stream.SecurityConfig{} // bench's own broker is plaintext
 	if _, err := migrate(ctx, dbURL); err != nil {
 		return fail(err)
 	}
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	sys.exe, sys.dir, sys.env = exe, dir, stageEnv(f)
+	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnv(f)...)
 	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
 	stages := []string{stageIngest, stageMatcher, stageSink}
 	if f.backlog {
@@ -971,4 +979,12 @@ func (p *benchProc) stop() error {
 		<-p.done
 		return errors.New("killed: no exit within the shutdown timeout")
 	}
+}
+
+// plaintextKafkaEnv clears the Kafka security settings a self-started
+// system's processes would inherit: its broker is the plaintext in-process
+// one. (An empty variable counts as unset.)
+func plaintextKafkaEnv() []string {
+	return []string{"KAFKA_SASL_MECHANISM=", "KAFKA_SASL_USERNAME=", "KAFKA_SASL_PASSWORD=", "KAFKA_SASL_PASSWORD_FILE=",
+		"KAFKA_TLS=", "KAFKA_TLS_CA_FILE=", "KAFKA_TLS_CERT_FILE=", "KAFKA_TLS_KEY_FILE="}
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/bench"
-	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -34,6 +33,7 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	live.Update("stage: ingest is putting the workload into Kafka")
 	if f.via == "kafka" {
 		cfg.KeyPrefix = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+		cfg.Security = sys.sec
 		_, err = bench.DriveKafka(ctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
 	} else {
 		_, err = bench.DriveHTTP(ctx, sys.base, f.w, cfg)
@@ -45,8 +45,8 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		return nil, err
 	}
 
-	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: sys.brokers,
-		Targets: []stream.LagTarget{{Group: matcher.DefaultGroupID, Topic: f.o.topics().Records}}})
+	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: sys.brokers, Security: sys.sec,
+		Targets: []stream.LagTarget{{Group: f.o.groupID(stageMatcher), Topic: f.o.topics().Records}}})
 	if err != nil {
 		return nil, err
 	}

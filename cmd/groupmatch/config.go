@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,16 +14,19 @@ import (
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/sink"
+	"github.com/groupmatch/groupmatch/stream"
 )
 
 // options are the settings shared by the commands. Each flag falls back to
 // an environment variable, named in its help text.
 type options struct {
 	brokers          string
+	kafkaSecurity    stream.SecurityConfig
+	groupPrefix      string
+	eventsPerTenant  bool
 	databaseURL      string
 	httpAddr         string
 	topicPrefix      string
-	groupPrefix      string
 	partitions       int
 	rateLimit        float64
 	rateBurst        int
@@ -91,28 +95,80 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// addKafka registers --kafka-brokers and --topic-prefix.
+// addKafka registers --kafka-brokers, --topic-prefix and the settings of
+// a secured cluster (see kafkaSecurityFlags).
 func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&o.brokers, "kafka-brokers", env("KAFKA_BROKERS", "127.0.0.1:9092"), "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
 	fs.StringVar(&o.topicPrefix, "topic-prefix", env("TOPIC_PREFIX", "groupmatch."), "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+	s := &o.kafkaSecurity
+	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", env("KAFKA_SASL_MECHANISM", ""), "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
+	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", env("KAFKA_SASL_USERNAME", ""), "SASL username (KAFKA_SASL_USERNAME)")
+	s.SASLPassword = env("KAFKA_SASL_PASSWORD", "")
+	fs.Var((*secretFlag)(&s.SASLPassword), "kafka-sasl-password", "SASL `password`; never shown. Prefer the environment or a file: a flag is visible to other users of the machine (KAFKA_SASL_PASSWORD)")
+	fs.StringVar(&s.SASLPasswordFile, "kafka-sasl-password-file", env("KAFKA_SASL_PASSWORD_FILE", ""), "file holding the SASL password, instead of --kafka-sasl-password (KAFKA_SASL_PASSWORD_FILE)")
+	fs.BoolVar(&s.TLS, "kafka-tls", envBool("KAFKA_TLS", false), "connect to Kafka over TLS; implied by any --kafka-tls-*-file (KAFKA_TLS)")
+	fs.StringVar(&s.TLSCAFile, "kafka-tls-ca-file", env("KAFKA_TLS_CA_FILE", ""), "PEM file of the CA certificates that sign the brokers' certificates; default the system's (KAFKA_TLS_CA_FILE)")
+	fs.StringVar(&s.TLSCertFile, "kafka-tls-cert-file", env("KAFKA_TLS_CERT_FILE", ""), "PEM file of the client certificate, for mutual TLS; needs --kafka-tls-key-file (KAFKA_TLS_CERT_FILE)")
+	fs.StringVar(&s.TLSKeyFile, "kafka-tls-key-file", env("KAFKA_TLS_KEY_FILE", ""), "PEM file of the client certificate's private key (KAFKA_TLS_KEY_FILE)")
 }
-
-// defaultGroupPrefix makes the consumer groups groupmatch-ingest,
-// groupmatch-matcher and groupmatch-sink.
-const defaultGroupPrefix = "groupmatch-"
 
 // addGroups registers --group-prefix.
 func (o *options) addGroups(fs *flag.FlagSet) {
-	fs.StringVar(&o.groupPrefix, "group-prefix", env("GROUP_PREFIX", defaultGroupPrefix), "prefix of the stages' consumer group ids: <prefix>ingest, <prefix>matcher, <prefix>sink (GROUP_PREFIX)")
+	fs.StringVar(&o.groupPrefix, "group-prefix", env("GROUP_PREFIX", ""), "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
 }
 
-// groupID is the consumer group of a stage: the group prefix (default
-// defaultGroupPrefix) and the stage's name.
-func (o *options) groupID(stage string) string {
-	if o.groupPrefix == "" {
-		return defaultGroupPrefix + stage
+// secretFlag is a flag.Value whose value is never printed: --help shows
+// no default for it.
+type secretFlag string
+
+func (s *secretFlag) String() string     { return "" }
+func (s *secretFlag) Set(v string) error { *s = secretFlag(v); return nil }
+
+// kafkaSecurityFlag names the flag and variable of a SecurityConfig field,
+// for errors.
+func kafkaSecurityFlag(field string) string {
+	switch field {
+	case "SASLMechanism":
+		return "--kafka-sasl-mechanism (KAFKA_SASL_MECHANISM)"
+	case "SASLUsername":
+		return "--kafka-sasl-username (KAFKA_SASL_USERNAME)"
+	case "SASLPassword":
+		return "--kafka-sasl-password (KAFKA_SASL_PASSWORD)"
+	case "SASLPasswordFile":
+		return "--kafka-sasl-password-file (KAFKA_SASL_PASSWORD_FILE)"
+	case "TLSCAFile":
+		return "--kafka-tls-ca-file (KAFKA_TLS_CA_FILE)"
+	case "TLSCertFile":
+		return "--kafka-tls-cert-file (KAFKA_TLS_CERT_FILE)"
+	case "TLSKeyFile":
+		return "--kafka-tls-key-file (KAFKA_TLS_KEY_FILE)"
 	}
-	return o.groupPrefix + stage
+	return "--kafka-tls (KAFKA_TLS)"
+}
+
+// security builds the Kafka security of the command: nil for a plaintext
+// cluster. An error names the flag and environment variable at fault and
+// never contains the password.
+func (o *options) security() (*stream.Security, error) {
+	sec, err := o.kafkaSecurity.Build()
+	var ce *stream.ConfigError
+	if errors.As(err, &ce) {
+		return nil, fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)
+	}
+	return sec, err
+}
+
+// groupID is the consumer group of a stage: the group prefix and the
+// stage's name. The prefix defaults to the topic prefix with a final '.'
+// made '-', so that environments with their own topics have their own
+// groups, and the default topic prefix "groupmatch." gives the groups of
+// earlier releases (groupmatch-ingest, groupmatch-matcher, groupmatch-sink):
+// an upgrade keeps their committed offsets.
+func (o *options) groupID(stage string) string {
+	if o.groupPrefix != "" {
+		return o.groupPrefix + stage
+	}
+	return strings.TrimSuffix(o.topicPrefix, ".") + "-" + stage
 }
 
 // addDatabase registers --database-url and --db-max-conns.
@@ -148,6 +204,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 	o.addRetention(fs)
 	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
+	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
 }
 
 // checkStages rejects settings of addStages that cannot work.

@@ -354,7 +354,7 @@ func TestContractsEndToEnd(t *testing.T) {
 
 	// Over Kafka: one request accepted, three rejected.
 	brokers := s.opts.brokerList()
-	w := stream.NewWriter(brokers, s.topic("requests"))
+	w := stream.NewWriter(brokers, s.topic("requests"), nil)
 	defer w.Close()
 	feedBody := `{"publicParams": {"isMatching": true, "matchingType": 2, "identifyWay": 2, "optType": "add"},
 	  "data": [{"thirdId": "crm-5", "groups": "feed"}, {"phone": "13800000009", "groups": "feed"}]}`
@@ -373,7 +373,7 @@ func TestContractsEndToEnd(t *testing.T) {
 	}
 	// A message no stage can decode goes to the dead-letter topic.
 	const poisonKey = "contracts-test-poison"
-	pw := stream.NewWriter(brokers, s.topic("records"))
+	pw := stream.NewWriter(brokers, s.topic("records"), nil)
 	defer pw.Close()
 	if err := pw.WriteMessages(ctx, kafka.Message{Key: []byte(poisonKey), Value: []byte(`{"v":1,"poison":true}`)}); err != nil {
 		t.Fatal(err)

@@ -149,8 +149,14 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	})
 }
 
+// createTopics creates the topics with one replica, over o's Kafka
+// security.
 func createTopics(ctx context.Context, o *options) error {
-	return stream.CreateTopics(ctx, o.brokerList(), topicSpecs(o, 1))
+	sec, err := o.security()
+	if err != nil {
+		return err
+	}
+	return stream.CreateTopics(ctx, o.brokerList(), sec, topicSpecs(o, topicSettings{replication: 1}))
 }
 
 // demoDirectory is the demo tenant's customers: the curl example matches

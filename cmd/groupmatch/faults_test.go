@@ -489,7 +489,7 @@ func TestFaultPoisonMessages(t *testing.T) {
 	peekable := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":1,"params":"broken"}`, tenantID, batchID)
 	resolvedPeekable := fmt.Sprintf(`{"v":1,"tenantId":%d,"batchId":%d,"index":2,"outcome":"WHAT"}`, tenantID, batchID)
 	write := func(topic string, values ...string) {
-		w := stream.NewWriter(brokers, topic)
+		w := stream.NewWriter(brokers, topic, nil)
 		defer w.Close()
 		var msgs []kafka.Message
 		for _, v := range values {
@@ -571,7 +571,7 @@ func TestFaultPermanentRecord(t *testing.T) {
 			tenantID, batchID, i, thirdID)
 		msgs = append(msgs, kafka.Message{Key: []byte("one-partition"), Value: []byte(v)})
 	}
-	w := stream.NewWriter(brokers, r.c.topic("records"))
+	w := stream.NewWriter(brokers, r.c.topic("records"), nil)
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
@@ -643,7 +643,7 @@ func TestFaultReplay(t *testing.T) {
 		for _, m := range readTopic(t, brokers, topic) {
 			msgs = append(msgs, kafka.Message{Key: m.Key, Value: m.Value})
 		}
-		w := stream.NewWriter(brokers, topic)
+		w := stream.NewWriter(brokers, topic, nil)
 		// Replay in reverse: old changes arrive after new ones.
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
 			msgs[i], msgs[j] = msgs[j], msgs[i]

@@ -137,7 +137,7 @@ func TestReadinessFollowsPostgres(t *testing.T) {
 func TestNotReadyDuringShutdown(t *testing.T) {
 	running, stop := context.WithCancel(context.Background())
 	stop()
-	if err := ready(context.Background(), running, nil, nil, nil); err == nil || err.Error() != "shutting down" {
+	if err := ready(context.Background(), running, nil, nil, nil, nil); err == nil || err.Error() != "shutting down" {
 		t.Fatalf("ready during shutdown = %v, want shutting down", err)
 	}
 }

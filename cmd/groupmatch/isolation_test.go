@@ -66,7 +66,7 @@ func (s *system) newBatchRow(tenantID int64, appID, status string, aborted bool,
 // topic, as ingest would, one per thirdId, from index 0.
 func (s *system) produceRecords(tenantID, batchID int64, thirdIDs ...string) {
 	s.t.Helper()
-	w := stream.NewWriter([]string{s.opts.brokers}, s.opts.topics().Records)
+	w := stream.NewWriter([]string{s.opts.brokers}, s.opts.topics().Records, nil)
 	defer w.Close()
 	p := pipeline.Params{IsMatching: false, OptType: pipeline.OptAdd}
 	var msgs []kafka.Message

@@ -35,7 +35,7 @@ const scrapeTimeout = 3 * time.Second
 // errors (topic, partition, attempt, error; never message contents) to log
 // at warn. Call it before the stage runs. The collectors' Kafka connections
 // are released when ctx is done.
-func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, pool *pgxpool.Pool, log *slog.Logger,
+func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, sec *stream.Security, pool *pgxpool.Pool, log *slog.Logger,
 	stage string, consumers []*stream.Consumer, writers ...*kafka.Writer) {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
 	stats := stream.NewStatsCollector()
@@ -47,9 +47,15 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, po
 		}
 	}
 	for _, w := range writers {
-		stats.AddWriter(w)
+		topic := w.Topic
+		if topic == "" { // events per tenant: each message names its topic
+			topic = o.topics().Events + ".*"
+			stats.AddWriter(labelledWriter{w, topic})
+		} else {
+			stats.AddWriter(w)
+		}
 		if w.ErrorLogger == nil { // set before the stage runs: no writer is in use yet
-			wlog := log.With("stage", stage, "component", "kafka-writer", "topic", w.Topic)
+			wlog := log.With("stage", stage, "component", "kafka-writer", "topic", topic)
 			w.ErrorLogger = kafka.LoggerFunc(func(msg string, args ...any) { wlog.Warn(fmt.Sprintf(msg, args...)) })
 		}
 	}
@@ -61,7 +67,7 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, po
 	if len(targets) == 0 {
 		return
 	}
-	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: o.brokerList(), Targets: targets, Timeout: scrapeTimeout,
+	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: o.brokerList(), Security: sec, Targets: targets, Timeout: scrapeTimeout,
 		Logger: log.With("stage", stage)})
 	if err != nil { // cannot happen: the targets come from a valid consumer
 		log.Error("consumer lag not reported", "stage", stage, "err", err)
@@ -69,6 +75,20 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, po
 	}
 	reg.MustRegister(lag)
 	context.AfterFunc(ctx, lag.Close)
+}
+
+// labelledWriter reports the statistics of a writer whose messages name
+// their own topics under one topic label, so that tenants' topics add no
+// series.
+type labelledWriter struct {
+	w     *kafka.Writer
+	topic string
+}
+
+func (l labelledWriter) Stats() kafka.WriterStats {
+	s := l.w.Stats()
+	s.Topic = l.topic
+	return s
 }
 
 // batchCollector reports the batches in flight, read from PostgreSQL at each

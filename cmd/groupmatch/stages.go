@@ -73,6 +73,10 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if err != nil {
 		return err
 	}
+	sec, err := o.security()
+	if err != nil {
+		return err
+	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("--database-url: %w", err)
@@ -93,7 +97,10 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
 	brokers := o.brokerList()
-	if err := stream.Ping(pingCtx, brokers); err != nil {
+	if err := stream.Ping(pingCtx, brokers, sec); err != nil {
+		return err
+	}
+	if err := checkGroupUpgrade(pingCtx, o, brokers, sec, stages); err != nil {
 		return err
 	}
 
@@ -106,7 +113,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	var svc *ingest.Service
 	if slices.Contains(stages, stageIngest) {
 		svc, err = ingest.New(ingest.Config{
-			Brokers: brokers, Topics: topics, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
+			Brokers: brokers, Topics: topics, Security: sec, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
 			AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
 			TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
@@ -115,11 +122,12 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		defer svc.Close()
-		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, GroupID: o.groupID(stageIngest), Logger: log}, svc)
+		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Security: sec,
+			GroupID: o.groupID(stageIngest), EventsPerTenant: o.eventsPerTenant, Logger: log}, svc)
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
@@ -133,12 +141,13 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			dir.PendingTimeout = o.pendingTimeout
 		}
 		m, err := matcher.New(matcher.Config{
-			Brokers: brokers, Topics: topics, GroupID: o.groupID(stageMatcher), MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
+			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
+			MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
 		}, dir, metrics)
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
+		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
@@ -149,17 +158,19 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		}
 		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sink.Config{
-			Brokers: brokers, Topics: topics, GroupID: o.groupID(stageSink), MaxChunk: o.sinkChunk, Logger: log,
+			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
+			MaxChunk: o.sinkChunk, Logger: log,
 		}, store, metrics)
 		if err != nil {
 			return err
 		}
-		relay := sink.NewRelay(pool, brokers, topics, 0, log)
+		relay := sink.NewRelay(pool, sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
+			EventsPerTenant: o.eventsPerTenant, Logger: log})
 		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
 		g.Go(func() error { return deadline.Run(gctx) })
 		pruner := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Metrics: sink.NewPruneMetrics(reg), Logger: log})
 		g.Go(func() error { return pruner.Run(gctx) })
-		observeStage(gctx, reg, o, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
@@ -168,7 +179,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(r.Context(), gctx, pool, brokers, svc); err != nil {
+		if err := ready(r.Context(), gctx, pool, brokers, sec, svc); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -203,7 +214,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	log.Info("started", "stages", stages, "http_addr", ln.Addr().String(), "kafka_brokers", brokers)
+	log.Info("started", "stages", stages, "http_addr", ln.Addr().String(), "kafka_brokers", brokers, "kafka_security", sec.String())
 	if started != nil {
 		started(ln.Addr().String())
 	}
@@ -214,7 +225,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 
 // ready reports whether the process takes work: not shutting down, and
 // PostgreSQL and Kafka reachable.
-func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, svc *ingest.Service) error {
+func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, sec *stream.Security, svc *ingest.Service) error {
 	if running.Err() != nil {
 		return errors.New("shutting down")
 	}
@@ -228,5 +239,5 @@ func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, s
 	if err := pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
-	return stream.Ping(ctx, brokers)
+	return stream.Ping(ctx, brokers, sec)
 }

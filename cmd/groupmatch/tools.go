@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,35 +46,101 @@ func migrate(ctx context.Context, url string) (int, error) {
 
 func cmdTopics(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlagSet("topics [flags]", stderr)
+	fs := newFlagSet("topics [--replication-factor 3] [--retention 168h] [--tenant T …] [--check] [flags]", stderr)
 	o.addKafka(fs)
 	o.addPartitions(fs)
-	replication := fs.Int("replication-factor", envInt("TOPIC_REPLICATION", 1), "replication factor of new topics; 3 on a production cluster (TOPIC_REPLICATION)")
+	var ts topicSettings
+	fs.IntVar(&ts.replication, "replication-factor", envInt("TOPIC_REPLICATION", 1), "replication factor of new topics; 3 on a production cluster (TOPIC_REPLICATION)")
+	fs.IntVar(&ts.minISR, "min-insync-replicas", envInt("TOPIC_MIN_INSYNC_REPLICAS", 0), "min.insync.replicas of new topics; 0 means the replication factor - 1, at least 1 (TOPIC_MIN_INSYNC_REPLICAS)")
+	fs.DurationVar(&ts.retention, "retention", envDuration("TOPIC_RETENTION", 7*24*time.Hour), "retention.ms of new topics; 0 leaves the broker's default (and is not checked), a negative value keeps messages for ever (TOPIC_RETENTION)")
+	var tenants stringList
+	fs.Var(&tenants, "tenant", "also create the events topic <prefix>events.<tenant> of this `tenant`, for --events-per-tenant; repeatable")
+	check := fs.Bool("check", false, "exit non-zero when an existing topic's settings differ from the ones stated (drift); without it drift is only reported")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	specs := topicSpecs(&o, *replication)
-	if err := stream.CreateTopics(ctx, o.brokerList(), specs); err != nil {
+	sec, err := o.security()
+	if err != nil {
 		return err
 	}
-	for _, s := range specs {
-		fmt.Fprintf(stdout, "topic %s: %d partitions\n", s.Name, s.Partitions)
+	if ts.replication < 1 {
+		return fmt.Errorf("--replication-factor must be at least 1, got %d", ts.replication)
+	}
+	if ts.minISR > ts.replication {
+		return fmt.Errorf("--min-insync-replicas %d exceeds --replication-factor %d: no write could succeed", ts.minISR, ts.replication)
+	}
+	specs := topicSpecs(&o, ts)
+	for _, tenant := range tenants {
+		name, ok := o.topics().TenantEvents(tenant)
+		if !ok {
+			return fmt.Errorf("--tenant %q: a tenant's events topic needs a name of ASCII letters, digits, '.', '_' and '-' (at most %d characters)", tenant, 249-len(o.topics().Events)-1)
+		}
+		s := specs[3] // the events topic's settings
+		s.Name = name
+		specs = append(specs, s)
+	}
+	states, err := stream.EnsureTopics(ctx, o.brokerList(), sec, specs)
+	if err != nil {
+		return err
+	}
+	drifted := 0
+	for _, st := range states {
+		s := st.Spec
+		switch {
+		case st.Created:
+			fmt.Fprintf(stdout, "topic %s: created: %s\n", s.Name, describeSpec(s))
+		case len(st.Drift) == 0:
+			fmt.Fprintf(stdout, "topic %s: exists as stated: %s\n", s.Name, describeSpec(s))
+		default:
+			drifted++
+			fmt.Fprintf(stdout, "topic %s: drift: %s\n", s.Name, strings.Join(st.Drift, "; "))
+		}
+	}
+	if drifted > 0 {
+		fmt.Fprintf(stderr, "%d existing topic(s) differ from the settings stated; nothing was changed (see docs/kafka.md, \"Topics\")\n", drifted)
+		if *check {
+			return fmt.Errorf("topics: %d topic(s) drifted", drifted)
+		}
 	}
 	return nil
 }
 
+// topicSettings are the settings every topic is created with.
+type topicSettings struct {
+	replication int
+	minISR      int           // 0: stream.DefaultMinInsyncReplicas
+	retention   time.Duration // 0: the broker's default
+}
+
 // topicSpecs are the topics with their partition counts: the data topics
 // get --partitions (the unit of parallelism); requests gets as many so feeds
-// can scale too; events and dlq are low-volume.
-func topicSpecs(o *options, replication int) []stream.TopicSpec {
+// can scale too; events and dlq are low-volume. The events topic is the
+// fourth; tenants' events topics copy its settings.
+func topicSpecs(o *options, ts topicSettings) []stream.TopicSpec {
 	t := o.topics()
-	return []stream.TopicSpec{
-		{Name: t.Requests, Partitions: o.partitions, ReplicationFactor: replication},
-		{Name: t.Records, Partitions: o.partitions, ReplicationFactor: replication},
-		{Name: t.Resolved, Partitions: o.partitions, ReplicationFactor: replication},
-		{Name: t.Events, Partitions: max(1, o.partitions/4), ReplicationFactor: replication},
-		{Name: t.DLQ, Partitions: 1, ReplicationFactor: replication},
+	spec := func(name string, partitions int) stream.TopicSpec {
+		return stream.TopicSpec{Name: name, Partitions: partitions, ReplicationFactor: ts.replication,
+			MinInsyncReplicas: ts.minISR, Retention: ts.retention}
 	}
+	return []stream.TopicSpec{
+		spec(t.Requests, o.partitions),
+		spec(t.Records, o.partitions),
+		spec(t.Resolved, o.partitions),
+		spec(t.Events, max(1, o.partitions/4)),
+		spec(t.DLQ, 1),
+	}
+}
+
+func describeSpec(s stream.TopicSpec) string {
+	retention := "the broker's default retention"
+	switch {
+	case s.Retention < 0:
+		retention = "kept for ever"
+	case s.Retention > 0:
+		retention = "retention " + s.Retention.String()
+	}
+	return fmt.Sprintf("%d partitions, replication factor %d, min.insync.replicas %d, %s",
+		s.Partitions, s.ReplicationFactor, s.MinInsyncReplicas, retention)
 }
 
 func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
