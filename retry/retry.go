@@ -18,6 +18,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // ErrTransient marks an error as worth retrying whatever it wraps.
@@ -84,6 +85,13 @@ func Transient(err error) bool {
 			}
 		}
 		return writeErrs.Count() > 0
+	}
+	// kafka-go's client-side routing errors: its metadata names no leader,
+	// partition or topic for a request, as while a broker restarts or a
+	// leader is being elected. Kafka itself calls the same conditions
+	// retriable (LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION).
+	if errors.Is(err, protocol.ErrNoLeader) || errors.Is(err, protocol.ErrNoPartition) || errors.Is(err, protocol.ErrNoTopic) {
+		return true
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	"github.com/segmentio/kafka-go/protocol/produce"
 )
 
 func TestTransient(t *testing.T) {
@@ -28,6 +30,9 @@ func TestTransient(t *testing.T) {
 		{"syntax error", &pgconn.PgError{Code: "42601"}, false},
 		{"eof", fmt.Errorf("read: %w", io.EOF), true},
 		{"kafka leader not available", kafka.LeaderNotAvailable, true},
+		{"kafka-go: no leader in its metadata", fmt.Errorf("write: %w", &produce.Error{Err: protocol.NewErrNoLeader("groupmatch.records", 3)}), true},
+		{"kafka-go: no such partition in its metadata", protocol.NewErrNoPartition("groupmatch.records", 9), true},
+		{"kafka-go: no such topic in its metadata", protocol.NewErrNoTopic("groupmatch.records"), true},
 		{"kafka message too large", kafka.MessageSizeTooLarge, false},
 		{"kafka write errors, all transient", fmt.Errorf("write: %w", kafka.WriteErrors{nil, &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, kafka.LeaderNotAvailable}), true},
 		{"kafka write errors, one permanent", kafka.WriteErrors{kafka.LeaderNotAvailable, kafka.MessageSizeTooLarge}, false},
