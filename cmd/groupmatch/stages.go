@@ -106,6 +106,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 	topics := o.topics()
 
 	g, gctx := errgroup.WithContext(ctx)
