@@ -615,10 +615,15 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	sys := &benchSystem{}
+	// Settings of one stage go in the environment: each stage process
+	// reads those of its own flags and has no flag for the others'.
+	stageEnvs := append([]string{
+		"RATE_LIMIT=1e9", "RATE_BURST=1000000000",
+		"MATCHER_CHUNK=" + strconv.Itoa(f.o.matcherChunk), "MATCHER_CONSUMERS=" + strconv.Itoa(f.o.matcherConsumers),
+		"SINK_CHUNK=" + strconv.Itoa(f.o.sinkChunk),
+	}, stageEnv(f)...)
 	stageArgs := []string{
-		"--http-addr", "127.0.0.1:0", "--rate-limit", "1e9", "--rate-burst", "1000000000",
-		"--matcher-chunk", strconv.Itoa(f.o.matcherChunk), "--matcher-consumers", strconv.Itoa(f.o.matcherConsumers),
-		"--sink-chunk", strconv.Itoa(f.o.sinkChunk),
+		"--http-addr", "127.0.0.1:0",
 		"--db-max-conns", strconv.Itoa(f.o.dbMaxConns), "--log-level", "info", "--log-format", "json",
 	}
 	if f.pprof {
@@ -629,7 +634,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, err
 	}
 	if f.single {
-		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnv(f)...),
+		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnvs...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
 				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
 		if err != nil {
@@ -669,7 +674,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnv(f)...)
+	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnvs...)
 	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
 	stages := []string{stageIngest, stageMatcher, stageSink}
 	if f.backlog {

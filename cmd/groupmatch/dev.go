@@ -96,14 +96,14 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "listen address of the in-process Kafka broker (KAFKA_ADDR)")
 	data := fs.String("data", defaultDataDir(), "folder for the broker's log and a private PostgreSQL (GROUPMATCH_DATA)")
 	demo := fs.Bool("demo", false, "create a demo tenant, application and directory, and print credentials and a curl command")
-	o.addStages(fs, ":8080")
+	o.addStages(fs, allStages, ":8080")
 	o.addLog(fs)
 	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the topics (TOPIC_PARTITIONS)")
 	fs.IntVar(&o.dbMaxConns, "db-max-conns", 8, "largest PostgreSQL connection pool (DB_MAX_CONNS)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if err := o.checkStages(); err != nil {
+	if err := o.checkStages(allStages); err != nil {
 		return err
 	}
 	o.topicPrefix = "groupmatch."

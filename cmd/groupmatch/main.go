@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
 	case "serve":
-		return cmdStages(ctx, "serve", []string{stageIngest, stageMatcher, stageSink}, rest, stdout, stderr)
+		return cmdStages(ctx, "serve", allStages, rest, stdout, stderr)
 	case "ingest", "matcher", "sink":
 		return cmdStages(ctx, cmd, []string{cmd}, rest, stdout, stderr)
 	case "broker":

@@ -32,6 +32,9 @@ const (
 	stageSink    = "sink"
 )
 
+// allStages are the stages of serve and dev.
+var allStages = []string{stageIngest, stageMatcher, stageSink}
+
 // shutdownTimeout bounds a graceful shutdown: in-flight requests and chunks
 // finish, offsets are committed, then the process exits.
 const shutdownTimeout = 10 * time.Second
@@ -43,12 +46,12 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 	o.addKafka(fs)
 	o.addGroups(fs)
 	o.addDatabase(fs)
-	o.addStages(fs, defaults[name])
+	o.addStages(fs, stages, defaults[name])
 	o.addLog(fs)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if err := o.checkStages(); err != nil {
+	if err := o.checkStages(stages); err != nil {
 		return err
 	}
 	log, err := o.logger(stderr)
