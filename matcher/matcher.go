@@ -481,7 +481,7 @@ func (s *Stage) notify(err error, wait time.Duration) {
 	if errors.Is(err, ErrBatchPending) {
 		return // ingest is still accepting the batch: a normal, short wait
 	}
-	s.log.Warn("directory unavailable; retrying", "err", err, "wait", wait)
+	s.log.Warn("directory unavailable; retrying", "err", err, "wait_s", wait.Seconds())
 }
 
 // write produces msgs, retrying transient failures. A retry may duplicate

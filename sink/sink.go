@@ -156,7 +156,7 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 			s.metrics.PendingWaits.Inc()
 			return
 		}
-		s.log.Warn("apply failed; retrying", "err", err, "wait", wait, "records", len(recs))
+		s.log.Warn("apply failed; retrying", "err", err, "wait_s", wait.Seconds(), "records", len(recs))
 	})
 	if err == nil {
 		s.observe(res)
@@ -207,7 +207,7 @@ func (s *Stage) observe(res ApplyResult) {
 	for _, f := range res.Finished {
 		s.metrics.Finished.WithLabelValues(f.Status).Inc()
 		s.metrics.BatchLatency.Observe(f.Latency.Seconds())
-		s.log.Info("batch finished", "batch_id", f.BatchID, "status", f.Status, "latency", f.Latency)
+		s.log.Info("batch finished", f.LogAttrs()...)
 	}
 }
 

@@ -209,7 +209,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			svc.Drain()
 		}
 		if o.drainDelay > 0 {
-			log.Info("draining", "delay", o.drainDelay)
+			log.Info("draining", "delay_s", o.drainDelay.Seconds())
 			time.Sleep(o.drainDelay)
 		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
