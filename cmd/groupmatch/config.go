@@ -323,7 +323,7 @@ func valueKind(f *flag.Flag) string {
 	case float64:
 		return "want a number"
 	case time.Duration:
-		return "want a duration such as 90s or 5m"
+		return "want a duration with a unit, such as 1m30s"
 	}
 	return "rejected"
 }
