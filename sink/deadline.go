@@ -48,10 +48,14 @@ type DeadlineConfig struct {
 	Logger   *slog.Logger
 }
 
+// DefaultBatchDeadline is DeadlineConfig.After's default; cmd/groupmatch's
+// --batch-deadline defaults to it too.
+const DefaultBatchDeadline = time.Hour
+
 // NewDeadline returns a Deadline on db.
 func NewDeadline(db *pgxpool.Pool, cfg DeadlineConfig) *Deadline {
 	if cfg.After <= 0 {
-		cfg.After = time.Hour
+		cfg.After = DefaultBatchDeadline
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = min(max(cfg.After/10, 50*time.Millisecond), time.Minute)

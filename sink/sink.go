@@ -53,6 +53,10 @@ type Stage struct {
 	log      *slog.Logger
 }
 
+// DefaultMaxChunk is Config.MaxChunk's default; cmd/groupmatch's
+// --sink-chunk defaults to it too.
+const DefaultMaxChunk = 2000
+
 // New returns a sink stage applying to store.
 func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	if len(cfg.Brokers) == 0 {
@@ -65,7 +69,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 		cfg.GroupID = DefaultGroupID
 	}
 	if cfg.MaxChunk <= 0 {
-		cfg.MaxChunk = 2000
+		cfg.MaxChunk = DefaultMaxChunk
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

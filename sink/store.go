@@ -87,7 +87,7 @@ var _ Store = (*PGStore)(nil)
 
 // NewPGStore returns a store on db.
 func NewPGStore(db *pgxpool.Pool) *PGStore {
-	return &PGStore{db: db, PendingTimeout: 60 * time.Second, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
+	return &PGStore{db: db, PendingTimeout: pipeline.DefaultPendingTimeout, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
 }
 
 type batchState struct {

@@ -27,6 +27,7 @@ import (
 	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -83,9 +84,9 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addGroups(fs)
 	f.o.addDatabase(fs)
 	f.o.addPartitions(fs)
-	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", 2000, "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
-	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", 2, "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
-	fs.IntVar(&f.o.sinkChunk, "sink-chunk", 2000, "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
+	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
+	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
+	fs.IntVar(&f.o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
 	fs.IntVar(&f.w.Customers, "customers", 1000000, "customers in the generated directory (BENCH_CUSTOMERS)")
 	fs.IntVar(&f.w.Records, "records", 2000000, "records to import in all (BENCH_RECORDS)")
 	fs.IntVar(&f.w.BatchSize, "batch-size", 500, "records per batchAdd request, at most 500 (BENCH_BATCH_SIZE)")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/groupmatch/groupmatch/ingest"
+	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -159,27 +161,27 @@ func (o *options) addLog(fs *flag.FlagSet) {
 func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr string) {
 	fs.StringVar(&o.httpAddr, "http-addr", defaultAddr, "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
-	fs.DurationVar(&o.pendingTimeout, "pending-timeout", 60*time.Second, "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+	fs.DurationVar(&o.pendingTimeout, "pending-timeout", pipeline.DefaultPendingTimeout, "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
 	if slices.Contains(stages, stageIngest) {
-		fs.Float64Var(&o.rateLimit, "rate-limit", 100, "requests per second each application may send (RATE_LIMIT)")
-		fs.IntVar(&o.rateBurst, "rate-burst", 200, "burst of requests each application may send (RATE_BURST)")
-		fs.Float64Var(&o.authFailRate, "auth-fail-rate", 20, "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
-		fs.IntVar(&o.authFailBurst, "auth-fail-burst", 100, "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
-		fs.IntVar(&o.authFailClients, "auth-fail-clients", 65536, "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
+		fs.Float64Var(&o.rateLimit, "rate-limit", ingest.DefaultRateLimit, "requests per second each application may send (RATE_LIMIT)")
+		fs.IntVar(&o.rateBurst, "rate-burst", ingest.DefaultRateBurst, "burst of requests each application may send (RATE_BURST)")
+		fs.Float64Var(&o.authFailRate, "auth-fail-rate", ingest.DefaultAuthFailRate, "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
+		fs.IntVar(&o.authFailBurst, "auth-fail-burst", ingest.DefaultAuthFailBurst, "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
+		fs.IntVar(&o.authFailClients, "auth-fail-clients", ingest.DefaultAuthFailClients, "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
 		fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR prefixes of proxies whose X-Forwarded-For names the client address; empty: the header is ignored (TRUSTED_PROXIES)")
-		fs.Float64Var(&o.tokenRate, "token-rate", 10, "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
+		fs.Float64Var(&o.tokenRate, "token-rate", ingest.DefaultTokenRate, "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
 		fs.Float64Var(&o.tenantRate, "tenant-rate", 0, "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
-		fs.IntVar(&o.maxInFlight, "max-in-flight", 256, "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
+		fs.IntVar(&o.maxInFlight, "max-in-flight", ingest.DefaultMaxInFlight, "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
 	}
 	if slices.Contains(stages, stageMatcher) {
-		fs.IntVar(&o.matcherChunk, "matcher-chunk", 2000, "most records the matcher resolves together (MATCHER_CHUNK)")
-		fs.IntVar(&o.matcherConsumers, "matcher-consumers", 2, "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
+		fs.IntVar(&o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together (MATCHER_CHUNK)")
+		fs.IntVar(&o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
 	}
 	if slices.Contains(stages, stageSink) {
-		fs.IntVar(&o.sinkChunk, "sink-chunk", 2000, "most records the sink applies in one transaction (SINK_CHUNK)")
+		fs.IntVar(&o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction (SINK_CHUNK)")
 		fs.IntVar(&o.maxGroups, "max-groups-per-tenant", sink.DefaultMaxGroupsPerTenant, "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
-		fs.DurationVar(&o.batchDeadline, "batch-deadline", time.Hour, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
+		fs.DurationVar(&o.batchDeadline, "batch-deadline", sink.DefaultBatchDeadline, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 	}
 	if slices.Contains(stages, stageIngest) || slices.Contains(stages, stageSink) {
 		fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", false, "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
