@@ -39,6 +39,7 @@ type options struct {
 	pendingTimeout   time.Duration
 	maxGroups        int
 	batchDeadline    time.Duration
+	resultRetention  time.Duration
 	authFailRate     float64
 	authFailBurst    int
 	authFailClients  int
@@ -182,6 +183,7 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr strin
 		fs.IntVar(&o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction (SINK_CHUNK)")
 		fs.IntVar(&o.maxGroups, "max-groups-per-tenant", sink.DefaultMaxGroupsPerTenant, "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 		fs.DurationVar(&o.batchDeadline, "batch-deadline", sink.DefaultBatchDeadline, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
+		o.addRetention(fs)
 	}
 	if slices.Contains(stages, stageIngest) || slices.Contains(stages, stageSink) {
 		fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", false, "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
@@ -192,6 +194,27 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr strin
 func (o *options) checkStages(stages []string) error {
 	if slices.Contains(stages, stageSink) && o.maxGroups < 1 {
 		return usageError{fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)}
+	}
+	if slices.Contains(stages, stageSink) {
+		return o.checkRetention()
+	}
+	return nil
+}
+
+// minResultRetention is the shortest --result-retention: pruning delete
+// tombstones relies on no batch acceptance being in flight for longer
+// (docs/operations.md, "Pruning"), and results should outlive any retry.
+const minResultRetention = time.Hour
+
+// addRetention registers --result-retention.
+func (o *options) addRetention(fs *flag.FlagSet) {
+	fs.DurationVar(&o.resultRetention, "result-retention", sink.DefaultResultRetention, "how long finished batches, their results and failures, delete tombstones and invisible groups are kept before the sink prunes them; batchResult then answers 404 (at least 1h) (RESULT_RETENTION)")
+}
+
+// checkRetention rejects a --result-retention below minResultRetention.
+func (o *options) checkRetention() error {
+	if o.resultRetention < minResultRetention {
+		return usageError{fmt.Errorf("--result-retention must be at least %s, got %s", minResultRetention, o.resultRetention)}
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ import (
 // every command but bench, whose settings docs/performance.md describes.
 var commandLines = [][]string{
 	{"dev"}, {"serve"}, {"ingest"}, {"matcher"}, {"sink"}, {"broker"}, {"kafka"}, {"migrate"}, {"topics"},
-	{"app", "create"}, {"app", "disable"}, {"directory", "load"}, {"healthcheck"}, {"version"},
+	{"app", "create"}, {"app", "disable"}, {"directory", "load"}, {"healthcheck"}, {"prune"}, {"version"},
 }
 
 // helpOf runs "groupmatch <line> --help" in this process and returns what
