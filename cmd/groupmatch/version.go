@@ -24,7 +24,7 @@ type buildInfo struct {
 	Version   string // main.version, else the module version ("(devel)" for a local build)
 	Revision  string // VCS revision, "" if unknown
 	Time      string // VCS commit time, "" if unknown
-	Modified  bool   // the work tree had uncommitted changes
+	Modified  string // "true" if the work tree had uncommitted changes, "false", or "" if go build did not stamp it
 	GoVersion string
 }
 
@@ -53,7 +53,7 @@ func readBuildInfo() buildInfo {
 		case "vcs.time":
 			b.Time = s.Value
 		case "vcs.modified":
-			b.Modified = s.Value == "true"
+			b.Modified = s.Value
 		}
 	}
 	return b
@@ -74,7 +74,11 @@ func cmdVersion(args []string, stdout, stderr io.Writer) error {
 	if b.Time != "" {
 		fmt.Fprintf(stdout, "time:      %s\n", b.Time)
 	}
-	fmt.Fprintf(stdout, "modified:  %t\n", b.Modified)
+	mod := b.Modified
+	if mod == "" {
+		mod = "unknown"
+	}
+	fmt.Fprintf(stdout, "modified:  %s\n", mod)
 	fmt.Fprintf(stdout, "go:        %s\n", b.GoVersion)
 	return nil
 }
