@@ -126,7 +126,7 @@ func (o *options) security() (*stream.Security, error) {
 	sec, err := o.kafkaSecurity.Build()
 	var ce *stream.ConfigError
 	if errors.As(err, &ce) {
-		return nil, fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)
+		return nil, usageError{fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)}
 	}
 	return sec, err
 }

@@ -82,7 +82,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
-		return fmt.Errorf("--database-url: %w", err)
+		return usageError{fmt.Errorf("--database-url: %w", err)}
 	}
 	poolCfg.MaxConns = int32(max(o.dbMaxConns, 2))
 	poolCfg.ConnConfig.Tracer = stagesTracer(log, o.statements)

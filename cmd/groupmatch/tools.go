@@ -27,6 +27,9 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
+	if _, err := pgx.ParseConfig(o.databaseURL); err != nil { // pgx masks the password
+		return usageError{fmt.Errorf("--database-url: %w", err)}
+	}
 	n, err := migrate(ctx, o.databaseURL)
 	if err != nil {
 		return err
@@ -199,9 +202,9 @@ func (s *stringList) String() string     { return fmt.Sprint(*s) }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func withPool(ctx context.Context, o *options, f func(*pgxpool.Pool) error) error {
-	pool, err := pgxpool.New(ctx, o.databaseURL)
+	pool, err := pgxpool.New(ctx, o.databaseURL) // parses only; connects lazily
 	if err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return usageError{fmt.Errorf("--database-url: %w", err)}
 	}
 	defer pool.Close()
 	if err := pool.Ping(ctx); err != nil {
