@@ -4,6 +4,11 @@ BIN       ?= bin/groupmatch
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
+# What `groupmatch version` and groupmatch_build_info report for make build
+# (go build's own VCS stamp is off where GOFLAGS has -buildvcs=false).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+
 .PHONY: run build test test-cluster lint deps check-deploy fuzz fuzz-short clean bench bench-small kafka
 
 ## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
@@ -12,7 +17,7 @@ run:
 
 ## build: the groupmatch binary in bin/
 build:
-	$(GO) build -o $(BIN) ./cmd/groupmatch
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.revision=$(REVISION)" -o $(BIN) ./cmd/groupmatch
 
 ## deps: Go modules and the services and tools the tests need (PostgreSQL, Apache Kafka's jars
 ## from Maven Central with Maven and a Java runtime, prometheus/promtool, docker-compose, kcat)

@@ -244,7 +244,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait", wait)
+	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait_s", wait.Seconds())
 }
 
 // checkVersion refuses a request whose "v" is present and not

@@ -102,6 +102,18 @@ type Service struct {
 	quota       *keyedLimiter[int64]  // records by tenant; nil without a quota
 }
 
+// Defaults of Config, used where a field is zero; cmd/groupmatch's flags
+// default to them too, so they are written only here.
+const (
+	DefaultRateLimit       = 100.0 // requests per second per application
+	DefaultRateBurst       = 200
+	DefaultMaxInFlight     = 256
+	DefaultAuthFailRate    = 20.0 // failed authentications per second per client address
+	DefaultAuthFailBurst   = 100
+	DefaultAuthFailClients = 1 << 16
+	DefaultTokenRate       = 10.0 // token pairs per minute per application
+)
+
 // New returns an ingest service.
 func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error) {
 	if len(cfg.Brokers) == 0 {
@@ -111,34 +123,34 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.RateLimit <= 0 {
-		cfg.RateLimit = 100
+		cfg.RateLimit = DefaultRateLimit
 	}
 	if cfg.RateBurst <= 0 {
-		cfg.RateBurst = 200
+		cfg.RateBurst = DefaultRateBurst
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
 	}
 	if cfg.PendingTimeout <= 0 {
-		cfg.PendingTimeout = 60 * time.Second
+		cfg.PendingTimeout = pipeline.DefaultPendingTimeout
 	}
 	if cfg.PendingTimeout <= cfg.RequestTimeout {
 		return nil, errors.New("ingest: PendingTimeout must exceed RequestTimeout")
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 256
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.AuthFailRate <= 0 {
-		cfg.AuthFailRate = 20
+		cfg.AuthFailRate = DefaultAuthFailRate
 	}
 	if cfg.AuthFailBurst <= 0 {
-		cfg.AuthFailBurst = 100
+		cfg.AuthFailBurst = DefaultAuthFailBurst
 	}
 	if cfg.AuthFailClients <= 0 {
-		cfg.AuthFailClients = 1 << 16
+		cfg.AuthFailClients = DefaultAuthFailClients
 	}
 	if cfg.TokenRate <= 0 {
-		cfg.TokenRate = 10
+		cfg.TokenRate = DefaultTokenRate
 	}
 	var quota *keyedLimiter[int64]
 	if cfg.TenantRate > 0 {

@@ -96,7 +96,7 @@ var _ Directory = (*PGDirectory)(nil)
 
 // NewPGDirectory returns a directory on db.
 func NewPGDirectory(db *pgxpool.Pool) *PGDirectory {
-	return &PGDirectory{db: db, PendingTimeout: 60 * time.Second}
+	return &PGDirectory{db: db, PendingTimeout: pipeline.DefaultPendingTimeout}
 }
 
 // BatchStates reads the batches in one query. A batch PENDING for longer

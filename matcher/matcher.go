@@ -60,6 +60,13 @@ type Stage struct {
 	scratch   sync.Pool // of *scratch
 }
 
+// Defaults of Config, used where a field is zero; cmd/groupmatch's flags
+// default to them too.
+const (
+	DefaultMaxChunk  = 2000
+	DefaultConsumers = 2
+)
+
 // New returns a matcher stage resolving against dir.
 func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 	if len(cfg.Brokers) == 0 {
@@ -72,10 +79,10 @@ func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 		cfg.GroupID = DefaultGroupID
 	}
 	if cfg.MaxChunk <= 0 {
-		cfg.MaxChunk = 2000
+		cfg.MaxChunk = DefaultMaxChunk
 	}
 	if cfg.Consumers <= 0 {
-		cfg.Consumers = 2
+		cfg.Consumers = DefaultConsumers
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -481,7 +488,7 @@ func (s *Stage) notify(err error, wait time.Duration) {
 	if errors.Is(err, ErrBatchPending) {
 		return // ingest is still accepting the batch: a normal, short wait
 	}
-	s.log.Warn("directory unavailable; retrying", "err", err, "wait", wait)
+	s.log.Warn("directory unavailable; retrying", "err", err, "wait_s", wait.Seconds())
 }
 
 // write produces msgs, retrying transient failures. A retry may duplicate

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 )
 
 // Version is the "v" field of every message this version of groupmatch
@@ -194,6 +195,12 @@ type Topics struct {
 	Events   string // request and batch events for feeds
 	DLQ      string // dead letters
 }
+
+// DefaultPendingTimeout is the age at which a batch whose acceptance never
+// completed (ingest died between its two steps) is aborted, by ingest's
+// janitor or by the matcher or sink that meets its records. cmd/groupmatch's
+// --pending-timeout defaults to it.
+const DefaultPendingTimeout = 60 * time.Second
 
 // DefaultTopics returns the documented topic names.
 func DefaultTopics() Topics {

@@ -48,10 +48,14 @@ type DeadlineConfig struct {
 	Logger   *slog.Logger
 }
 
+// DefaultBatchDeadline is DeadlineConfig.After's default; cmd/groupmatch's
+// --batch-deadline defaults to it too.
+const DefaultBatchDeadline = time.Hour
+
 // NewDeadline returns a Deadline on db.
 func NewDeadline(db *pgxpool.Pool, cfg DeadlineConfig) *Deadline {
 	if cfg.After <= 0 {
-		cfg.After = time.Hour
+		cfg.After = DefaultBatchDeadline
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = min(max(cfg.After/10, 50*time.Millisecond), time.Minute)
@@ -133,8 +137,8 @@ func (d *Deadline) Sweep(ctx context.Context) ([]TimedOut, error) {
 			m.Finished.WithLabelValues(t.Status).Inc()
 			m.BatchLatency.Observe(t.Latency.Seconds())
 		}
-		d.cfg.Logger.Warn("batch timed out", "batch_id", t.BatchID, "tenant_id", t.TenantID,
-			"status", t.Status, "timed_out_records", t.Records, "latency", t.Latency)
+		// One line per finished batch, like the sink's "batch finished".
+		d.cfg.Logger.Warn("batch finished", append(t.LogAttrs(), "timed_out", true, "timed_out_records", t.Records)...)
 	}
 	return done, nil
 }
@@ -188,7 +192,10 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 					ELSE 'PARTIAL_SUCCESS' END,
 				finished_at = $3
 			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
-			RETURNING status, accepted_at, finished_at`, tenantID, batchID, now).Scan(&out.Status, &accepted, &finished)
+			RETURNING status, accepted_at, finished_at,
+				total, processed, success, unmatched, ambiguous, invalid, failed`, tenantID, batchID, now).Scan(&out.Status, &accepted, &finished,
+			&out.Counts.Total, &out.Counts.Processed, &out.Counts.Success, &out.Counts.Unmatched,
+			&out.Counts.Ambiguous, &out.Counts.Invalid, &out.Counts.Failed)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNotOverdue
 		}

@@ -152,7 +152,7 @@ func (p *Pruner) Prune(ctx context.Context) (PruneStats, error) {
 	if st != (PruneStats{Overdue: st.Overdue}) {
 		p.cfg.Logger.Info("pruned", "batches", st.Batches, "batch_records", st.BatchRecords,
 			"idempotency_keys", st.IdempotencyKeys, "tombstones", st.Tombstones, "groups", st.Groups,
-			"duration", time.Since(start))
+			"duration_s", time.Since(start).Seconds())
 	}
 	return st, nil
 }

@@ -53,6 +53,10 @@ type Stage struct {
 	log      *slog.Logger
 }
 
+// DefaultMaxChunk is Config.MaxChunk's default; cmd/groupmatch's
+// --sink-chunk defaults to it too.
+const DefaultMaxChunk = 2000
+
 // New returns a sink stage applying to store.
 func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	if len(cfg.Brokers) == 0 {
@@ -65,7 +69,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 		cfg.GroupID = DefaultGroupID
 	}
 	if cfg.MaxChunk <= 0 {
-		cfg.MaxChunk = 2000
+		cfg.MaxChunk = DefaultMaxChunk
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -156,7 +160,7 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 			s.metrics.PendingWaits.Inc()
 			return
 		}
-		s.log.Warn("apply failed; retrying", "err", err, "wait", wait, "records", len(recs))
+		s.log.Warn("apply failed; retrying", "err", err, "wait_s", wait.Seconds(), "records", len(recs))
 	})
 	if err == nil {
 		s.observe(res)
@@ -207,7 +211,7 @@ func (s *Stage) observe(res ApplyResult) {
 	for _, f := range res.Finished {
 		s.metrics.Finished.WithLabelValues(f.Status).Inc()
 		s.metrics.BatchLatency.Observe(f.Latency.Seconds())
-		s.log.Info("batch finished", "batch_id", f.BatchID, "status", f.Status, "latency", f.Latency)
+		s.log.Info("batch finished", f.LogAttrs()...)
 	}
 }
 

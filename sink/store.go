@@ -50,6 +50,22 @@ type FinishedBatch struct {
 	TenantID int64
 	Status   string
 	Latency  time.Duration // accept to final
+	Counts   BatchCounts   // the batch's counters once final
+}
+
+// BatchCounts are a batch's record counters, as its batches row has them.
+type BatchCounts struct {
+	Total, Processed, Success, Unmatched, Ambiguous, Invalid, Failed int
+}
+
+// LogAttrs are the counters as slog attributes, with the batch's latency
+// in seconds: what the "batch finished" log line carries. No identity
+// value is among them.
+func (f FinishedBatch) LogAttrs() []any {
+	c := f.Counts
+	return []any{"batch_id", f.BatchID, "tenant_id", f.TenantID, "status", f.Status,
+		"total", c.Total, "processed", c.Processed, "success", c.Success, "unmatched", c.Unmatched,
+		"ambiguous", c.Ambiguous, "invalid", c.Invalid, "failed", c.Failed, "latency_s", f.Latency.Seconds()}
 }
 
 // PGStore is the PostgreSQL Store.
@@ -74,7 +90,7 @@ var _ Store = (*PGStore)(nil)
 
 // NewPGStore returns a store on db.
 func NewPGStore(db *pgxpool.Pool) *PGStore {
-	return &PGStore{db: db, PendingTimeout: 60 * time.Second, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
+	return &PGStore{db: db, PendingTimeout: pipeline.DefaultPendingTimeout, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
 }
 
 type batchState struct {
@@ -695,7 +711,8 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
 			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
 		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id AND b.status = 'PROCESSING'
-		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at`, args...)
+		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at,
+			b.total, b.processed, b.success, b.unmatched, b.ambiguous, b.invalid, b.failed`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: update counters: %w", err)
 	}
@@ -705,7 +722,9 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 		f := FinishedBatch{TenantID: tenantID}
 		var accepted time.Time
 		var done *time.Time
-		if err := rows.Scan(&f.BatchID, &f.Status, &accepted, &done); err != nil {
+		c := &f.Counts
+		if err := rows.Scan(&f.BatchID, &f.Status, &accepted, &done,
+			&c.Total, &c.Processed, &c.Success, &c.Unmatched, &c.Ambiguous, &c.Invalid, &c.Failed); err != nil {
 			return nil, fmt.Errorf("sink: update counters: %w", err)
 		}
 		updated++

@@ -51,6 +51,28 @@ func TestEndToEndHTTP(t *testing.T) {
 		res.Conflicts != want.Conflicts || res.OptType != want.OptType {
 		t.Fatalf("result\n got %+v\nwant %+v", res, want)
 	}
+	// One log line for the finished batch, with its counters and its
+	// latency in seconds, and no identity value.
+	line := s.finishedLogLine(id, 5*time.Second)
+	wantLine := map[string]any{"batch_id": float64(id), "status": "PARTIAL_SUCCESS", "total": 8.0, "processed": 8.0,
+		"success": 4.0, "unmatched": 1.0, "ambiguous": 1.0, "invalid": 2.0, "failed": 0.0}
+	for k, v := range wantLine {
+		if line[k] != v {
+			t.Errorf("batch finished log line: %s = %v, want %v (line %v)", k, line[k], v, line)
+		}
+	}
+	if tid, _ := line["tenant_id"].(float64); tid <= 0 {
+		t.Errorf("batch finished log line: tenant_id %v", line["tenant_id"])
+	}
+	if l, ok := line["latency_s"].(float64); !ok || l <= 0 || l > time.Since(start).Seconds() {
+		t.Errorf("batch finished log line: latency_s %v, want seconds in (0, %v]", line["latency_s"], time.Since(start).Seconds())
+	}
+	if _, ok := line["latency"]; ok {
+		t.Errorf("batch finished log line still has a latency in nanoseconds: %v", line)
+	}
+	if raw := fmt.Sprint(line); strings.Contains(raw, "union-1") || strings.Contains(raw, "1380000000") || strings.Contains(raw, "crm-4") {
+		t.Errorf("batch finished log line shows an identity value: %s", raw)
+	}
 	if fmt.Sprint(res.MatchedBy) != fmt.Sprint(map[string]int{"unionid": 1, "openid": 1, "phone": 1, "id": 1}) {
 		t.Errorf("matchedBy %v", res.MatchedBy)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -83,46 +84,46 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addGroups(fs)
 	f.o.addDatabase(fs)
 	f.o.addPartitions(fs)
-	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
-	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
-	fs.IntVar(&f.o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
-	fs.IntVar(&f.w.Customers, "customers", envInt("BENCH_CUSTOMERS", 1000000), "customers in the generated directory (BENCH_CUSTOMERS)")
-	fs.IntVar(&f.w.Records, "records", envInt("BENCH_RECORDS", 2000000), "records to import in all (BENCH_RECORDS)")
-	fs.IntVar(&f.w.BatchSize, "batch-size", envInt("BENCH_BATCH_SIZE", 500), "records per batchAdd request, at most 500 (BENCH_BATCH_SIZE)")
-	fs.StringVar(&f.mix, "mix", env("BENCH_MIX", bench.DefaultMix.String()), "weights of the batch kinds: exact by phone, id, openid, unionid; fuzzy (identifyWay 1, every identifier) and fuzzy2 (identifyWay 2, thirdId and phone) (BENCH_MIX)")
-	fs.Float64Var(&f.w.MatchRate, "match-rate", envFloat("BENCH_MATCH_RATE", 0.92), "share of records naming a customer of the directory; the rest name nobody (BENCH_MATCH_RATE)")
-	fs.Float64Var(&f.w.DeleteShare, "delete-share", envFloat("BENCH_DELETE_SHARE", 0.1), "share of batches with optType delete (BENCH_DELETE_SHARE)")
-	fs.IntVar(&f.w.Groups, "groups", envInt("BENCH_GROUPS", 2), "group names per record (BENCH_GROUPS)")
-	fs.IntVar(&f.w.GroupNames, "group-names", envInt("BENCH_GROUP_NAMES", 20), "distinct group names in the workload (BENCH_GROUP_NAMES)")
-	fs.Uint64Var(&f.w.Seed, "seed", uint64(envInt("BENCH_SEED", 1)), "seed of the workload; the same seed makes the same requests (BENCH_SEED)")
-	fs.StringVar(&f.via, "via", env("BENCH_VIA", "http"), "http (the batchAdd API) or kafka (the requests topic) (BENCH_VIA)")
-	fs.StringVar(&f.target, "target", env("BENCH_TARGET", ""), "base URL of a running system's ingest, e.g. http://127.0.0.1:8080; --database-url and --kafka-brokers then name its database and Kafka (BENCH_TARGET)")
-	fs.BoolVar(&f.single, "single", envBool("BENCH_SINGLE", false), "start the system as one dev process instead of one process per stage (BENCH_SINGLE)")
-	fs.IntVar(&f.clients, "clients", envInt("BENCH_CLIENTS", 8), "concurrent HTTP clients, or Kafka publishers (BENCH_CLIENTS)")
-	fs.Float64Var(&f.rate, "rate", envFloat("BENCH_RATE", 0), "offered load in records per second; 0 offers as fast as the system accepts (BENCH_RATE)")
-	fs.BoolVar(&f.backlog, "backlog", envBool("BENCH_BACKLOG", false), "start matcher and sink only once ingest has accepted every record: measures ingest alone, then the drain of the whole backlog (separate processes only) (BENCH_BACKLOG)")
-	fs.StringVar(&f.stage, "stage", env("BENCH_STAGE", ""), "measure this stage alone: \"matcher\" starts it only once ingest has put every record into Kafka, and ends when it has resolved them all; the sink never runs (BENCH_STAGE)")
-	fs.IntVar(&f.instances, "instances", envInt("BENCH_INSTANCES", 1), "processes of the stage --stage measures (BENCH_INSTANCES)")
-	fs.BoolVar(&f.pipeline, "pipeline", envBool("BENCH_PIPELINE", true), "drive the workload through the pipeline; false with --baseline measures the baseline alone (BENCH_PIPELINE)")
-	fs.BoolVar(&f.baseline, "baseline", envBool("BENCH_BASELINE", false), "also apply the workload with plain PostgreSQL, in schema bench_baseline, and report pipeline/baseline (BENCH_BASELINE)")
-	fs.IntVar(&f.baselineWorkers, "baseline-workers", envInt("BENCH_BASELINE_WORKERS", 2), "transactions the baseline runs at once (BENCH_BASELINE_WORKERS)")
-	fs.IntVar(&f.baselineChunk, "baseline-chunk", envInt("BENCH_BASELINE_CHUNK", 20000), "records per baseline transaction, rounded to whole requests (BENCH_BASELINE_CHUNK)")
-	fs.StringVar(&f.jsonPath, "json", env("BENCH_JSON", ""), "write the full report as JSON to this file (BENCH_JSON)")
-	fs.BoolVar(&f.pprof, "pprof", envBool("PPROF", false), "start the stages with --pprof (PPROF)")
-	fs.StringVar(&f.profileDir, "profile", env("BENCH_PROFILE", ""), "write a CPU profile of every stage process taken mid-run, its heap right after and at the end, to this folder; implies --pprof (BENCH_PROFILE)")
-	fs.DurationVar(&f.profileFor, "profile-duration", envDuration("BENCH_PROFILE_DURATION", 20*time.Second), "length of the CPU profiles (BENCH_PROFILE_DURATION)")
-	fs.StringVar(&f.database, "bench-database", env("BENCH_DATABASE", "groupmatch_bench"), "database a self-started system uses, on the server of --database-url; dropped and created again every run (BENCH_DATABASE)")
-	fs.StringVar(&f.workDir, "work", env("BENCH_WORK", ""), "folder for the processes' logs and the broker's data; default a temporary folder, removed after a successful run (BENCH_WORK)")
-	fs.BoolVar(&f.load, "load", envBool("BENCH_LOAD", true), "load the directory; with --target, false reuses the tenant's directory of an earlier run (BENCH_LOAD)")
-	fs.StringVar(&f.tenant, "tenant", env("BENCH_TENANT", "bench"), "tenant the directory and the batches belong to (BENCH_TENANT)")
-	fs.DurationVar(&f.timeout, "timeout", envDuration("BENCH_TIMEOUT", time.Hour), "give up when the run takes longer (BENCH_TIMEOUT)")
-	fs.DurationVar(&f.stall, "stall", envDuration("BENCH_STALL", 2*time.Minute), "give up when no record is accepted or applied for this long (BENCH_STALL)")
-	fs.BoolVar(&f.neighbour, "neighbour", envBool("BENCH_NEIGHBOUR", false), "noisy neighbour: while the workload's backlog drains, a second tenant with its own application and directory sends a small batch every --neighbour-interval; reports that tenant's batch latency, accept → final (BENCH_NEIGHBOUR)")
-	fs.StringVar(&f.neighbourTenant, "neighbour-tenant", env("BENCH_NEIGHBOUR_TENANT", "bench-neighbour"), "tenant of the small batches (BENCH_NEIGHBOUR_TENANT)")
-	fs.DurationVar(&f.neighbourInterval, "neighbour-interval", envDuration("BENCH_NEIGHBOUR_INTERVAL", time.Second), "time between two of the neighbour's batches (BENCH_NEIGHBOUR_INTERVAL)")
-	fs.IntVar(&f.neighbourBatch, "neighbour-batch", envInt("BENCH_NEIGHBOUR_BATCH", 10), "records per neighbour batch (BENCH_NEIGHBOUR_BATCH)")
-	fs.IntVar(&f.neighbourCustomers, "neighbour-customers", envInt("BENCH_NEIGHBOUR_CUSTOMERS", 1000), "customers in the neighbour's directory (BENCH_NEIGHBOUR_CUSTOMERS)")
-	fs.Float64Var(&f.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "per-tenant records quota of a self-started ingest, records/s, passed to the processes as TENANT_RATE; 0 is off (TENANT_RATE)")
+	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
+	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
+	fs.IntVar(&f.o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
+	fs.IntVar(&f.w.Customers, "customers", 1000000, "customers in the generated directory (BENCH_CUSTOMERS)")
+	fs.IntVar(&f.w.Records, "records", 2000000, "records to import in all (BENCH_RECORDS)")
+	fs.IntVar(&f.w.BatchSize, "batch-size", 500, "records per batchAdd request, at most 500 (BENCH_BATCH_SIZE)")
+	fs.StringVar(&f.mix, "mix", bench.DefaultMix.String(), "weights of the batch kinds: exact by phone, id, openid, unionid; fuzzy (identifyWay 1, every identifier) and fuzzy2 (identifyWay 2, thirdId and phone) (BENCH_MIX)")
+	fs.Float64Var(&f.w.MatchRate, "match-rate", 0.92, "share of records naming a customer of the directory; the rest name nobody (BENCH_MATCH_RATE)")
+	fs.Float64Var(&f.w.DeleteShare, "delete-share", 0.1, "share of batches with optType delete (BENCH_DELETE_SHARE)")
+	fs.IntVar(&f.w.Groups, "groups", 2, "group names per record (BENCH_GROUPS)")
+	fs.IntVar(&f.w.GroupNames, "group-names", 20, "distinct group names in the workload (BENCH_GROUP_NAMES)")
+	fs.Uint64Var(&f.w.Seed, "seed", uint64(1), "seed of the workload; the same seed makes the same requests (BENCH_SEED)")
+	fs.StringVar(&f.via, "via", "http", "http (the batchAdd API) or kafka (the requests topic) (BENCH_VIA)")
+	fs.StringVar(&f.target, "target", "", "base URL of a running system's ingest, e.g. http://127.0.0.1:8080; --database-url and --kafka-brokers then name its database and Kafka (BENCH_TARGET)")
+	fs.BoolVar(&f.single, "single", false, "start the system as one dev process instead of one process per stage (BENCH_SINGLE)")
+	fs.IntVar(&f.clients, "clients", 8, "concurrent HTTP clients, or Kafka publishers (BENCH_CLIENTS)")
+	fs.Float64Var(&f.rate, "rate", 0, "offered load in records per second; 0 offers as fast as the system accepts (BENCH_RATE)")
+	fs.BoolVar(&f.backlog, "backlog", false, "start matcher and sink only once ingest has accepted every record: measures ingest alone, then the drain of the whole backlog (separate processes only) (BENCH_BACKLOG)")
+	fs.StringVar(&f.stage, "stage", "", "measure this stage alone: \"matcher\" starts it only once ingest has put every record into Kafka, and ends when it has resolved them all; the sink never runs (BENCH_STAGE)")
+	fs.IntVar(&f.instances, "instances", 1, "processes of the stage --stage measures (BENCH_INSTANCES)")
+	fs.BoolVar(&f.pipeline, "pipeline", true, "drive the workload through the pipeline; false with --baseline measures the baseline alone (BENCH_PIPELINE)")
+	fs.BoolVar(&f.baseline, "baseline", false, "also apply the workload with plain PostgreSQL, in schema bench_baseline, and report pipeline/baseline (BENCH_BASELINE)")
+	fs.IntVar(&f.baselineWorkers, "baseline-workers", 2, "transactions the baseline runs at once (BENCH_BASELINE_WORKERS)")
+	fs.IntVar(&f.baselineChunk, "baseline-chunk", 20000, "records per baseline transaction, rounded to whole requests (BENCH_BASELINE_CHUNK)")
+	fs.StringVar(&f.jsonPath, "json", "", "write the full report as JSON to this file (BENCH_JSON)")
+	fs.BoolVar(&f.pprof, "pprof", false, "start the stages with --pprof (PPROF)")
+	fs.StringVar(&f.profileDir, "profile", "", "write a CPU profile of every stage process taken mid-run, its heap right after and at the end, to this folder; implies --pprof (BENCH_PROFILE)")
+	fs.DurationVar(&f.profileFor, "profile-duration", 20*time.Second, "length of the CPU profiles (BENCH_PROFILE_DURATION)")
+	fs.StringVar(&f.database, "bench-database", "groupmatch_bench", "database a self-started system uses, on the server of --database-url; dropped and created again every run (BENCH_DATABASE)")
+	fs.StringVar(&f.workDir, "work", "", "folder for the processes' logs and the broker's data; default a temporary folder, removed after a successful run (BENCH_WORK)")
+	fs.BoolVar(&f.load, "load", true, "load the directory; with --target, false reuses the tenant's directory of an earlier run (BENCH_LOAD)")
+	fs.StringVar(&f.tenant, "tenant", "bench", "tenant the directory and the batches belong to (BENCH_TENANT)")
+	fs.DurationVar(&f.timeout, "timeout", time.Hour, "give up when the run takes longer (BENCH_TIMEOUT)")
+	fs.DurationVar(&f.stall, "stall", 2*time.Minute, "give up when no record is accepted or applied for this long (BENCH_STALL)")
+	fs.BoolVar(&f.neighbour, "neighbour", false, "noisy neighbour: while the workload's backlog drains, a second tenant with its own application and directory sends a small batch every --neighbour-interval; reports that tenant's batch latency, accept → final (BENCH_NEIGHBOUR)")
+	fs.StringVar(&f.neighbourTenant, "neighbour-tenant", "bench-neighbour", "tenant of the small batches (BENCH_NEIGHBOUR_TENANT)")
+	fs.DurationVar(&f.neighbourInterval, "neighbour-interval", time.Second, "time between two of the neighbour's batches (BENCH_NEIGHBOUR_INTERVAL)")
+	fs.IntVar(&f.neighbourBatch, "neighbour-batch", 10, "records per neighbour batch (BENCH_NEIGHBOUR_BATCH)")
+	fs.IntVar(&f.neighbourCustomers, "neighbour-customers", 1000, "customers in the neighbour's directory (BENCH_NEIGHBOUR_CUSTOMERS)")
+	fs.Float64Var(&f.tenantRate, "tenant-rate", 0, "per-tenant records quota of a self-started ingest, records/s, passed to the processes as TENANT_RATE; 0 is off (TENANT_RATE)")
 }
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -615,10 +616,15 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	sys := &benchSystem{}
+	// Settings of one stage go in the environment: each stage process
+	// reads those of its own flags and has no flag for the others'.
+	stageEnvs := append([]string{
+		"RATE_LIMIT=1e9", "RATE_BURST=1000000000",
+		"MATCHER_CHUNK=" + strconv.Itoa(f.o.matcherChunk), "MATCHER_CONSUMERS=" + strconv.Itoa(f.o.matcherConsumers),
+		"SINK_CHUNK=" + strconv.Itoa(f.o.sinkChunk),
+	}, stageEnv(f)...)
 	stageArgs := []string{
-		"--http-addr", "127.0.0.1:0", "--rate-limit", "1e9", "--rate-burst", "1000000000",
-		"--matcher-chunk", strconv.Itoa(f.o.matcherChunk), "--matcher-consumers", strconv.Itoa(f.o.matcherConsumers),
-		"--sink-chunk", strconv.Itoa(f.o.sinkChunk),
+		"--http-addr", "127.0.0.1:0",
 		"--db-max-conns", strconv.Itoa(f.o.dbMaxConns), "--log-level", "info", "--log-format", "json",
 	}
 	if f.pprof {
@@ -629,7 +635,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		return nil, err
 	}
 	if f.single {
-		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnv(f)...),
+		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnvs...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
 				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
 		if err != nil {
@@ -669,7 +675,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	if err := createTopics(ctx, &o); err != nil {
 		return fail(err)
 	}
-	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnv(f)...)
+	sys.exe, sys.dir, sys.env = exe, dir, append(plaintextKafkaEnv(), stageEnvs...)
 	sys.stageArgs = append([]string{"--kafka-brokers", m, "--database-url", dbURL, "--topic-prefix", f.o.topicPrefix}, stageArgs...)
 	stages := []string{stageIngest, stageMatcher, stageSink}
 	if f.backlog {

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/groupmatch/groupmatch/ingest"
+	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -56,34 +58,6 @@ type options struct {
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/groupmatch?sslmode=disable"
 
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
-		return v
-	}
-	return def
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(env(name, "")); err == nil {
-		return v
-	}
-	return def
-}
-
-func envFloat(name string, def float64) float64 {
-	if v, err := strconv.ParseFloat(env(name, ""), 64); err == nil {
-		return v
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v, err := time.ParseDuration(env(name, "")); err == nil {
-		return v
-	}
-	return def
-}
-
 // newFlagSet returns a flag set whose usage prints synopsis and the flags.
 func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(strings.Fields(synopsis)[0], flag.ContinueOnError)
@@ -98,23 +72,22 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 // addKafka registers --kafka-brokers, --topic-prefix and the settings of
 // a secured cluster (see kafkaSecurityFlags).
 func (o *options) addKafka(fs *flag.FlagSet) {
-	fs.StringVar(&o.brokers, "kafka-brokers", env("KAFKA_BROKERS", "127.0.0.1:9092"), "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
-	fs.StringVar(&o.topicPrefix, "topic-prefix", env("TOPIC_PREFIX", "groupmatch."), "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+	fs.StringVar(&o.brokers, "kafka-brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
+	fs.StringVar(&o.topicPrefix, "topic-prefix", "groupmatch.", "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
 	s := &o.kafkaSecurity
-	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", env("KAFKA_SASL_MECHANISM", ""), "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
-	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", env("KAFKA_SASL_USERNAME", ""), "SASL username (KAFKA_SASL_USERNAME)")
-	s.SASLPassword = env("KAFKA_SASL_PASSWORD", "")
+	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
+	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", "", "SASL username (KAFKA_SASL_USERNAME)")
 	fs.Var((*secretFlag)(&s.SASLPassword), "kafka-sasl-password", "SASL `password`; never shown. Prefer the environment or a file: a flag is visible to other users of the machine (KAFKA_SASL_PASSWORD)")
-	fs.StringVar(&s.SASLPasswordFile, "kafka-sasl-password-file", env("KAFKA_SASL_PASSWORD_FILE", ""), "file holding the SASL password, instead of --kafka-sasl-password (KAFKA_SASL_PASSWORD_FILE)")
-	fs.BoolVar(&s.TLS, "kafka-tls", envBool("KAFKA_TLS", false), "connect to Kafka over TLS; implied by any --kafka-tls-*-file (KAFKA_TLS)")
-	fs.StringVar(&s.TLSCAFile, "kafka-tls-ca-file", env("KAFKA_TLS_CA_FILE", ""), "PEM file of the CA certificates that sign the brokers' certificates; default the system's (KAFKA_TLS_CA_FILE)")
-	fs.StringVar(&s.TLSCertFile, "kafka-tls-cert-file", env("KAFKA_TLS_CERT_FILE", ""), "PEM file of the client certificate, for mutual TLS; needs --kafka-tls-key-file (KAFKA_TLS_CERT_FILE)")
-	fs.StringVar(&s.TLSKeyFile, "kafka-tls-key-file", env("KAFKA_TLS_KEY_FILE", ""), "PEM file of the client certificate's private key (KAFKA_TLS_KEY_FILE)")
+	fs.StringVar(&s.SASLPasswordFile, "kafka-sasl-password-file", "", "file holding the SASL password, instead of --kafka-sasl-password (KAFKA_SASL_PASSWORD_FILE)")
+	fs.BoolVar(&s.TLS, "kafka-tls", false, "connect to Kafka over TLS; implied by any --kafka-tls-*-file (KAFKA_TLS)")
+	fs.StringVar(&s.TLSCAFile, "kafka-tls-ca-file", "", "PEM file of the CA certificates that sign the brokers' certificates; default the system's (KAFKA_TLS_CA_FILE)")
+	fs.StringVar(&s.TLSCertFile, "kafka-tls-cert-file", "", "PEM file of the client certificate, for mutual TLS; needs --kafka-tls-key-file (KAFKA_TLS_CERT_FILE)")
+	fs.StringVar(&s.TLSKeyFile, "kafka-tls-key-file", "", "PEM file of the client certificate's private key (KAFKA_TLS_KEY_FILE)")
 }
 
 // addGroups registers --group-prefix.
 func (o *options) addGroups(fs *flag.FlagSet) {
-	fs.StringVar(&o.groupPrefix, "group-prefix", env("GROUP_PREFIX", ""), "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
+	fs.StringVar(&o.groupPrefix, "group-prefix", "", "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
 }
 
 // secretFlag is a flag.Value whose value is never printed: --help shows
@@ -153,7 +126,7 @@ func (o *options) security() (*stream.Security, error) {
 	sec, err := o.kafkaSecurity.Build()
 	var ce *stream.ConfigError
 	if errors.As(err, &ce) {
-		return nil, fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)
+		return nil, usageError{fmt.Errorf("%s: %w", kafkaSecurityFlag(ce.Field), ce.Err)}
 	}
 	return sec, err
 }
@@ -173,46 +146,59 @@ func (o *options) groupID(stage string) string {
 
 // addDatabase registers --database-url and --db-max-conns.
 func (o *options) addDatabase(fs *flag.FlagSet) {
-	fs.StringVar(&o.databaseURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (DATABASE_URL)")
-	fs.IntVar(&o.dbMaxConns, "db-max-conns", envInt("DB_MAX_CONNS", 8), "largest PostgreSQL connection pool per process (DB_MAX_CONNS)")
+	fs.StringVar(&o.databaseURL, "database-url", defaultDatabaseURL, "PostgreSQL URL (DATABASE_URL)")
+	fs.IntVar(&o.dbMaxConns, "db-max-conns", 8, "largest PostgreSQL connection pool per process (DB_MAX_CONNS)")
 }
 
 // addLog registers --log-level and --log-format.
 func (o *options) addLog(fs *flag.FlagSet) {
-	fs.StringVar(&o.logLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
-	fs.StringVar(&o.logFormat, "log-format", env("LOG_FORMAT", "json"), "json or text (LOG_FORMAT)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", "json", "json or text (LOG_FORMAT)")
 }
 
-// addStages registers the settings of the pipeline stages.
-func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
-	fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
-	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
-	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
-	fs.Float64Var(&o.authFailRate, "auth-fail-rate", envFloat("AUTH_FAIL_RATE", 20), "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
-	fs.IntVar(&o.authFailBurst, "auth-fail-burst", envInt("AUTH_FAIL_BURST", 100), "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
-	fs.IntVar(&o.authFailClients, "auth-fail-clients", envInt("AUTH_FAIL_CLIENTS", 65536), "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
-	fs.StringVar(&o.trustedProxies, "trusted-proxies", env("TRUSTED_PROXIES", ""), "comma-separated addresses or CIDR prefixes of proxies whose X-Forwarded-For names the client address; empty: the header is ignored (TRUSTED_PROXIES)")
-	fs.Float64Var(&o.tokenRate, "token-rate", envFloat("TOKEN_RATE", 10), "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
-	fs.Float64Var(&o.tenantRate, "tenant-rate", envFloat("TENANT_RATE", 0), "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
-	fs.IntVar(&o.matcherChunk, "matcher-chunk", envInt("MATCHER_CHUNK", 2000), "most records the matcher resolves together (MATCHER_CHUNK)")
-	fs.IntVar(&o.matcherConsumers, "matcher-consumers", envInt("MATCHER_CONSUMERS", 2), "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
-	fs.IntVar(&o.sinkChunk, "sink-chunk", envInt("SINK_CHUNK", 2000), "most records the sink applies in one transaction (SINK_CHUNK)")
-	fs.IntVar(&o.maxInFlight, "max-in-flight", envInt("MAX_IN_FLIGHT", 256), "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
-	fs.DurationVar(&o.drainDelay, "drain-delay", envDuration("DRAIN_DELAY", 0), "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
-	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
-	fs.IntVar(&o.maxGroups, "max-groups-per-tenant", envInt("MAX_GROUPS_PER_TENANT", sink.DefaultMaxGroupsPerTenant), "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
-	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
-	o.addRetention(fs)
-	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
-	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
+// addStages registers the settings of the given pipeline stages: those
+// every stage has, then only those of the stages named, so that
+// "groupmatch matcher --help" lists no setting of ingest or the sink.
+func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr string) {
+	fs.StringVar(&o.httpAddr, "http-addr", defaultAddr, "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
+	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
+	fs.DurationVar(&o.pendingTimeout, "pending-timeout", pipeline.DefaultPendingTimeout, "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
+	if slices.Contains(stages, stageIngest) {
+		fs.Float64Var(&o.rateLimit, "rate-limit", ingest.DefaultRateLimit, "requests per second each application may send (RATE_LIMIT)")
+		fs.IntVar(&o.rateBurst, "rate-burst", ingest.DefaultRateBurst, "burst of requests each application may send (RATE_BURST)")
+		fs.Float64Var(&o.authFailRate, "auth-fail-rate", ingest.DefaultAuthFailRate, "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
+		fs.IntVar(&o.authFailBurst, "auth-fail-burst", ingest.DefaultAuthFailBurst, "failed authentications in a row each client address may make (AUTH_FAIL_BURST)")
+		fs.IntVar(&o.authFailClients, "auth-fail-clients", ingest.DefaultAuthFailClients, "most client addresses whose failures are tracked at once; bounds the table's memory (AUTH_FAIL_CLIENTS)")
+		fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR prefixes of proxies whose X-Forwarded-For names the client address; empty: the header is ignored (TRUSTED_PROXIES)")
+		fs.Float64Var(&o.tokenRate, "token-rate", ingest.DefaultTokenRate, "token pairs each application may get per minute (getOrgAccessToken and refresh), also its burst (TOKEN_RATE)")
+		fs.Float64Var(&o.tenantRate, "tenant-rate", 0, "records per second each tenant may submit (burst: max(rate, 500)); 0 means no quota (TENANT_RATE)")
+		fs.IntVar(&o.maxInFlight, "max-in-flight", ingest.DefaultMaxInFlight, "batchAdd requests served at once; beyond it ingest answers 503 (MAX_IN_FLIGHT)")
+	}
+	if slices.Contains(stages, stageMatcher) {
+		fs.IntVar(&o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together (MATCHER_CHUNK)")
+		fs.IntVar(&o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
+	}
+	if slices.Contains(stages, stageSink) {
+		fs.IntVar(&o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction (SINK_CHUNK)")
+		fs.IntVar(&o.maxGroups, "max-groups-per-tenant", sink.DefaultMaxGroupsPerTenant, "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
+		fs.DurationVar(&o.batchDeadline, "batch-deadline", sink.DefaultBatchDeadline, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
+		o.addRetention(fs)
+	}
+	if slices.Contains(stages, stageIngest) || slices.Contains(stages, stageSink) {
+		fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", false, "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
+	}
 }
 
 // checkStages rejects settings of addStages that cannot work.
-func (o *options) checkStages() error {
-	if o.maxGroups < 1 {
-		return fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)
+func (o *options) checkStages(stages []string) error {
+	if slices.Contains(stages, stageSink) && o.maxGroups < 1 {
+		return usageError{fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)}
 	}
-	return o.checkRetention()
+	if slices.Contains(stages, stageSink) {
+		return o.checkRetention()
+	}
+	return nil
 }
 
 // minResultRetention is the shortest --result-retention: pruning delete
@@ -222,20 +208,20 @@ const minResultRetention = time.Hour
 
 // addRetention registers --result-retention.
 func (o *options) addRetention(fs *flag.FlagSet) {
-	fs.DurationVar(&o.resultRetention, "result-retention", envDuration("RESULT_RETENTION", sink.DefaultResultRetention), "how long finished batches, their results and failures, delete tombstones and invisible groups are kept before the sink prunes them; batchResult then answers 404 (at least 1h) (RESULT_RETENTION)")
+	fs.DurationVar(&o.resultRetention, "result-retention", sink.DefaultResultRetention, "how long finished batches, their results and failures, delete tombstones and invisible groups are kept before the sink prunes them; batchResult then answers 404 (at least 1h) (RESULT_RETENTION)")
 }
 
 // checkRetention rejects a --result-retention below minResultRetention.
 func (o *options) checkRetention() error {
 	if o.resultRetention < minResultRetention {
-		return fmt.Errorf("--result-retention must be at least %s, got %s", minResultRetention, o.resultRetention)
+		return usageError{fmt.Errorf("--result-retention must be at least %s, got %s", minResultRetention, o.resultRetention)}
 	}
 	return nil
 }
 
 // addPartitions registers --partitions.
 func (o *options) addPartitions(fs *flag.FlagSet) {
-	fs.IntVar(&o.partitions, "partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of the records and resolved topics (TOPIC_PARTITIONS)")
+	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the records and resolved topics (TOPIC_PARTITIONS)")
 }
 
 // proxyPrefixes parses --trusted-proxies: addresses and CIDR prefixes.
@@ -281,7 +267,7 @@ func (o *options) topics() pipeline.Topics {
 func (o *options) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
 	}
 	hopts := &slog.HandlerOptions{Level: level}
 	switch o.logFormat {
@@ -290,16 +276,98 @@ func (o *options) logger(w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, hopts)), nil
 	}
-	return nil, fmt.Errorf("--log-format must be json or text")
+	return nil, usageError{errors.New("--log-format must be json or text")}
 }
 
-// parse parses args, rejecting stray positional arguments unless allowed.
+// usageError is a mistake in the command line or the environment: a bad
+// flag or environment value. main exits 2 for it, 1 for any other error.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// envVar is the environment variable a flag falls back to: the
+// parenthesised upper-case name that ends its help text, "" if none. The
+// help text is the only place that names it, so --help, the fallback and
+// the README's table (TestReadmeConfigTable) cannot disagree.
+func envVar(f *flag.Flag) string {
+	u := strings.TrimSpace(f.Usage)
+	if !strings.HasSuffix(u, ")") {
+		return ""
+	}
+	i := strings.LastIndexByte(u, '(')
+	if i < 0 {
+		return ""
+	}
+	name := u[i+1 : len(u)-1]
+	for _, r := range name {
+		if (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '_' {
+			return ""
+		}
+	}
+	return name
+}
+
+// applyEnv sets every flag of fs not given on the command line whose
+// environment variable is set and not empty, with the flag's own parser:
+// a bad value is an error naming the variable and the flag, never the
+// value (it may be a secret). Defaults stay those of the flag
+// definitions, so --help never shows an environment value.
+func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envVar(f)
+		if name == "" || given[f.Name] {
+			return
+		}
+		v, ok := lookup(name)
+		if !ok || v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s: not a valid value for --%s (%s)", name, f.Name, valueKind(f)))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// valueKind names what a flag's value must be, for errors that cannot
+// quote the value itself.
+func valueKind(f *flag.Flag) string {
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return "rejected"
+	}
+	switch g.Get().(type) {
+	case bool:
+		return "want true or false"
+	case int, int64, uint, uint64:
+		return "want an integer"
+	case float64:
+		return "want a number"
+	case time.Duration:
+		return "want a duration with a unit, such as 1m30s"
+	}
+	return "rejected"
+}
+
+// parse parses args and then the environment (see applyEnv), rejecting
+// stray positional arguments unless allowed. Its errors, but
+// flag.ErrHelp, are usageErrors.
 func parse(fs *flag.FlagSet, args []string, positional int) error {
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
 	}
 	if fs.NArg() > positional {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(positional))
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(positional))}
+	}
+	if err := applyEnv(fs, os.LookupEnv); err != nil {
+		return usageError{err}
 	}
 	return nil
 }

@@ -34,9 +34,9 @@ func defaultDataDir() string {
 
 func cmdBroker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("broker [--addr 127.0.0.1:9092] [--partitions 8] [--data DIR]", stderr)
-	addr := fs.String("addr", env("KAFKA_ADDR", "127.0.0.1:9092"), "listen address of the broker; port 0 picks a free one (KAFKA_ADDR)")
-	partitions := fs.Int("partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of auto-created topics (TOPIC_PARTITIONS)")
-	data := fs.String("data", env("GROUPMATCH_DATA", ""), "folder keeping the broker's log across restarts; empty keeps it in memory (GROUPMATCH_DATA)")
+	addr := fs.String("addr", "127.0.0.1:9092", "listen address of the broker; port 0 picks a free one (KAFKA_ADDR)")
+	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (TOPIC_PARTITIONS)")
+	data := fs.String("data", "", "folder keeping the broker's log across restarts; empty keeps it in memory (GROUPMATCH_DATA)")
 	sync := fs.Bool("sync-writes", false, "fsync every produced batch")
 	var o options
 	o.addLog(fs)
@@ -67,9 +67,9 @@ func cmdBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // cleanly. For development and tests, never production.
 func cmdKafka(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("kafka [--addr 127.0.0.1:9092] [--data DIR]", stderr)
-	addr := fs.String("addr", env("KAFKA_ADDR", "127.0.0.1:9092"), "listen and advertised address of the broker; port 0 picks a free one (KAFKA_ADDR)")
-	controller := fs.String("controller-addr", env("KAFKA_CONTROLLER_ADDR", ""), "address of the KRaft controller listener; default a free port, which a restart on the same --data must repeat (KAFKA_CONTROLLER_ADDR)")
-	data := fs.String("data", env("KAFKA_DATA", ""), "folder keeping the broker's log across restarts; empty uses a temporary folder removed on exit (KAFKA_DATA)")
+	addr := fs.String("addr", "127.0.0.1:9092", "listen and advertised address of the broker; port 0 picks a free one (KAFKA_ADDR)")
+	controller := fs.String("controller-addr", "", "address of the KRaft controller listener; default a free port, which a restart on the same --data must repeat (KAFKA_CONTROLLER_ADDR)")
+	data := fs.String("data", "", "folder keeping the broker's log across restarts; empty uses a temporary folder removed on exit (KAFKA_DATA)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -93,17 +93,17 @@ func cmdKafka(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
 	fs := newFlagSet("dev [--http-addr :8080] [--kafka-addr 127.0.0.1:9092] [--data DIR] [--demo]", stderr)
-	kafkaAddr := fs.String("kafka-addr", env("KAFKA_ADDR", "127.0.0.1:9092"), "listen address of the in-process Kafka broker (KAFKA_ADDR)")
-	data := fs.String("data", env("GROUPMATCH_DATA", defaultDataDir()), "folder for the broker's log and a private PostgreSQL (GROUPMATCH_DATA)")
+	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "listen address of the in-process Kafka broker (KAFKA_ADDR)")
+	data := fs.String("data", defaultDataDir(), "folder for the broker's log and a private PostgreSQL (GROUPMATCH_DATA)")
 	demo := fs.Bool("demo", false, "create a demo tenant, application and directory, and print credentials and a curl command")
-	o.addStages(fs, ":8080")
+	o.addStages(fs, allStages, ":8080")
 	o.addLog(fs)
-	fs.IntVar(&o.partitions, "partitions", envInt("TOPIC_PARTITIONS", 8), "partitions of the topics (TOPIC_PARTITIONS)")
-	fs.IntVar(&o.dbMaxConns, "db-max-conns", envInt("DB_MAX_CONNS", 8), "largest PostgreSQL connection pool (DB_MAX_CONNS)")
+	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the topics (TOPIC_PARTITIONS)")
+	fs.IntVar(&o.dbMaxConns, "db-max-conns", 8, "largest PostgreSQL connection pool (DB_MAX_CONNS)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if err := o.checkStages(); err != nil {
+	if err := o.checkStages(allStages); err != nil {
 		return err
 	}
 	o.topicPrefix = "groupmatch."

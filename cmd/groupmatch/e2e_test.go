@@ -180,6 +180,32 @@ type batchResult struct {
 	FailureTotal int `json:"failureTotal"`
 }
 
+// finishedLogLine waits for the sink's "batch finished" log line of batch
+// id and returns its fields; it fails the test if there is none or more
+// than one.
+func (s *system) finishedLogLine(id int64, within time.Duration) map[string]any {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		var found []map[string]any
+		for _, l := range strings.Split(s.logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "batch finished" && m["batch_id"] == float64(id) {
+				found = append(found, m)
+			}
+		}
+		switch {
+		case len(found) > 1:
+			s.t.Fatalf("%d batch finished log lines for batch %d: %v", len(found), id, found)
+		case len(found) == 1:
+			return found[0]
+		case time.Now().After(deadline):
+			s.t.Fatalf("no batch finished log line for batch %d", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitFinal polls batchResult until the batch is final.
 func (s *system) waitFinal(token string, id int64, within time.Duration) batchResult {
 	s.t.Helper()

@@ -181,7 +181,7 @@ func TestBatchDeadlineEndToEnd(t *testing.T) {
 	if n := s.memberships(tenantID); n != 1 { // the normal batch's
 		t.Errorf("%d memberships after a late record, want 1", n)
 	}
-	if log := s.logs.String(); !strings.Contains(log, `"msg":"batch timed out"`) || strings.Contains(log, "late-0") {
+	if log := s.logs.String(); !strings.Contains(log, `"msg":"batch finished"`) || !strings.Contains(log, `"timed_out":true`) || strings.Contains(log, "late-0") {
 		t.Errorf("the log lacks the time-out line or shows an identity value")
 	}
 }

@@ -34,6 +34,7 @@ Commands:
   directory load     loads customers from JSON lines
   prune              deletes results, tombstones and keys past their retention (sinks also do it)
   healthcheck        probes a process's /healthz or /readyz (for container healthchecks)
+  version            prints the version, VCS revision and Go version of this binary
   bench              load generator and end-to-end measurement, with a plain-PostgreSQL baseline
 
 Run "groupmatch <command> --help" for a command's flags.
@@ -43,12 +44,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "groupmatch:", err)
-		}
-		os.Exit(2)
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// exitCode reports err and returns the process's exit status: 0 for
+// success and for help asked for, 2 for a usage error (a bad command, flag
+// or environment value), 1 for a failure at run time.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
+	fmt.Fprintln(stderr, "groupmatch:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
 }
 
 // run dispatches a command line. It returns flag.ErrHelp after printing
@@ -57,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		if len(args) == 0 {
-			return errors.New("no command given")
+			return usageError{errors.New("no command given")}
 		}
 		return nil
 	}
@@ -66,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
 	case "serve":
-		return cmdStages(ctx, "serve", []string{stageIngest, stageMatcher, stageSink}, rest, stdout, stderr)
+		return cmdStages(ctx, "serve", allStages, rest, stdout, stderr)
 	case "ingest", "matcher", "sink":
 		return cmdStages(ctx, cmd, []string{cmd}, rest, stdout, stderr)
 	case "broker":
@@ -87,8 +98,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdHealthcheck(ctx, rest, stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, rest, stdout, stderr)
+	case "version":
+		return cmdVersion(rest, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
+		return usageError{fmt.Errorf("unknown command %q", cmd)}
 	}
 }

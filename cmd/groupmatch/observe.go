@@ -224,7 +224,7 @@ func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 				attrs = append(attrs, "sql", shortSQL(sql))
 			}
 			if d, ok := data["time"].(time.Duration); ok {
-				attrs = append(attrs, "duration", d)
+				attrs = append(attrs, "duration_s", d.Seconds())
 			}
 			if pid, ok := data["pid"]; ok {
 				attrs = append(attrs, "pid", pid)

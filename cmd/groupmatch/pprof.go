@@ -3,16 +3,7 @@ package main
 import (
 	"net/http"
 	"net/http/pprof"
-	"strconv"
 )
-
-// envBool reads a boolean environment variable; unset or unparsable is def.
-func envBool(name string, def bool) bool {
-	if v, err := strconv.ParseBool(env(name, "")); err == nil {
-		return v
-	}
-	return def
-}
 
 // handlePprof serves net/http/pprof under /debug/pprof/ on mux. It is off
 // unless --pprof is given: the profiles reveal no identity values, but a

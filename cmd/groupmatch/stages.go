@@ -32,6 +32,9 @@ const (
 	stageSink    = "sink"
 )
 
+// allStages are the stages of serve and dev.
+var allStages = []string{stageIngest, stageMatcher, stageSink}
+
 // shutdownTimeout bounds a graceful shutdown: in-flight requests and chunks
 // finish, offsets are committed, then the process exits.
 const shutdownTimeout = 10 * time.Second
@@ -43,12 +46,12 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 	o.addKafka(fs)
 	o.addGroups(fs)
 	o.addDatabase(fs)
-	o.addStages(fs, defaults[name])
+	o.addStages(fs, stages, defaults[name])
 	o.addLog(fs)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if err := o.checkStages(); err != nil {
+	if err := o.checkStages(stages); err != nil {
 		return err
 	}
 	log, err := o.logger(stderr)
@@ -79,7 +82,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
-		return fmt.Errorf("--database-url: %w", err)
+		return usageError{fmt.Errorf("--database-url: %w", err)}
 	}
 	poolCfg.MaxConns = int32(max(o.dbMaxConns, 2))
 	poolCfg.ConnConfig.Tracer = stagesTracer(log, o.statements)
@@ -106,6 +109,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 	topics := o.topics()
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -207,7 +211,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			svc.Drain()
 		}
 		if o.drainDelay > 0 {
-			log.Info("draining", "delay", o.drainDelay)
+			log.Info("draining", "delay_s", o.drainDelay.Seconds())
 			time.Sleep(o.drainDelay)
 		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)

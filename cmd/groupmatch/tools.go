@@ -27,6 +27,9 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
+	if _, err := pgx.ParseConfig(o.databaseURL); err != nil { // pgx masks the password
+		return usageError{fmt.Errorf("--database-url: %w", err)}
+	}
 	n, err := migrate(ctx, o.databaseURL)
 	if err != nil {
 		return err
@@ -50,9 +53,9 @@ func cmdTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	o.addKafka(fs)
 	o.addPartitions(fs)
 	var ts topicSettings
-	fs.IntVar(&ts.replication, "replication-factor", envInt("TOPIC_REPLICATION", 1), "replication factor of new topics; 3 on a production cluster (TOPIC_REPLICATION)")
-	fs.IntVar(&ts.minISR, "min-insync-replicas", envInt("TOPIC_MIN_INSYNC_REPLICAS", 0), "min.insync.replicas of new topics; 0 means the replication factor - 1, at least 1 (TOPIC_MIN_INSYNC_REPLICAS)")
-	fs.DurationVar(&ts.retention, "retention", envDuration("TOPIC_RETENTION", 7*24*time.Hour), "retention.ms of new topics; 0 leaves the broker's default (and is not checked), a negative value keeps messages for ever (TOPIC_RETENTION)")
+	fs.IntVar(&ts.replication, "replication-factor", 1, "replication factor of new topics; 3 on a production cluster (TOPIC_REPLICATION)")
+	fs.IntVar(&ts.minISR, "min-insync-replicas", 0, "min.insync.replicas of new topics; 0 means the replication factor - 1, at least 1 (TOPIC_MIN_INSYNC_REPLICAS)")
+	fs.DurationVar(&ts.retention, "retention", 7*24*time.Hour, "retention.ms of new topics; 0 leaves the broker's default (and is not checked), a negative value keeps messages for ever (TOPIC_RETENTION)")
 	var tenants stringList
 	fs.Var(&tenants, "tenant", "also create the events topic <prefix>events.<tenant> of this `tenant`, for --events-per-tenant; repeatable")
 	check := fs.Bool("check", false, "exit non-zero when an existing topic's settings differ from the ones stated (drift); without it drift is only reported")
@@ -146,7 +149,7 @@ func describeSpec(s stream.TopicSpec) string {
 func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "Usage: groupmatch app create|disable [flags]")
-		return errors.New("app: missing subcommand")
+		return usageError{errors.New("app: missing subcommand")}
 	}
 	var o options
 	switch args[0] {
@@ -162,7 +165,7 @@ func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		if *tenant == "" || *name == "" || len(scopes) == 0 {
 			fs.Usage()
-			return errors.New("app create: --tenant, --name and --scope are required")
+			return usageError{errors.New("app create: --tenant, --name and --scope are required")}
 		}
 		return withPool(ctx, &o, func(pool *pgxpool.Pool) error {
 			creds, err := apps.NewStore(pool).Create(ctx, *tenant, *name, scopes)
@@ -180,7 +183,7 @@ func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		if *appID == "" {
 			fs.Usage()
-			return errors.New("app disable: --appid is required")
+			return usageError{errors.New("app disable: --appid is required")}
 		}
 		return withPool(ctx, &o, func(pool *pgxpool.Pool) error {
 			if err := apps.NewStore(pool).Disable(ctx, *appID); err != nil {
@@ -190,7 +193,7 @@ func cmdApp(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return nil
 		})
 	}
-	return fmt.Errorf("app: unknown subcommand %q", args[0])
+	return usageError{fmt.Errorf("app: unknown subcommand %q", args[0])}
 }
 
 type stringList []string
@@ -199,9 +202,9 @@ func (s *stringList) String() string     { return fmt.Sprint(*s) }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func withPool(ctx context.Context, o *options, f func(*pgxpool.Pool) error) error {
-	pool, err := pgxpool.New(ctx, o.databaseURL)
+	pool, err := pgxpool.New(ctx, o.databaseURL) // parses only; connects lazily
 	if err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return usageError{fmt.Errorf("--database-url: %w", err)}
 	}
 	defer pool.Close()
 	if err := pool.Ping(ctx); err != nil {
@@ -213,7 +216,7 @@ func withPool(ctx context.Context, o *options, f func(*pgxpool.Pool) error) erro
 func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "load" {
 		fmt.Fprintln(stderr, "Usage: groupmatch directory load --tenant T FILE|-")
-		return errors.New("directory: expected the subcommand load")
+		return usageError{errors.New("directory: expected the subcommand load")}
 	}
 	var o options
 	fs := newFlagSet("directory load --tenant T FILE|-", stderr)
@@ -224,7 +227,7 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if *tenant == "" || fs.NArg() != 1 {
 		fs.Usage()
-		return errors.New("directory load: --tenant and a FILE (or - for standard input) are required")
+		return usageError{errors.New("directory load: --tenant and a FILE (or - for standard input) are required")}
 	}
 	in, size := io.Reader(os.Stdin), int64(0)
 	if path := fs.Arg(0); path != "-" {
@@ -279,8 +282,8 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o.addRetention(fs)
 	o.addLog(fs)
 	once := fs.Bool("once", false, "make one pass, print what it pruned, and exit")
-	interval := fs.Duration("interval", envDuration("PRUNE_INTERVAL", time.Minute), "pause between passes without --once (PRUNE_INTERVAL)")
-	rows := fs.Int("prune-rows", envInt("PRUNE_ROWS", 5000), "most rows one statement deletes (PRUNE_ROWS)")
+	interval := fs.Duration("interval", time.Minute, "pause between passes without --once (PRUNE_INTERVAL)")
+	rows := fs.Int("prune-rows", 5000, "most rows one statement deletes (PRUNE_ROWS)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -288,7 +291,7 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *interval <= 0 || *rows < 1 {
-		return errors.New("--interval and --prune-rows must be positive")
+		return usageError{errors.New("--interval and --prune-rows must be positive")}
 	}
 	log, err := o.logger(stderr)
 	if err != nil {
