@@ -1,10 +1,11 @@
 // Package deploy holds the container and monitoring set-up of groupmatch:
-// the Dockerfile, Prometheus's scrape configuration and rules, and Grafana's
-// provisioning and dashboard. Its tests check them, and docker-compose.yml,
-// structurally, since no Docker engine runs where the tests do; promtool
-// checks the Prometheus files (make test) and cmd/groupmatch's
-// TestPrometheusQueries evaluates every expression against a live
-// Prometheus.
+// the Dockerfile, Prometheus's scrape configuration and rules, Grafana's
+// provisioning and dashboard, and the Kubernetes manifests (k8s/base). Its
+// tests check them, and docker-compose.yml, structurally, since no Docker
+// engine or cluster runs where the tests do; promtool checks the Prometheus
+// files (make test), cmd/groupmatch's TestPrometheusQueries evaluates every
+// expression against a live Prometheus, and kustomize's Go API builds the
+// Kubernetes base, every object decoded strictly into its API type.
 package deploy
 
 import (
@@ -296,8 +297,8 @@ func TestGrafanaProvisioning(t *testing.T) {
 			continue
 		}
 		titles = append(titles, p.Title)
-		if p.Datasource == nil || p.Datasource.UID != ds.Datasources[0].UID {
-			t.Errorf("panel %q: datasource %+v, want uid %q", p.Title, p.Datasource, ds.Datasources[0].UID)
+		if p.Datasource == nil || p.Datasource.UID != "${datasource}" {
+			t.Errorf("panel %q: datasource %+v, want the variable ${datasource}", p.Title, p.Datasource)
 		}
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
@@ -310,7 +311,9 @@ func TestGrafanaProvisioning(t *testing.T) {
 	}
 	// What the issue asks the dashboard to show.
 	for _, want := range []string{"Ingest throughput", "End-to-end throughput", "Consumer lag per partition", "Time to drain",
-		"Outcomes", "Match rate by identifier", "Batch latency", "DB chunk latency", "Retries", "Dead letters", "Rebalances", "HTTP error ratio"} {
+		"Outcomes", "Match rate by identifier", "Batch latency", "DB chunk latency", "Retries", "Dead letters", "Rebalances", "HTTP error ratio",
+		"DB pool connections", "DB pool acquires that waited", "DB pool wait time", "CPU", "Memory", "Garbage collection",
+		"HTTP requests in flight", "Sink outcomes", "Duplicates and skipped records", "Consumer lag in seconds", "Lag collection errors"} {
 		if !slices.Contains(titles, want) {
 			t.Errorf("dashboard lacks the panel %q", want)
 		}

@@ -11,6 +11,9 @@ type Metrics struct {
 	BatchesAccepted prometheus.Counter
 	BatchesAborted  prometheus.Counter
 	InFlight        prometheus.Gauge
+	// InFlightLimit is Config.MaxInFlight, set by New: the dashboard plots
+	// InFlight against it.
+	InFlightLimit prometheus.Gauge
 	// FeedFailures counts requests-topic messages that failed permanently
 	// (class "permanent") or panicked ("panic") and were answered
 	// request.rejected.
@@ -46,11 +49,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "groupmatch_http_requests_in_flight",
 			Help: "HTTP requests being served.",
 		}),
+		InFlightLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "groupmatch_http_requests_in_flight_limit",
+			Help: "batchAdd requests served at once beyond which ingest answers 503 (--max-in-flight).",
+		}),
 		FeedFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "groupmatch_feed_failures_total",
 			Help: "Requests-topic messages that failed permanently or panicked, answered request.rejected; by class.",
 		}, []string{"class"}),
 	}
-	reg.MustRegister(m.Requests, m.RequestSeconds, m.RecordsAccepted, m.BatchesAccepted, m.BatchesAborted, m.InFlight, m.FeedFailures)
+	reg.MustRegister(m.Requests, m.RequestSeconds, m.RecordsAccepted, m.BatchesAccepted, m.BatchesAborted, m.InFlight, m.InFlightLimit, m.FeedFailures)
 	return m
 }

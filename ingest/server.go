@@ -159,6 +159,7 @@ func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	metrics.InFlightLimit.Set(float64(cfg.MaxInFlight))
 	w := stream.NewWriter(cfg.Brokers, cfg.Topics.Records, cfg.Security)
 	w.WriteTimeout = cfg.RequestTimeout
 	return &Service{

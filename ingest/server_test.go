@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/groupmatch/groupmatch/apps"
 )
@@ -151,6 +152,17 @@ func TestDrainingAndOverloadAnswer503(t *testing.T) {
 	rec, env = post(t, h, "good", []byte(validBody))
 	if rec.Code != http.StatusServiceUnavailable || env.ErrorCode != "UNAVAILABLE" {
 		t.Errorf("draining: HTTP %d %+v, want 503", rec.Code, env)
+	}
+}
+
+// The in-flight limit is exported, so the dashboard can plot the requests
+// in flight against it: the configured value, or the default.
+func TestInFlightLimitMetric(t *testing.T) {
+	for cfg, want := range map[int]float64{1: 1, 40: 40, 0: 256} {
+		svc := newTestService(t, Config{MaxInFlight: cfg})
+		if got := testutil.ToFloat64(svc.metrics.InFlightLimit); got != want {
+			t.Errorf("MaxInFlight %d: groupmatch_http_requests_in_flight_limit %v, want %v", cfg, got, want)
+		}
 	}
 }
 

@@ -306,13 +306,39 @@ func (p *promServer) waitSeries(expr string, within time.Duration) {
 	}
 }
 
-// grafanaVars replaces the Grafana variables the dashboard's queries use.
-var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1s", "$__range", "5m")
+// grafanaVars replaces the Grafana variables the dashboard's queries use;
+// the dashboard's own variables (job, instance, group, topic) by their
+// "All" value.
+var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1s", "$__range", "5m",
+	"$job", ".*", "$instance", ".*", "$group", ".*", "$topic", ".*")
 
 // mustHaveSeries are the panels that must show data once traffic flowed:
-// throughput and lag.
+// throughput and lag. Every other query must too, unless it is in
+// mayBeEmpty or reads a metric of notYetExported.
 var mustHaveSeries = map[string]bool{"Ingest throughput": true, "End-to-end throughput": true,
 	"Consumer lag per partition": true, "Produced messages by topic": true}
+
+// notYetExported are the metrics of issue 14's shared contract that other
+// branches add (the DB pool gauges and counters, lag in seconds: L; build
+// info: K). A query reading one may return nothing only while Prometheus
+// has no series of that metric at all; once the metric is exported, its
+// queries are held to the same rule as every other.
+var notYetExported = []string{
+	"groupmatch_db_pool_max_connections", "groupmatch_db_pool_acquired_connections",
+	"groupmatch_db_pool_idle_connections", "groupmatch_db_pool_total_connections",
+	"groupmatch_db_pool_acquires_total", "groupmatch_db_pool_empty_acquires_total",
+	"groupmatch_db_pool_acquire_wait_seconds_total", "groupmatch_db_pool_canceled_acquires_total",
+	"groupmatch_kafka_consumer_lag_seconds", "groupmatch_build_info",
+}
+
+// mayBeEmpty are the queries (panel title and legend) that may return
+// nothing after a healthy run, and why.
+var mayBeEmpty = map[string]string{
+	"HTTP error ratio: 5xx":             "no request failed: no series has a 5xx code",
+	"HTTP error ratio: 4xx":             "no request was refused: no series has a 4xx code",
+	"Batches in flight: oldest age (s)": "every batch is final: the sink exports no oldest batch",
+	"Dead letters: {{stage}} {{class}}": "nothing was dead-lettered: the counter has no class yet",
+}
 
 // A real Prometheus scraping a running groupmatch evaluates every query of
 // the Grafana dashboard and every rule without error, and the throughput and
@@ -339,9 +365,16 @@ func TestPrometheusQueries(t *testing.T) {
 			Type    string `json:"type"`
 			Title   string `json:"title"`
 			Targets []struct {
-				Expr string `json:"expr"`
+				Expr         string `json:"expr"`
+				LegendFormat string `json:"legendFormat"`
 			} `json:"targets"`
 		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Name, Type string
+				Query      any
+			}
+		}
 	}
 	raw, err := os.ReadFile("../../deploy/grafana/dashboards/groupmatch.json")
 	if err != nil {
@@ -350,17 +383,65 @@ func TestPrometheusQueries(t *testing.T) {
 	if err := json.Unmarshal(raw, &d); err != nil {
 		t.Fatal(err)
 	}
+	// exported tells whether Prometheus has any series of a metric.
+	exported := func(metric string) bool {
+		n, err := p.query(fmt.Sprintf("count({__name__=%q})", metric))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	}
+	missing := map[string]bool{}
+	for _, m := range notYetExported {
+		if !exported(m) {
+			missing[m] = true
+			t.Logf("%s is not exported yet: its panels may be empty", m)
+		}
+	}
+	readsMissing := func(expr string) bool {
+		for m := range missing {
+			if regexp.MustCompile(`\b` + m + `\b`).MatchString(expr) {
+				return true
+			}
+		}
+		return false
+	}
+
 	queries := 0
+	// The query variables' selectors (label_values(selector, label)).
+	labelValues := regexp.MustCompile(`^label_values\((.+), *([a-z_]+)\)$`)
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		q, _ := v.Query.(map[string]any)
+		m := labelValues.FindStringSubmatch(fmt.Sprint(q["query"]))
+		if m == nil {
+			t.Errorf("variable %s: query %v is not label_values(selector, label)", v.Name, v.Query)
+			continue
+		}
+		queries++
+		expr := fmt.Sprintf("count by (%s) (%s)", m[2], grafanaVars.Replace(m[1]))
+		if n, err := p.query(expr); err != nil || n == 0 {
+			t.Errorf("variable %s: %s: %d values, %v", v.Name, expr, n, err)
+		}
+	}
 	for _, panel := range d.Panels {
 		for _, tg := range panel.Targets {
 			queries++
 			expr := grafanaVars.Replace(tg.Expr)
 			n, err := p.query(expr)
+			key := panel.Title + ": " + tg.LegendFormat
 			switch {
 			case err != nil:
 				t.Errorf("panel %q: %s: %v", panel.Title, expr, err)
-			case n == 0 && mustHaveSeries[panel.Title]:
+			case n > 0:
+			case mustHaveSeries[panel.Title]:
 				t.Errorf("panel %q: %s returned no series", panel.Title, expr)
+			case readsMissing(expr):
+			case mayBeEmpty[key] != "":
+			default:
+				t.Errorf("panel %q (%q): %s returned no series after a healthy run", panel.Title, tg.LegendFormat, expr)
 			}
 		}
 	}
