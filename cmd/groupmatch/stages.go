@@ -106,6 +106,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// One pool per process, shared by its stages: labelled like its
+	// connections' application_name ("sink", or "ingest+matcher+sink").
+	prometheus.WrapRegistererWith(prometheus.Labels{"stage": strings.Join(stages, "+")}, reg).MustRegister(newPoolCollector(pool))
 	topics := o.topics()
 
 	g, gctx := errgroup.WithContext(ctx)
