@@ -25,7 +25,8 @@ type options struct {
 	groupPrefix      string
 	eventsPerTenant  bool
 	databaseURL      string
-	httpAddr         string
+	httpAddr         string // public: the API; ingest only
+	adminAddr        string // /healthz, /readyz, /metrics, /debug/pprof/
 	topicPrefix      string
 	partitions       int
 	rateLimit        float64
@@ -182,9 +183,15 @@ func (o *options) addLog(fs *flag.FlagSet) {
 	fs.StringVar(&o.logFormat, "log-format", env("LOG_FORMAT", "json"), "json or text (LOG_FORMAT)")
 }
 
-// addStages registers the settings of the pipeline stages.
-func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
-	fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
+// addStages registers the settings of the pipeline stages. defaultAddr is
+// the default of --http-addr, the public API address; "" registers no such
+// flag (matcher and sink serve no API, so they have no public listener).
+// defaultAdmin is the default of --admin-addr.
+func (o *options) addStages(fs *flag.FlagSet, defaultAddr, defaultAdmin string) {
+	if defaultAddr != "" {
+		fs.StringVar(&o.httpAddr, "http-addr", env("HTTP_ADDR", defaultAddr), "public HTTP address: the API only (HTTP_ADDR)")
+	}
+	fs.StringVar(&o.adminAddr, "admin-addr", env("ADMIN_ADDR", defaultAdmin), "admin HTTP address, for operators and probes only: /healthz, /readyz, /metrics and with --pprof /debug/pprof/ (ADMIN_ADDR)")
 	fs.Float64Var(&o.rateLimit, "rate-limit", envFloat("RATE_LIMIT", 100), "requests per second each application may send (RATE_LIMIT)")
 	fs.IntVar(&o.rateBurst, "rate-burst", envInt("RATE_BURST", 200), "burst of requests each application may send (RATE_BURST)")
 	fs.Float64Var(&o.authFailRate, "auth-fail-rate", envFloat("AUTH_FAIL_RATE", 20), "failed authentications per second each client address may make; beyond, 429 before any check (AUTH_FAIL_RATE)")
@@ -201,7 +208,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr string) {
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
 	fs.IntVar(&o.maxGroups, "max-groups-per-tenant", envInt("MAX_GROUPS_PER_TENANT", sink.DefaultMaxGroupsPerTenant), "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
-	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
+	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the admin address, for profiling (PPROF)")
 	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
 }
 

@@ -92,7 +92,7 @@ func promtool(t *testing.T) string {
 // agree with the traffic, and passes promtool's lint.
 func TestMetricsScrape(t *testing.T) {
 	s := trafficSystem(t, 2)
-	body := scrape(t, s.base)
+	body := scrape(t, s.admin)
 	// The system's topics and groups have prefixes of their own.
 	names := strings.NewReplacer(`topic="groupmatch.`, `topic="`+s.opts.topicPrefix,
 		`group="groupmatch-matcher"`, `group="`+s.opts.groupID(stageMatcher)+`"`, `group="groupmatch-sink"`, `group="`+s.opts.groupID(stageSink)+`"`)
@@ -322,7 +322,7 @@ func TestPrometheusQueries(t *testing.T) {
 	s := startSystem(t)
 	_, token := s.app("ops", apps.ScopeGroup)
 	s.loadDirectory("ops", opsDirectory)
-	p := startPrometheus(t, strings.TrimPrefix(s.base, "http://"))
+	p := startPrometheus(t, strings.TrimPrefix(s.admin, "http://"))
 	p.waitSeries(`up{job="groupmatch-serve"} == 1`, 20*time.Second)
 	for range 3 {
 		id := s.postBatch(token, opsBatch)
