@@ -186,6 +186,13 @@ func TestHealthcheckRefused(t *testing.T) {
 // 127.0.0.1:0. With dbMayVanish, the stages may stop with an error.
 func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) (base, admin string) {
 	t.Helper()
+	return runTheseStagesOn(t, o, log, dbMayVanish, stageIngest, stageMatcher, stageSink)
+}
+
+// runTheseStagesOn is runStagesOn for the given stages only; base is
+// "http://" when ingest does not run.
+func runTheseStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool, stages ...string) (base, admin string) {
+	t.Helper()
 	o.statements = statements
 	if o.adminAddr == "" {
 		o.adminAddr = "127.0.0.1:0"
@@ -198,7 +205,7 @@ func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) (
 	addr := make(chan [2]string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(h, a string) { addr <- [2]string{h, a} })
+		done <- runStages(ctx, o, stages, log, func(h, a string) { addr <- [2]string{h, a} })
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -116,6 +116,15 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	prometheus.WrapRegistererWith(prometheus.Labels{"stage": strings.Join(stages, "+")}, reg).MustRegister(newPoolCollector(pool))
 	topics := o.topics()
 
+	// The first stage observed also reports the lag of the other stages'
+	// groups (see lagOfOtherStages).
+	otherLag := lagOfOtherStages(o, stages)
+	takeOtherLag := func() []stream.LagTarget {
+		t := otherLag
+		otherLag = nil
+		return t
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	mux := http.NewServeMux()
 	var svc *ingest.Service
@@ -135,7 +144,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, sec, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageIngest, takeOtherLag(), []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
@@ -155,7 +164,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
+		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, takeOtherLag(), m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
@@ -176,7 +185,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			EventsPerTenant: o.eventsPerTenant, Logger: log})
 		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
 		g.Go(func() error { return deadline.Run(gctx) })
-		observeStage(gctx, reg, o, sec, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
