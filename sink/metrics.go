@@ -16,7 +16,7 @@ var batchLatencyBuckets = []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120
 var finalStatuses = []string{"SUCCESS", "PARTIAL_SUCCESS", "FAILED"}
 
 // deadLetterClasses are the sink's dead-letter classes.
-var deadLetterClasses = []string{"undecodable", "permanent", "panic"}
+var deadLetterClasses = []string{"undecodable", "orphan", "permanent", "panic"}
 
 // Metrics are the sink's Prometheus metrics. Labels are bounded sets:
 // outcomes, statuses and error classes.

@@ -21,6 +21,7 @@ groupmatch_batches_finished_total{stage="sink",status="PARTIAL_SUCCESS"} 0
 groupmatch_batches_finished_total{stage="sink",status="SUCCESS"} 0
 # HELP groupmatch_dlq_messages_total Messages sent to the dead-letter topic, by error class.
 # TYPE groupmatch_dlq_messages_total counter
+groupmatch_dlq_messages_total{class="orphan",stage="sink"} 0
 groupmatch_dlq_messages_total{class="panic",stage="sink"} 0
 groupmatch_dlq_messages_total{class="permanent",stage="sink"} 0
 groupmatch_dlq_messages_total{class="undecodable",stage="sink"} 0
