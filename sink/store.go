@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -20,6 +19,10 @@ import (
 // ErrBatchPending means a record's batch is not accepted yet (ingest is still
 // writing its records to Kafka). It is transient: retry the chunk.
 var ErrBatchPending = fmt.Errorf("sink: batch not yet accepted: %w", retry.ErrTransient)
+
+// errBatchGone means a batch finished or was pruned between reading its
+// state and applying its records; the retry reads the state again.
+var errBatchGone = fmt.Errorf("sink: a batch finished or vanished while its records were applied: %w", retry.ErrTransient)
 
 // Store applies chunks of resolved records. Implementations must make each
 // record's effect happen once however often it is applied.
@@ -97,7 +100,10 @@ type ledgerKey struct {
 // PENDING fails with ErrBatchPending and changes nothing. When a later
 // tenant's transaction fails, the tenants before it stay applied and Apply
 // returns the error: applying the chunk again finds their records in the
-// ledger (duplicates).
+// ledger (duplicates). Records of finished batches are duplicates, decided
+// without the ledger; records of aborted batches are dropped; records of
+// batches the tenant does not have (never, or no longer: see Pruner) are
+// orphans.
 func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
 	var res ApplyResult
 	batches, err := s.batchStates(ctx, recs)
@@ -119,6 +125,14 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 			continue
 		case st.status == "PENDING":
 			return ApplyResult{}, ErrBatchPending
+		case st.status != "PROCESSING":
+			// Finished: every record of the batch has its ledger row
+			// (a batch finishes when processed = total, and the ledger
+			// and the counters change together), so this one is a
+			// duplicate. Deciding it here, without the ledger, keeps it
+			// one after Prune deleted the batch's ledger rows.
+			res.Duplicates++
+			continue
 		}
 		k := ledgerKey{r.BatchID, r.Index}
 		if seen[k] {
@@ -680,7 +694,7 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			$10::int[], $11::int[], $12::int[], $13::int[], $14::int[], $15::int[])
 			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
 			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
-		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id
+		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id AND b.status = 'PROCESSING'
 		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: update counters: %w", err)
@@ -704,7 +718,9 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 		return nil, fmt.Errorf("sink: update counters: %w", err)
 	}
 	if updated != len(ids) {
-		return nil, errors.New("sink: a batch vanished while its records were applied")
+		// Finished or pruned since batchStates read it: roll back, and
+		// the retry reads it again and drops the chunk's records of it.
+		return nil, errBatchGone
 	}
 	if len(finished) > 0 {
 		done := make([]int64, len(finished))

@@ -38,6 +38,7 @@ type options struct {
 	pendingTimeout   time.Duration
 	maxGroups        int
 	batchDeadline    time.Duration
+	resultRetention  time.Duration
 	authFailRate     float64
 	authFailBurst    int
 	authFailClients  int
@@ -208,6 +209,7 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr, defaultAdmin string) 
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", envDuration("PENDING_TIMEOUT", 60*time.Second), "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
 	fs.IntVar(&o.maxGroups, "max-groups-per-tenant", envInt("MAX_GROUPS_PER_TENANT", sink.DefaultMaxGroupsPerTenant), "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 	fs.DurationVar(&o.batchDeadline, "batch-deadline", envDuration("BATCH_DEADLINE", time.Hour), "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
+	o.addRetention(fs)
 	fs.BoolVar(&o.pprof, "pprof", envBool("PPROF", false), "serve net/http/pprof under /debug/pprof/ on the admin address, for profiling (PPROF)")
 	fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", envBool("EVENTS_PER_TENANT", false), "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
 }
@@ -216,6 +218,24 @@ func (o *options) addStages(fs *flag.FlagSet, defaultAddr, defaultAdmin string) 
 func (o *options) checkStages() error {
 	if o.maxGroups < 1 {
 		return fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)
+	}
+	return o.checkRetention()
+}
+
+// minResultRetention is the shortest --result-retention: pruning delete
+// tombstones relies on no batch acceptance being in flight for longer
+// (docs/operations.md, "Pruning"), and results should outlive any retry.
+const minResultRetention = time.Hour
+
+// addRetention registers --result-retention.
+func (o *options) addRetention(fs *flag.FlagSet) {
+	fs.DurationVar(&o.resultRetention, "result-retention", envDuration("RESULT_RETENTION", sink.DefaultResultRetention), "how long finished batches, their results and failures, delete tombstones and invisible groups are kept before the sink prunes them; batchResult then answers 404 (at least 1h) (RESULT_RETENTION)")
+}
+
+// checkRetention rejects a --result-retention below minResultRetention.
+func (o *options) checkRetention() error {
+	if o.resultRetention < minResultRetention {
+		return fmt.Errorf("--result-retention must be at least %s, got %s", minResultRetention, o.resultRetention)
 	}
 	return nil
 }

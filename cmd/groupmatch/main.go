@@ -32,6 +32,7 @@ Commands:
   app create         creates an application and prints its credentials once
   app disable        disables an application; its tokens stop working
   directory load     loads customers from JSON lines
+  prune              deletes results, tombstones and keys past their retention (sinks also do it)
   healthcheck        probes a process's /healthz or /readyz (for container healthchecks)
   bench              load generator and end-to-end measurement, with a plain-PostgreSQL baseline
 
@@ -80,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdApp(ctx, rest, stdout, stderr)
 	case "directory":
 		return cmdDirectory(ctx, rest, stdout, stderr)
+	case "prune":
+		return cmdPrune(ctx, rest, stdout, stderr)
 	case "healthcheck":
 		return cmdHealthcheck(ctx, rest, stdout, stderr)
 	case "bench":

@@ -185,6 +185,8 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			EventsPerTenant: o.eventsPerTenant, Logger: log})
 		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
 		g.Go(func() error { return deadline.Run(gctx) })
+		pruner := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Metrics: sink.NewPruneMetrics(reg), Logger: log})
+		g.Go(func() error { return pruner.Run(gctx) })
 		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })

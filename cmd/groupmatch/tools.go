@@ -16,6 +16,7 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/schemas"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -264,6 +265,47 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		fmt.Fprintf(stdout, "loaded %d customers from %d lines (%d bad) in %s\n", p.Loaded, p.Lines, len(p.Bad), time.Since(start).Round(time.Millisecond))
+		return nil
+	})
+}
+
+// cmdPrune prunes what --result-retention and the fixed windows let go
+// (sink.Pruner): once with --once, else every --interval until stopped, as
+// every sink process also does in the background.
+func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := newFlagSet("prune [--result-retention 720h] [--once] [flags]", stderr)
+	o.addDatabase(fs)
+	o.addRetention(fs)
+	o.addLog(fs)
+	once := fs.Bool("once", false, "make one pass, print what it pruned, and exit")
+	interval := fs.Duration("interval", envDuration("PRUNE_INTERVAL", time.Minute), "pause between passes without --once (PRUNE_INTERVAL)")
+	rows := fs.Int("prune-rows", envInt("PRUNE_ROWS", 5000), "most rows one statement deletes (PRUNE_ROWS)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if err := o.checkRetention(); err != nil {
+		return err
+	}
+	if *interval <= 0 || *rows < 1 {
+		return errors.New("--interval and --prune-rows must be positive")
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		return err
+	}
+	return withPool(ctx, &o, func(pool *pgxpool.Pool) error {
+		p := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Interval: *interval, Rows: *rows, Logger: log})
+		if !*once {
+			return p.Run(ctx)
+		}
+		start := time.Now()
+		st, err := p.Prune(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "pruned %d batches, %d ledger rows, %d idempotency keys, %d tombstones, %d invisible groups in %s\n",
+			st.Batches, st.BatchRecords, st.IdempotencyKeys, st.Tombstones, st.Groups, time.Since(start).Round(time.Millisecond))
 		return nil
 	})
 }
