@@ -121,8 +121,21 @@ func TestAdminListenerAndReadiness(t *testing.T) {
 			t.Errorf("public %s: %d, want 404 (served on the admin address only)", path, code)
 		}
 	}
-	if code, body := getStatus(t, admin+"/metrics"); code != http.StatusOK || !strings.Contains(body, `groupmatch_db_pool_max_connections{stage="ingest+matcher+sink"} 4`) {
-		t.Errorf("admin /metrics lacks the pool's max connections: %d", code)
+	// A fresh process: the pool's series, and label values nothing has
+	// happened to yet at 0.
+	_, body := getStatus(t, admin+"/metrics")
+	for _, want := range []string{
+		`groupmatch_db_pool_max_connections{stage="ingest+matcher+sink"} 4`,
+		`groupmatch_batches_finished_total{stage="sink",status="FAILED"} 0`,
+		`groupmatch_dlq_messages_total{class="undecodable",stage="sink"} 0`,
+		`groupmatch_dlq_messages_total{class="panic",stage="matcher"} 0`,
+		`groupmatch_sink_records_total{outcome="FAILED",stage="sink"} 0`,
+		`groupmatch_matcher_records_total{matched_by="phone",outcome="MATCHED",stage="matcher"} 0`,
+		`groupmatch_feed_failures_total{class="permanent",stage="ingest"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("a fresh process's scrape lacks %s", want)
+		}
 	}
 	if code, _ := getStatus(t, admin+"/api/integrate/audience/group/rel/batchResult?batchId=1"); code != http.StatusNotFound {
 		t.Errorf("admin serves the API: %d, want 404", code)

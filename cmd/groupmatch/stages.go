@@ -213,18 +213,20 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if err != nil {
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
-	servers := []*http.Server{serve(g, adminLn, admin, "admin http")}
 	startedAttrs := []any{"stages", stages}
 	var httpAddr string
+	var publicLn net.Listener
 	if svc != nil {
-		ln, err := net.Listen("tcp", o.httpAddr)
-		if err != nil {
+		if publicLn, err = net.Listen("tcp", o.httpAddr); err != nil {
 			adminLn.Close()
 			return fmt.Errorf("--http-addr: %w", err)
 		}
-		servers = append(servers, serve(g, ln, mux, "http"))
-		httpAddr = ln.Addr().String()
+		httpAddr = publicLn.Addr().String()
 		startedAttrs = append(startedAttrs, "http_addr", httpAddr)
+	}
+	servers := []*http.Server{serve(g, adminLn, admin, "admin http")}
+	if publicLn != nil {
+		servers = append(servers, serve(g, publicLn, mux, "http"))
 	}
 	g.Go(func() error {
 		<-gctx.Done()
