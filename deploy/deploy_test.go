@@ -117,8 +117,8 @@ func TestComposeStages(t *testing.T) {
 		if u := s.Environment["DATABASE_URL"]; !strings.HasPrefix(u, "postgres://") || !strings.Contains(u, "@postgres:5432/") {
 			t.Errorf("%s: DATABASE_URL %q does not name the postgres service", name, u)
 		}
-		if s.Environment["HTTP_ADDR"] != ":8080" {
-			t.Errorf("%s: HTTP_ADDR %q, want :8080 (prometheus.yml scrapes port 8080)", name, s.Environment["HTTP_ADDR"])
+		if s.Environment["ADMIN_ADDR"] != ":9180" {
+			t.Errorf("%s: ADMIN_ADDR %q, want :9180 (prometheus.yml scrapes port 9180)", name, s.Environment["ADMIN_ADDR"])
 		}
 	}
 	for _, name := range []string{"migrate", "topics"} {
@@ -141,8 +141,8 @@ func TestComposeStages(t *testing.T) {
 		}
 		if s.Healthcheck == nil || !slices.Equal(s.Healthcheck.Test[:3], []string{"CMD", "/usr/local/bin/groupmatch", "healthcheck"}) {
 			t.Errorf("%s: healthcheck %+v must run the binary (the image has no shell)", name, s.Healthcheck)
-		} else if !slices.Contains(s.Healthcheck.Test, "http://127.0.0.1:8080/readyz") {
-			t.Errorf("%s: healthcheck %v does not probe /readyz on port 8080", name, s.Healthcheck.Test)
+		} else if !slices.Contains(s.Healthcheck.Test, "http://127.0.0.1:9180/readyz") {
+			t.Errorf("%s: healthcheck %v does not probe /readyz on the admin port 9180", name, s.Healthcheck.Test)
 		}
 	}
 	if p := c.Services["ingest"].Ports; !slices.Contains(p, "127.0.0.1:8080:8080") {
@@ -221,13 +221,13 @@ func TestPrometheusConfig(t *testing.T) {
 				continue
 			}
 			for _, d := range sc.DNSSDConfigs {
-				if slices.Contains(d.Names, stage) && d.Type == "A" && d.Port == 8080 {
+				if slices.Contains(d.Names, stage) && d.Type == "A" && d.Port == 9180 {
 					found = true
 				}
 			}
 		}
 		if !found {
-			t.Errorf("no job groupmatch-%s discovering the %s service by DNS on port 8080", stage, stage)
+			t.Errorf("no job groupmatch-%s discovering the %s service by DNS on the admin port 9180", stage, stage)
 		}
 		if _, ok := c.Services[stage]; !ok {
 			t.Errorf("prometheus.yml scrapes %s, which compose does not run", stage)

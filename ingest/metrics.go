@@ -20,7 +20,8 @@ type Metrics struct {
 	FeedFailures *prometheus.CounterVec
 }
 
-// NewMetrics registers ingest's metrics on reg, labelled stage="ingest".
+// NewMetrics registers ingest's metrics on reg, labelled stage="ingest",
+// with both feed failure classes at 0.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": "ingest"}, reg)
 	m := &Metrics{
@@ -59,5 +60,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"class"}),
 	}
 	reg.MustRegister(m.Requests, m.RequestSeconds, m.RecordsAccepted, m.BatchesAccepted, m.BatchesAborted, m.InFlight, m.InFlightLimit, m.FeedFailures)
+	// Both classes exist at 0 from the start, so that the first failure is
+	// an increase that rate() sees.
+	for _, c := range []string{"permanent", "panic"} {
+		m.FeedFailures.WithLabelValues(c)
+	}
 	return m
 }

@@ -19,7 +19,8 @@ type Metrics struct {
 	DeadLetters   *prometheus.CounterVec // by class
 }
 
-// NewMetrics registers the matcher's metrics on reg, labelled stage="matcher".
+// NewMetrics registers the matcher's metrics on reg, labelled
+// stage="matcher", with every outcome and dead-letter class at 0.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": "matcher"}, reg)
 	m := &Metrics{
@@ -56,6 +57,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"class"}),
 	}
 	reg.MustRegister(m.Records, m.Conflicts, m.LookupSeconds, m.LookupValues, m.ChunkSeconds, m.Retries, m.DeadLetters)
+	// Every label value exists at 0 from the start, so that the first dead
+	// letter or FAILED record is an increase that rate() sees. MATCHED
+	// goes with each kind, the other outcomes with "none".
+	for _, k := range pipeline.IdentityKinds {
+		m.Records.WithLabelValues(string(pipeline.OutcomeMatched), string(k))
+	}
+	for _, o := range []pipeline.Outcome{pipeline.OutcomeNotFound, pipeline.OutcomeAmbiguous, pipeline.OutcomeInvalid,
+		pipeline.OutcomeFailed} {
+		m.Records.WithLabelValues(string(o), "none")
+	}
+	for _, c := range []string{"undecodable", "permanent", "panic"} {
+		m.DeadLetters.WithLabelValues(c)
+	}
 	return m
 }
 

@@ -1,6 +1,22 @@
 package sink
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// batchLatencyBuckets run from 50 ms to 4 h: an interactive batch finishes in
+// under a second, a backfill of millions of records takes hours, and both
+// must read true at p99 (a last bucket of 300 s made every backfill "5 min").
+var batchLatencyBuckets = []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400}
+
+// finalStatuses are the statuses a batch finishes with (the label values of
+// groupmatch_batches_finished_total).
+var finalStatuses = []string{"SUCCESS", "PARTIAL_SUCCESS", "FAILED"}
+
+// deadLetterClasses are the sink's dead-letter classes.
+var deadLetterClasses = []string{"undecodable", "orphan", "permanent", "panic"}
 
 // Metrics are the sink's Prometheus metrics. Labels are bounded sets:
 // outcomes, statuses and error classes.
@@ -20,7 +36,8 @@ type Metrics struct {
 	TimedOutRecords prometheus.Counter
 }
 
-// NewMetrics registers the sink's metrics on reg, labelled stage="sink".
+// NewMetrics registers the sink's metrics on reg, labelled stage="sink",
+// with every outcome, final status and dead-letter class at 0.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": "sink"}, reg)
 	m := &Metrics{
@@ -44,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BatchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "groupmatch_batch_latency_seconds",
 			Help:    "Time from a batch's acceptance to its final status.",
-			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5, 10, 30, 60, 300},
+			Buckets: batchLatencyBuckets,
 		}),
 		Retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupmatch_retries_total",
@@ -73,5 +90,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.Records, m.Duplicates, m.ChunkSeconds, m.Finished, m.BatchLatency,
 		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord, m.TimedOut, m.TimedOutRecords)
+	// Every label value exists at 0 from the start, so that the first
+	// FAILED batch or dead letter is an increase that rate() sees.
+	for _, o := range []pipeline.Outcome{pipeline.OutcomeMatched, pipeline.OutcomeNotFound, pipeline.OutcomeAmbiguous,
+		pipeline.OutcomeInvalid, pipeline.OutcomeFailed} {
+		m.Records.WithLabelValues(string(o))
+	}
+	for _, s := range finalStatuses {
+		m.Finished.WithLabelValues(s)
+	}
+	for _, c := range deadLetterClasses {
+		m.DeadLetters.WithLabelValues(c)
+	}
 	return m
 }

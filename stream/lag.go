@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -30,7 +31,12 @@ type LagConfig struct {
 	// Timeout bounds the Kafka round trips of one scrape; default 3 s. A
 	// scrape that runs out of time reports no lag series and counts an error.
 	Timeout time.Duration
-	Logger  *slog.Logger
+	// MaxTimestampReads bounds the messages one scrape fetches to learn the
+	// time of a partition's oldest unprocessed message (one per lagging
+	// partition whose group moved since the last scrape); default 64.
+	// Partitions beyond it report no lag in seconds in that scrape.
+	MaxTimestampReads int
+	Logger            *slog.Logger
 }
 
 // Validate reports the first missing required field.
@@ -69,23 +75,37 @@ type PartitionLag struct {
 }
 
 // LagCollector is a prometheus.Collector reporting consumer-group lag per
-// topic and partition. kafka-go's group readers do not report per-partition
-// lag, so at each scrape it asks the cluster for every partition's
-// high-water mark (ListOffsets) and the group's committed offsets
-// (OffsetFetch).
+// topic and partition, in messages and in seconds. kafka-go's group readers
+// do not report per-partition lag, so at each scrape it asks the cluster for
+// every partition's high-water mark (ListOffsets) and the group's committed
+// offsets (OffsetFetch), and, for a lagging partition, the timestamp of the
+// message at the group's position (Fetch of one message, remembered while
+// the group stays there). None of it depends on the group having members:
+// a group whose members are all down keeps being reported.
 //
-// Every member of a group reports the lag of all the group's partitions, so
-// queries aggregate with max by (group, topic, partition). Collect is safe
-// for concurrent use; concurrent scrapes are served one after the other.
+// Every process reporting a group reports all its partitions, so queries
+// aggregate with max by (group, topic, partition). Collect is safe for
+// concurrent use; concurrent scrapes are served one after the other.
 type LagCollector struct {
 	cfg       LagConfig
 	transport *kafka.Transport
 	client    *kafka.Client
 
-	lag, committed, hwm *prometheus.Desc
-	errors              prometheus.Counter
+	lag, lagSeconds, committed, hwm *prometheus.Desc
+	errors                          prometheus.Counter
 
-	mu sync.Mutex // one scrape's round trips at a time
+	mu sync.Mutex // one scrape's round trips at a time; guards oldest
+	// oldest remembers, from the previous scrape, the timestamp of the
+	// message at each lagging partition's position.
+	oldest map[position]time.Time
+	now    func() time.Time
+}
+
+// position is one offset of one partition.
+type position struct {
+	topic     string
+	partition int
+	offset    int64
 }
 
 var _ prometheus.Collector = (*LagCollector)(nil)
@@ -99,6 +119,9 @@ func NewLagCollector(cfg LagConfig) (*LagCollector, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 3 * time.Second
 	}
+	if cfg.MaxTimestampReads <= 0 {
+		cfg.MaxTimestampReads = 64
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -107,6 +130,10 @@ func NewLagCollector(cfg LagConfig) (*LagCollector, error) {
 		cfg:       cfg,
 		transport: tr,
 		client:    &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: tr},
+		now:       time.Now,
+		lagSeconds: prometheus.NewDesc("groupmatch_kafka_consumer_lag_seconds",
+			"Age of the oldest message the consumer group has not committed (the one at its committed offset), by its timestamp; 0 when it has none.",
+			[]string{"group", "topic", "partition"}, nil),
 		lag: prometheus.NewDesc("groupmatch_kafka_consumer_lag_messages",
 			"Messages produced to a partition but not yet committed by the consumer group (high-water mark minus committed offset).",
 			[]string{"group", "topic", "partition"}, nil),
@@ -118,7 +145,7 @@ func NewLagCollector(cfg LagConfig) (*LagCollector, error) {
 			[]string{"topic", "partition"}, nil),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupmatch_kafka_lag_collect_errors_total",
-			Help: "Scrapes that could not read offsets from Kafka and so reported no lag.",
+			Help: "Scrapes that could not read offsets from Kafka and so reported no lag, or could not read a lagging partition's oldest message and so reported no lag in seconds for it.",
 		}),
 	}, nil
 }
@@ -129,6 +156,7 @@ func (c *LagCollector) Close() { c.transport.CloseIdleConnections() }
 // Describe implements prometheus.Collector.
 func (c *LagCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lag
+	ch <- c.lagSeconds
 	ch <- c.committed
 	ch <- c.hwm
 	c.errors.Describe(ch)
@@ -146,10 +174,23 @@ func (c *LagCollector) Collect(ch chan<- prometheus.Metric) {
 		c.errors.Inc()
 		c.cfg.Logger.Warn("consumer lag unavailable", "err", err)
 	}
+	oldest, err := c.oldestUnprocessed(ctx, lags)
+	if err != nil {
+		c.errors.Inc()
+		c.cfg.Logger.Warn("consumer lag in seconds unavailable", "err", err)
+	}
+	now := c.now()
 	seen := make(map[string]bool) // topic/partition of high-water marks sent
-	for _, l := range lags {
+	for i, l := range lags {
 		p := strconv.Itoa(l.Partition)
 		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(l.Lag), l.Group, l.Topic, p)
+		switch {
+		case l.Lag == 0:
+			ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, 0, l.Group, l.Topic, p)
+		case !oldest[i].IsZero():
+			age := max(0, now.Sub(oldest[i]).Seconds())
+			ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, age, l.Group, l.Topic, p)
+		}
 		if l.Committed >= 0 {
 			ch <- prometheus.MustNewConstMetric(c.committed, prometheus.GaugeValue, float64(l.Committed), l.Group, l.Topic, p)
 		}
@@ -249,4 +290,70 @@ func (c *LagCollector) Lag(ctx context.Context) ([]PartitionLag, error) {
 		}
 	}
 	return out, nil
+}
+
+// oldestUnprocessed returns, for each of lags, the timestamp of the message
+// at the group's position (its committed offset, or the log start), zero
+// when the partition does not lag or the time is unknown. It reads at most
+// cfg.MaxTimestampReads messages, one per lagging position it does not
+// remember from the previous call; the error is the first failed read.
+// Callers hold c.mu.
+func (c *LagCollector) oldestUnprocessed(ctx context.Context, lags []PartitionLag) ([]time.Time, error) {
+	out := make([]time.Time, len(lags))
+	kept := make(map[position]time.Time, len(c.oldest))
+	reads := 0
+	var firstErr error
+	for i, l := range lags {
+		if l.Lag == 0 {
+			continue
+		}
+		pos := position{l.Topic, l.Partition, max(l.Committed, l.LogStart)}
+		if t, ok := kept[pos]; ok { // another group at the same position
+			out[i] = t
+			continue
+		}
+		if t, ok := c.oldest[pos]; ok {
+			out[i], kept[pos] = t, t
+			continue
+		}
+		if reads == c.cfg.MaxTimestampReads || firstErr != nil {
+			continue
+		}
+		reads++
+		t, err := c.timestampAt(ctx, pos)
+		if err != nil {
+			firstErr = err
+			continue
+		}
+		out[i], kept[pos] = t, t
+	}
+	c.oldest = kept
+	return out, firstErr
+}
+
+// timestampAt reads the timestamp of the first message at or after pos.
+func (c *LagCollector) timestampAt(ctx context.Context, pos position) (time.Time, error) {
+	resp, err := c.client.Fetch(ctx, &kafka.FetchRequest{Topic: pos.topic, Partition: pos.partition, Offset: pos.offset,
+		MinBytes: 1, MaxBytes: 64 << 10, MaxWait: 200 * time.Millisecond})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stream: lag: message at %s/%d@%d: %w", pos.topic, pos.partition, pos.offset, err)
+	}
+	if closer, ok := resp.Records.(io.Closer); ok {
+		defer closer.Close()
+	}
+	if resp.Error != nil {
+		return time.Time{}, fmt.Errorf("stream: lag: message at %s/%d@%d: %w", pos.topic, pos.partition, pos.offset, resp.Error)
+	}
+	if resp.Records == nil {
+		return time.Time{}, fmt.Errorf("stream: lag: message at %s/%d@%d: none returned", pos.topic, pos.partition, pos.offset)
+	}
+	for {
+		r, err := resp.Records.ReadRecord()
+		if err != nil { // io.EOF: the answer held no message at or after pos
+			return time.Time{}, fmt.Errorf("stream: lag: message at %s/%d@%d: %w", pos.topic, pos.partition, pos.offset, err)
+		}
+		if r.Offset >= pos.offset { // a batch may start before the offset asked for
+			return r.Time, nil
+		}
+	}
 }

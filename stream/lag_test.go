@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 
@@ -87,12 +88,97 @@ groupmatch_kafka_consumer_committed_offset{group="g",partition="0",topic="recs"}
 groupmatch_kafka_partition_high_watermark_offset{partition="0",topic="recs"} 5
 groupmatch_kafka_partition_high_watermark_offset{partition="1",topic="recs"} 3
 groupmatch_kafka_partition_high_watermark_offset{partition="2",topic="recs"} 0
-# HELP groupmatch_kafka_lag_collect_errors_total Scrapes that could not read offsets from Kafka and so reported no lag.
+# HELP groupmatch_kafka_lag_collect_errors_total Scrapes that could not read offsets from Kafka and so reported no lag, or could not read a lagging partition's oldest message and so reported no lag in seconds for it.
 # TYPE groupmatch_kafka_lag_collect_errors_total counter
 groupmatch_kafka_lag_collect_errors_total 0
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "groupmatch_kafka_consumer_lag_messages",
+		"groupmatch_kafka_consumer_committed_offset", "groupmatch_kafka_partition_high_watermark_offset",
+		"groupmatch_kafka_lag_collect_errors_total"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Lag in seconds is the age of the message at the group's position, by its
+// timestamp, for a group that has no member at all (it only ever
+// committed); 0 on a partition it has caught up on.
+func TestLagSeconds(t *testing.T) {
+	b := startBroker(t, 3)
+	brokers := []string{b.Addr()}
+	ctx := testContext(t)
+	if err := stream.CreateTopics(ctx, brokers, nil, []stream.TopicSpec{{Name: "recs", Partitions: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	// Partition 0: a message of an hour ago, then one of now; partition
+	// 1: one of now; partition 2: none.
+	now := time.Now()
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "recs", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
+		Balancer: kafka.BalancerFunc(func(m kafka.Message, _ ...int) int { return int(m.Key[0]) })}
+	defer w.Close()
+	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte{0}, Value: []byte("x"), Time: now.Add(-time.Hour)},
+		kafka.Message{Key: []byte{0}, Value: []byte("x"), Time: now}, kafka.Message{Key: []byte{1}, Value: []byte("x"), Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := stream.NewLagCollector(stream.LagConfig{Brokers: brokers, Targets: []stream.LagTarget{{Group: "g", Topic: "recs"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seconds := func() map[string]float64 {
+		t.Helper()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(c)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() == "groupmatch_kafka_lag_collect_errors_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
+				t.Errorf("collect errors: %v", mf.GetMetric()[0].GetCounter().GetValue())
+			}
+			if mf.GetName() != "groupmatch_kafka_consumer_lag_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "partition" {
+						got[l.GetValue()] = m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		return got
+	}
+	commit := func(partition int, offset int64) {
+		t.Helper()
+		client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+		if _, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: "g", GenerationID: -1,
+			Topics: map[string][]kafka.OffsetCommit{"recs": {{Partition: partition, Offset: offset}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Nothing committed: the group's position is the log start.
+	got := seconds()
+	if v := got["0"]; v < 3600 || v > 3600+60 {
+		t.Errorf("partition 0 waits since an hour: lag %v s", v)
+	}
+	if v := got["1"]; v <= 0 || v > 60 {
+		t.Errorf("partition 1 waits since now: lag %v s, want a little above 0", v)
+	}
+	if v, ok := got["2"]; !ok || v != 0 {
+		t.Errorf("partition 2 has nothing to wait: lag %v s (reported %v), want 0", v, ok)
+	}
+	// Past the old message, the age is the newer one's; caught up, 0.
+	commit(0, 1)
+	commit(1, 1)
+	got = seconds()
+	if v := got["0"]; v <= 0 || v > 60 {
+		t.Errorf("partition 0 at offset 1: lag %v s, want a little above 0", v)
+	}
+	if v, ok := got["1"]; !ok || v != 0 {
+		t.Errorf("partition 1 caught up: lag %v s (reported %v), want 0", v, ok)
 	}
 }
 
@@ -108,7 +194,7 @@ func TestLagCollectorUnreachable(t *testing.T) {
 	}
 	defer c.Close()
 	want := `
-# HELP groupmatch_kafka_lag_collect_errors_total Scrapes that could not read offsets from Kafka and so reported no lag.
+# HELP groupmatch_kafka_lag_collect_errors_total Scrapes that could not read offsets from Kafka and so reported no lag, or could not read a lagging partition's oldest message and so reported no lag in seconds for it.
 # TYPE groupmatch_kafka_lag_collect_errors_total counter
 groupmatch_kafka_lag_collect_errors_total 1
 `

@@ -624,7 +624,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		"SINK_CHUNK=" + strconv.Itoa(f.o.sinkChunk),
 	}, stageEnv(f)...)
 	stageArgs := []string{
-		"--http-addr", "127.0.0.1:0",
+		"--admin-addr", "127.0.0.1:0",
 		"--db-max-conns", strconv.Itoa(f.o.dbMaxConns), "--log-level", "info", "--log-format", "json",
 	}
 	if f.pprof {
@@ -637,7 +637,7 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	if f.single {
 		p, err := startBenchProc(exe, dir, "dev", append(append([]string{"DATABASE_URL=" + dbURL}, plaintextKafkaEnv()...), stageEnvs...),
 			append([]string{"dev", "--kafka-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "dev"),
-				"--partitions", strconv.Itoa(f.o.partitions)}, stageArgs...)...)
+				"--partitions", strconv.Itoa(f.o.partitions), "--http-addr", "127.0.0.1:0"}, stageArgs...)...)
 		if err != nil {
 			return fail(err)
 		}
@@ -646,7 +646,10 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 		if err != nil {
 			return fail(err)
 		}
-		sys.base, p.admin = m, m
+		sys.base = m
+		if p.admin, err = p.await(ctx, regexp.MustCompile(`admin:\s+(\S+)/metrics`), 10*time.Second); err != nil {
+			return fail(err)
+		}
 		m, err = p.await(ctx, regexp.MustCompile(`KAFKA_BROKERS=(\S+)`), 10*time.Second)
 		if err != nil {
 			return fail(err)
@@ -687,7 +690,9 @@ func startBenchSystem(ctx context.Context, f *benchFlags, dbURL, dir string) (*b
 	return sys, nil
 }
 
-var startedRE = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+// startedRE finds, in a stage's "started" line, its public address (ingest
+// only; else empty) and its admin address.
+var startedRE = regexp.MustCompile(`"msg":"started"(?:.*"http_addr":"([^"]+)")?.*"admin_addr":"([^"]+)"`)
 
 // startStages starts each stage as a process and waits until it serves.
 func (s *benchSystem) startStages(ctx context.Context, stages ...string) error {
@@ -720,18 +725,22 @@ func (s *benchSystem) startInstances(ctx context.Context, stage string, n int) (
 // startStage starts a process of stage, logging to <dir>/<name>.log, and
 // waits until it serves.
 func (s *benchSystem) startStage(ctx context.Context, name, stage string) (*benchProc, error) {
-	p, err := startBenchProc(s.exe, s.dir, name, s.env, append([]string{stage}, s.stageArgs...)...)
+	args := append([]string{stage}, s.stageArgs...)
+	if stage == stageIngest { // matcher and sink have no public address
+		args = append(args, "--http-addr", "127.0.0.1:0")
+	}
+	p, err := startBenchProc(s.exe, s.dir, name, s.env, args...)
 	if err != nil {
 		return nil, err
 	}
 	s.procs = append(s.procs, p)
-	addr, err := p.await(ctx, startedRE, time.Minute)
+	m, err := p.awaitMatch(ctx, startedRE, time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	p.admin = "http://" + addr
+	p.admin = "http://" + m[2]
 	if stage == stageIngest {
-		s.base = p.admin
+		s.base = "http://" + m[1]
 	}
 	return p, nil
 }
@@ -891,7 +900,7 @@ func fetchTo(ctx context.Context, u, path string, timeout time.Duration) error {
 // goes to <dir>/<name>.log.
 type benchProc struct {
 	name  string
-	admin string // http://host:port of its HTTP server, if any
+	admin string // http://host:port of its admin server (/metrics, /debug/pprof/), if any
 	cmd   *exec.Cmd
 	lines chan string   // output lines, while someone may wait for one
 	done  chan struct{} // closed when the process has exited
@@ -947,19 +956,28 @@ func (p *benchProc) pid() int { return p.cmd.Process.Pid }
 
 // await returns the last submatch of the first output line matching re.
 func (p *benchProc) await(ctx context.Context, re *regexp.Regexp, within time.Duration) (string, error) {
+	m, err := p.awaitMatch(ctx, re, within)
+	if err != nil {
+		return "", err
+	}
+	return m[len(m)-1], nil
+}
+
+// awaitMatch is await that returns the whole match and its submatches.
+func (p *benchProc) awaitMatch(ctx context.Context, re *regexp.Regexp, within time.Duration) ([]string, error) {
 	timeout := time.After(within)
 	for {
 		select {
 		case line := <-p.lines:
 			if m := re.FindStringSubmatch(line); m != nil {
-				return m[len(m)-1], nil
+				return m, nil
 			}
 		case <-p.done:
-			return "", fmt.Errorf("bench: %s exited (%v) before it was ready; see its log", p.name, p.err)
+			return nil, fmt.Errorf("bench: %s exited (%v) before it was ready; see its log", p.name, p.err)
 		case <-timeout:
-			return "", fmt.Errorf("bench: %s not ready within %s; see its log", p.name, within)
+			return nil, fmt.Errorf("bench: %s not ready within %s; see its log", p.name, within)
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 }

@@ -27,7 +27,8 @@ type options struct {
 	groupPrefix      string
 	eventsPerTenant  bool
 	databaseURL      string
-	httpAddr         string
+	httpAddr         string // public: the API; ingest only
+	adminAddr        string // /healthz, /readyz, /metrics, /debug/pprof/
 	topicPrefix      string
 	partitions       int
 	rateLimit        float64
@@ -159,11 +160,17 @@ func (o *options) addLog(fs *flag.FlagSet) {
 // addStages registers the settings of the given pipeline stages: those
 // every stage has, then only those of the stages named, so that
 // "groupmatch matcher --help" lists no setting of ingest or the sink.
-func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr string) {
-	fs.StringVar(&o.httpAddr, "http-addr", defaultAddr, "HTTP address: the API (ingest) and /healthz, /readyz, /metrics (HTTP_ADDR)")
+// defaultAddr is the default of --http-addr, the public API address; ""
+// registers no such flag (matcher and sink serve no API, so they have no
+// public listener). defaultAdmin is the default of --admin-addr.
+func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr, defaultAdmin string) {
+	if defaultAddr != "" {
+		fs.StringVar(&o.httpAddr, "http-addr", defaultAddr, "public HTTP address: the API only (HTTP_ADDR)")
+	}
+	fs.StringVar(&o.adminAddr, "admin-addr", defaultAdmin, "admin HTTP address, for operators and probes only: /healthz, /readyz, /metrics and with --pprof /debug/pprof/ (ADMIN_ADDR)")
 	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving (answering 503, /readyz failing) before closing the listener, so load balancers notice (DRAIN_DELAY)")
 	fs.DurationVar(&o.pendingTimeout, "pending-timeout", pipeline.DefaultPendingTimeout, "age at which a batch whose acceptance never completed is aborted (PENDING_TIMEOUT)")
-	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the HTTP address, for profiling (PPROF)")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin address, for profiling (PPROF)")
 	if slices.Contains(stages, stageIngest) {
 		fs.Float64Var(&o.rateLimit, "rate-limit", ingest.DefaultRateLimit, "requests per second each application may send (RATE_LIMIT)")
 		fs.IntVar(&o.rateBurst, "rate-burst", ingest.DefaultRateBurst, "burst of requests each application may send (RATE_BURST)")

@@ -110,7 +110,7 @@ func TestEnvironmentFallback(t *testing.T) {
 	var o options
 	fs := newFlagSet("sink [flags]", &bytes.Buffer{})
 	o.addDatabase(fs)
-	o.addStages(fs, []string{stageSink}, ":8082")
+	o.addStages(fs, []string{stageSink}, "", ":9182")
 	t.Setenv("DB_MAX_CONNS", "17")
 	t.Setenv("PENDING_TIMEOUT", "90s")
 	t.Setenv("BATCH_DEADLINE", "")

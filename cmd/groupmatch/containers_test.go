@@ -59,8 +59,8 @@ func TestEndToEndContainers(t *testing.T) {
 		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
-	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
-	s := newSystemOn(ctx, t, base, dbURL, o, logs)
+	base, admin := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
+	s := newSystemOn(ctx, t, base, admin, dbURL, o, logs)
 	_, token := s.app("ops", apps.ScopeGroup)
 	s.loadDirectory("ops", opsDirectory)
 	id := s.postBatch(token, opsBatch)
@@ -132,14 +132,14 @@ func startKafkaContainer(ctx context.Context, t *testing.T) string {
 	return ep
 }
 
-// newSystemOn is a system handle for stages already running at base on
-// dbURL's database.
-func newSystemOn(ctx context.Context, t *testing.T, base, dbURL string, o *options, logs *lockedWriter) *system {
+// newSystemOn is a system handle for stages already running at base (the
+// API) and admin on dbURL's database.
+func newSystemOn(ctx context.Context, t *testing.T, base, admin, dbURL string, o *options, logs *lockedWriter) *system {
 	t.Helper()
 	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	return &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	return &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }

@@ -346,11 +346,14 @@ func TestContractsEndToEnd(t *testing.T) {
 	for _, body := range bodies {
 		ids = append(ids, s.postBatch(token, body))
 	}
-	// The operational routes answer as documented too.
+	// The operational routes answer as documented too, on the admin
+	// address.
 	s.get("/openapi.yaml", "", http.StatusOK, nil)
-	s.get("/healthz", "", http.StatusOK, nil)
-	s.get("/readyz", "", http.StatusOK, nil)
-	s.get("/metrics", "", http.StatusOK, nil)
+	admin := *s
+	admin.base = s.admin
+	admin.get("/healthz", "", http.StatusOK, nil)
+	admin.get("/readyz", "", http.StatusOK, nil)
+	admin.get("/metrics", "", http.StatusOK, nil)
 
 	// Over Kafka: one request accepted, three rejected.
 	brokers := s.opts.brokerList()

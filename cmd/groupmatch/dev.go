@@ -92,11 +92,11 @@ func cmdKafka(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlagSet("dev [--http-addr :8080] [--kafka-addr 127.0.0.1:9092] [--data DIR] [--demo]", stderr)
+	fs := newFlagSet("dev [--http-addr :8080] [--admin-addr :9180] [--kafka-addr 127.0.0.1:9092] [--data DIR] [--demo]", stderr)
 	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "listen address of the in-process Kafka broker (KAFKA_ADDR)")
 	data := fs.String("data", defaultDataDir(), "folder for the broker's log and a private PostgreSQL (GROUPMATCH_DATA)")
 	demo := fs.Bool("demo", false, "create a demo tenant, application and directory, and print credentials and a curl command")
-	o.addStages(fs, allStages, ":8080")
+	o.addStages(fs, allStages, ":8080", ":9180")
 	o.addLog(fs)
 	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the topics (TOPIC_PARTITIONS)")
 	fs.IntVar(&o.dbMaxConns, "db-max-conns", 8, "largest PostgreSQL connection pool (DB_MAX_CONNS)")
@@ -135,12 +135,10 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	return runStages(ctx, &o, []string{stageIngest, stageMatcher, stageSink}, log, func(httpAddr string) {
-		base := "http://" + httpAddr
-		if strings.HasPrefix(httpAddr, "[::]:") || strings.HasPrefix(httpAddr, "0.0.0.0:") {
-			base = "http://127.0.0.1:" + httpAddr[strings.LastIndex(httpAddr, ":")+1:]
-		}
-		fmt.Fprintf(stdout, "groupmatch dev is running\n  HTTP API:      %s\n  KAFKA_BROKERS=%s\n  DATABASE_URL=%s\n  data folder:   %s\n", base, b.Addr(), pg.URL, *data)
+	return runStages(ctx, &o, []string{stageIngest, stageMatcher, stageSink}, log, func(httpAddr, adminAddr string) {
+		base := localURL(httpAddr)
+		fmt.Fprintf(stdout, "groupmatch dev is running\n  HTTP API:      %s\n  admin:         %s/metrics, /readyz, /healthz\n  KAFKA_BROKERS=%s\n  DATABASE_URL=%s\n  data folder:   %s\n",
+			base, localURL(adminAddr), b.Addr(), pg.URL, *data)
 		if *demo {
 			if err := printDemo(ctx, pg.URL, base, stdout); err != nil {
 				log.Error("demo set-up failed", "err", err)
@@ -200,4 +198,13 @@ curl -s "%s/api/integrate/audience/group/rel/batchResult?batchId=<the data above
 curl -s "%s/api/integrate/audience/group/members?groupName=vip" -H "X-Token: $TOKEN"
 `, creds.AppID, creds.Secret, base, creds.AppID, creds.Secret, tok.Access, base, base, base)
 	return nil
+}
+
+// localURL is the http URL of a listener's address, on 127.0.0.1 when it
+// listens on every address.
+func localURL(addr string) string {
+	if strings.HasPrefix(addr, "[::]:") || strings.HasPrefix(addr, "0.0.0.0:") {
+		return "http://127.0.0.1:" + addr[strings.LastIndex(addr, ":")+1:]
+	}
+	return "http://" + addr
 }

@@ -25,12 +25,13 @@ import (
 // database and the shared Apache Kafka, with topics and consumer groups of
 // its own.
 type system struct {
-	t    *testing.T
-	base string // http://host:port
-	pool *pgxpool.Pool
-	apps *apps.Store
-	opts *options
-	logs *lockedWriter
+	t     *testing.T
+	base  string // http://host:port of the API
+	admin string // http://host:port of /healthz, /readyz, /metrics
+	pool  *pgxpool.Pool
+	apps  *apps.Store
+	opts  *options
+	logs  *lockedWriter
 	// client makes the requests of do; nil means the shared client that
 	// checks every exchange against the OpenAPI document (contracts_test.go).
 	client *http.Client
@@ -52,10 +53,10 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	base := runStagesOn(t, o, log, false)
+	base, admin := runStagesOn(t, o, log, false)
 	tp := o.topics()
 	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ)
-	return &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	return &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
 
 // topic is the name of one of the system's topics: requests, records,

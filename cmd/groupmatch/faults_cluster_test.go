@@ -131,8 +131,8 @@ func TestClusterLeaderKill(t *testing.T) {
 		}
 	}
 	r.c.matcher, r.c.sink = r.c.start(t, "matcher"), r.c.start(t, "sink")
-	r.c.matcher.waitFor(httpAddrRE, 30*time.Second)
-	r.c.sink.waitFor(httpAddrRE, 30*time.Second)
+	r.c.matcher.waitFor(adminAddrRE, 30*time.Second)
+	r.c.sink.waitFor(adminAddrRE, 30*time.Second)
 	for _, g := range []struct {
 		stage string
 		old   []string
@@ -211,7 +211,7 @@ func metricValue(t *testing.T, p *proc, name string) string {
 	t.Helper()
 	addr := ""
 	for _, line := range strings.Split(p.output(), "\n") {
-		if m := httpAddrRE.FindStringSubmatch(line); m != nil {
+		if m := adminAddrRE.FindStringSubmatch(line); m != nil {
 			addr = m[1]
 		}
 	}

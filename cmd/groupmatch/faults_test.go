@@ -301,7 +301,7 @@ type batchRow struct{ total, processed, success, unmatched, invalid, other int }
 func (r *rig) restart(p **proc, stage string) {
 	(*p).kill()
 	*p = r.c.start(r.t, stage)
-	(*p).waitFor(httpAddrRE, 30*time.Second)
+	(*p).waitFor(adminAddrRE, 30*time.Second)
 }
 
 // waitGroupEmpty waits until a stage's consumer group has no member.
@@ -620,9 +620,9 @@ func TestFaultRebalance(t *testing.T) {
 	}()
 	time.Sleep(500 * time.Millisecond)
 	m2 := r.c.start(t, "matcher")
-	m2.waitFor(httpAddrRE, 30*time.Second)
+	m2.waitFor(adminAddrRE, 30*time.Second)
 	s2 := r.c.start(t, "sink")
-	s2.waitFor(httpAddrRE, 30*time.Second)
+	s2.waitFor(adminAddrRE, 30*time.Second)
 	<-done
 	r.verify(90 * time.Second)
 	m2.stop()
@@ -668,7 +668,7 @@ func waitDuplicates(t *testing.T, r *rig, n int) {
 	t.Helper()
 	addr := ""
 	for _, line := range strings.Split(r.c.sink.output(), "\n") {
-		if m := httpAddrRE.FindStringSubmatch(line); m != nil {
+		if m := adminAddrRE.FindStringSubmatch(line); m != nil {
 			addr = m[1]
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -86,9 +87,12 @@ func getStatus(t *testing.T, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// /healthz answers while the process lives; /readyz only while PostgreSQL
-// (and Kafka) answer. The healthcheck command reports the same.
-func TestReadinessFollowsPostgres(t *testing.T) {
+// /healthz, /readyz, /metrics and /debug/pprof/ are served on the admin
+// address and not on the public one. /healthz answers while the process
+// lives; /readyz only while PostgreSQL (and Kafka) answer, and its answer
+// names what is down without host, user or database. The healthcheck
+// command reports the same.
+func TestAdminListenerAndReadiness(t *testing.T) {
 	b, err := devenv.StartBroker(devenv.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -98,36 +102,69 @@ func TestReadinessFollowsPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dbName := strings.TrimPrefix(dbURL.Path, "/")
 	proxy := newCuttableProxy(t, dbURL.Host)
 	dbURL.Host = proxy.ln.Addr().String()
 	o := &options{
-		brokers: b.Addr(), databaseURL: dbURL.String(), httpAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
+		brokers: b.Addr(), databaseURL: dbURL.String(), httpAddr: "127.0.0.1:0", adminAddr: "127.0.0.1:0", topicPrefix: "groupmatch.",
 		partitions: 2, rateLimit: 100, rateBurst: 100, matcherChunk: 100, sinkChunk: 100,
-		dbMaxConns: 4, pendingTimeout: 30 * time.Second,
+		dbMaxConns: 4, pendingTimeout: 30 * time.Second, pprof: true,
 	}
-	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(io.Discard, nil)), true)
+	base, admin := runStagesOn(t, o, slog.New(slog.NewJSONHandler(io.Discard, nil)), true)
 	ctx := context.Background()
 
-	if code, body := getStatus(t, base+"/readyz"); code != http.StatusOK {
-		t.Fatalf("/readyz before the cut: %d %s", code, body)
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/"} {
+		if code, body := getStatus(t, admin+path); code != http.StatusOK {
+			t.Errorf("admin %s: %d %.200s", path, code, body)
+		}
+		if code, _ := getStatus(t, base+path); code != http.StatusNotFound {
+			t.Errorf("public %s: %d, want 404 (served on the admin address only)", path, code)
+		}
+	}
+	// A fresh process: the pool's series, and label values nothing has
+	// happened to yet at 0.
+	_, body := getStatus(t, admin+"/metrics")
+	for _, want := range []string{
+		`groupmatch_db_pool_max_connections{stage="ingest+matcher+sink"} 4`,
+		`groupmatch_batches_finished_total{stage="sink",status="FAILED"} 0`,
+		`groupmatch_dlq_messages_total{class="undecodable",stage="sink"} 0`,
+		`groupmatch_dlq_messages_total{class="panic",stage="matcher"} 0`,
+		`groupmatch_sink_records_total{outcome="FAILED",stage="sink"} 0`,
+		`groupmatch_matcher_records_total{matched_by="phone",outcome="MATCHED",stage="matcher"} 0`,
+		`groupmatch_feed_failures_total{class="permanent",stage="ingest"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("a fresh process's scrape lacks %s", want)
+		}
+	}
+	if code, _ := getStatus(t, admin+"/api/integrate/audience/group/rel/batchResult?batchId=1"); code != http.StatusNotFound {
+		t.Errorf("admin serves the API: %d, want 404", code)
 	}
 	var out bytes.Buffer
-	if err := run(ctx, []string{"healthcheck", "--url", base + "/readyz"}, &out, io.Discard); err != nil {
+	if err := run(ctx, []string{"healthcheck", "--url", admin + "/readyz"}, &out, io.Discard); err != nil {
 		t.Fatalf("healthcheck of a ready process: %v", err)
 	}
 
 	proxy.cut()
-	if code, body := getStatus(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "postgres unreachable") {
-		t.Errorf("/readyz without PostgreSQL: %d %q, want 503 postgres unreachable", code, body)
+	code, body := getStatus(t, admin+"/readyz")
+	if code != http.StatusServiceUnavailable || body != "postgres: unreachable\n" {
+		t.Errorf("/readyz without PostgreSQL: %d %q, want 503 \"postgres: unreachable\"", code, body)
 	}
-	if code, body := getStatus(t, base+"/healthz"); code != http.StatusOK {
+	// The exact answer above leaves no room for a user name (the test's is
+	// "postgres", the answer's first word); host, port and database:
+	for _, secret := range []string{dbURL.Host, dbURL.Hostname(), dbURL.Port(), dbName} {
+		if secret != "" && strings.Contains(body, secret) {
+			t.Errorf("/readyz answer %q names %q", body, secret)
+		}
+	}
+	if code, body := getStatus(t, admin+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz without PostgreSQL: %d %q, want 200 (alive)", code, body)
 	}
-	err = run(ctx, []string{"healthcheck", "--url", base + "/readyz"}, io.Discard, io.Discard)
+	err = run(ctx, []string{"healthcheck", "--url", admin + "/readyz"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "503") {
 		t.Errorf("healthcheck of an unready process: %v, want a 503 failure", err)
 	}
-	if err := run(ctx, []string{"healthcheck", "--url", base + "/healthz"}, io.Discard, io.Discard); err != nil {
+	if err := run(ctx, []string{"healthcheck", "--url", admin + "/healthz"}, io.Discard, io.Discard); err != nil {
 		t.Errorf("healthcheck of /healthz: %v", err)
 	}
 }
@@ -137,8 +174,9 @@ func TestReadinessFollowsPostgres(t *testing.T) {
 func TestNotReadyDuringShutdown(t *testing.T) {
 	running, stop := context.WithCancel(context.Background())
 	stop()
-	if err := ready(context.Background(), running, nil, nil, nil, nil); err == nil || err.Error() != "shutting down" {
-		t.Fatalf("ready during shutdown = %v, want shutting down", err)
+	rd := &readiness{log: slog.New(slog.NewJSONHandler(io.Discard, nil))}
+	if down := rd.check(context.Background(), running, nil, nil, nil, nil); !slices.Equal(down, []string{"shutting down"}) {
+		t.Fatalf("readiness during shutdown = %q, want shutting down", down)
 	}
 }
 
@@ -156,20 +194,31 @@ func TestHealthcheckRefused(t *testing.T) {
 }
 
 // runStagesOn creates the topics and runs every stage in this process on
-// o's Kafka and PostgreSQL until the test ends; it returns the HTTP base
-// URL. With dbMayVanish, the stages may stop with an error.
-func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) string {
+// o's Kafka and PostgreSQL until the test ends; it returns the base URLs of
+// the public (API) and admin listeners. An empty o.adminAddr becomes
+// 127.0.0.1:0. With dbMayVanish, the stages may stop with an error.
+func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) (base, admin string) {
+	t.Helper()
+	return runTheseStagesOn(t, o, log, dbMayVanish, stageIngest, stageMatcher, stageSink)
+}
+
+// runTheseStagesOn is runStagesOn for the given stages only; base is
+// "http://" when ingest does not run.
+func runTheseStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool, stages ...string) (base, admin string) {
 	t.Helper()
 	o.statements = statements
+	if o.adminAddr == "" {
+		o.adminAddr = "127.0.0.1:0"
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := createTopics(ctx, o); err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	addr := make(chan string, 1)
+	addr := make(chan [2]string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- runStages(ctx, o, []string{stageIngest, stageMatcher, stageSink}, log, func(a string) { addr <- a })
+		done <- runStages(ctx, o, stages, log, func(h, a string) { addr <- [2]string{h, a} })
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -184,11 +233,11 @@ func runStagesOn(t *testing.T, o *options, log *slog.Logger, dbMayVanish bool) s
 	})
 	select {
 	case a := <-addr:
-		return "http://" + a
+		return "http://" + a[0], "http://" + a[1]
 	case err := <-done:
 		t.Fatalf("stages did not start: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("stages did not start within 60 s")
 	}
-	return ""
+	return "", ""
 }

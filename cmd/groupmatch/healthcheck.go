@@ -12,8 +12,8 @@ import (
 // answers 200. It exists for container healthchecks: the image is
 // distroless, with no shell or curl inside.
 func cmdHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("healthcheck [--url http://127.0.0.1:8080/healthz] [--timeout 3s]", stderr)
-	url := fs.String("url", "http://127.0.0.1:8080/healthz", "URL to probe; /readyz also checks PostgreSQL and Kafka (HEALTHCHECK_URL)")
+	fs := newFlagSet("healthcheck [--url http://127.0.0.1:9180/healthz] [--timeout 3s]", stderr)
+	url := fs.String("url", "http://127.0.0.1:9180/healthz", "URL to probe, on the admin address (--admin-addr: 9180 ingest, 9181 matcher, 9182 sink); /readyz also checks PostgreSQL and Kafka (HEALTHCHECK_URL)")
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
 	if err := parse(fs, args, 0); err != nil {
 		return err

@@ -32,7 +32,7 @@ func (s *system) metricAtLeast(name string, n float64, within time.Duration) {
 	deadline := time.Now().Add(within)
 	for {
 		got := 0.0
-		for _, m := range re.FindAllStringSubmatch(scrape(s.t, s.base), -1) {
+		for _, m := range re.FindAllStringSubmatch(scrape(s.t, s.admin), -1) {
 			var v float64
 			fmt.Sscan(m[1], &v)
 			got += v

@@ -219,8 +219,8 @@ func TestEventsPerTenant(t *testing.T) {
 		dbMaxConns: 8, pendingTimeout: 30 * time.Second, eventsPerTenant: true, groupPrefix: "env-a.",
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
-	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, nil)), false)
-	s := &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	base, admin := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, nil)), false)
+	s := &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 	_, acme := s.app("acme", apps.ScopeGroup)
 	_, other := s.app("other", apps.ScopeGroup)
 
@@ -294,7 +294,7 @@ func TestEventsPerTenant(t *testing.T) {
 	}
 
 	// The writers of tenants' topics report under one topic label.
-	resp, err := http.Get(base + "/metrics")
+	resp, err := http.Get(admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

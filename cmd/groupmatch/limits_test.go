@@ -34,8 +34,8 @@ func startLimitedSystem(t *testing.T, maxGroups int) *system {
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	base := runStagesOn(t, o, log, false)
-	return &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	base, admin := runStagesOn(t, o, log, false)
+	return &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
 
 func jsonText(s string) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -28,15 +29,43 @@ const dlqReplayGroup = "groupmatch-dlq-replay"
 // scrapeTimeout bounds the PostgreSQL and Kafka round trips of one scrape.
 const scrapeTimeout = 3 * time.Second
 
+// lagOfOtherStages are the subscriptions of the pipeline's consumer groups
+// whose stages this process does not run: the ingest feed's group on the
+// requests topic, the matcher's on records, the sink's on resolved and the
+// DLQ replay group on the dead-letter topic. A process reports their lag
+// too, from committed offsets, so that a group whose members are all down
+// (the case that matters most) keeps its lag series as long as any
+// groupmatch process runs.
+func lagOfOtherStages(o *options, stages []string) []stream.LagTarget {
+	t := o.topics()
+	all := []struct {
+		stage  string
+		target stream.LagTarget
+	}{
+		{stageIngest, stream.LagTarget{Group: o.groupID(stageIngest), Topic: t.Requests}},
+		{stageMatcher, stream.LagTarget{Group: o.groupID(stageMatcher), Topic: t.Records}},
+		{stageSink, stream.LagTarget{Group: o.groupID(stageSink), Topic: t.Resolved}},
+		{stageSink, stream.LagTarget{Group: dlqReplayGroup, Topic: t.DLQ}},
+	}
+	var out []stream.LagTarget
+	for _, a := range all {
+		if !slices.Contains(stages, a.stage) {
+			out = append(out, a.target)
+		}
+	}
+	return out
+}
+
 // observeStage registers a stage's operational metrics on reg, labelled
 // stage=<stage>: the kafka-go statistics of its consumers (members of one
-// group, if any) and writers, the consumer group's lag per partition, and for the sink the
-// batches in flight and the dead-letter backlog. It also sends the writers'
-// errors (topic, partition, attempt, error; never message contents) to log
-// at warn. Call it before the stage runs. The collectors' Kafka connections
-// are released when ctx is done.
+// group, if any) and writers, the consumer group's lag per partition (and
+// that of otherLag, the groups of stages the process does not run), and for
+// the sink the batches in flight and the dead-letter backlog. It also sends
+// the writers' errors (topic, partition, attempt, error; never message
+// contents) to log at warn. Call it before the stage runs. The collectors'
+// Kafka connections are released when ctx is done.
 func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, sec *stream.Security, pool *pgxpool.Pool, log *slog.Logger,
-	stage string, consumers []*stream.Consumer, writers ...*kafka.Writer) {
+	stage string, otherLag []stream.LagTarget, consumers []*stream.Consumer, writers ...*kafka.Writer) {
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"stage": stage}, reg)
 	stats := stream.NewStatsCollector()
 	var targets []stream.LagTarget
@@ -64,6 +93,7 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, se
 		targets = append(targets, stream.LagTarget{Group: dlqReplayGroup, Topic: o.topics().DLQ})
 		reg.MustRegister(newBatchCollector(pool, log))
 	}
+	targets = append(targets, otherLag...)
 	if len(targets) == 0 {
 		return
 	}

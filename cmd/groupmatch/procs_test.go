@@ -161,7 +161,13 @@ func runProc(t *testing.T, env []string, stdin io.Reader, args ...string) string
 	return stdout.String()
 }
 
-var httpAddrRE = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+// httpAddrRE finds the public (API) address in the "started" line of
+// ingest, adminAddrRE the admin address (/healthz, /readyz, /metrics) in
+// that of any stage; matcher and sink have no public address.
+var (
+	httpAddrRE  = regexp.MustCompile(`"msg":"started".*"http_addr":"([^"]+)"`)
+	adminAddrRE = regexp.MustCompile(`"msg":"started".*"admin_addr":"([^"]+)"`)
+)
 
 // cluster is groupmatch run as separate processes of the built binary,
 // on Apache Kafka with topics and consumer groups of its own.
@@ -190,16 +196,16 @@ func startClusterOn(t *testing.T, dbURL, brokers string, env ...string) *cluster
 	}
 	c := &cluster{brokers: brokers, names: namesFor(t)}
 	c.env = append([]string{"KAFKA_BROKERS=" + brokers, "TOPIC_PREFIX=" + c.names.topicPrefix, "GROUP_PREFIX=" + c.names.groupPrefix,
-		"DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
+		"DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
 	runProc(t, c.env, nil, "migrate")
 	runProc(t, c.env, nil, "topics", "--partitions", "4")
 	waitTopics(t, brokers, c.topic("requests"), c.topic("records"), c.topic("resolved"), c.topic("events"), c.topic("dlq"))
 	c.ingest = c.start(t, "ingest")
 	c.base = "http://" + c.ingest.waitFor(httpAddrRE, 30*time.Second)
 	c.matcher = c.start(t, "matcher")
-	c.matcher.waitFor(httpAddrRE, 30*time.Second)
+	c.matcher.waitFor(adminAddrRE, 30*time.Second)
 	c.sink = c.start(t, "sink")
-	c.sink.waitFor(httpAddrRE, 30*time.Second)
+	c.sink.waitFor(adminAddrRE, 30*time.Second)
 	return c
 }
 

@@ -92,7 +92,7 @@ func promtool(t *testing.T) string {
 // agree with the traffic, and passes promtool's lint.
 func TestMetricsScrape(t *testing.T) {
 	s := trafficSystem(t, 2)
-	body := scrape(t, s.base)
+	body := scrape(t, s.admin)
 	// The system's topics and groups have prefixes of their own.
 	names := strings.NewReplacer(`topic="groupmatch.`, `topic="`+s.opts.topicPrefix,
 		`group="groupmatch-matcher"`, `group="`+s.opts.groupID(stageMatcher)+`"`, `group="groupmatch-sink"`, `group="`+s.opts.groupID(stageSink)+`"`)
@@ -111,6 +111,14 @@ func TestMetricsScrape(t *testing.T) {
 		`groupmatch_kafka_consumer_lag_messages{group="groupmatch-sink",partition="3",stage="sink",topic="groupmatch.resolved"} 0`,
 		`groupmatch_kafka_consumer_lag_messages{group="groupmatch-dlq-replay",partition="0",stage="sink",topic="groupmatch.dlq"} 0`,
 		`groupmatch_kafka_lag_collect_errors_total{stage="matcher"} 0`,
+		`groupmatch_kafka_consumer_lag_seconds{group="groupmatch-matcher",partition="0",stage="matcher",topic="groupmatch.records"} 0`,
+		`groupmatch_db_pool_max_connections{stage="ingest+matcher+sink"} 8`,
+		`groupmatch_db_pool_acquires_total{stage="ingest+matcher+sink"}`,
+		// Label values that have not happened yet are there at 0.
+		`groupmatch_batches_finished_total{stage="sink",status="FAILED"} 0`,
+		`groupmatch_dlq_messages_total{class="permanent",stage="matcher"} 0`,
+		`groupmatch_feed_failures_total{class="panic",stage="ingest"} 0`,
+		`groupmatch_batch_latency_seconds_bucket{stage="sink",le="14400"} 2`,
 		`groupmatch_kafka_reader_rebalances_total{stage="matcher",topic="groupmatch.records"}`,
 		`groupmatch_sink_chunk_duration_seconds_bucket{stage="sink",le="+Inf"}`,
 		`groupmatch_retries_total{stage="sink"}`,
@@ -348,7 +356,7 @@ func TestPrometheusQueries(t *testing.T) {
 	s := startSystem(t)
 	_, token := s.app("ops", apps.ScopeGroup)
 	s.loadDirectory("ops", opsDirectory)
-	p := startPrometheus(t, strings.TrimPrefix(s.base, "http://"))
+	p := startPrometheus(t, strings.TrimPrefix(s.admin, "http://"))
 	p.waitSeries(`up{job="groupmatch-serve"} == 1`, 20*time.Second)
 	for range 3 {
 		id := s.postBatch(token, opsBatch)

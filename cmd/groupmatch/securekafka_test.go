@@ -176,8 +176,8 @@ func TestSecuredKafka(t *testing.T) {
 			TLSCAFile:        pki.ca, TLSCertFile: pki.clientCert, TLSKeyFile: pki.clientKey},
 	}
 	logs := &lockedWriter{w: &bytes.Buffer{}}
-	base := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
-	s := &system{t: t, base: base, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
+	base, adminURL := runStagesOn(t, o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
+	s := &system{t: t, base: base, admin: adminURL, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 	_, token := s.app("acme", apps.ScopeGroup)
 
 	feedSec := func(mech, user, password string) *stream.Security {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,13 +41,15 @@ var allStages = []string{stageIngest, stageMatcher, stageSink}
 const shutdownTimeout = 10 * time.Second
 
 func cmdStages(ctx context.Context, name string, stages []string, args []string, stdout, stderr io.Writer) error {
-	defaults := map[string]string{"serve": ":8080", "ingest": ":8080", "matcher": ":8081", "sink": ":8082"}
+	// matcher and sink serve no API: no --http-addr, no public listener.
+	defaults := map[string]string{"serve": ":8080", "ingest": ":8080"}
+	admin := map[string]string{"serve": ":9180", "ingest": ":9180", "matcher": ":9181", "sink": ":9182"}
 	var o options
 	fs := newFlagSet(name+" [flags]", stderr)
 	o.addKafka(fs)
 	o.addGroups(fs)
 	o.addDatabase(fs)
-	o.addStages(fs, stages, defaults[name])
+	o.addStages(fs, stages, defaults[name], admin[name])
 	o.addLog(fs)
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -62,10 +65,12 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 }
 
 // runStages runs the given stages in this process until ctx is done, with
-// one HTTP server for the API (if ingest runs) and /healthz, /readyz and
-// /metrics. It fails fast when PostgreSQL or Kafka does not answer. started,
-// if set, is called with the HTTP address once it listens.
-func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(addr string)) error {
+// a public HTTP server for the API on o.httpAddr if ingest runs (else none),
+// and an admin HTTP server on o.adminAddr for /healthz, /readyz, /metrics
+// and /debug/pprof/. It fails fast when PostgreSQL or Kafka does not answer.
+// started, if set, is called with the public address ("" when there is no
+// public listener) and the admin address once they listen.
+func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(httpAddr, adminAddr string)) error {
 	if o.batchDeadline < 0 {
 		return errors.New("--batch-deadline must not be negative")
 	}
@@ -110,7 +115,19 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
+	// One pool per process, shared by its stages: labelled like its
+	// connections' application_name ("sink", or "ingest+matcher+sink").
+	prometheus.WrapRegistererWith(prometheus.Labels{"stage": strings.Join(stages, "+")}, reg).MustRegister(newPoolCollector(pool))
 	topics := o.topics()
+
+	// The first stage observed also reports the lag of the other stages'
+	// groups (see lagOfOtherStages).
+	otherLag := lagOfOtherStages(o, stages)
+	takeOtherLag := func() []stream.LagTarget {
+		t := otherLag
+		otherLag = nil
+		return t
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	mux := http.NewServeMux()
@@ -131,7 +148,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, sec, pool, log, stageIngest, []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageIngest, takeOtherLag(), []*stream.Consumer{feed.Consumer()}, append(svc.Writers(), feed.Writers()...)...)
 		mux.Handle("/api/", svc.Handler())
 		mux.Handle("GET /openapi.yaml", schemas.OpenAPIHandler())
 		g.Go(func() error { return svc.RunJanitor(gctx, 5*time.Second) })
@@ -151,7 +168,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, m.Consumers(), m.Writers()...)
+		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, takeOtherLag(), m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 	}
 	if slices.Contains(stages, stageSink) {
@@ -174,37 +191,47 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		g.Go(func() error { return deadline.Run(gctx) })
 		pruner := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Metrics: sink.NewPruneMetrics(reg), Logger: log})
 		g.Go(func() error { return pruner.Run(gctx) })
-		observeStage(gctx, reg, o, sec, pool, log, stageSink, []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
 
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	admin := http.NewServeMux()
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(r.Context(), gctx, pool, brokers, sec, svc); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	readiness := &readiness{log: log}
+	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if down := readiness.check(r.Context(), gctx, pool, brokers, sec, svc); len(down) > 0 {
+			http.Error(w, strings.Join(down, "\n"), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if o.pprof {
-		handlePprof(mux)
+		handlePprof(admin)
 	}
 
-	ln, err := net.Listen("tcp", o.httpAddr)
+	adminLn, err := net.Listen("tcp", o.adminAddr)
 	if err != nil {
-		return fmt.Errorf("--http-addr: %w", err)
+		return fmt.Errorf("--admin-addr: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
+	startedAttrs := []any{"stages", stages}
+	var httpAddr string
+	var publicLn net.Listener
+	if svc != nil {
+		if publicLn, err = net.Listen("tcp", o.httpAddr); err != nil {
+			adminLn.Close()
+			return fmt.Errorf("--http-addr: %w", err)
 		}
-		return nil
-	})
+		httpAddr = publicLn.Addr().String()
+		startedAttrs = append(startedAttrs, "http_addr", httpAddr)
+	}
+	servers := []*http.Server{serve(g, adminLn, admin, "admin http")}
+	if publicLn != nil {
+		servers = append(servers, serve(g, publicLn, mux, "http"))
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		if svc != nil {
@@ -216,32 +243,77 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		var errs []error
+		for _, srv := range servers {
+			errs = append(errs, srv.Shutdown(sctx))
+		}
+		return errors.Join(errs...)
 	})
-	log.Info("started", "stages", stages, "http_addr", ln.Addr().String(), "kafka_brokers", brokers, "kafka_security", sec.String())
+	startedAttrs = append(startedAttrs, "admin_addr", adminLn.Addr().String(), "kafka_brokers", brokers, "kafka_security", sec.String())
+	log.Info("started", startedAttrs...)
 	if started != nil {
-		started(ln.Addr().String())
+		started(httpAddr, adminLn.Addr().String())
 	}
 	err = g.Wait()
 	log.Info("stopped", "stages", stages, "err", err)
 	return err
 }
 
-// ready reports whether the process takes work: not shutting down, and
-// PostgreSQL and Kafka reachable.
-func ready(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, sec *stream.Security, svc *ingest.Service) error {
-	if running.Err() != nil {
-		return errors.New("shutting down")
-	}
-	if svc != nil {
-		if err := svc.Ready(); err != nil {
-			return err
+// serve serves h on ln under g until Shutdown; name prefixes its error.
+func serve(g *errgroup.Group, ln net.Listener, h http.Handler, name string) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("%s: %w", name, err)
 		}
+		return nil
+	})
+	return srv
+}
+
+// readiness answers /readyz. Its answer names what is down in a few words
+// ("postgres: unreachable"); the error behind it, which names hosts, users
+// and databases, goes only to the log, at warn when the answer changes.
+type readiness struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last string // the previous answer's text; "" when ready
+}
+
+// check returns what keeps the process from taking work: shutting down,
+// PostgreSQL or Kafka unreachable; none when it is ready. PostgreSQL and
+// Kafka are asked at once, within 3 s.
+func (rd *readiness) check(ctx, running context.Context, pool *pgxpool.Pool, brokers []string, sec *stream.Security, svc *ingest.Service) []string {
+	if running.Err() != nil {
+		return []string{"shutting down"}
+	}
+	if svc != nil && svc.Ready() != nil {
+		return []string{"shutting down"}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := pool.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres unreachable: %w", err)
+	pgErr := make(chan error, 1)
+	go func() { pgErr <- pool.Ping(ctx) }()
+	kafkaErr := stream.Ping(ctx, brokers, sec)
+	var down []string
+	var attrs []any
+	if err := <-pgErr; err != nil {
+		down = append(down, "postgres: unreachable")
+		attrs = append(attrs, "postgres_err", safeError(err))
 	}
-	return stream.Ping(ctx, brokers, sec)
+	if kafkaErr != nil {
+		down = append(down, "kafka: unreachable")
+		attrs = append(attrs, "kafka_err", kafkaErr.Error())
+	}
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	if text := strings.Join(down, ", "); text != rd.last {
+		if text == "" {
+			rd.log.Info("ready again")
+		} else {
+			rd.log.Warn("not ready", append([]any{"down", text}, attrs...)...)
+		}
+		rd.last = text
+	}
+	return down
 }
