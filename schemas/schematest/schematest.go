@@ -4,6 +4,11 @@
 // The server is the one named by GROUPMATCH_TEST_DATABASE_URL, else
 // postgres://postgres@127.0.0.1:5432/postgres. Tests fail, never skip, when it
 // does not answer: CI must not pass by testing nothing.
+//
+// GROUPMATCH_TEST_DATABASE_SETUP, if set, names a file of SQL that runs in
+// every fresh database, as the user of that URL, before it is migrated: on a
+// Citus coordinator it creates the extension and adds the workers
+// (docs/operations.md, "Running on Citus").
 package schematest
 
 import (
@@ -29,7 +34,28 @@ func AdminURL() string {
 	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 }
 
-// NewDatabase creates an empty database, migrates it, drops it when the test
+// SetupEnv names the environment variable that names the setup SQL file.
+const SetupEnv = "GROUPMATCH_TEST_DATABASE_SETUP"
+
+// Setup runs the SQL of the file that SetupEnv names on conn, in one
+// simple-protocol exchange (several statements allowed). It does nothing when
+// SetupEnv is unset or empty.
+func Setup(ctx context.Context, conn *pgx.Conn) error {
+	path := os.Getenv(SetupEnv)
+	if path == "" {
+		return nil
+	}
+	sql, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("schematest: %s: %w", SetupEnv, err)
+	}
+	if _, err := conn.Exec(ctx, string(sql)); err != nil {
+		return fmt.Errorf("schematest: %s (%s): %w", SetupEnv, path, err)
+	}
+	return nil
+}
+
+// NewDatabase creates an empty database, runs the setup SQL (Setup) in it, migrates it, drops it when the test
 // ends, and returns its URL.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
@@ -69,6 +95,9 @@ func NewDatabase(t testing.TB) string {
 		t.Fatalf("schematest: connect %s: %v", name, err)
 	}
 	defer conn.Close(context.Background())
+	if err := Setup(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := schemas.Migrate(ctx, conn); err != nil {
 		t.Fatalf("schematest: %v", err)
 	}
