@@ -4,6 +4,11 @@
 // The server is the one named by GROUPMATCH_TEST_DATABASE_URL, else
 // postgres://postgres@127.0.0.1:5432/postgres. Tests fail, never skip, when it
 // does not answer: CI must not pass by testing nothing.
+//
+// GROUPMATCH_TEST_DATABASE_SETUP, if set, names a file of SQL that runs in
+// every fresh database, as the user of that URL, before it is migrated: on a
+// Citus coordinator it creates the extension and adds the workers
+// (docs/operations.md, "Running on Citus").
 package schematest
 
 import (
@@ -87,6 +92,10 @@ func CreateDatabase(ctx context.Context) (url string, drop func() error, err err
 		return "", nil, fmt.Errorf("schematest: connect %s: %w", name, err)
 	}
 	defer conn.Close(context.Background())
+	if err := Setup(ctx, conn); err != nil {
+		_ = drop()
+		return "", nil, err
+	}
 	if _, err := schemas.Migrate(ctx, conn); err != nil {
 		_ = drop()
 		return "", nil, fmt.Errorf("schematest: %w", err)
