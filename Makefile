@@ -11,8 +11,11 @@ REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 
 .PHONY: run build test test-cluster lint deps check-deploy fuzz fuzz-short clean bench bench-small kafka
 
-## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant
+## run: everything on this machine (in-process Kafka, PostgreSQL, all stages) with a demo tenant.
+## It first makes sure of PostgreSQL as make test does (installs and starts Debian's, as root); where
+## that cannot be done (not root), dev starts a private cluster from the installed server binaries.
 run:
+	-@bash .ci/ensure-postgres.sh
 	$(GO) run ./cmd/groupmatch dev --demo
 
 ## build: the groupmatch binary in bin/
