@@ -3,13 +3,11 @@ package sink
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
-	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
@@ -121,36 +119,11 @@ func TestApplyGroupLimitConcurrent(t *testing.T) {
 			msgs = append(msgs, matched(b, i, pipeline.OptAdd, int64(i+1), "common", fmt.Sprintf("g%d", (int(b)*60+i)%70)))
 		}
 	}
-	errs := make(chan error, 2)
-	for w := range 2 {
-		s := NewPGStore(db)
+	stores := []*PGStore{NewPGStore(db), NewPGStore(db)}
+	for _, s := range stores {
 		s.MaxGroupsPerTenant = limit
-		go func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			mine := append([]pipeline.ResolvedMessage(nil), msgs...)
-			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
-			for len(mine) > 0 {
-				n := min(len(mine), 15)
-				for {
-					_, err := s.Apply(ctx, mine[:n])
-					if err == nil {
-						break
-					}
-					if !retry.Transient(err) {
-						errs <- err
-						return
-					}
-				}
-				mine = mine[n:]
-			}
-			errs <- nil
-		}()
 	}
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
+	applyShuffled(t, stores, msgs, 15, 7)
 	if n := visibleGroupCount(t, db, tenant); n != limit {
 		t.Fatalf("%d visible groups, want exactly %d", n, limit)
 	}

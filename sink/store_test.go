@@ -267,34 +267,7 @@ func TestApplyConcurrentOverlap(t *testing.T) {
 			msgs = append(msgs, matched(b, i, pipeline.OptAdd, int64(i%17+1), "g1", "g2", fmt.Sprintf("g%d", i%5+3)))
 		}
 	}
-	errs := make(chan error, 2)
-	for w := range 2 {
-		go func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 3))
-			mine := append([]pipeline.ResolvedMessage(nil), msgs...)
-			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
-			for len(mine) > 0 {
-				n := min(len(mine), 50)
-				for {
-					_, err := s.Apply(ctx, mine[:n])
-					if err == nil {
-						break
-					}
-					if !retry.Transient(err) {
-						errs <- err
-						return
-					}
-				}
-				mine = mine[n:]
-			}
-			errs <- nil
-		}()
-	}
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
+	applyShuffled(t, []*PGStore{s, s}, msgs, 50, 3)
 	for b := int64(1); b <= 4; b++ {
 		if r := readBatch(t, db, b); r.processed != 100 || r.success != 100 || r.status != "SUCCESS" {
 			t.Fatalf("batch %d: %+v", b, r)
@@ -303,5 +276,42 @@ func TestApplyConcurrentOverlap(t *testing.T) {
 	var created int
 	if err := db.QueryRow(ctx, `SELECT sum(groups_created) FROM batches`).Scan(&created); err != nil || created != 7 {
 		t.Fatalf("groups created counted %d times, want 7 (%v)", created, err)
+	}
+}
+
+// applyShuffled applies msgs through every store at once, each in its own
+// random order (seeded by seed and its position) and in chunks of n,
+// retrying transient failures (deadlocks, serialization failures between
+// the stores) until each chunk applies; a permanent error fails t.
+func applyShuffled(t *testing.T, stores []*PGStore, msgs []pipeline.ResolvedMessage, n int, seed uint64) {
+	t.Helper()
+	ctx := context.Background()
+	errs := make(chan error, len(stores))
+	for w, s := range stores {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), seed))
+			mine := append([]pipeline.ResolvedMessage(nil), msgs...)
+			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+			for len(mine) > 0 {
+				k := min(len(mine), n)
+				for {
+					_, err := s.Apply(ctx, mine[:k])
+					if err == nil {
+						break
+					}
+					if !retry.Transient(err) {
+						errs <- err
+						return
+					}
+				}
+				mine = mine[k:]
+			}
+			errs <- nil
+		}()
+	}
+	for range stores {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
