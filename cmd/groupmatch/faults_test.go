@@ -270,7 +270,7 @@ func (r *rig) verify(within time.Duration) int {
 		}
 	}
 	sort.Strings(want)
-	rows, err := r.db.Query(ctx, `SELECT g.name || '/' || m.customer_id FROM memberships m JOIN groups g USING (group_id)
+	rows, err := r.db.Query(ctx, `SELECT g.name || '/' || m.customer_id FROM memberships m JOIN groups g USING (tenant_id, group_id)
 		WHERE m.present AND g.visible AND g.name IN ('g1', 'g2', 'g3') ORDER BY 1`)
 	if err != nil {
 		r.t.Fatal(err)
@@ -282,6 +282,9 @@ func (r *rig) verify(within time.Duration) int {
 			r.t.Fatal(err)
 		}
 		got = append(got, s)
+	}
+	if err := rows.Err(); err != nil {
+		r.t.Fatal(err)
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		r.t.Fatalf("memberships differ from the serial reference: %d present, want %d", len(got), len(want))
@@ -401,7 +404,7 @@ func TestFaultBrokerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	var applied int
-	if err := r.db.QueryRow(context.Background(), `SELECT count(*) FROM batch_records JOIN batches USING (batch_id)
+	if err := r.db.QueryRow(context.Background(), `SELECT count(*) FROM batch_records JOIN batches USING (tenant_id, batch_id)
 		WHERE aborted`).Scan(&applied); err != nil || applied != 0 {
 		t.Fatalf("%d records of aborted batches were applied (%v)", applied, err)
 	}
