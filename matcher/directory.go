@@ -99,47 +99,65 @@ func NewPGDirectory(db *pgxpool.Pool) *PGDirectory {
 	return &PGDirectory{db: db, PendingTimeout: pipeline.DefaultPendingTimeout}
 }
 
-// BatchStates reads the batches in one query. A batch PENDING for longer
-// than PendingTimeout is aborted with the compare-and-set ingest uses, so
-// exactly one of accepting and aborting it wins (one statement per tenant).
+// BatchStates reads the batches with one query per tenant, all in one
+// round trip (each query names one tenant, so on Citus it runs on one
+// shard). A batch PENDING for longer than PendingTimeout is aborted with
+// the compare-and-set ingest uses, so exactly one of accepting and
+// aborting it wins (one statement per tenant).
 func (d *PGDirectory) BatchStates(ctx context.Context, batches []BatchRef) (map[int64]BatchState, error) {
-	var tenants, ids []int64
+	var tenants []int64
+	byTenant := make(map[int64][]int64) // tenant -> its batch ids
 	for _, b := range batches {
-		if !slices.Contains(tenants, b.TenantID) {
+		if _, ok := byTenant[b.TenantID]; !ok {
 			tenants = append(tenants, b.TenantID)
 		}
-		ids = append(ids, b.BatchID)
+		byTenant[b.TenantID] = append(byTenant[b.TenantID], b.BatchID)
 	}
-	rows, err := d.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, accepted_at < $3
-		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-d.PendingTimeout))
-	if err != nil {
-		return nil, fmt.Errorf("matcher: read batches: %w", err)
+	out := make(map[int64]BatchState, len(batches))
+	if len(tenants) == 0 {
+		return out, nil
 	}
-	out := make(map[int64]BatchState, len(ids))
+	staleBefore := time.Now().Add(-d.PendingTimeout)
+	qb := &pgx.Batch{}
+	for _, tenant := range tenants {
+		qb.Queue(`
+			SELECT batch_id, status, aborted, accepted_at < $3
+			FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2)`, tenant, byTenant[tenant], staleBefore)
+	}
 	stale := make(map[int64][]int64) // tenant -> batches
 	pending := false
-	for rows.Next() {
-		var id int64
-		var st BatchState
-		var status string
-		var aborted, old bool
-		if err := rows.Scan(&id, &st.TenantID, &status, &aborted, &old); err != nil {
+	br := d.db.SendBatch(ctx, qb)
+	for _, tenant := range tenants {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
 			return nil, fmt.Errorf("matcher: read batches: %w", err)
 		}
-		if !slices.Contains(batches, BatchRef{st.TenantID, id}) {
-			continue // another tenant's batch: closed
+		for rows.Next() {
+			var id int64
+			st := BatchState{TenantID: tenant}
+			var status string
+			var aborted, old bool
+			if err := rows.Scan(&id, &status, &aborted, &old); err != nil {
+				rows.Close()
+				br.Close()
+				return nil, fmt.Errorf("matcher: read batches: %w", err)
+			}
+			switch {
+			case status == "PENDING" && old:
+				stale[tenant] = append(stale[tenant], id)
+			case status == "PENDING":
+				pending = true
+			}
+			st.Open = status == "PROCESSING" && !aborted
+			out[id] = st
 		}
-		switch {
-		case status == "PENDING" && old:
-			stale[st.TenantID] = append(stale[st.TenantID], id)
-		case status == "PENDING":
-			pending = true
+		if err := rows.Err(); err != nil {
+			br.Close()
+			return nil, fmt.Errorf("matcher: read batches: %w", err)
 		}
-		st.Open = status == "PROCESSING" && !aborted
-		out[id] = st
 	}
-	if err := rows.Err(); err != nil {
+	if err := br.Close(); err != nil {
 		return nil, fmt.Errorf("matcher: read batches: %w", err)
 	}
 	for tenant, ids := range stale {

@@ -392,8 +392,8 @@ func (fp *fuzzPipeline) run(t *testing.T, in fuzzInput) error {
 	var processed, sum, ledger int
 	var status string
 	if err := fp.db.QueryRow(ctx, `SELECT processed, success + unmatched + ambiguous + invalid + failed, status,
-			(SELECT count(*) FROM batch_records r WHERE r.batch_id = b.batch_id)
-		FROM batches b WHERE batch_id = $1`, batchID).Scan(&processed, &sum, &status, &ledger); err != nil {
+			(SELECT count(*) FROM batch_records r WHERE r.tenant_id = $1 AND r.batch_id = b.batch_id)
+		FROM batches b WHERE tenant_id = $1 AND batch_id = $2`, fuzzTenant, batchID).Scan(&processed, &sum, &status, &ledger); err != nil {
 		t.Fatalf("read batch: %v", err)
 	}
 	if processed != n || sum != n || ledger != n || (status != "SUCCESS" && status != "PARTIAL_SUCCESS" && status != "FAILED") {

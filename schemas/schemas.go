@@ -75,7 +75,10 @@ func Migrations() ([]Migration, error) {
 // once) apply each migration exactly once; running it again applies nothing.
 // On Citus, conn must be a connection to the coordinator: migration 6
 // distributes the tenant tables there, inside its transaction (see
-// docs/operations.md, "Schema keys and Citus").
+// docs/operations.md, "Schema keys and Citus"). A later migration with more
+// than one DDL statement on those tables must put them in a DO block: Citus
+// sends a DDL's whole query string to the shards, which refuse several
+// commands in one (as migration 7 does).
 func Migrate(ctx context.Context, conn *pgx.Conn) (int, error) {
 	ms, err := Migrations()
 	if err != nil {

@@ -169,15 +169,25 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 		if err != nil {
 			return fmt.Errorf("sink: read overdue batch: %w", err)
 		}
-		tag, err := tx.Exec(ctx, `
+		// The rows written are counted from RETURNING, not from the
+		// command tag: on Citus the INSERT … SELECT goes through the
+		// coordinator and its tag counts the conflicting rows too.
+		rows, err := tx.Query(ctx, `
 			INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason)
 			SELECT $1, $2, i, $4, $5 FROM generate_series(0, $3::int - 1) AS i
-			ON CONFLICT DO NOTHING`,
+			ON CONFLICT DO NOTHING
+			RETURNING rec_index`,
 			tenantID, batchID, total, string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut))
 		if err != nil {
 			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
 		}
-		out.Records = int(tag.RowsAffected())
+		out.Records = 0
+		for rows.Next() {
+			out.Records++
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
+		}
 		// Every record without a counted outcome is one of the rows just
 		// written (the ledger and the counters change together), so
 		// failed grows by total - processed.

@@ -144,8 +144,8 @@ func TestApplyGroupLimitConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records r
-		JOIN memberships m ON m.customer_id = r.customer_id AND (m.batch_id, m.rec_index) >= (0, 0)
-		JOIN groups g ON g.group_id = m.group_id AND g.name <> 'common'
+		JOIN memberships m ON m.tenant_id = r.tenant_id AND m.customer_id = r.customer_id AND (m.batch_id, m.rec_index) >= (0, 0)
+		JOIN groups g ON g.tenant_id = m.tenant_id AND g.group_id = m.group_id AND g.name <> 'common'
 		WHERE r.outcome = 'MATCHED' AND m.batch_id = r.batch_id AND m.rec_index = r.rec_index`).Scan(&memberRows); err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func apply(t *testing.T, s *PGStore, recs ...pipeline.ResolvedMessage) ApplyResu
 func tombstones(t *testing.T, db *pgxpool.Pool) []string {
 	t.Helper()
 	rows, err := db.Query(context.Background(), `SELECT g.name || '/' || m.customer_id || '@' || m.batch_id
-		FROM memberships m JOIN groups g USING (group_id) WHERE NOT m.present ORDER BY 1`)
+		FROM memberships m JOIN groups g USING (tenant_id, group_id) WHERE NOT m.present ORDER BY 1`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +57,9 @@ func tombstones(t *testing.T, db *pgxpool.Pool) []string {
 			t.Fatal(err)
 		}
 		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -54,7 +54,7 @@ func readBatch(t *testing.T, db *pgxpool.Pool, id int64) batchRow {
 func members(t *testing.T, db *pgxpool.Pool) []string {
 	t.Helper()
 	rows, err := db.Query(context.Background(), `SELECT g.name, m.customer_id FROM memberships m
-		JOIN groups g USING (group_id) WHERE m.present ORDER BY 1, 2`)
+		JOIN groups g USING (tenant_id, group_id) WHERE m.present ORDER BY 1, 2`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +67,9 @@ func members(t *testing.T, db *pgxpool.Pool) []string {
 			t.Fatal(err)
 		}
 		out = append(out, fmt.Sprintf("%s/%d", g, c))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -87,8 +87,8 @@ func (s *system) produceRecords(tenantID, batchID int64, thirdIDs ...string) {
 func (s *system) memberships(tenantID int64) int {
 	s.t.Helper()
 	var n int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM memberships m JOIN groups g USING (group_id)
-		WHERE g.tenant_id = $1 AND m.present`, tenantID).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM memberships m JOIN groups g USING (tenant_id, group_id)
+		WHERE m.tenant_id = $1 AND m.present`, tenantID).Scan(&n); err != nil {
 		s.t.Fatal(err)
 	}
 	return n

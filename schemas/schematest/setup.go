@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"testing"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -27,4 +28,23 @@ func Setup(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("schematest: %s (%s): %w", SetupEnv, path, err)
 	}
 	return nil
+}
+
+// SkipOnCitus skips t when the citus extension is present in the database
+// db reaches, saying why. Only for tests that cannot apply on Citus by
+// nature (they drop the public schema with the extension, pin plan shapes,
+// or expect statements that Citus refuses before they run); never for
+// end-to-end or fault tests.
+func SkipOnCitus(t testing.TB, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, why string) {
+	t.Helper()
+	var citus bool
+	if err := db.QueryRow(context.Background(),
+		`SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`).Scan(&citus); err != nil {
+		t.Fatal(err)
+	}
+	if citus {
+		t.Skip("the citus extension is present: " + why)
+	}
 }

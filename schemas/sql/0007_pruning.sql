@@ -14,5 +14,15 @@
 --
 -- Plain CREATE INDEX (migrations run in one transaction): it blocks writes
 -- to the table while it builds, seconds per million rows.
-CREATE INDEX IF NOT EXISTS batches_finished ON batches (tenant_id, finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS memberships_tombstones ON memberships (tenant_id, batch_id) WHERE NOT present;
+--
+-- One DO block, not two top-level statements: on Citus the tables are
+-- distributed by now, and Citus sends a DDL statement's whole query string
+-- to the shards, which refuse two commands in one ("cannot insert multiple
+-- commands into a prepared statement", citus#6608). Inside the block each
+-- statement is its own string.
+DO $$
+BEGIN
+    CREATE INDEX IF NOT EXISTS batches_finished ON batches (tenant_id, finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS memberships_tombstones ON memberships (tenant_id, batch_id) WHERE NOT present;
+END
+$$;
