@@ -40,23 +40,7 @@ func TestMeasureGrowth(t *testing.T) {
 	var recs []pipeline.ResolvedMessage
 	for id := int64(1); int(id-1)*batchSize < n; id++ {
 		newBatch(t, db, id, batchSize, "PROCESSING")
-		opt := pipeline.OptAdd
-		if rng.IntN(10) == 0 {
-			opt = pipeline.OptDelete
-		}
-		for j := range batchSize {
-			r := pipeline.ResolvedMessage{V: 1, TenantID: tenant, BatchID: id, Index: j, OptType: opt}
-			if rng.IntN(100) < 92 {
-				g1 := rng.IntN(len(groups))
-				g2 := (g1 + 1 + rng.IntN(len(groups)-1)) % len(groups)
-				r.Outcome, r.MatchedBy, r.CustomerID = pipeline.OutcomeMatched, pipeline.KindPhone, 1+rng.Int64N(1000000)
-				r.Groups = []string{groups[g1], groups[g2]}
-			} else {
-				r.Outcome, r.Reason = pipeline.OutcomeNotFound, pipeline.ReasonNotFound
-				r.Ref = &pipeline.RecordRef{ThirdID: "crm-" + strconv.Itoa(j), Phone: "138****0000"}
-			}
-			recs = append(recs, r)
-		}
+		recs = appendBenchBatch(recs, rng, tenant, id, batchSize, groups)
 		if len(recs) >= chunk {
 			apply(t, s, recs...)
 			recs = recs[:0]
