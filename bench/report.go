@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Report is the outcome of one bench run; `--json FILE` writes it.
@@ -464,40 +466,36 @@ type StageChunks struct {
 	Retries        float64 `json:"retries"`
 }
 
-// ParseMetrics reads Prometheus's text format and sums each metric's
-// samples over their label sets.
+// ParseMetrics reads a /metrics answer in the Prometheus text format
+// (prometheus/common's expfmt parser) and returns, for every metric name,
+// the sum of its samples over all label sets; a histogram or summary gives
+// <name>_count and <name>_sum. A malformed answer is an error.
 func ParseMetrics(r io.Reader) (map[string]float64, error) {
-	out := map[string]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, rest, ok := strings.Cut(line, " ")
-		if i := strings.IndexByte(line, '{'); i >= 0 && i < len(name) {
-			name = line[:i]
-			j := strings.LastIndexByte(line, '}')
-			if j < 0 {
-				continue
-			}
-			rest, ok = strings.TrimSpace(line[j+1:]), true
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			continue
-		}
-		out[name] += v
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("bench: metrics: %w", err)
 	}
-	return out, sc.Err()
+	out := make(map[string]float64, len(families))
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.Counter != nil:
+				out[name] += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[name] += m.GetGauge().GetValue()
+			case m.Untyped != nil:
+				out[name] += m.GetUntyped().GetValue()
+			case m.Histogram != nil:
+				out[name+"_count"] += float64(m.GetHistogram().GetSampleCount())
+				out[name+"_sum"] += m.GetHistogram().GetSampleSum()
+			case m.Summary != nil:
+				out[name+"_count"] += float64(m.GetSummary().GetSampleCount())
+				out[name+"_sum"] += m.GetSummary().GetSampleSum()
+			}
+		}
+	}
+	return out, nil
 }
 
 // ChunksOf reads a stage's chunk statistics from its metrics; records is
