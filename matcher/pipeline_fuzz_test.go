@@ -403,7 +403,7 @@ func (fp *fuzzPipeline) run(t *testing.T, in fuzzInput) error {
 	// The failures page shows phone, openid and unionid masked: at most 7
 	// characters of a value are kept, beside "****".
 	rows, err := fp.db.Query(ctx, `SELECT rec_index, coalesce(ref->>'phone', ''), coalesce(ref->>'openid', ''), coalesce(ref->>'unionid', '')
-		FROM batch_records WHERE batch_id = $1 AND ref IS NOT NULL`, batchID)
+		FROM batch_records WHERE tenant_id = $1 AND batch_id = $2 AND ref IS NOT NULL`, fuzzTenant, batchID)
 	if err != nil {
 		t.Fatalf("read ledger: %v", err)
 	}
