@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"encoding/json"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 )
@@ -46,6 +48,9 @@ func appendRecord(b []byte, m *RecordMessage) []byte {
 	b = appendOptString(b, `,"accurateMatchValue":`, p.AppID)
 	b = append(b, `,"optType":`...)
 	b = appendString(b, string(p.OptType))
+	if p.DeferUnmatched {
+		b = append(b, `,"deferUnmatched":true`...)
+	}
 	b = append(b, `},"record":{`...)
 	r := &m.Record
 	n := len(b)
@@ -108,6 +113,19 @@ func appendResolved(b []byte, m *ResolvedMessage) []byte {
 			b = append(b[:n], b[n+1:]...)
 		}
 		b = append(b, '}')
+	}
+	if m.Pending != nil {
+		// Rare (deferred batches only): encoding/json writes it, map keys
+		// sorted, as json.Marshal of the whole message would.
+		pb, err := json.Marshal(m.Pending)
+		if err != nil {
+			panic(fmt.Sprintf("pipeline: encode pending: %v", err)) // only strings, ints, bools, maps of strings
+		}
+		b = append(b, `,"pending":`...)
+		b = append(b, pb...)
+	}
+	if m.Late {
+		b = append(b, `,"late":true`...)
 	}
 	return append(b, '}')
 }
@@ -412,6 +430,10 @@ func (s *scanner) params(p *Params) bool {
 			v, ok := s.str()
 			p.OptType = OptType(v)
 			return f.first(5) && ok
+		case "deferUnmatched":
+			v, ok := s.bool()
+			p.DeferUnmatched = v
+			return f.first(6) && ok
 		}
 		return false
 	})
@@ -481,6 +503,10 @@ func fastResolved(b []byte, m *ResolvedMessage) bool {
 			}
 			m.Ref = &RecordRef{}
 			return s.ref(m.Ref)
+		case "late":
+			v, ok := s.bool()
+			m.Late = v
+			return top.first(13) && ok
 		}
 		return false
 	})

@@ -56,6 +56,13 @@ type ResolvedMessage struct {
 	Conflict   bool         `json:"conflict,omitempty"`   // a lower-priority identifier named another customer
 	Groups     []string     `json:"groups,omitempty"`     // normalised group names, when MATCHED
 	Ref        *RecordRef   `json:"ref,omitempty"`        // set when Outcome is not MATCHED
+	// Pending is set on a NOT_FOUND verdict of a record whose batch defers
+	// unmatched records (SPEC §13): the sink keeps it as a pending binding.
+	Pending *Pending `json:"pending,omitempty"`
+	// Late marks a MATCHED verdict the re-matcher reached for a pending
+	// binding: the record already has its NOT_FOUND ledger row, which the
+	// sink turns into a late match once (its first counters stay).
+	Late bool `json:"late,omitempty"`
 }
 
 // EncodeRecord returns the JSON value of m, with V set to Version: the bytes
@@ -189,11 +196,12 @@ func ResolvedKey(m ResolvedMessage) []byte {
 
 // Topics names the Kafka topics groupmatch uses.
 type Topics struct {
-	Requests string // batchAdd bodies published directly by feeds
-	Records  string // one message per record: ingest -> matcher
-	Resolved string // one message per resolved record: matcher -> sink
-	Events   string // request and batch events for feeds
-	DLQ      string // dead letters
+	Requests  string // batchAdd bodies published directly by feeds
+	Records   string // one message per record: ingest -> matcher
+	Resolved  string // one message per resolved record: matcher -> sink
+	Events    string // request and batch events for feeds
+	DLQ       string // dead letters
+	Directory string // directory changes and pending-binding rechecks (SPEC §13)
 }
 
 // DefaultPendingTimeout is the age at which a batch whose acceptance never
@@ -205,11 +213,12 @@ const DefaultPendingTimeout = 60 * time.Second
 // DefaultTopics returns the documented topic names.
 func DefaultTopics() Topics {
 	return Topics{
-		Requests: "groupmatch.requests",
-		Records:  "groupmatch.records",
-		Resolved: "groupmatch.resolved",
-		Events:   "groupmatch.events",
-		DLQ:      "groupmatch.dlq",
+		Requests:  "groupmatch.requests",
+		Records:   "groupmatch.records",
+		Resolved:  "groupmatch.resolved",
+		Events:    "groupmatch.events",
+		DLQ:       "groupmatch.dlq",
+		Directory: "groupmatch.directory",
 	}
 }
 

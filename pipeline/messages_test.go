@@ -200,3 +200,35 @@ func TestDecodeErrorsHideValues(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectoryRoundTrip(t *testing.T) {
+	m := DirectoryMessage{Type: DirectoryIdentity, TenantID: 7, Kind: KindPhone, Value: "13800000000", CustomerID: 42}
+	b, err := EncodeDirectory(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeDirectory(b)
+	m.V = Version
+	if err != nil || got != m {
+		t.Fatalf("DecodeDirectory(%s) = %+v, %v; want %+v", b, got, err, m)
+	}
+	if string(DirectoryKey(m)) != string(RecordKey(7, KindPhone, "13800000000")) {
+		t.Error("DirectoryKey is not RecordKey of the identity")
+	}
+	for _, bad := range []string{
+		`{"v":1,"type":"identity","tenantId":7,"kind":"phone","value":"13800000000"}`,   // no customer
+		`{"v":1,"type":"other","tenantId":7,"kind":"phone","value":"1","customerId":1}`, // type
+		`{"v":1,"type":"recheck","tenantId":0,"kind":"phone","value":"1"}`,              // tenant
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"email2","value":"1"}`,             // kind
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":""}`,               // value
+		`{"v":2,"type":"recheck","tenantId":7,"kind":"phone","value":"1"}`,              // version
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":"13800000000"`,     // syntax
+	} {
+		_, err := DecodeDirectory([]byte(bad))
+		if !errors.Is(err, ErrUndecodable) {
+			t.Errorf("DecodeDirectory(%s) = %v, want ErrUndecodable", bad, err)
+		} else if strings.Contains(err.Error(), "13800000000") {
+			t.Errorf("error %q quotes the value", err)
+		}
+	}
+}

@@ -61,6 +61,9 @@ type Params struct {
 	AppType      string  `json:"accurateMatchType,omitempty"`
 	AppID        string  `json:"accurateMatchValue,omitempty"`
 	OptType      OptType `json:"optType"`
+	// DeferUnmatched keeps a NOT_FOUND record as a pending binding (SPEC
+	// §13): publicParams.deferUnmatched, or the tenant's default.
+	DeferUnmatched bool `json:"deferUnmatched,omitempty"`
 }
 
 // RawRecord is one element of a request's data, as the caller sent it (JSON
