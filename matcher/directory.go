@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
@@ -49,7 +50,7 @@ type Directory interface {
 	// Implementations answer a whole chunk in one round trip, with one
 	// query per identity kind and tenant, never one per key. The map and
 	// its slices belong to the caller, who must not append to the slices.
-	Lookup(ctx context.Context, keys []Key) (map[Key][]Binding, error)
+	Lookup(ctx context.Context, keys []Key) (map[Key][]identity.Binding, error)
 	// FindOrCreate returns, for each request in order, the customer with
 	// that thirdId, creating it if the tenant has none. Concurrent calls
 	// naming the same (tenant, thirdId) create one customer.
@@ -205,7 +206,7 @@ type lookupGroup struct {
 // round trip, and decodes the rows without allocating a string per row.
 // The slices of the map share one backing array per query; the caller must
 // not append to them.
-func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding, error) {
+func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]identity.Binding, error) {
 	type groupKey struct {
 		tenant int64
 		kind   pipeline.IdentityKind
@@ -233,7 +234,7 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding
 			g.values = append(g.values, k.Value)
 		}
 	}
-	out := make(map[Key][]Binding, len(keys))
+	out := make(map[Key][]identity.Binding, len(keys))
 	if len(order) == 0 {
 		return out, nil
 	}
@@ -255,7 +256,7 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]Binding
 
 // collect reads the rows of g's query into out. intern holds the
 // application names seen so far, so that each is allocated once.
-func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[string]string) error {
+func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]identity.Binding, intern map[string]string) error {
 	// A query that failed (the connection died, say) has no result to
 	// describe: FieldDescriptions would dereference nil.
 	if err := rows.Err(); err != nil {
@@ -264,7 +265,7 @@ func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[s
 	fields := rows.FieldDescriptions()
 	// Most values asked about are found once.
 	at := make([]int32, 0, len(g.values)) // at[j] is the value of bs[j]
-	bs := make([]Binding, 0, len(g.values))
+	bs := make([]identity.Binding, 0, len(g.values))
 	var started []bool // started[i]: a run of rows of value i began
 	scattered := false
 	for rows.Next() {
@@ -277,7 +278,7 @@ func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[s
 		if err != nil {
 			return err
 		}
-		b := Binding{CustomerID: id}
+		b := identity.Binding{CustomerID: id}
 		if len(raw) == 4 {
 			b.AppType, b.AppID = internBytes(intern, raw[2]), internBytes(intern, raw[3])
 		}
@@ -301,7 +302,7 @@ func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]Binding, intern map[s
 			perm[j] = j
 		}
 		slices.SortStableFunc(perm, func(a, b int) int { return cmp.Compare(at[a], at[b]) })
-		at2, bs2 := make([]int32, len(at)), make([]Binding, len(bs))
+		at2, bs2 := make([]int32, len(at)), make([]identity.Binding, len(bs))
 		for j, p := range perm {
 			at2[j], bs2[j] = at[p], bs[p]
 		}

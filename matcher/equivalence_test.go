@@ -25,6 +25,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -722,18 +723,18 @@ func checkGenerator(t *testing.T) {
 	g := &gen{rng: rand.New(rand.NewPCG(9, 9))}
 	for _, c := range []string{"13512345678", "+442079400009"} {
 		for range 20 {
-			if got, ok := NormalizePhone(g.renderPhone(c)); !ok || got != c {
+			if got, ok := identity.NormalizePhone(g.renderPhone(c)); !ok || got != c {
 				t.Fatalf("generator: phone spelling of %s normalises to %q, %v", c, got, ok)
 			}
 		}
 	}
 	for _, m := range malformedPhones {
-		if _, ok := NormalizePhone(m); ok || IsBlocked(m) {
+		if _, ok := identity.NormalizePhone(m); ok || identity.IsBlocked(m) {
 			t.Fatalf("generator: %q is not a malformed phone", m)
 		}
 	}
 	for _, b := range blockedSpellings {
-		if !IsBlocked(b) {
+		if !identity.IsBlocked(b) {
 			t.Fatalf("generator: %q is not blocked", b)
 		}
 	}

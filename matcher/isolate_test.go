@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/devenv"
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
@@ -48,18 +49,18 @@ func (d *poisonDirectory) BatchStates(_ context.Context, ids []BatchRef) (map[in
 	return out, nil
 }
 
-func (d *poisonDirectory) Lookup(_ context.Context, keys []Key) (map[Key][]Binding, error) {
+func (d *poisonDirectory) Lookup(_ context.Context, keys []Key) (map[Key][]identity.Binding, error) {
 	d.mu.Lock()
 	d.calls++
 	d.mu.Unlock()
-	out := make(map[Key][]Binding)
+	out := make(map[Key][]identity.Binding)
 	for _, k := range keys {
 		if k.Value == d.poison {
 			return nil, d.fail()
 		}
 		var n int64
 		if _, err := fmt.Sscanf(k.Value, "t-%d", &n); err == nil {
-			out[k] = []Binding{{CustomerID: 1000 + n}}
+			out[k] = []identity.Binding{{CustomerID: 1000 + n}}
 		}
 	}
 	return out, nil
@@ -220,7 +221,7 @@ func TestResolveIsolatesOnlyOnFailure(t *testing.T) {
 
 type failingDirectory struct{}
 
-func (failingDirectory) Lookup(context.Context, []Key) (map[Key][]Binding, error) {
+func (failingDirectory) Lookup(context.Context, []Key) (map[Key][]identity.Binding, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 

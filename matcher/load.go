@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
@@ -404,23 +405,23 @@ func stageLine(c *loadChunk, line []byte) error {
 	if hasNUL(&d) {
 		return lineProblem("a value holds the character U+0000, which PostgreSQL cannot store")
 	}
-	sc := stagedCustomer{id: d.CustomerID, thirdID: usableValue(d.ThirdID)}
-	if u := usableValue(d.UnionID.Value); u != "" {
+	sc := stagedCustomer{id: d.CustomerID, thirdID: identity.Usable(d.ThirdID)}
+	if u := identity.Usable(d.UnionID.Value); u != "" {
 		sc.unionid, sc.uType, sc.uApp = u, d.UnionID.AppType, d.UnionID.AppID
 	}
 	var phones, openids []stagedIdentity
 	for i, p := range d.Phones {
-		if IsBlocked(p.Value) {
+		if identity.IsBlocked(p.Value) {
 			continue
 		}
-		norm, ok := NormalizePhone(p.Value)
+		norm, ok := identity.NormalizePhone(p.Value)
 		if !ok {
 			return fmt.Errorf("phones[%d] is not a valid phone number", i)
 		}
 		phones = append(phones, stagedIdentity{norm, p.AppType, p.AppID, d.CustomerID})
 	}
 	for i, o := range d.OpenIDs {
-		v := usableValue(o.OpenID)
+		v := identity.Usable(o.OpenID)
 		if v == "" {
 			continue
 		}
@@ -438,7 +439,7 @@ func stageLine(c *loadChunk, line []byte) error {
 func hasNUL(d *DirectoryLine) bool {
 	nul := func(ss ...string) bool {
 		for _, s := range ss {
-			if strings.IndexByte(s, 0) >= 0 {
+			if identity.HasNUL(s) {
 				return true
 			}
 		}
@@ -458,14 +459,6 @@ func hasNUL(d *DirectoryLine) bool {
 		}
 	}
 	return false
-}
-
-// usableValue trims s and returns "" for a blocked value.
-func usableValue(s string) string {
-	if IsBlocked(s) {
-		return ""
-	}
-	return strings.TrimSpace(s)
 }
 
 // chunkRetry bounds the retries of a chunk that failed transiently (a lost

@@ -18,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
@@ -126,11 +127,11 @@ func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.out, s.dlq}
 
 // tenantHits is the Hits of one tenant over a chunk's look-up results.
 type tenantHits struct {
-	all    map[Key][]Binding
+	all    map[Key][]identity.Binding
 	tenant int64
 }
 
-func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []Binding {
+func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []identity.Binding {
 	return h.all[Key{TenantID: h.tenant, Kind: kind, Value: value}]
 }
 
@@ -360,7 +361,7 @@ func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op f
 			keys = append(keys, Key{TenantID: it.msg.TenantID, Kind: k, Value: n.Value(k)})
 		}
 	}
-	var hits map[Key][]Binding
+	var hits map[Key][]identity.Binding
 	if len(keys) > 0 {
 		err := do(func() error {
 			var err error
