@@ -25,6 +25,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/pipeline"
@@ -595,7 +596,7 @@ func runEquivalence(t *testing.T, seed uint64, records int) {
 	for _, name := range []string{"t1", "t2"} {
 		tn := g.newTenant(ensureTenant(t, db, name), 150+g.rng.IntN(100))
 		file, wantBad := g.directoryFile(tn)
-		l := NewLoader(db)
+		l := directory.NewLoader(db)
 		l.ChunkLines, l.Workers = 20+g.rng.IntN(40), 2
 		p, err := l.Load(ctx, tn.id, strings.NewReader(file))
 		if err != nil {
@@ -612,7 +613,7 @@ func runEquivalence(t *testing.T, seed uint64, records int) {
 	}
 	checkGenerator(t)
 
-	dir := NewPGDirectory(db)
+	dir := NewPGStore(db)
 	direct := func(op func() error) error { return op() }
 	var batch int64
 	counts := map[string]int{}
