@@ -80,9 +80,9 @@ lint:
 # starved worker is mid-input (go.dev/issue/75804, fixed in Go 1.27), which a
 # loaded CI machine hits. A count has no deadline to race. FuzzPipeline runs
 # on PostgreSQL, about 10 ms an input.
-FUZZ_TARGETS := ./ingest:FuzzDecodeRequest:100000x ./matcher:FuzzNormalizePhone:200000x \
+FUZZ_TARGETS := ./ingest:FuzzDecodeRequest:100000x ./identity:FuzzNormalizePhone:200000x \
 	./pipeline:FuzzDecodeRecord:100000x ./pipeline:FuzzDecodeResolved:100000x \
-	./matcher:FuzzDecodeLine:50000x ./matcher:FuzzPipeline:300x
+	./directory:FuzzDecodeLine:50000x ./matcher:FuzzPipeline:300x
 
 ## fuzz-short: each fuzz target for its FUZZ_TARGETS count of executions (part of make test)
 fuzz-short:

@@ -63,7 +63,7 @@ func TestClosedBatchesCreateNoCustomer(t *testing.T) {
 	setBatches(t, db, tenant, "PARTIAL_SUCCESS", 3) // finished (say, at its deadline)
 	setBatches(t, db, tenant+1, "PROCESSING", 5)    // another tenant's batch
 	items := noMatchItems(tenant, 1, 2, 3, 4, 5)    // 4: no such batch
-	dir := &countingDir{Directory: NewPGDirectory(db)}
+	dir := &countingDir{Store: NewPGStore(db)}
 	direct := func(op func() error) error { return op() }
 	if err := resolveChunk(ctx, dir, items, direct); err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func TestPendingBatchWaits(t *testing.T) {
 	ctx := context.Background()
 	tenant := ensureTenant(t, db, "t")
 	setBatches(t, db, tenant, "PENDING", 1, 2)
-	dir := NewPGDirectory(db)
+	dir := NewPGStore(db)
 	items := noMatchItems(tenant, 1, 2)
 	attempts := 0
 	do := func(op func() error) error {
@@ -151,11 +151,24 @@ func TestPendingBatchWaits(t *testing.T) {
 
 // countingDir counts BatchStates calls.
 type countingDir struct {
-	Directory
+	Store
 	states int
 }
 
 func (d *countingDir) BatchStates(ctx context.Context, ids []BatchRef) (map[int64]BatchState, error) {
 	d.states++
-	return d.Directory.BatchStates(ctx, ids)
+	return d.Store.BatchStates(ctx, ids)
+}
+
+// ensureTenant returns the id of the tenant named name, creating it.
+func ensureTenant(tb testing.TB, db *pgxpool.Pool, name string) int64 {
+	tb.Helper()
+	var id int64
+	err := db.QueryRow(context.Background(), `
+		WITH t AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING tenant_id)
+		SELECT tenant_id FROM t UNION ALL SELECT tenant_id FROM tenants WHERE name = $1`, name).Scan(&id)
+	if err != nil {
+		tb.Fatalf("tenant: %v", err)
+	}
+	return id
 }

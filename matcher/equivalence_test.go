@@ -25,6 +25,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groupmatch/groupmatch/directory"
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -594,7 +596,7 @@ func runEquivalence(t *testing.T, seed uint64, records int) {
 	for _, name := range []string{"t1", "t2"} {
 		tn := g.newTenant(ensureTenant(t, db, name), 150+g.rng.IntN(100))
 		file, wantBad := g.directoryFile(tn)
-		l := NewLoader(db)
+		l := directory.NewLoader(db)
 		l.ChunkLines, l.Workers = 20+g.rng.IntN(40), 2
 		p, err := l.Load(ctx, tn.id, strings.NewReader(file))
 		if err != nil {
@@ -611,7 +613,7 @@ func runEquivalence(t *testing.T, seed uint64, records int) {
 	}
 	checkGenerator(t)
 
-	dir := NewPGDirectory(db)
+	dir := NewPGStore(db)
 	direct := func(op func() error) error { return op() }
 	var batch int64
 	counts := map[string]int{}
@@ -722,18 +724,18 @@ func checkGenerator(t *testing.T) {
 	g := &gen{rng: rand.New(rand.NewPCG(9, 9))}
 	for _, c := range []string{"13512345678", "+442079400009"} {
 		for range 20 {
-			if got, ok := NormalizePhone(g.renderPhone(c)); !ok || got != c {
+			if got, ok := identity.NormalizePhone(g.renderPhone(c)); !ok || got != c {
 				t.Fatalf("generator: phone spelling of %s normalises to %q, %v", c, got, ok)
 			}
 		}
 	}
 	for _, m := range malformedPhones {
-		if _, ok := NormalizePhone(m); ok || IsBlocked(m) {
+		if _, ok := identity.NormalizePhone(m); ok || identity.IsBlocked(m) {
 			t.Fatalf("generator: %q is not a malformed phone", m)
 		}
 	}
 	for _, b := range blockedSpellings {
-		if !IsBlocked(b) {
+		if !identity.IsBlocked(b) {
 			t.Fatalf("generator: %q is not blocked", b)
 		}
 	}

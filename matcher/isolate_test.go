@@ -14,6 +14,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/devenv"
+	"github.com/groupmatch/groupmatch/directory"
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
@@ -48,35 +50,35 @@ func (d *poisonDirectory) BatchStates(_ context.Context, ids []BatchRef) (map[in
 	return out, nil
 }
 
-func (d *poisonDirectory) Lookup(_ context.Context, keys []Key) (map[Key][]Binding, error) {
+func (d *poisonDirectory) Lookup(_ context.Context, keys []directory.Key) (map[directory.Key][]identity.Binding, error) {
 	d.mu.Lock()
 	d.calls++
 	d.mu.Unlock()
-	out := make(map[Key][]Binding)
+	out := make(map[directory.Key][]identity.Binding)
 	for _, k := range keys {
 		if k.Value == d.poison {
 			return nil, d.fail()
 		}
 		var n int64
 		if _, err := fmt.Sscanf(k.Value, "t-%d", &n); err == nil {
-			out[k] = []Binding{{CustomerID: 1000 + n}}
+			out[k] = []identity.Binding{{CustomerID: 1000 + n}}
 		}
 	}
 	return out, nil
 }
 
-func (d *poisonDirectory) FindOrCreate(_ context.Context, reqs []CreateRequest) ([]CreateResult, error) {
+func (d *poisonDirectory) FindOrCreate(_ context.Context, reqs []directory.CreateRequest) ([]directory.CreateResult, error) {
 	d.mu.Lock()
 	d.calls++
 	d.mu.Unlock()
-	out := make([]CreateResult, len(reqs))
+	out := make([]directory.CreateResult, len(reqs))
 	for i, r := range reqs {
 		if r.ThirdID == d.poison {
 			return nil, d.fail()
 		}
 		var n int64
 		fmt.Sscanf(r.ThirdID, "t-%d", &n)
-		out[i] = CreateResult{CustomerID: 1000 + n, Created: true}
+		out[i] = directory.CreateResult{CustomerID: 1000 + n, Created: true}
 	}
 	return out, nil
 }
@@ -220,11 +222,11 @@ func TestResolveIsolatesOnlyOnFailure(t *testing.T) {
 
 type failingDirectory struct{}
 
-func (failingDirectory) Lookup(context.Context, []Key) (map[Key][]Binding, error) {
+func (failingDirectory) Lookup(context.Context, []directory.Key) (map[directory.Key][]identity.Binding, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 
-func (failingDirectory) FindOrCreate(context.Context, []CreateRequest) ([]CreateResult, error) {
+func (failingDirectory) FindOrCreate(context.Context, []directory.CreateRequest) ([]directory.CreateResult, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 

@@ -4,6 +4,15 @@
 //
 // A chunk costs one directory round trip (one query per identity kind) and
 // at most one find-or-create transaction, never a query per record.
+//
+// The package holds the stage and resolution: Normalize (a record under its
+// batch's params), the resolver chain (Resolver, Chain, Resolve, Verdict,
+// Hits), and the small interfaces it needs of PostgreSQL (Directory,
+// Batches, Store). The customer directory itself, its look-ups and the
+// `directory load` loader, is package directory; the value rules shared
+// with the loader are package identity. The matcher never loads a
+// directory file, never logs or returns an identity value, and is imported
+// by cmd alone.
 package matcher
 
 import (
@@ -18,6 +27,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/groupmatch/groupmatch/directory"
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
@@ -51,7 +62,7 @@ const DefaultGroupID = "groupmatch-matcher"
 // Stage is a running matcher consumer.
 type Stage struct {
 	cfg       Config
-	dir       Directory
+	dir       Store
 	consumers []*stream.Consumer
 	out       *kafka.Writer
 	dlq       *kafka.Writer
@@ -68,7 +79,7 @@ const (
 )
 
 // New returns a matcher stage resolving against dir.
-func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
+func New(cfg Config, dir Store, metrics *Metrics) (*Stage, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("matcher: no brokers")
 	}
@@ -126,12 +137,12 @@ func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.out, s.dlq}
 
 // tenantHits is the Hits of one tenant over a chunk's look-up results.
 type tenantHits struct {
-	all    map[Key][]Binding
+	all    map[directory.Key][]identity.Binding
 	tenant int64
 }
 
-func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []Binding {
-	return h.all[Key{TenantID: h.tenant, Kind: kind, Value: value}]
+func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []identity.Binding {
+	return h.all[directory.Key{TenantID: h.tenant, Kind: kind, Value: value}]
 }
 
 // item is one record of a chunk on its way through the stage.
@@ -329,13 +340,13 @@ func (s *Stage) isolatedLetter(m kafka.Message, batchID int64, index int, err er
 // matching record's Lookups and one dir.FindOrCreate for the isMatching=false
 // ones. do runs each directory call and decides about retries; an error it
 // returns fails the whole chunk and leaves items[i].out unspecified.
-func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op func() error) error) error {
+func resolveChunk(ctx context.Context, dir Store, items []item, do func(op func() error) error) error {
 	open, err := openBatches(ctx, dir, items, do)
 	if err != nil {
 		return err
 	}
-	keys := make([]Key, 0, 2*len(items)) // a mixed stream carries about two keys a record
-	var creates []CreateRequest
+	keys := make([]directory.Key, 0, 2*len(items)) // a mixed stream carries about two keys a record
+	var creates []directory.CreateRequest
 	var createItems, closed []int
 	for i := range items {
 		it := &items[i]
@@ -348,7 +359,7 @@ func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op f
 			continue
 		}
 		if !p.IsMatching {
-			creates = append(creates, CreateRequest{
+			creates = append(creates, directory.CreateRequest{
 				TenantID: it.msg.TenantID, ThirdID: n.Value(pipeline.KindThirdID),
 				Phone: n.Value(pipeline.KindPhone), OpenID: n.Value(pipeline.KindOpenID), UnionID: n.Value(pipeline.KindUnionID),
 				AppType: p.AppType, AppID: p.AppID,
@@ -357,10 +368,10 @@ func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op f
 			continue
 		}
 		for _, k := range n.Lookups(p) {
-			keys = append(keys, Key{TenantID: it.msg.TenantID, Kind: k, Value: n.Value(k)})
+			keys = append(keys, directory.Key{TenantID: it.msg.TenantID, Kind: k, Value: n.Value(k)})
 		}
 	}
-	var hits map[Key][]Binding
+	var hits map[directory.Key][]identity.Binding
 	if len(keys) > 0 {
 		err := do(func() error {
 			var err error
@@ -371,7 +382,7 @@ func resolveChunk(ctx context.Context, dir Directory, items []item, do func(op f
 			return fmt.Errorf("matcher: %w", err)
 		}
 	}
-	var made []CreateResult
+	var made []directory.CreateResult
 	if len(creates) > 0 {
 		err := do(func() error {
 			var err error
@@ -421,7 +432,7 @@ type batchOf struct{ tenant, batch int64 }
 // reason BATCH_CLOSED, creating nothing; the sink drops them (aborted
 // batch), counts them duplicates (finished batch) or dead-letters them
 // (unknown batch), as it would their resolved verdicts.
-func openBatches(ctx context.Context, dir Directory, items []item, do func(op func() error) error) (map[batchOf]bool, error) {
+func openBatches(ctx context.Context, dir Batches, items []item, do func(op func() error) error) (map[batchOf]bool, error) {
 	var ids []BatchRef
 	var seen map[BatchRef]bool // made only for a chunk that needs it
 	for i := range items {

@@ -33,6 +33,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -308,7 +309,7 @@ func fuzzNoise(n int, seed uint64) string {
 // fuzzPipeline is the database and directory of a fuzzing process.
 type fuzzPipeline struct {
 	db    *pgxpool.Pool
-	dir   *PGDirectory
+	dir   *PGStore
 	store *sink.PGStore
 }
 
@@ -319,11 +320,11 @@ func newFuzzPipeline(t testing.TB) *fuzzPipeline {
 	if err := matchertest.WriteBig(&lines, 0, fuzzDirectory); err != nil {
 		t.Fatal(err)
 	}
-	p, err := NewLoader(db).Load(context.Background(), fuzzTenant, &lines)
+	p, err := directory.NewLoader(db).Load(context.Background(), fuzzTenant, &lines)
 	if err != nil || len(p.Bad) > 0 {
 		t.Fatalf("load directory: %v, bad lines %v", err, p.Bad)
 	}
-	return &fuzzPipeline{db: db, dir: NewPGDirectory(db), store: sink.NewPGStore(db)}
+	return &fuzzPipeline{db: db, dir: NewPGStore(db), store: sink.NewPGStore(db)}
 }
 
 // run takes in through the stages as one new batch, and returns the first

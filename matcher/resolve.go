@@ -3,18 +3,9 @@ package matcher
 import (
 	"strings"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
-
-// Binding is one directory entry for an identity value: the customer holding
-// it, and the application the identity was bound through (AppType and AppID
-// both "" when none). An openid always names its application; a phone or
-// unionid may; a thirdId never does.
-type Binding struct {
-	CustomerID int64
-	AppType    string
-	AppID      string
-}
 
 // Hits answers, within the record's tenant, the bindings of one normalised
 // value of a kind, in any order and possibly naming one customer several
@@ -24,7 +15,7 @@ type Binding struct {
 // Resolve is called concurrently, and the caller must not modify the slice
 // it returns.
 type Hits interface {
-	Bindings(kind pipeline.IdentityKind, value string) []Binding
+	Bindings(kind pipeline.IdentityKind, value string) []identity.Binding
 }
 
 // Verdict is the matcher's decision on one record.

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
@@ -14,16 +15,16 @@ type hitKey struct {
 }
 
 // fakeHits is a directory's answer for one tenant, keyed by normalised value.
-type fakeHits map[hitKey][]Binding
+type fakeHits map[hitKey][]identity.Binding
 
-func (h fakeHits) Bindings(kind pipeline.IdentityKind, value string) []Binding {
+func (h fakeHits) Bindings(kind pipeline.IdentityKind, value string) []identity.Binding {
 	return h[hitKey{kind, value}]
 }
 
 // panicHits fails a test that reads the directory when it must not.
 type panicHits struct{ t *testing.T }
 
-func (h panicHits) Bindings(kind pipeline.IdentityKind, _ string) []Binding {
+func (h panicHits) Bindings(kind pipeline.IdentityKind, _ string) []identity.Binding {
 	h.t.Helper()
 	h.t.Fatalf("directory read for %s", kind)
 	return nil
@@ -87,9 +88,9 @@ func testDirectory() fakeHits {
 	}
 	// Ten customers on one phone, in decreasing order: more than Resolve's
 	// stack buffer.
-	var ten []Binding
+	var ten []identity.Binding
 	for id := int64(109); id >= 100; id-- {
-		ten = append(ten, Binding{CustomerID: id})
+		ten = append(ten, identity.Binding{CustomerID: id})
 	}
 	h[hitKey{pipeline.KindPhone, "13200000000"}] = ten
 	return h

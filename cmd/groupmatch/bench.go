@@ -25,6 +25,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/bench"
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/sink"
@@ -374,8 +375,8 @@ func loadBenchDirectory(ctx context.Context, pool *pgxpool.Pool, tenantID int64,
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(matchertest.WriteBig(pw, 0, n)) }()
 	defer pr.Close()
-	l := matcher.NewLoader(pool)
-	l.Progress = func(p matcher.LoadProgress) {
+	l := directory.NewLoader(pool)
+	l.Progress = func(p directory.LoadProgress) {
 		live.Update(fmt.Sprintf("directory: %s of %s customers loaded, %s/s",
 			bench.Thousands(float64(p.Loaded)), bench.Thousands(float64(n)), bench.Thousands(float64(p.Loaded)/max(p.Elapsed.Seconds(), 1e-3))))
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/devenv"
-	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -179,7 +179,7 @@ func printDemo(ctx context.Context, dbURL, base string, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if _, err := matcher.NewLoader(pool).Load(ctx, tenantID, strings.NewReader(demoDirectory)); err != nil {
+	if _, err := directory.NewLoader(pool).Load(ctx, tenantID, strings.NewReader(demoDirectory)); err != nil {
 		return err
 	}
 	tok, err := store.IssueToken(ctx, creds.AppID, creds.Secret)

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/apps"
-	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
@@ -96,7 +96,7 @@ func (s *system) loadDirectory(tenant, lines string) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	p, err := matcher.NewLoader(s.pool).Load(ctx, id, strings.NewReader(lines))
+	p, err := directory.NewLoader(s.pool).Load(ctx, id, strings.NewReader(lines))
 	if err != nil || len(p.Bad) > 0 {
 		s.t.Fatalf("load directory: %v, bad lines %v", err, p.Bad)
 	}

@@ -597,7 +597,7 @@ func TestFaultPermanentRecord(t *testing.T) {
 	}
 	// The check violation is 23514 on PostgreSQL. On Citus the matcher's
 	// INSERT … SELECT unnest(…) goes through the coordinator, which reports
-	// the worker's violation as XX000 (as matcher/load.go notes for COPY).
+	// the worker's violation as XX000 (as directory/load.go notes for COPY).
 	wantCode := "23514"
 	var citus bool
 	if err := r.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`).Scan(&citus); err != nil {

@@ -156,15 +156,15 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	if slices.Contains(stages, stageMatcher) {
 		metrics := matcher.NewMetrics(reg)
-		dir := matcher.NewPGDirectory(pool)
-		dir.ObserveQuery = metrics.ObserveLookup
+		store := matcher.NewPGStore(pool)
+		store.ObserveQuery = metrics.ObserveLookup
 		if o.pendingTimeout > 0 {
-			dir.PendingTimeout = o.pendingTimeout
+			store.PendingTimeout = o.pendingTimeout
 		}
 		m, err := matcher.New(matcher.Config{
 			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
 			MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
-		}, dir, metrics)
+		}, store, metrics)
 		if err != nil {
 			return err
 		}

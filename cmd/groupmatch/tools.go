@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/apps"
-	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/schemas"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -246,9 +246,9 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if err != nil {
 			return err
 		}
-		l := matcher.NewLoader(pool)
+		l := directory.NewLoader(pool)
 		reported := 0
-		l.Progress = func(p matcher.LoadProgress) {
+		l.Progress = func(p directory.LoadProgress) {
 			for _, b := range p.Bad[reported:] {
 				fmt.Fprintln(stderr, "skipped", b.Error())
 			}

@@ -1,4 +1,4 @@
-package matcher
+package directory
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -47,33 +48,33 @@ func TestLookup(t *testing.T) {
 	tests := []struct {
 		name string
 		keys []Key
-		want map[Key][]Binding
+		want map[Key][]identity.Binding
 	}{
-		{"nothing", nil, map[Key][]Binding{}},
+		{"nothing", nil, map[Key][]identity.Binding{}},
 		{"phone shared by two customers", []Key{key(a, pipeline.KindPhone, "13800000001")},
-			map[Key][]Binding{key(a, pipeline.KindPhone, "13800000001"): {{CustomerID: 1}, {CustomerID: 2}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindPhone, "13800000001"): {{CustomerID: 1}, {CustomerID: 2}}}},
 		{"phone bound and unbound on one customer", []Key{key(a, pipeline.KindPhone, "13800000002")},
-			map[Key][]Binding{key(a, pipeline.KindPhone, "13800000002"): {{CustomerID: 2}, {CustomerID: 2, AppType: "YOUZAN", AppID: "shop1"}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindPhone, "13800000002"): {{CustomerID: 2}, {CustomerID: 2, AppType: "YOUZAN", AppID: "shop1"}}}},
 		{"e164 phone stored canonical", []Key{key(a, pipeline.KindPhone, "+442079460958")},
-			map[Key][]Binding{key(a, pipeline.KindPhone, "+442079460958"): {{CustomerID: 3}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindPhone, "+442079460958"): {{CustomerID: 3}}}},
 		{"openid under two apps", []Key{key(a, pipeline.KindOpenID, "oSame")},
-			map[Key][]Binding{key(a, pipeline.KindOpenID, "oSame"): {{CustomerID: 1, AppType: "gzh", AppID: "wx1"}, {CustomerID: 2, AppType: "gzh", AppID: "wx2"}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindOpenID, "oSame"): {{CustomerID: 1, AppType: "gzh", AppID: "wx1"}, {CustomerID: 2, AppType: "gzh", AppID: "wx2"}}}},
 		{"unionid bound and not", []Key{key(a, pipeline.KindUnionID, "u1"), key(a, pipeline.KindUnionID, "u2")},
-			map[Key][]Binding{key(a, pipeline.KindUnionID, "u1"): {{CustomerID: 1}}, key(a, pipeline.KindUnionID, "u2"): {{CustomerID: 2, AppType: "gzh", AppID: "wx1"}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindUnionID, "u1"): {{CustomerID: 1}}, key(a, pipeline.KindUnionID, "u2"): {{CustomerID: 2, AppType: "gzh", AppID: "wx1"}}}},
 		{"thirdId", []Key{key(a, pipeline.KindThirdID, "crm-2")},
-			map[Key][]Binding{key(a, pipeline.KindThirdID, "crm-2"): {{CustomerID: 2}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindThirdID, "crm-2"): {{CustomerID: 2}}}},
 		{"tenants apart, in one call", []Key{key(a, pipeline.KindThirdID, "crm-1"), key(b, pipeline.KindThirdID, "crm-1"), key(b, pipeline.KindPhone, "13800000001")},
-			map[Key][]Binding{
+			map[Key][]identity.Binding{
 				key(a, pipeline.KindThirdID, "crm-1"):     {{CustomerID: 1}},
 				key(b, pipeline.KindThirdID, "crm-1"):     {{CustomerID: 1}},
 				key(b, pipeline.KindPhone, "13800000001"): {{CustomerID: 1}},
 			}},
 		{"not found and other tenant absent", []Key{key(a, pipeline.KindUnionID, "nobody"), key(b, pipeline.KindUnionID, "u1"), key(3, pipeline.KindPhone, "13800000001")},
-			map[Key][]Binding{}},
+			map[Key][]identity.Binding{}},
 		{"values are exact", []Key{key(a, pipeline.KindThirdID, "CRM-1"), key(a, pipeline.KindUnionID, "U1"), key(a, pipeline.KindThirdID, " crm-1")},
-			map[Key][]Binding{}},
+			map[Key][]identity.Binding{}},
 		{"repeated keys answered once", []Key{key(a, pipeline.KindThirdID, "crm-1"), key(a, pipeline.KindThirdID, "crm-1")},
-			map[Key][]Binding{key(a, pipeline.KindThirdID, "crm-1"): {{CustomerID: 1}}}},
+			map[Key][]identity.Binding{key(a, pipeline.KindThirdID, "crm-1"): {{CustomerID: 1}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -111,8 +112,8 @@ func TestLookup(t *testing.T) {
 	})
 }
 
-func sortBindings(bs []Binding) {
-	slices.SortFunc(bs, func(x, y Binding) int {
+func sortBindings(bs []identity.Binding) {
+	slices.SortFunc(bs, func(x, y identity.Binding) int {
 		if c := x.CustomerID - y.CustomerID; c != 0 {
 			return int(c)
 		}
@@ -479,7 +480,7 @@ func TestFindOrCreateConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bound := []Binding{{CustomerID: ids[tk{b, "crm-50"}], AppType: "gzh", AppID: "wx1"}}
+	bound := []identity.Binding{{CustomerID: ids[tk{b, "crm-50"}], AppType: "gzh", AppID: "wx1"}}
 	for _, k := range []Key{{b, pipeline.KindPhone, "13900000050"}, {b, pipeline.KindOpenID, "o-50"}, {b, pipeline.KindUnionID, "u-50"}} {
 		if !slices.Equal(got[k], bound) {
 			t.Errorf("%s of created crm-50 = %v, want %v", k.Kind, got[k], bound)
@@ -522,7 +523,7 @@ func TestFindOrCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[Key][]Binding{
+	want := map[Key][]identity.Binding{
 		{a, pipeline.KindPhone, "13900000009"}: {{CustomerID: res[2].CustomerID}},
 		{a, pipeline.KindOpenID, "o9"}:         {{CustomerID: res[2].CustomerID}},
 	}
@@ -547,7 +548,7 @@ func (failedRows) Close()     {}
 // matcher (seen when PostgreSQL was stopped under load).
 func TestCollectFailedRows(t *testing.T) {
 	g := &lookupGroup{kind: pipeline.KindPhone, tenant: 1, index: map[string]int32{}}
-	if err := g.collect(failedRows{}, map[Key][]Binding{}, map[string]string{}); err == nil {
+	if err := g.collect(failedRows{}, map[Key][]identity.Binding{}, map[string]string{}); err == nil {
 		t.Fatal("collect of a failed result returned no error")
 	}
 }
@@ -583,25 +584,25 @@ func TestLookupGroupCollect(t *testing.T) {
 		name    string
 		fields  []pgconn.FieldDescription
 		rows    [][][]byte
-		want    map[string][]Binding // by value
+		want    map[string][]identity.Binding // by value
 		wantErr string
 	}{
 		{"runs of one value together", fields(pgx.BinaryFormatCode, 4),
 			[][][]byte{row("a", bin(1), "", ""), row("a", bin(2), "gzh", "wx1"), row("b", bin(3), "", "")},
-			map[string][]Binding{"a": {{CustomerID: 1}, {2, "gzh", "wx1"}}, "b": {{CustomerID: 3}}}, ""},
+			map[string][]identity.Binding{"a": {{CustomerID: 1}, {CustomerID: 2, AppType: "gzh", AppID: "wx1"}}, "b": {{CustomerID: 3}}}, ""},
 		{"scattered rows, as from a bitmap heap scan", fields(pgx.BinaryFormatCode, 4),
 			[][][]byte{row("a", bin(1), "", ""), row("b", bin(3), "", ""), row("a", bin(2), "gzh", "wx1"), row("b", bin(4), "", "")},
-			map[string][]Binding{"a": {{CustomerID: 1}, {2, "gzh", "wx1"}}, "b": {{CustomerID: 3}, {CustomerID: 4}}}, ""},
+			map[string][]identity.Binding{"a": {{CustomerID: 1}, {CustomerID: 2, AppType: "gzh", AppID: "wx1"}}, "b": {{CustomerID: 3}, {CustomerID: 4}}}, ""},
 		{"text format ids, no application columns", fields(pgx.TextFormatCode, 2),
 			[][][]byte{row("b", []byte("42"))},
-			map[string][]Binding{"b": {{CustomerID: 42}}}, ""},
+			map[string][]identity.Binding{"b": {{CustomerID: 42}}}, ""},
 		{"a value not asked about", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("zzz", bin(1))}, nil, "not asked about"},
 		{"a bad id", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("a", []byte{1, 2})}, nil, "bad bigint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := &lookupGroup{tenant: 7, kind: pipeline.KindPhone, values: []string{"b", "a"}, index: map[string]int32{"b": 0, "a": 1}}
-			out := map[Key][]Binding{}
+			out := map[Key][]identity.Binding{}
 			err := g.collect(&fakeRows{fields: tt.fields, rows: tt.rows}, out, map[string]string{})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -612,7 +613,7 @@ func TestLookupGroupCollect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := map[Key][]Binding{}
+			want := map[Key][]identity.Binding{}
 			for v, bs := range tt.want {
 				want[Key{7, pipeline.KindPhone, v}] = bs
 			}
