@@ -29,6 +29,7 @@ import (
 	"github.com/groupmatch/groupmatch/matcher/matchertest"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
+	"github.com/groupmatch/groupmatch/supervise"
 )
 
 // benchFlags are the settings of `groupmatch bench`.
@@ -419,7 +420,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	db := dbName(pool.Config().ConnString())
 	before := sys.sample()
 	pgBefore, _, pgOK := bench.PostgresCPU(db)
-	self, _ := bench.SampleProc(os.Getpid())
+	self, _ := supervise.SampleProc(os.Getpid())
 
 	var sent atomic.Int64
 	cfg := bench.DriveConfig{Clients: f.clients, Rate: f.rate, Token: token, Sent: &sent}
@@ -526,7 +527,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, sys *benchSystem, pool *p
 	}
 	after := sys.sample()
 	pgAfter, backends, _ := bench.PostgresCPU(db)
-	selfAfter, _ := bench.SampleProc(os.Getpid())
+	selfAfter, _ := supervise.SampleProc(os.Getpid())
 	profiles.Wait()
 	if f.profileDir != "" {
 		sys.heapProfiles(ctx, f.profileDir, stderr)
@@ -757,7 +758,7 @@ type pgUse struct {
 // costs is the cost of each of the system's processes between two samples,
 // then the PostgreSQL backends', per record of the workload. A process
 // started between the samples had used nothing before.
-func (s *benchSystem) costs(before, after map[*benchProc]bench.ProcSample, pg pgUse, records int) []bench.ProcessCost {
+func (s *benchSystem) costs(before, after map[*benchProc]supervise.Sample, pg pgUse, records int) []bench.ProcessCost {
 	var out []bench.ProcessCost
 	for _, p := range s.procs {
 		if a, ok := after[p]; ok {
@@ -765,7 +766,7 @@ func (s *benchSystem) costs(before, after map[*benchProc]bench.ProcSample, pg pg
 		}
 	}
 	if pg.ok {
-		c := bench.NewProcessCost("postgres", 0, bench.ProcSample{CPU: pg.before}, bench.ProcSample{CPU: pg.after}, records)
+		c := bench.NewProcessCost("postgres", 0, supervise.Sample{CPU: pg.before}, supervise.Sample{CPU: pg.after}, records)
 		c.Note = fmt.Sprintf("%d backends of database %s", pg.backends, pg.db)
 		out = append(out, c)
 	}
@@ -773,10 +774,10 @@ func (s *benchSystem) costs(before, after map[*benchProc]bench.ProcSample, pg pg
 }
 
 // sample reads /proc for every process it can.
-func (s *benchSystem) sample() map[*benchProc]bench.ProcSample {
-	out := make(map[*benchProc]bench.ProcSample, len(s.procs))
+func (s *benchSystem) sample() map[*benchProc]supervise.Sample {
+	out := make(map[*benchProc]supervise.Sample, len(s.procs))
 	for _, p := range s.procs {
-		if v, err := bench.SampleProc(p.pid()); err == nil {
+		if v, err := supervise.SampleProc(p.pid()); err == nil {
 			out[p] = v
 		}
 	}
