@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/groupmatch/groupmatch/supervise"
 )
 
 // BaselineConfig configures RunBaseline. Zero values take the defaults.
@@ -205,9 +207,9 @@ func RunBaseline(ctx context.Context, db *pgxpool.Pool, w Workload, cfg Baseline
 			if err := conn.QueryRow(gctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
 				return fmt.Errorf("bench: baseline: %w", err)
 			}
-			if s0, err := SampleProc(backend); err == nil {
+			if s0, err := supervise.SampleProc(backend); err == nil {
 				defer func() {
-					if s1, err := SampleProc(backend); err == nil {
+					if s1, err := supervise.SampleProc(backend); err == nil {
 						pgCPU.Add(int64(s1.CPU - s0.CPU))
 					}
 				}()

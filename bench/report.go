@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/groupmatch/groupmatch/supervise"
 )
 
 // Report is the outcome of one bench run; `--json FILE` writes it.
@@ -144,7 +146,7 @@ type ProcessCost struct {
 }
 
 // NewProcessCost computes a ProcessCost from samples before and after.
-func NewProcessCost(name string, pid int, before, after ProcSample, records int) ProcessCost {
+func NewProcessCost(name string, pid int, before, after supervise.Sample, records int) ProcessCost {
 	cpu := (after.CPU - before.CPU).Seconds()
 	return ProcessCost{
 		Name: name, PID: pid, CPUSeconds: round3(cpu), CPUSecondsPer1000: round3(cpu / float64(records) * 1000),
@@ -423,7 +425,7 @@ func DescribeMachine(ctx context.Context, db *pgxpool.Pool) Machine {
 		}
 	}
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		m.MemoryMB = statusKB(b, "MemTotal:") >> 20
+		m.MemoryMB = meminfoKB(b, "MemTotal:") >> 10
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
@@ -520,4 +522,18 @@ func ChunksOf(m map[string]float64, stage string) (StageChunks, bool) {
 	}
 	c.Retries = m["groupmatch_retries_total"]
 	return c, true
+}
+
+// meminfoKB is the value, in kB, of the line of /proc/meminfo starting
+// with key; 0 when there is none.
+func meminfoKB(meminfo []byte, key string) int64 {
+	for line := range bytes.SplitSeq(meminfo, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte(key)); ok {
+			if f := strings.Fields(string(v)); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }

@@ -1,13 +1,3 @@
-// Package bench is groupmatch's load generator and end-to-end measurement:
-// a reproducible workload of batchAdd requests over matchertest's Big
-// directory, drivers that offer it to a running system over HTTP or the
-// requests topic, the read-outs of throughput, batch latency and
-// per-process cost, a plain-PostgreSQL baseline applying the same workload,
-// and the report. `groupmatch bench` (cmd/groupmatch) starts the system
-// and wires these together; see docs/performance.md.
-//
-// Nothing here logs or reports an identity value: the report holds counts,
-// rates and durations only.
 package bench
 
 import (

@@ -10,6 +10,7 @@ import (
 	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
+	"github.com/groupmatch/groupmatch/supervise"
 )
 
 // BenchmarkApply measures PGStore.Apply on chunks shaped like the
@@ -66,7 +67,7 @@ func benchmarkApply(b *testing.B, chunk, tenants int) {
 		b.Fatal(err)
 	}
 	pg0, _, _ := bench.PostgresCPU(dbName)
-	self0, _ := bench.SampleProc(os.Getpid())
+	self0, _ := supervise.SampleProc(os.Getpid())
 	b.ResetTimer()
 	for range b.N {
 		if len(pending) < chunk {
@@ -87,7 +88,7 @@ func benchmarkApply(b *testing.B, chunk, tenants int) {
 		}
 	}
 	pg1, _, pgOK := bench.PostgresCPU(dbName)
-	self1, _ := bench.SampleProc(os.Getpid())
+	self1, _ := supervise.SampleProc(os.Getpid())
 	n := float64(b.N * chunk)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/n, "ns/record")
 	// CPU per record is steadier than time on a shared machine. The

@@ -259,7 +259,7 @@ func TestBenchTenantRateEnv(t *testing.T) {
 		if err := parse(fs, tt.args, 0); err != nil {
 			t.Fatal(err)
 		}
-		if got := stageEnv(&f); !slices.Equal(got, []string{tt.want}) {
+		if got := f.cfg.StageEnv(); !slices.Equal(got, []string{tt.want}) {
 			t.Errorf("bench %v: stage environment %v, want %s", tt.args, got, tt.want)
 		}
 	}

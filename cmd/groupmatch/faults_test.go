@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -707,16 +706,5 @@ func waitDuplicates(t *testing.T, r *rig, n int) {
 			t.Fatalf("sink did not see %d duplicates within 60 s", n)
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// kill ends the process at once (SIGKILL) and waits for it.
-func (p *proc) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-	case <-time.After(10 * time.Second):
-		p.t.Fatalf("%s did not die", p.name)
 	}
 }

@@ -81,11 +81,8 @@ func (r *hostileRig) sys(t *testing.T) *system { return &system{t: t, base: r.c.
 func (r *hostileRig) afterEach(t *testing.T) {
 	t.Helper()
 	for _, p := range []*proc{r.c.ingest, r.c.matcher, r.c.sink} {
-		select {
-		case err := <-p.exited:
-			p.exited <- err
+		if done, err := p.Exited(); done {
 			t.Fatalf("%s exited (%v)", p.name, err)
-		default:
 		}
 	}
 	r.goodSeq++
@@ -101,7 +98,7 @@ func (r *hostileRig) afterEach(t *testing.T) {
 	t.Logf("good tenant's batch final in %s", time.Since(start).Round(time.Millisecond))
 	var rss []string
 	for _, p := range []*proc{r.c.ingest, r.c.matcher, r.c.sink} {
-		n := processRSS(t, p.cmd.Process.Pid)
+		n := processRSS(t, p.PID())
 		if n > maxStageRSS {
 			t.Errorf("%s resident memory %d MB, more than %d MB", p.name, n>>20, maxStageRSS>>20)
 		}

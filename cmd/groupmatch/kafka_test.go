@@ -182,11 +182,10 @@ func TestKafkaCommand(t *testing.T) {
 	if err != nil || resp.Errors["by-hand"] != nil {
 		t.Fatalf("create topic: %v %v", err, resp)
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	_ = p.Signal(syscall.SIGINT)
 	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if err != nil {
+	case <-p.Done():
+		if err := p.Err(); err != nil {
 			t.Fatalf("groupmatch kafka exited with %v after SIGINT:\n%s", err, p.output())
 		}
 	case <-time.After(40 * time.Second):

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,9 +11,10 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/groupmatch/groupmatch/supervise"
 )
 
 // buildBinary builds groupmatch once per test binary run.
@@ -52,51 +52,26 @@ func envOr(name, def string) string {
 	return def
 }
 
-// proc is a groupmatch process started by a test.
+// proc is a groupmatch process started by a test: a supervise.Proc whose
+// failures fail the test.
 type proc struct {
-	t      *testing.T
-	name   string
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	out    bytes.Buffer // stdout and stderr, interleaved
-	lines  chan string
-	exited chan error
+	*supervise.Proc
+	t    *testing.T
+	name string
 }
 
 // startProc runs the binary with args and extra environment; the process is
 // killed when the test ends if still running.
 func startProc(t *testing.T, env []string, stdin io.Reader, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: args[0], lines: make(chan string, 4096), exited: make(chan error, 1)}
-	p.cmd = exec.Command(binary(t), args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdin = stdin
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
+	sp, err := supervise.Start(supervise.Spec{Path: binary(t), Args: args, Env: env, Stdin: stdin})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.out.WriteString(sc.Text() + "\n")
-			p.mu.Unlock()
-			select {
-			case p.lines <- sc.Text():
-			default: // nobody waits for lines any more
-			}
-		}
-	}()
-	go func() {
-		err := p.cmd.Wait()
-		pw.Close()
-		p.exited <- err
-	}()
+	p := &proc{Proc: sp, t: t, name: sp.Name()}
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			_ = p.cmd.Process.Kill()
+		if done, _ := p.Exited(); !done {
+			p.Kill(10 * time.Second)
 		}
 		if t.Failed() || os.Getenv("GROUPMATCH_TEST_LOGS") != "" {
 			t.Logf("output of %s:\n%s", p.name, p.output())
@@ -105,43 +80,32 @@ func startProc(t *testing.T, env []string, stdin io.Reader, args ...string) *pro
 	return p
 }
 
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *proc) output() string { return p.Output() }
 
-// waitFor returns the first submatch of re in the process's output.
+// waitFor returns the last submatch of re in the process's output.
 func (p *proc) waitFor(re *regexp.Regexp, within time.Duration) string {
 	p.t.Helper()
-	timeout := time.After(within)
-	for {
-		select {
-		case line := <-p.lines:
-			if m := re.FindStringSubmatch(line); m != nil {
-				return m[len(m)-1]
-			}
-		case err := <-p.exited:
-			p.exited <- err
-			p.t.Fatalf("%s exited (%v) before printing %s:\n%s", p.name, err, re, p.output())
-		case <-timeout:
-			p.t.Fatalf("%s did not print %s within %s:\n%s", p.name, re, within, p.output())
-		}
+	m, err := p.Await(context.Background(), re, within)
+	if err != nil {
+		p.t.Fatalf("%s did not print %s: %v:\n%s", p.name, re, err, p.output())
+	}
+	return m[len(m)-1]
+}
+
+// stop sends SIGTERM and waits for a clean exit within the shutdown
+// timeout and 2 s.
+func (p *proc) stop() {
+	p.t.Helper()
+	if err := p.Stop(shutdownTimeout + 2*time.Second); err != nil {
+		p.t.Errorf("%s: %v", p.name, err)
 	}
 }
 
-// stop sends SIGTERM and waits for a clean exit within 10 s.
-func (p *proc) stop() {
+// kill ends the process at once (SIGKILL) and waits for it.
+func (p *proc) kill() {
 	p.t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if err != nil {
-			p.t.Errorf("%s exited with %v after SIGTERM", p.name, err)
-		}
-	case <-time.After(shutdownTimeout + 2*time.Second):
-		p.t.Errorf("%s did not exit within %s of SIGTERM", p.name, shutdownTimeout)
+	if !p.Kill(10 * time.Second) {
+		p.t.Fatalf("%s did not die", p.name)
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/apps"
-	"github.com/groupmatch/groupmatch/bench"
 )
 
 // neighbourRecords bounds the small tenant's workload: batches are sent
@@ -20,37 +19,37 @@ const neighbourRecords = 10_000_000
 // neighbourWorkload is the small tenant's workload: batches of
 // --neighbour-batch records over its own directory of
 // --neighbour-customers, its groups named apart from the big tenant's.
-func neighbourWorkload(f *benchFlags) bench.Workload {
-	w := bench.Workload{
-		Customers: f.neighbourCustomers, Records: neighbourRecords, BatchSize: f.neighbourBatch,
-		Mix: f.w.Mix, GroupPrefix: "neighbour-" + f.w.GroupPrefix, Seed: f.w.Seed + 1,
+func (c Config) neighbourWorkload(big Workload) Workload {
+	w := Workload{
+		Customers: c.NeighbourCustomers, Records: neighbourRecords, BatchSize: c.NeighbourBatch,
+		Mix: big.Mix, GroupPrefix: "neighbour-" + big.GroupPrefix, Seed: big.Seed + 1,
 	}
 	return w.WithDefaults()
 }
 
-// benchNeighbour is the small tenant of a --neighbour run: its own
+// neighbourTenant is the small tenant of a --neighbour run: its own
 // application, token and directory, and an observer of its batches.
-type benchNeighbour struct {
-	w        bench.Workload
+type neighbourTenant struct {
+	w        Workload
 	tenantID int64
 	token    string
-	obs      *bench.Observer
-	drive    *bench.NeighbourDrive
+	obs      *Observer
+	drive    *NeighbourDrive
 }
 
 // setupNeighbour creates the small tenant's application and loads its
 // directory.
-func setupNeighbour(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, store *apps.Store, live *bench.Live) (*benchNeighbour, error) {
-	n := &benchNeighbour{w: neighbourWorkload(f)}
-	creds, err := store.Create(ctx, f.neighbourTenant, "bench-neighbour", []string{apps.ScopeGroup})
+func setupNeighbour(ctx context.Context, cfg *Config, pool *pgxpool.Pool, store *apps.Store, live *Live) (*neighbourTenant, error) {
+	n := &neighbourTenant{w: cfg.neighbourWorkload(cfg.Workload)}
+	creds, err := store.Create(ctx, cfg.NeighbourTenant, "bench-neighbour", []string{apps.ScopeGroup})
 	if err != nil {
 		return nil, err
 	}
-	if n.tenantID, err = store.TenantID(ctx, f.neighbourTenant); err != nil {
+	if n.tenantID, err = store.TenantID(ctx, cfg.NeighbourTenant); err != nil {
 		return nil, err
 	}
-	if f.load {
-		if _, err := loadBenchDirectory(ctx, pool, n.tenantID, n.w.Customers, live); err != nil {
+	if cfg.Load {
+		if _, err := loadDirectory(ctx, pool, n.tenantID, n.w.Customers, live); err != nil {
 			return nil, err
 		}
 	}
@@ -63,18 +62,18 @@ func setupNeighbour(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, stor
 }
 
 // start begins sending a batch every --neighbour-interval to base.
-func (n *benchNeighbour) start(ctx context.Context, f *benchFlags, pool *pgxpool.Pool, base string) error {
+func (n *neighbourTenant) start(ctx context.Context, cfg *Config, pool *pgxpool.Pool, base string) error {
 	var err error
-	if n.obs, err = bench.NewObserver(ctx, pool, n.tenantID); err != nil {
+	if n.obs, err = NewObserver(ctx, pool, n.tenantID); err != nil {
 		return err
 	}
-	n.drive = bench.StartNeighbour(ctx, base, n.w, bench.NeighbourConfig{Interval: f.neighbourInterval, Token: n.token})
+	n.drive = StartNeighbour(ctx, base, n.w, NeighbourConfig{Interval: cfg.NeighbourInterval, Token: n.token})
 	return nil
 }
 
 // finish stops sending, waits until every batch sent is final and reads
 // their latency; bigRate is the big tenant's end-to-end records/s.
-func (n *benchNeighbour) finish(ctx context.Context, f *benchFlags, live *bench.Live, bigRate float64) (*bench.NeighbourResult, error) {
+func (n *neighbourTenant) finish(ctx context.Context, cfg *Config, live *Live, bigRate float64) (*NeighbourResult, error) {
 	accepted, retried, err := n.drive.Stop()
 	if err != nil {
 		return nil, err
@@ -83,7 +82,7 @@ func (n *benchNeighbour) finish(ctx context.Context, f *benchFlags, live *bench.
 		return nil, errors.New("bench: the neighbour had no batch accepted while the backlog drained")
 	}
 	lastChange := time.Now()
-	var last bench.Progress
+	var last Progress
 	for {
 		p, err := n.obs.Progress(ctx)
 		if err != nil {
@@ -94,8 +93,8 @@ func (n *benchNeighbour) finish(ctx context.Context, f *benchFlags, live *bench.
 		}
 		if p != last {
 			last, lastChange = p, time.Now()
-		} else if time.Since(lastChange) > f.stall {
-			return nil, fmt.Errorf("bench: neighbour: no progress for %s (%d of %d batches final)", f.stall, p.Finished, accepted)
+		} else if time.Since(lastChange) > cfg.Stall {
+			return nil, fmt.Errorf("bench: neighbour: no progress for %s (%d of %d batches final)", cfg.Stall, p.Finished, accepted)
 		}
 		live.Update("neighbour: " + strconv.Itoa(p.Finished) + " of " + strconv.Itoa(accepted) + " batches final")
 		select {
@@ -109,21 +108,14 @@ func (n *benchNeighbour) finish(ctx context.Context, f *benchFlags, live *bench.
 	if err != nil {
 		return nil, err
 	}
-	return &bench.NeighbourResult{
-		Tenant: f.neighbourTenant, Customers: n.w.Customers, BatchSize: n.w.BatchSize, IntervalS: f.neighbourInterval.Seconds(),
+	return &NeighbourResult{
+		Tenant: cfg.NeighbourTenant, Customers: n.w.Customers, BatchSize: n.w.BatchSize, IntervalS: cfg.NeighbourInterval.Seconds(),
 		Batches: r.Batches, Retried: retried, BatchLatency: r.Latency, Outcomes: r.Outcomes, BigTenantRecordsPerSec: bigRate,
 	}, nil
 }
 
-// stageEnv is the environment bench gives the stage processes it starts
-// on top of its own: the per-tenant records quota, as the stages read it
-// (TENANT_RATE; "0" is off).
-func stageEnv(f *benchFlags) []string {
-	return []string{"TENANT_RATE=" + strconv.FormatFloat(f.tenantRate, 'g', -1, 64)}
-}
-
 // neighbourProgress is the neighbour's part of the progress line.
-func neighbourProgress(n *benchNeighbour) string {
+func neighbourProgress(n *neighbourTenant) string {
 	if n == nil || n.drive == nil {
 		return ""
 	}

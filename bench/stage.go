@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -12,41 +12,40 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/groupmatch/groupmatch/bench"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
-// benchStage measures one stage alone (--stage matcher): ingest, the only
+// measureStage measures one stage alone (--stage matcher): ingest, the only
 // stage running, puts the whole workload into Kafka; then the stage's
 // processes start, and the run ends when their consumer group has
 // committed every input message. The sink never runs, so the batches stay
 // PROCESSING in the bench database.
-func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxpool.Pool, tenantID int64, token string,
-	live *bench.Live, stderr io.Writer) (*bench.StageResult, error) {
+func measureStage(ctx context.Context, cfg *Config, sys *system, pool *pgxpool.Pool, tenantID int64, token string,
+	live *Live, stderr io.Writer) (*StageResult, error) {
 	defer live.Done()
-	obs, err := bench.NewObserver(ctx, pool, tenantID)
+	obs, err := NewObserver(ctx, pool, tenantID)
 	if err != nil {
 		return nil, err
 	}
 	var sent atomic.Int64
-	cfg := bench.DriveConfig{Clients: f.clients, Rate: f.rate, Token: token, Sent: &sent}
+	dcfg := DriveConfig{Clients: cfg.Clients, Rate: cfg.Rate, Token: token, Sent: &sent}
 	live.Update("stage: ingest is putting the workload into Kafka")
-	if f.via == "kafka" {
-		cfg.KeyPrefix = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
-		cfg.Security = sys.sec
-		_, err = bench.DriveKafka(ctx, sys.brokers, f.o.topics().Requests, f.w, cfg)
+	if cfg.Via == "kafka" {
+		dcfg.KeyPrefix = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+		dcfg.Security = sys.sec
+		_, err = DriveKafka(ctx, sys.brokers, cfg.Topics.Requests, cfg.Workload, dcfg)
 	} else {
-		_, err = bench.DriveHTTP(ctx, sys.base, f.w, cfg)
+		_, err = DriveHTTP(ctx, sys.base, cfg.Workload, dcfg)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := awaitAccepted(ctx, obs, f.w.Batches(), f.stall); err != nil {
+	if err := awaitAccepted(ctx, obs, cfg.Workload.Batches(), cfg.Stall); err != nil {
 		return nil, err
 	}
 
 	lag, err := stream.NewLagCollector(stream.LagConfig{Brokers: sys.brokers, Security: sys.sec,
-		Targets: []stream.LagTarget{{Group: f.o.groupID(stageMatcher), Topic: f.o.topics().Records}}})
+		Targets: []stream.LagTarget{{Group: cfg.MatcherGroup, Topic: cfg.Topics.Records}}})
 	if err != nil {
 		return nil, err
 	}
@@ -55,24 +54,24 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 	if err != nil {
 		return nil, err
 	}
-	if input != int64(f.w.Records) {
-		return nil, fmt.Errorf("bench: the records topic holds %d messages, want %d", input, f.w.Records)
+	if input != int64(cfg.Workload.Records) {
+		return nil, fmt.Errorf("bench: the records topic holds %d messages, want %d", input, cfg.Workload.Records)
 	}
 
 	checkpoint(ctx, pool)
 	db := dbName(pool.Config().ConnString())
 	before := sys.sample()
-	pgBefore, _, pgOK := bench.PostgresCPU(db)
+	pgBefore, _, pgOK := PostgresCPU(db)
 	start := time.Now()
-	live.Update(fmt.Sprintf("stage: starting %d %s process(es)", f.instances, f.stage))
-	procs, err := sys.startInstances(ctx, f.stage, f.instances)
+	live.Update(fmt.Sprintf("stage: starting %d %s process(es)", cfg.Instances, cfg.Stage))
+	procs, err := sys.startInstances(ctx, cfg.Stage, cfg.Instances)
 	if err != nil {
 		return nil, err
 	}
-	if f.profileDir != "" {
+	if cfg.ProfileDir != "" {
 		pctx, stopProfiles := context.WithCancel(ctx)
 		var profiles sync.WaitGroup
-		profiles.Go(func() { sys.profile(pctx, f.profileDir, f.profileFor, stderr) })
+		profiles.Go(func() { sys.profile(pctx, cfg.ProfileDir, cfg.ProfileDuration, stderr) })
 		defer func() {
 			stopProfiles()
 			profiles.Wait()
@@ -99,24 +98,24 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		}
 		if done != last {
 			last, lastChange = done, now
-		} else if now.Sub(lastChange) > f.stall {
-			return nil, fmt.Errorf("bench: no progress for %s (%d of %d records resolved)", f.stall, done, input)
+		} else if now.Sub(lastChange) > cfg.Stall {
+			return nil, fmt.Errorf("bench: no progress for %s (%d of %d records resolved)", cfg.Stall, done, input)
 		}
 		if done >= input {
 			end = now
 		}
 		if now.Sub(lastPrint) >= time.Second || !end.IsZero() {
 			el := now.Sub(start).Seconds()
-			live.Update(fmt.Sprintf("%s %5.0fs  resolved %s/%s (avg %s/s)", f.stage, el,
-				bench.Thousands(float64(done)), bench.Thousands(float64(input)), bench.Thousands(float64(done)/el)))
+			live.Update(fmt.Sprintf("%s %5.0fs  resolved %s/%s (avg %s/s)", cfg.Stage, el,
+				Thousands(float64(done)), Thousands(float64(input)), Thousands(float64(done)/el)))
 			lastPrint = now
 		}
 	}
 	live.Done()
 	after := sys.sample()
-	pgAfter, backends, _ := bench.PostgresCPU(db)
+	pgAfter, backends, _ := PostgresCPU(db)
 
-	res := &bench.StageResult{Stage: f.stage, Instances: f.instances, Records: f.w.Records,
+	res := &StageResult{Stage: cfg.Stage, Instances: cfg.Instances, Records: cfg.Workload.Records,
 		StartupSeconds: firstAt.Sub(start).Seconds(), Seconds: end.Sub(firstAt).Seconds()}
 	if counted := input - firstN; counted > 0 && res.Seconds > 0 {
 		res.RecordsPerSec = float64(counted) / res.Seconds
@@ -125,27 +124,27 @@ func benchStage(ctx context.Context, f *benchFlags, sys *benchSystem, pool *pgxp
 		res.Seconds = end.Sub(start).Seconds()
 		res.RecordsPerSec = float64(input) / res.Seconds
 	}
-	res.Processes = sys.costs(before, after, pgUse{pgBefore, pgAfter, pgOK, backends, db}, f.w.Records)
+	res.Processes = sys.costs(before, after, pgUse{pgBefore, pgAfter, pgOK, backends, db}, cfg.Workload.Records)
 	sum := map[string]float64{}
 	for _, p := range procs {
 		m, err := scrapeMetrics(ctx, p.admin+"/metrics")
 		if err != nil {
-			fmt.Fprintf(stderr, "bench: metrics of %s: %v\n", p.name, err)
+			fmt.Fprintf(stderr, "bench: metrics of %s: %v\n", p.Name(), err)
 			continue
 		}
 		for k, v := range m {
 			sum[k] += v
 		}
 	}
-	if c, ok := bench.ChunksOf(sum, f.stage); ok {
+	if c, ok := ChunksOf(sum, cfg.Stage); ok {
 		res.Chunks = &c
 	}
 	return res, nil
 }
 
 // awaitAccepted waits until n batches of the run are past PENDING.
-func awaitAccepted(ctx context.Context, obs *bench.Observer, n int, stall time.Duration) error {
-	var last bench.Progress
+func awaitAccepted(ctx context.Context, obs *Observer, n int, stall time.Duration) error {
+	var last Progress
 	lastChange := time.Now()
 	for {
 		p, err := obs.Progress(ctx)
