@@ -200,3 +200,17 @@ func TestDecodeErrorsHideValues(t *testing.T) {
 		}
 	}
 }
+
+// The documented names are the default prefix's, and a prefix names all
+// five topics.
+func TestTopicsFor(t *testing.T) {
+	want := Topics{Requests: "groupmatch.requests", Records: "groupmatch.records", Resolved: "groupmatch.resolved",
+		Events: "groupmatch.events", DLQ: "groupmatch.dlq"}
+	if got := DefaultTopics(); got != want {
+		t.Errorf("DefaultTopics() = %+v, want %+v", got, want)
+	}
+	if got := TopicsFor("t1-"); got != (Topics{Requests: "t1-requests", Records: "t1-records", Resolved: "t1-resolved",
+		Events: "t1-events", DLQ: "t1-dlq"}) {
+		t.Errorf("TopicsFor(t1-) = %+v", got)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/devenv"
 	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -106,7 +107,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := o.checkStages(allStages); err != nil {
 		return err
 	}
-	o.topicPrefix = "groupmatch."
+	o.topicPrefix = pipeline.DefaultTopicPrefix
 	log, err := o.logger(stderr)
 	if err != nil {
 		return err
