@@ -5,4 +5,7 @@
 //
 // All Kafka I/O goes through github.com/segmentio/kafka-go, so the same code
 // runs against Apache Kafka and against the in-process broker of dev mode.
+//
+// It imports no other package of groupmatch and never decodes a message
+// value: what a message means is its stage's business.
 package stream
