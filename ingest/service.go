@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,47 +17,6 @@ import (
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/stream"
 )
-
-// Config configures a Service. Zero values take the documented defaults.
-type Config struct {
-	Brokers []string        // required
-	Topics  pipeline.Topics // default pipeline.DefaultTopics()
-	// Security secures the Kafka connections; nil is plaintext.
-	Security *stream.Security
-	// RateLimit is each application's sustained request rate per second,
-	// default 100; RateBurst its burst, default 200.
-	RateLimit float64
-	RateBurst int
-	// RequestTimeout bounds accepting one batch (PostgreSQL and Kafka);
-	// default 10 s.
-	RequestTimeout time.Duration
-	// PendingTimeout is the age after which a batch never accepted is
-	// aborted by the janitor; default 60 s. It must exceed RequestTimeout.
-	PendingTimeout time.Duration
-	// MaxInFlight bounds the batchAdd requests served at once; beyond it
-	// ingest answers 503 at once instead of queueing. Default 256.
-	MaxInFlight int
-	// AuthFailRate is the failed authentications per second each client
-	// address may make, default 20; AuthFailBurst how many in a row,
-	// default 100. Beyond them the address is answered 429 before its
-	// credentials are checked. AuthFailClients bounds the addresses
-	// tracked, default 65,536 (see failureLimiter).
-	AuthFailRate    float64
-	AuthFailBurst   int
-	AuthFailClients int
-	// TrustedProxies are the proxies whose X-Forwarded-For names the
-	// client address (see clientAddr); none by default, and then the
-	// header is ignored.
-	TrustedProxies []netip.Prefix
-	// TokenRate is the token pairs (getOrgAccessToken and refresh) each
-	// application may get per minute, also its burst; default 10.
-	TokenRate float64
-	// TenantRate is each tenant's records quota per second over batchAdd
-	// and the requests topic; 0 (the default) means none. Its burst is
-	// max(TenantRate, 500), so any batch fits into a full bucket.
-	TenantRate float64
-	Logger     *slog.Logger
-}
 
 // Auth is what ingest needs of the application store.
 type Auth interface {
@@ -90,62 +48,15 @@ type Service struct {
 	quota       *keyedLimiter[int64]  // records by tenant; nil without a quota
 }
 
-// Defaults of Config, used where a field is zero; cmd/groupmatch's flags
-// default to them too, so they are written only here.
-const (
-	DefaultRateLimit       = 100.0 // requests per second per application
-	DefaultRateBurst       = 200
-	DefaultMaxInFlight     = 256
-	DefaultAuthFailRate    = 20.0 // failed authentications per second per client address
-	DefaultAuthFailBurst   = 100
-	DefaultAuthFailClients = 1 << 16
-	DefaultTokenRate       = 10.0 // token pairs per minute per application
-)
-
 // New returns an ingest service.
 func New(cfg Config, store *Store, auth Auth, metrics *Metrics) (*Service, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("ingest: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.Topics == (pipeline.Topics{}) {
-		cfg.Topics = pipeline.DefaultTopics()
-	}
-	if cfg.RateLimit <= 0 {
-		cfg.RateLimit = DefaultRateLimit
-	}
-	if cfg.RateBurst <= 0 {
-		cfg.RateBurst = DefaultRateBurst
-	}
-	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = 10 * time.Second
-	}
-	if cfg.PendingTimeout <= 0 {
-		cfg.PendingTimeout = pipeline.DefaultPendingTimeout
-	}
-	if cfg.PendingTimeout <= cfg.RequestTimeout {
-		return nil, errors.New("ingest: PendingTimeout must exceed RequestTimeout")
-	}
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = DefaultMaxInFlight
-	}
-	if cfg.AuthFailRate <= 0 {
-		cfg.AuthFailRate = DefaultAuthFailRate
-	}
-	if cfg.AuthFailBurst <= 0 {
-		cfg.AuthFailBurst = DefaultAuthFailBurst
-	}
-	if cfg.AuthFailClients <= 0 {
-		cfg.AuthFailClients = DefaultAuthFailClients
-	}
-	if cfg.TokenRate <= 0 {
-		cfg.TokenRate = DefaultTokenRate
-	}
+	cfg = cfg.withDefaults()
 	var quota *keyedLimiter[int64]
 	if cfg.TenantRate > 0 {
 		quota = newKeyedLimiter[int64](cfg.TenantRate, max(int(math.Ceil(cfg.TenantRate)), pipeline.MaxRecords))
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	metrics.InFlightLimit.Set(float64(cfg.MaxInFlight))
 	w := stream.NewWriter(cfg.Brokers, cfg.Topics.Records, cfg.Security)

@@ -23,26 +23,29 @@ import (
 	"github.com/groupmatch/groupmatch/stream"
 )
 
-// Config configures a Stage. Zero values take the documented defaults.
+// Config configures a Stage. Zero values take the documented defaults;
+// negative values are refused by Validate.
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default DefaultGroupID
 	// Security secures the Kafka connections; nil is plaintext.
 	Security *stream.Security
-	// MaxChunk is the most records resolved together; default 2000.
+	// MaxChunk is the most records resolved together; default
+	// DefaultMaxChunk (2000).
 	MaxChunk int
 	// Consumers is how many members of the consumer group the stage runs,
 	// each taking its own partitions and resolving its own chunks; default
-	// 2, so that one decodes and resolves while another waits for
-	// PostgreSQL or Kafka. Members beyond the topic's partitions idle.
+	// DefaultConsumers (2), so that one decodes and resolves while another
+	// waits for PostgreSQL or Kafka. Members beyond the topic's partitions
+	// idle.
 	Consumers int
-	// Linger is how long a chunk waits to fill; default 5 ms.
+	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
 	// Retry bounds retries of transient failures; the zero value retries
 	// until shutdown.
 	Retry  retry.Policy
-	Logger *slog.Logger
+	Logger *slog.Logger // default: discard
 }
 
 // DefaultGroupID is the matcher's consumer group unless Config names another.
@@ -69,8 +72,8 @@ const (
 
 // New returns a matcher stage resolving against dir.
 func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("matcher: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
@@ -78,10 +81,10 @@ func New(cfg Config, dir Directory, metrics *Metrics) (*Stage, error) {
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultGroupID
 	}
-	if cfg.MaxChunk <= 0 {
+	if cfg.MaxChunk == 0 {
 		cfg.MaxChunk = DefaultMaxChunk
 	}
-	if cfg.Consumers <= 0 {
+	if cfg.Consumers == 0 {
 		cfg.Consumers = DefaultConsumers
 	}
 	if cfg.Logger == nil {

@@ -32,7 +32,7 @@ type Relay struct {
 }
 
 // RelayConfig configures a Relay. Zero values take the documented
-// defaults.
+// defaults; negative values are refused by Validate.
 type RelayConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
@@ -42,18 +42,26 @@ type RelayConfig struct {
 	// (pipeline.Topics.TenantEvents) when that exists, else to
 	// Topics.Events.
 	EventsPerTenant bool
-	// Interval is how often the outbox is polled; default 100 ms.
+	// Interval is how often the outbox is polled; default
+	// DefaultRelayInterval (100 ms).
 	Interval time.Duration
-	Logger   *slog.Logger
+	Logger   *slog.Logger // default: discard
 }
 
-// NewRelay returns a relay publishing the outbox of db.
-func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
+// DefaultRelayInterval is RelayConfig.Interval's default.
+const DefaultRelayInterval = 100 * time.Millisecond
+
+// NewRelay returns a relay publishing the outbox of db, or the error of
+// cfg.Validate.
+func NewRelay(db *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = 100 * time.Millisecond
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultRelayInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -63,7 +71,7 @@ func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
 		topic = "" // each message names its topic
 	}
 	return &Relay{cfg: cfg, db: db, w: stream.NewWriter(cfg.Brokers, topic, cfg.Security),
-		log: cfg.Logger.With("stage", "sink", "component", "relay")}
+		log: cfg.Logger.With("stage", "sink", "component", "relay")}, nil
 }
 
 // Writers exposes the relay's Kafka writer for metrics.

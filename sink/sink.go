@@ -14,21 +14,23 @@ import (
 	"github.com/groupmatch/groupmatch/stream"
 )
 
-// Config configures a Stage. Zero values take the documented defaults.
+// Config configures a Stage. Zero values take the documented defaults;
+// negative values are refused by Validate.
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default DefaultGroupID
 	// Security secures the Kafka connections; nil is plaintext.
 	Security *stream.Security
-	// MaxChunk is the most records applied in one transaction; default 2000.
+	// MaxChunk is the most records applied in one transaction; default
+	// DefaultMaxChunk (2000).
 	MaxChunk int
-	// Linger is how long a chunk waits to fill; default 5 ms.
+	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
 	// Retry bounds retries of transient failures; the zero value retries
 	// until shutdown.
 	Retry  retry.Policy
-	Logger *slog.Logger
+	Logger *slog.Logger // default: discard
 }
 
 // DefaultGroupID is the sink's consumer group unless Config names another.
@@ -50,8 +52,8 @@ const DefaultMaxChunk = 2000
 
 // New returns a sink stage applying to store.
 func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("sink: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
@@ -59,7 +61,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultGroupID
 	}
-	if cfg.MaxChunk <= 0 {
+	if cfg.MaxChunk == 0 {
 		cfg.MaxChunk = DefaultMaxChunk
 	}
 	if cfg.Logger == nil {
