@@ -17,8 +17,8 @@ import (
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
-	"github.com/groupmatch/groupmatch/stream"
 )
 
 // MaxBodyBytes is the largest batchAdd body accepted (1 MiB).
@@ -58,7 +58,7 @@ func (s *Service) batchAdd(w http.ResponseWriter, r *http.Request, p apps.Princi
 		return
 	}
 	if err != nil {
-		s.log.Error("batch not accepted; retry is safe", "err", stream.ErrorText(err))
+		s.log.Error("batch not accepted; retry is safe", "err", redact.Error(err))
 		refuseUnavailable.write(w)
 		return
 	}
@@ -112,7 +112,7 @@ func (s *Service) submit(ctx context.Context, p apps.Principal, body []byte, key
 		return 0, copyOf(refuseConflict), nil
 	case err != nil && !retry.Transient(err) && ctx.Err() == nil:
 		r := permanentRefusal(err)
-		s.log.Warn("batch refused: it cannot succeed on a retry", "tenant_id", p.TenantID, "code", r.Code, "err", stream.ErrorText(err))
+		s.log.Warn("batch refused: it cannot succeed on a retry", "tenant_id", p.TenantID, "code", r.Code, "err", redact.Error(err))
 		return 0, r, nil
 	}
 	return id, nil, err
@@ -252,7 +252,7 @@ func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key
 		if errors.Is(err, errNotAccepted) || !s.settle(ctx, p.TenantID, id) {
 			return 0, err
 		}
-		s.log.Warn("acceptance reported a failure but had committed; answering the batch id", "batch_id", id, "err", stream.ErrorText(err))
+		s.log.Warn("acceptance reported a failure but had committed; answering the batch id", "batch_id", id, "err", redact.Error(err))
 	}
 	s.metrics.BatchesAccepted.Inc()
 	s.metrics.RecordsAccepted.Add(float64(len(msgs)))
@@ -277,7 +277,7 @@ func (s *Service) settle(ctx context.Context, tenantID, id int64) bool {
 	}, nil)
 	switch {
 	case err != nil:
-		s.log.Warn("acceptance undecided; the janitor will abort the batch if it is still pending", "batch_id", id, "err", stream.ErrorText(err))
+		s.log.Warn("acceptance undecided; the janitor will abort the batch if it is still pending", "batch_id", id, "err", redact.Error(err))
 		return false
 	case !accepted:
 		s.metrics.BatchesAborted.Inc()
@@ -289,7 +289,7 @@ func (s *Service) abort(ctx context.Context, tenantID, id int64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := s.store.Abort(ctx, tenantID, id); err != nil {
-		s.log.Warn("abort failed; the janitor will abort the batch", "batch_id", id, "err", err)
+		s.log.Warn("abort failed; the janitor will abort the batch", "batch_id", id, "err", redact.Error(err))
 		return
 	}
 	s.metrics.BatchesAborted.Inc()

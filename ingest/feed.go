@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
@@ -235,7 +236,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 		return kafka.Message{}, err
 	default:
 		refusal = permanentRefusal(err)
-		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", redact.Error(err)}
 		var panicErr *retry.PanicError
 		if errors.As(err, &panicErr) {
 			class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -265,7 +266,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait_s", wait.Seconds())
+	f.log.Warn("request not accepted yet; retrying", "err", redact.Error(err), "wait_s", wait.Seconds())
 }
 
 // checkVersion refuses a request whose "v" is present and not

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 // statusRecorder remembers the status code for metrics.
@@ -73,7 +74,7 @@ func (s *Service) authorize(ctx context.Context, token string) (apps.Principal, 
 	case errors.Is(err, apps.ErrTokenInvalid):
 		return p, copyOf(refuseToken)
 	case err != nil:
-		s.log.Error("authenticate", "err", err)
+		s.log.Error("authenticate", "err", redact.Error(err))
 		return p, copyOf(refuseUnavailable)
 	case !p.Can(apps.ScopeGroup):
 		return p, copyOf(refusePermission)

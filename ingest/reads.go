@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 func (s *Service) batchResult(w http.ResponseWriter, r *http.Request, p apps.Principal) {
@@ -79,7 +80,7 @@ func (s *Service) readFailed(w http.ResponseWriter, err error, what string) bool
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, "404", "NOT_FOUND", "no such "+what)
 	default:
-		s.log.Error("read", "err", err)
+		s.log.Error("read", "err", redact.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
 	}
 	return true

@@ -15,6 +15,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -102,7 +103,7 @@ func (s *Service) RunJanitor(ctx context.Context, interval time.Duration) error 
 		case <-t.C:
 			n, err := s.store.AbortStale(ctx, s.cfg.PendingTimeout)
 			if err != nil {
-				s.log.Warn("janitor", "err", err)
+				s.log.Warn("janitor", "err", redact.Error(err))
 			} else if n > 0 {
 				s.log.Warn("aborted batches never accepted", "batches", n)
 				s.metrics.BatchesAborted.Add(float64(n))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 func (s *Service) getToken(w http.ResponseWriter, r *http.Request) {
@@ -40,7 +41,7 @@ func (s *Service) answerToken(w http.ResponseWriter, addr netip.Addr, t apps.Tok
 		setRetryAfter(w, limited.RetryAfter)
 		writeError(w, http.StatusTooManyRequests, "429", "RATE_LIMITED", "token issuing limit of the application reached")
 	case err != nil:
-		s.log.Error("token", "err", err)
+		s.log.Error("token", "err", redact.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "503", "UNAVAILABLE", "database unavailable; retry later")
 	default:
 		writeJSON(w, http.StatusOK, envelope{Code: "200", ErrorCode: "0", Msg: "操作成功", Data: t})

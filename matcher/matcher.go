@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
@@ -182,7 +183,7 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 		if err != nil {
 			dead = append(dead, stream.DeadLetter(m, "matcher", "undecodable", err))
 			s.metrics.DeadLetters.WithLabelValues("undecodable").Inc()
-			s.log.Warn("undecodable record", "partition", m.Partition, "offset", m.Offset, "err", err)
+			s.log.Warn("undecodable record", "partition", m.Partition, "offset", m.Offset, "err", redact.Error(err))
 			if pos, ok := pipeline.PeekPosition(m.Value); ok {
 				failed = append(failed, pipeline.ResolvedMessage{
 					TenantID: pos.TenantID, BatchID: pos.BatchID, Index: pos.Index, OptType: pipeline.OptAdd,
@@ -316,7 +317,7 @@ func (s *Stage) resolveFrom(ctx context.Context, items []item, base int) ([]isol
 // nor the letter's headers quote a value of the record.
 func (s *Stage) isolatedLetter(m kafka.Message, batchID int64, index int, err error) kafka.Message {
 	class, attrs := "permanent", []any{"batch_id", batchID, "record_index", index,
-		"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		"partition", m.Partition, "offset", m.Offset, "err", redact.Error(err)}
 	var panicErr *retry.PanicError
 	if errors.As(err, &panicErr) {
 		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -491,7 +492,7 @@ func (s *Stage) notify(err error, wait time.Duration) {
 	if errors.Is(err, ErrBatchPending) {
 		return // ingest is still accepting the batch: a normal, short wait
 	}
-	s.log.Warn("directory unavailable; retrying", "err", err, "wait_s", wait.Seconds())
+	s.log.Warn("directory unavailable; retrying", "err", redact.Error(err), "wait_s", wait.Seconds())
 }
 
 // write produces msgs, retrying transient failures. A retry may duplicate

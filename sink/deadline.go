@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 // Deadline finishes batches still PROCESSING After their acceptance (SPEC
@@ -82,7 +83,7 @@ func (d *Deadline) Run(ctx context.Context) error {
 		for {
 			done, err := d.Sweep(ctx)
 			if err != nil && ctx.Err() == nil {
-				d.cfg.Logger.Warn("finishing overdue batches failed; will retry", "err", err)
+				d.cfg.Logger.Warn("finishing overdue batches failed; will retry", "err", redact.Error(err))
 			}
 			if err != nil || len(done) < deadlineSweep {
 				break

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 // Pruner keeps the tables' growth bounded (SPEC §12): it deletes what no
@@ -129,7 +131,7 @@ func (p *Pruner) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if _, err := p.Prune(ctx); err != nil && ctx.Err() == nil {
-			p.cfg.Logger.Warn("pruning failed; will retry", "err", err)
+			p.cfg.Logger.Warn("pruning failed; will retry", "err", redact.Error(err))
 		}
 		select {
 		case <-ctx.Done():

@@ -12,6 +12,7 @@ import (
 
 	"github.com/groupmatch/groupmatch/batches"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -86,7 +87,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		for {
 			n, err := r.publish(ctx)
 			if err != nil && ctx.Err() == nil {
-				r.log.Warn("publishing batch.finished events failed; will retry", "err", err)
+				r.log.Warn("publishing batch.finished events failed; will retry", "err", redact.Error(err))
 			}
 			if err != nil || n < relayBatch {
 				break

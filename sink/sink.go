@@ -10,6 +10,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
@@ -153,13 +154,13 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 			s.metrics.PendingWaits.Inc()
 			return
 		}
-		s.log.Warn("apply failed; retrying", "err", err, "wait_s", wait.Seconds(), "records", len(recs))
+		s.log.Warn("apply failed; retrying", "err", redact.Error(err), "wait_s", wait.Seconds(), "records", len(recs))
 	})
 	if err == nil {
 		s.observe(res)
 		var dead []deadLetter
 		for _, i := range res.Orphans {
-			dead = append(dead, deadLetter{msgs[origin[i]], "orphan", errors.New("sink: no such batch or record index for the tenant")})
+			dead = append(dead, deadLetter{msgs[origin[i]], "orphan", redact.Safe("sink: no such batch or record index for the tenant")})
 		}
 		return dead, nil
 	}
@@ -177,7 +178,7 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 	}
 	r := recs[0]
 	class, attrs := "permanent", []any{"batch_id", r.BatchID, "record_index", r.Index,
-		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", stream.ErrorText(err)}
+		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", redact.Error(err)}
 	var panicErr *retry.PanicError
 	if errors.As(err, &panicErr) {
 		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -216,7 +217,7 @@ func (s *Stage) deadLetter(ctx context.Context, dead []deadLetter) error {
 	for i, d := range dead {
 		out[i] = stream.DeadLetter(d.msg, "sink", d.class, d.err)
 		s.metrics.DeadLetters.WithLabelValues(d.class).Inc()
-		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", stream.ErrorText(d.err))
+		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", redact.Error(d.err))
 	}
 	err := retry.Do(ctx, s.cfg.Retry, func() error { return s.dlq.WriteMessages(ctx, out...) }, nil)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/groupmatch/groupmatch/devenv"
 	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -142,7 +143,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			base, localURL(adminAddr), b.Addr(), pg.URL, *data)
 		if *demo {
 			if err := printDemo(ctx, pg.URL, base, stdout); err != nil {
-				log.Error("demo set-up failed", "err", err)
+				log.Error("demo set-up failed", "err", redact.Error(err))
 			}
 		}
 	})

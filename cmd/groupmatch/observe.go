@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -164,7 +164,7 @@ func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
 		FROM batches WHERE status = 'PROCESSING'`).Scan(&n, &oldest)
 	if err != nil {
 		b.errors.Inc()
-		b.log.Warn("batches in flight unavailable", "stage", stageSink, "err", safeError(err))
+		b.log.Warn("batches in flight unavailable", "stage", stageSink, "err", redact.Error(err))
 	} else {
 		ch <- prometheus.MustNewConstMetric(b.inFlight, prometheus.GaugeValue, float64(n))
 		if oldest != nil {
@@ -227,8 +227,7 @@ func stagesTracer(log *slog.Logger, also sqlObserver) pgx.QueryTracer {
 // acquire that failed because its connect failed (logged once, as the
 // connect). Statements
 // that succeed are not logged. Query arguments never are: they carry
-// identity values; nor are error texts that may quote a value (see
-// safeError).
+// identity values; errors read as redact.Error gives them.
 func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 	log = log.With("component", "pgx")
 	return &tracelog.TraceLog{
@@ -260,7 +259,7 @@ func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 				attrs = append(attrs, "pid", pid)
 			}
 			if err != nil {
-				attrs = append(attrs, "err", safeError(err))
+				attrs = append(attrs, "err", redact.Error(err))
 			}
 			log.Log(ctx, level, "postgres: "+strings.ToLower(msg)+" failed", attrs...)
 		}),
@@ -275,28 +274,4 @@ func shortSQL(sql string) string {
 		sql = sql[:200] + "…"
 	}
 	return sql
-}
-
-// safeError is an error's text when it cannot quote a value, else a
-// description without it: PostgreSQL's data exceptions (SQLSTATE class 22)
-// and pgx's encode and scan errors quote the offending value, which may be
-// a phone number or an openid.
-func safeError(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		if strings.HasPrefix(pgErr.Code, "22") {
-			return fmt.Sprintf("%s: data exception (message withheld) (SQLSTATE %s)", pgErr.Severity, pgErr.Code)
-		}
-		// The message of other classes names objects, not values; the
-		// detail (which can quote a key) is left out.
-		return fmt.Sprintf("%s: %s (SQLSTATE %s)", pgErr.Severity, pgErr.Message, pgErr.Code)
-	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &connectErr) ||
-		errors.As(err, &netErr) || errors.Is(err, net.ErrClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
-		errors.Is(err, pgx.ErrNoRows) || errors.Is(err, pgx.ErrTxClosed) {
-		return err.Error()
-	}
-	return fmt.Sprintf("%T (text withheld: it may quote a value)", err)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/ingest"
 	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/schemas"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -283,7 +284,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		started(httpAddr, adminLn.Addr().String())
 	}
 	err = g.Wait()
-	log.Info("stopped", "stages", stages, "err", err)
+	log.Info("stopped", "stages", stages, "err", redact.Error(err))
 	return err
 }
 
@@ -327,11 +328,11 @@ func (rd *readiness) check(ctx, running context.Context, pool *pgxpool.Pool, bro
 	var attrs []any
 	if err := <-pgErr; err != nil {
 		down = append(down, "postgres: unreachable")
-		attrs = append(attrs, "postgres_err", safeError(err))
+		attrs = append(attrs, "postgres_err", redact.Error(err))
 	}
 	if kafkaErr != nil {
 		down = append(down, "kafka: unreachable")
-		attrs = append(attrs, "kafka_err", kafkaErr.Error())
+		attrs = append(attrs, "kafka_err", redact.Error(kafkaErr))
 	}
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
