@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/redact"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -91,7 +91,7 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, se
 	reg.MustRegister(stats)
 	if stage == stageSink {
 		targets = append(targets, stream.LagTarget{Group: dlqReplayGroup, Topic: o.topics().DLQ})
-		reg.MustRegister(newBatchCollector(pool, log))
+		reg.MustRegister(sink.NewBatchCollector(pool, log))
 	}
 	targets = append(targets, otherLag...)
 	if len(targets) == 0 {
@@ -119,59 +119,6 @@ func (l labelledWriter) Stats() kafka.WriterStats {
 	s := l.w.Stats()
 	s.Topic = l.topic
 	return s
-}
-
-// batchCollector reports the batches in flight, read from PostgreSQL at each
-// scrape (a partial index keeps that cheap). It is registered by sink
-// processes only; every sink reports the same numbers, so queries take max.
-type batchCollector struct {
-	pool             *pgxpool.Pool
-	log              *slog.Logger
-	inFlight, oldest *prometheus.Desc
-	errors           prometheus.Counter
-	mu               sync.Mutex // one query at a time
-}
-
-func newBatchCollector(pool *pgxpool.Pool, log *slog.Logger) *batchCollector {
-	return &batchCollector{
-		pool: pool, log: log,
-		inFlight: prometheus.NewDesc("groupmatch_batches_in_flight",
-			"Accepted batches not yet final (status PROCESSING).", nil, nil),
-		oldest: prometheus.NewDesc("groupmatch_batch_oldest_in_flight_accepted_timestamp_seconds",
-			"Acceptance time of the oldest batch in flight, as a Unix time; absent when none is.", nil, nil),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupmatch_batches_in_flight_collect_errors_total",
-			Help: "Scrapes that could not count the batches in flight.",
-		}),
-	}
-}
-
-func (b *batchCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- b.inFlight
-	ch <- b.oldest
-	b.errors.Describe(ch)
-}
-
-func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	var n int64
-	var oldest *float64
-	// Every tenant's batches, read only: on Citus one query over the shards.
-	err := b.pool.QueryRow(ctx, `SELECT /* all tenants */ count(*), extract(epoch FROM min(accepted_at))::float8
-		FROM batches WHERE status = 'PROCESSING'`).Scan(&n, &oldest)
-	if err != nil {
-		b.errors.Inc()
-		b.log.Warn("batches in flight unavailable", "stage", stageSink, "err", redact.Error(err))
-	} else {
-		ch <- prometheus.MustNewConstMetric(b.inFlight, prometheus.GaugeValue, float64(n))
-		if oldest != nil {
-			ch <- prometheus.MustNewConstMetric(b.oldest, prometheus.GaugeValue, *oldest)
-		}
-	}
-	b.errors.Collect(ch)
 }
 
 // sqlObserver is told of the statements a pool sends (tests collect them:
