@@ -10,9 +10,10 @@
 // the tenant, batch and record index; a result page shows only the masked
 // identifiers the ledger keeps.
 //
-// Files by concern: service.go (Service, Config, New, routes),
-// middleware.go (metrics, authentication, rate limits), accept.go
-// (batchAdd), reads.go (batchResult and groups), tokens.go, respond.go (the
-// answer envelope and refusals), request.go (the body decoder), feed.go
-// (the requests topic), limits.go, store.go (PostgreSQL).
+// Files by concern: service.go (Service, New, routes), config.go (Config,
+// its defaults and Validate), middleware.go (metrics, authentication, rate
+// limits), accept.go (batchAdd), reads.go (batchResult and groups),
+// tokens.go, respond.go (the answer envelope and refusals), request.go (the
+// body decoder), feed.go (the requests topic), limits.go, store.go
+// (PostgreSQL).
 package ingest
