@@ -6,4 +6,7 @@
 // Nothing in this package is meant for production: the broker is a single
 // node with no replication, and the private PostgreSQL cluster trusts every
 // local connection.
+//
+// Production code never imports it: only cmd/groupmatch's dev, broker and
+// kafka commands and tests do.
 package devenv

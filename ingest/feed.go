@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
@@ -34,17 +35,35 @@ type FeedConfig struct {
 	// is answered on Topics.Events.
 	EventsPerTenant bool
 	// MaxChunk is the most requests of one partition taken at once, and
-	// buffered while they are handled; default 64.
+	// buffered while they are handled; default DefaultFeedMaxChunk (64).
 	MaxChunk int
 	// Retry bounds retries while PostgreSQL or Kafka is down; the zero
 	// value retries until shutdown.
 	Retry  retry.Policy
-	Logger *slog.Logger
+	Logger *slog.Logger // default: discard
 }
 
-// DefaultFeedGroupID is the feed's consumer group unless FeedConfig names
-// another.
-const DefaultFeedGroupID = "groupmatch-ingest"
+// Defaults of FeedConfig, used where a field is zero.
+const (
+	// DefaultFeedGroupID is the feed's consumer group unless FeedConfig
+	// names another.
+	DefaultFeedGroupID  = "groupmatch-ingest"
+	DefaultFeedMaxChunk = 64
+)
+
+// Validate reports the first setting NewFeed cannot use: no brokers, a
+// negative MaxChunk, or topics given without the requests or events topic.
+func (c *FeedConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("ingest: feed: no brokers")
+	case c.Topics != (pipeline.Topics{}) && (c.Topics.Requests == "" || c.Topics.Events == ""):
+		return errors.New("ingest: feed: Topics.Requests and Topics.Events must both be set; leave Topics zero for the default names")
+	case c.MaxChunk < 0:
+		return fmt.Errorf("ingest: feed: MaxChunk must not be negative, got %d", c.MaxChunk)
+	}
+	return nil
+}
 
 // Feed turns the messages of the requests topic into batches, exactly as
 // the HTTP API would (same validation, auth and codes, no rate limit: the
@@ -80,14 +99,17 @@ type Feed struct {
 
 // NewFeed returns a feed accepting batches through svc.
 func NewFeed(cfg FeedConfig, svc *Service) (*Feed, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultFeedGroupID
 	}
-	if cfg.MaxChunk <= 0 {
-		cfg.MaxChunk = 64
+	if cfg.MaxChunk == 0 {
+		cfg.MaxChunk = DefaultFeedMaxChunk
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -214,7 +236,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 		return kafka.Message{}, err
 	default:
 		refusal = permanentRefusal(err)
-		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		class, attrs := "permanent", []any{"partition", m.Partition, "offset", m.Offset, "err", redact.Error(err)}
 		var panicErr *retry.PanicError
 		if errors.As(err, &panicErr) {
 			class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -244,7 +266,7 @@ func (f *Feed) request(ctx context.Context, m kafka.Message, beforeRetry func() 
 }
 
 func (f *Feed) notify(err error, wait time.Duration) {
-	f.log.Warn("request not accepted yet; retrying", "err", stream.ErrorText(err), "wait_s", wait.Seconds())
+	f.log.Warn("request not accepted yet; retrying", "err", redact.Error(err), "wait_s", wait.Seconds())
 }
 
 // checkVersion refuses a request whose "v" is present and not

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/groupmatch/groupmatch/batches"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
@@ -223,43 +224,18 @@ type BatchResult struct {
 // FAILED with nothing processed; one still being accepted reads PROCESSING.
 func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo, pageSize int) (BatchResult, error) {
 	r := BatchResult{BatchID: batchID, PageNo: pageNo, PageSize: pageSize, Failures: []Failure{}}
-	r.ErrorCounts = map[string]int{}
-	var mu, mo, mp, mi int
-	err := s.db.QueryRow(ctx, `
-		SELECT status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,
-		       matched_unionid, matched_openid, matched_phone, matched_id, groups_created, conflicts,
-		       accepted_at, finished_at
-		FROM batches WHERE batch_id = $1 AND tenant_id = $2`, batchID, tenantID).Scan(
-		&r.Status, &r.OptType, &r.Total, &r.Processed, &r.Success, &r.Unmatched, &r.Ambiguous, &r.Invalid, &r.Failed,
-		&mu, &mo, &mp, &mi, &r.GroupsCreated, &r.Conflicts, &r.AcceptedAt, &r.FinishedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, ErrNotFound
-	}
+	sums, err := batches.Read(ctx, s.db, tenantID, []int64{batchID})
 	if err != nil {
 		return r, fmt.Errorf("ingest: read batch: %w", err)
 	}
-	if r.Status == "PENDING" {
-		r.Status = "PROCESSING"
+	if len(sums) == 0 {
+		return r, ErrNotFound
 	}
-	r.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
-	rows, err := s.db.Query(ctx, `SELECT reason, count(*) FROM batch_records
-		WHERE tenant_id = $1 AND batch_id = $2 AND reason IS NOT NULL GROUP BY reason`, tenantID, batchID)
-	if err != nil {
-		return r, fmt.Errorf("ingest: read error counts: %w", err)
-	}
-	for rows.Next() {
-		var reason string
-		var n int
-		if err := rows.Scan(&reason, &n); err != nil {
-			return r, fmt.Errorf("ingest: read error counts: %w", err)
-		}
-		r.ErrorCounts[reason] = n
+	r.BatchSummary = sums[0].BatchSummary
+	for _, n := range r.ErrorCounts {
 		r.FailureTotal += n
 	}
-	if err := rows.Err(); err != nil {
-		return r, fmt.Errorf("ingest: read error counts: %w", err)
-	}
-	rows, err = s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}') FROM batch_records
+	rows, err := s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}') FROM batch_records
 		WHERE tenant_id = $1 AND batch_id = $2 AND reason IS NOT NULL ORDER BY rec_index LIMIT $3 OFFSET $4`,
 		tenantID, batchID, pageSize, (pageNo-1)*pageSize)
 	if err != nil {

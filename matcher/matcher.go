@@ -30,30 +30,34 @@ import (
 	"github.com/groupmatch/groupmatch/directory"
 	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
-// Config configures a Stage. Zero values take the documented defaults.
+// Config configures a Stage. Zero values take the documented defaults;
+// negative values are refused by Validate.
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default DefaultGroupID
 	// Security secures the Kafka connections; nil is plaintext.
 	Security *stream.Security
-	// MaxChunk is the most records resolved together; default 2000.
+	// MaxChunk is the most records resolved together; default
+	// DefaultMaxChunk (2000).
 	MaxChunk int
 	// Consumers is how many members of the consumer group the stage runs,
 	// each taking its own partitions and resolving its own chunks; default
-	// 2, so that one decodes and resolves while another waits for
-	// PostgreSQL or Kafka. Members beyond the topic's partitions idle.
+	// DefaultConsumers (2), so that one decodes and resolves while another
+	// waits for PostgreSQL or Kafka. Members beyond the topic's partitions
+	// idle.
 	Consumers int
-	// Linger is how long a chunk waits to fill; default 5 ms.
+	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
 	// Retry bounds retries of transient failures; the zero value retries
 	// until shutdown.
 	Retry  retry.Policy
-	Logger *slog.Logger
+	Logger *slog.Logger // default: discard
 }
 
 // DefaultGroupID is the matcher's consumer group unless Config names another.
@@ -80,8 +84,8 @@ const (
 
 // New returns a matcher stage resolving against dir.
 func New(cfg Config, dir Store, metrics *Metrics) (*Stage, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("matcher: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
@@ -89,10 +93,10 @@ func New(cfg Config, dir Store, metrics *Metrics) (*Stage, error) {
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultGroupID
 	}
-	if cfg.MaxChunk <= 0 {
+	if cfg.MaxChunk == 0 {
 		cfg.MaxChunk = DefaultMaxChunk
 	}
-	if cfg.Consumers <= 0 {
+	if cfg.Consumers == 0 {
 		cfg.Consumers = DefaultConsumers
 	}
 	if cfg.Logger == nil {
@@ -190,7 +194,7 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 		if err != nil {
 			dead = append(dead, stream.DeadLetter(m, "matcher", "undecodable", err))
 			s.metrics.DeadLetters.WithLabelValues("undecodable").Inc()
-			s.log.Warn("undecodable record", "partition", m.Partition, "offset", m.Offset, "err", err)
+			s.log.Warn("undecodable record", "partition", m.Partition, "offset", m.Offset, "err", redact.Error(err))
 			if pos, ok := pipeline.PeekPosition(m.Value); ok {
 				failed = append(failed, pipeline.ResolvedMessage{
 					TenantID: pos.TenantID, BatchID: pos.BatchID, Index: pos.Index, OptType: pipeline.OptAdd,
@@ -324,7 +328,7 @@ func (s *Stage) resolveFrom(ctx context.Context, items []item, base int) ([]isol
 // nor the letter's headers quote a value of the record.
 func (s *Stage) isolatedLetter(m kafka.Message, batchID int64, index int, err error) kafka.Message {
 	class, attrs := "permanent", []any{"batch_id", batchID, "record_index", index,
-		"partition", m.Partition, "offset", m.Offset, "err", stream.ErrorText(err)}
+		"partition", m.Partition, "offset", m.Offset, "err", redact.Error(err)}
 	var panicErr *retry.PanicError
 	if errors.As(err, &panicErr) {
 		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -499,7 +503,7 @@ func (s *Stage) notify(err error, wait time.Duration) {
 	if errors.Is(err, ErrBatchPending) {
 		return // ingest is still accepting the batch: a normal, short wait
 	}
-	s.log.Warn("directory unavailable; retrying", "err", err, "wait_s", wait.Seconds())
+	s.log.Warn("directory unavailable; retrying", "err", redact.Error(err), "wait_s", wait.Seconds())
 }
 
 // write produces msgs, retrying transient failures. A retry may duplicate

@@ -4,5 +4,6 @@
 //
 // The stages (ingest, matcher, sink) never import each other; they meet only
 // in the message types defined here. This package imports no other package of
-// groupmatch.
+// groupmatch and does no I/O: it never talks to Kafka or PostgreSQL, and
+// never logs.
 package pipeline

@@ -210,17 +210,27 @@ type Topics struct {
 // --pending-timeout defaults to it.
 const DefaultPendingTimeout = 60 * time.Second
 
-// DefaultTopics returns the documented topic names.
-func DefaultTopics() Topics {
+// DefaultTopicPrefix is the prefix of the documented topic names;
+// cmd/groupmatch's --topic-prefix defaults to it.
+const DefaultTopicPrefix = "groupmatch."
+
+// TopicsFor returns the topic names with prefix: prefix + "requests",
+// "records", "resolved", "events" and "dlq". Every topic name is built
+// here.
+func TopicsFor(prefix string) Topics {
 	return Topics{
-		Requests:  "groupmatch.requests",
-		Records:   "groupmatch.records",
-		Resolved:  "groupmatch.resolved",
-		Events:    "groupmatch.events",
-		DLQ:       "groupmatch.dlq",
-		Directory: "groupmatch.directory",
+		Requests:  prefix + "requests",
+		Records:   prefix + "records",
+		Resolved:  prefix + "resolved",
+		Events:    prefix + "events",
+		DLQ:       prefix + "dlq",
+		Directory: prefix + "directory",
 	}
 }
+
+// DefaultTopics returns the documented topic names,
+// TopicsFor(DefaultTopicPrefix).
+func DefaultTopics() Topics { return TopicsFor(DefaultTopicPrefix) }
 
 // TenantEvents returns the events topic of one tenant, Events + "." +
 // tenant, and whether the tenant's name can be part of a topic name (ASCII

@@ -232,3 +232,17 @@ func TestDirectoryRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// The documented names are the default prefix's, and a prefix names all
+// six topics.
+func TestTopicsFor(t *testing.T) {
+	want := Topics{Requests: "groupmatch.requests", Records: "groupmatch.records", Resolved: "groupmatch.resolved",
+		Events: "groupmatch.events", DLQ: "groupmatch.dlq", Directory: "groupmatch.directory"}
+	if got := DefaultTopics(); got != want {
+		t.Errorf("DefaultTopics() = %+v, want %+v", got, want)
+	}
+	if got := TopicsFor("t1-"); got != (Topics{Requests: "t1-requests", Records: "t1-records", Resolved: "t1-resolved",
+		Events: "t1-events", DLQ: "t1-dlq", Directory: "t1-directory"}) {
+		t.Errorf("TopicsFor(t1-) = %+v", got)
+	}
+}

@@ -1,7 +1,3 @@
-// Package retry decides whether a failed operation may be tried again and
-// runs it with jittered exponential backoff. Errors are classified by
-// behaviour (pgconn.SafeToRetry, SQLSTATE classes, net and Kafka error
-// interfaces), never by their text.
 package retry
 
 import (

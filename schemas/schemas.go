@@ -1,8 +1,3 @@
-// Package schemas holds groupmatch's contracts with the outside world: the
-// PostgreSQL schema as numbered migrations, (in json/) the JSON Schemas of
-// the API body and of every Kafka message, and openapi.yaml, the OpenAPI
-// document of the HTTP API (contracts.go). Everything is embedded in the
-// binary.
 package schemas
 
 import (

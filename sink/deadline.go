@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 // Deadline finishes batches still PROCESSING After their acceptance (SPEC
@@ -36,35 +37,38 @@ type Deadline struct {
 }
 
 // DeadlineConfig configures a Deadline. Zero values take the documented
-// defaults.
+// defaults; negative values are refused by Validate.
 type DeadlineConfig struct {
 	// After is how long a batch may stay PROCESSING after acceptance;
-	// default 1 h.
+	// default DefaultBatchDeadline (1 h).
 	After time.Duration
 	// Interval is how often overdue batches are looked for; default
 	// After/10, within [50 ms, 1 min].
 	Interval time.Duration
-	Metrics  *Metrics // nil: none
-	Logger   *slog.Logger
+	Metrics  *Metrics     // nil: none
+	Logger   *slog.Logger // default: discard
 }
 
 // DefaultBatchDeadline is DeadlineConfig.After's default; cmd/groupmatch's
 // --batch-deadline defaults to it too.
 const DefaultBatchDeadline = time.Hour
 
-// NewDeadline returns a Deadline on db.
-func NewDeadline(db *pgxpool.Pool, cfg DeadlineConfig) *Deadline {
-	if cfg.After <= 0 {
+// NewDeadline returns a Deadline on db, or the error of cfg.Validate.
+func NewDeadline(db *pgxpool.Pool, cfg DeadlineConfig) (*Deadline, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.After == 0 {
 		cfg.After = DefaultBatchDeadline
 	}
-	if cfg.Interval <= 0 {
+	if cfg.Interval == 0 {
 		cfg.Interval = min(max(cfg.After/10, 50*time.Millisecond), time.Minute)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Logger = cfg.Logger.With("stage", "sink", "component", "deadline")
-	return &Deadline{db: db, cfg: cfg}
+	return &Deadline{db: db, cfg: cfg}, nil
 }
 
 // deadlineSweep is the most overdue batches one Sweep finishes.
@@ -79,7 +83,7 @@ func (d *Deadline) Run(ctx context.Context) error {
 		for {
 			done, err := d.Sweep(ctx)
 			if err != nil && ctx.Err() == nil {
-				d.cfg.Logger.Warn("finishing overdue batches failed; will retry", "err", err)
+				d.cfg.Logger.Warn("finishing overdue batches failed; will retry", "err", redact.Error(err))
 			}
 			if err != nil || len(done) < deadlineSweep {
 				break

@@ -64,7 +64,7 @@ func TestDeadlineFinishesOverdueBatches(t *testing.T) {
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
-	d := NewDeadline(db, DeadlineConfig{After: time.Hour, Metrics: metrics})
+	d := mustDeadline(t, db, DeadlineConfig{After: time.Hour, Metrics: metrics})
 
 	newBatch(t, db, 1, 4, "PROCESSING") // two records arrive, two never do
 	newBatch(t, db, 2, 3, "PROCESSING") // no record ever arrives
@@ -162,8 +162,8 @@ func TestDeadlineConcurrentSweepers(t *testing.T) {
 	results := make([][]TimedOut, 3)
 	applied := make([]int, 2)
 	for w := range results {
+		d := mustDeadline(t, db, DeadlineConfig{After: time.Hour})
 		wg.Go(func() {
-			d := NewDeadline(db, DeadlineConfig{After: time.Hour})
 			for {
 				done, err := d.Sweep(ctx)
 				if err != nil {

@@ -67,7 +67,7 @@ func TestMeasureGrowth(t *testing.T) {
 
 	exec(t, db, `UPDATE batches SET finished_at = now() - interval '40 days'`)
 	exec(t, db, `UPDATE groups SET created_at = now() - interval '40 days'`)
-	p := NewPruner(db, PruneConfig{})
+	p := mustPruner(t, db, PruneConfig{})
 	start = time.Now()
 	st, err := p.Prune(ctx)
 	if err != nil {

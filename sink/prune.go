@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/groupmatch/groupmatch/redact"
 )
 
 // Pruner keeps the tables' growth bounded (SPEC §12): it deletes what no
@@ -45,48 +47,60 @@ type Pruner struct {
 }
 
 // PruneConfig configures a Pruner. Zero values take the documented
-// defaults.
+// defaults; negative values are refused by Validate.
 type PruneConfig struct {
 	// Retention is how long finished batches, their ledger rows and
 	// failures, delete tombstones and invisible groups are kept; default
 	// DefaultResultRetention (30 days).
 	Retention time.Duration
-	// AbortedRetention is how long aborted batches are kept; default 24 h.
+	// AbortedRetention is how long aborted batches are kept; default
+	// DefaultAbortedRetention (24 h).
 	AbortedRetention time.Duration
 	// KeyWindow is how long an idempotency key names its batch; default
-	// 24 h (ingest.IdempotencyWindow; ingest also ignores older keys).
+	// DefaultKeyWindow (24 h, ingest.IdempotencyWindow; ingest also
+	// ignores older keys).
 	KeyWindow time.Duration
-	// Interval is the pause between passes; default 1 min.
+	// Interval is the pause between passes; default DefaultPruneInterval
+	// (1 min).
 	Interval time.Duration
 	// Rows is the most rows one statement deletes or updates; default
-	// 5,000.
+	// DefaultPruneRows (5,000).
 	Rows    int
 	Metrics *PruneMetrics // nil: none
-	Logger  *slog.Logger
+	Logger  *slog.Logger  // default: discard
 	// Now is the clock; default time.Now. Horizons are computed from it
 	// in Go and passed as parameters.
 	Now func() time.Time
 }
 
-// DefaultResultRetention is PruneConfig.Retention's default.
-const DefaultResultRetention = 30 * 24 * time.Hour
+// Defaults of PruneConfig, used where a field is zero.
+const (
+	DefaultResultRetention  = 30 * 24 * time.Hour
+	DefaultAbortedRetention = 24 * time.Hour
+	DefaultKeyWindow        = 24 * time.Hour
+	DefaultPruneInterval    = time.Minute
+	DefaultPruneRows        = 5000
+)
 
-// NewPruner returns a Pruner on db.
-func NewPruner(db *pgxpool.Pool, cfg PruneConfig) *Pruner {
-	if cfg.Retention <= 0 {
+// NewPruner returns a Pruner on db, or the error of cfg.Validate.
+func NewPruner(db *pgxpool.Pool, cfg PruneConfig) (*Pruner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Retention == 0 {
 		cfg.Retention = DefaultResultRetention
 	}
-	if cfg.AbortedRetention <= 0 {
-		cfg.AbortedRetention = 24 * time.Hour
+	if cfg.AbortedRetention == 0 {
+		cfg.AbortedRetention = DefaultAbortedRetention
 	}
-	if cfg.KeyWindow <= 0 {
-		cfg.KeyWindow = 24 * time.Hour
+	if cfg.KeyWindow == 0 {
+		cfg.KeyWindow = DefaultKeyWindow
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = time.Minute
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultPruneInterval
 	}
-	if cfg.Rows <= 0 {
-		cfg.Rows = 5000
+	if cfg.Rows == 0 {
+		cfg.Rows = DefaultPruneRows
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -95,7 +109,7 @@ func NewPruner(db *pgxpool.Pool, cfg PruneConfig) *Pruner {
 		cfg.Now = time.Now
 	}
 	cfg.Logger = cfg.Logger.With("stage", "sink", "component", "prune")
-	return &Pruner{db: db, cfg: cfg}
+	return &Pruner{db: db, cfg: cfg}, nil
 }
 
 // PruneStats counts the rows one pass pruned, by table.
@@ -117,7 +131,7 @@ func (p *Pruner) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if _, err := p.Prune(ctx); err != nil && ctx.Err() == nil {
-			p.cfg.Logger.Warn("pruning failed; will retry", "err", err)
+			p.cfg.Logger.Warn("pruning failed; will retry", "err", redact.Error(err))
 		}
 		select {
 		case <-ctx.Done():

@@ -105,7 +105,7 @@ func TestPruneHorizons(t *testing.T) {
 	exec(t, db, `UPDATE groups SET created_at = $1`, old)
 	exec(t, db, `DELETE FROM batch_events_outbox WHERE batch_id <> 7`) // the relay published the others
 
-	p := NewPruner(db, PruneConfig{Rows: 2}) // tiny statements: every loop runs
+	p := mustPruner(t, db, PruneConfig{Rows: 2}) // tiny statements: every loop runs
 	st, err := p.Prune(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -259,9 +259,9 @@ func TestPruneWhileImporting(t *testing.T) {
 	errs := make(chan error, 2)
 	for range 2 {
 		wg.Add(1)
+		p := mustPruner(t, db, PruneConfig{Rows: 300, Metrics: metrics})
 		go func() {
 			defer wg.Done()
-			p := NewPruner(db, PruneConfig{Rows: 300, Metrics: metrics})
 			_, err := p.Prune(ctx)
 			errs <- err
 		}()
@@ -323,7 +323,7 @@ func TestPruneStatementsNameTheirTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pdb.Close()
-	st, err := NewPruner(pdb, PruneConfig{}).Prune(ctx)
+	st, err := mustPruner(t, pdb, PruneConfig{}).Prune(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +387,7 @@ func TestPruneSkipsGroupASinkIsWriting(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := NewPruner(db, PruneConfig{}).Prune(ctx)
+	st, err := mustPruner(t, db, PruneConfig{}).Prune(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

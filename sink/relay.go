@@ -10,7 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/groupmatch/groupmatch/batches"
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -31,7 +33,7 @@ type Relay struct {
 }
 
 // RelayConfig configures a Relay. Zero values take the documented
-// defaults.
+// defaults; negative values are refused by Validate.
 type RelayConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
@@ -41,18 +43,26 @@ type RelayConfig struct {
 	// (pipeline.Topics.TenantEvents) when that exists, else to
 	// Topics.Events.
 	EventsPerTenant bool
-	// Interval is how often the outbox is polled; default 100 ms.
+	// Interval is how often the outbox is polled; default
+	// DefaultRelayInterval (100 ms).
 	Interval time.Duration
-	Logger   *slog.Logger
+	Logger   *slog.Logger // default: discard
 }
 
-// NewRelay returns a relay publishing the outbox of db.
-func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
+// DefaultRelayInterval is RelayConfig.Interval's default.
+const DefaultRelayInterval = 100 * time.Millisecond
+
+// NewRelay returns a relay publishing the outbox of db, or the error of
+// cfg.Validate.
+func NewRelay(db *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = 100 * time.Millisecond
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultRelayInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -62,7 +72,7 @@ func NewRelay(db *pgxpool.Pool, cfg RelayConfig) *Relay {
 		topic = "" // each message names its topic
 	}
 	return &Relay{cfg: cfg, db: db, w: stream.NewWriter(cfg.Brokers, topic, cfg.Security),
-		log: cfg.Logger.With("stage", "sink", "component", "relay")}
+		log: cfg.Logger.With("stage", "sink", "component", "relay")}, nil
 }
 
 // Writers exposes the relay's Kafka writer for metrics.
@@ -77,7 +87,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		for {
 			n, err := r.publish(ctx)
 			if err != nil && ctx.Err() == nil {
-				r.log.Warn("publishing batch.finished events failed; will retry", "err", err)
+				r.log.Warn("publishing batch.finished events failed; will retry", "err", redact.Error(err))
 			}
 			if err != nil || n < relayBatch {
 				break
@@ -139,42 +149,32 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 	}
 	n := 0
 	err = pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
-			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
-			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at
-			FROM batches b WHERE b.tenant_id = $1 AND b.batch_id IN (
-				SELECT o.batch_id FROM batch_events_outbox o WHERE o.tenant_id = $1 AND o.batch_id = ANY($2)
-				ORDER BY o.batch_id FOR UPDATE SKIP LOCKED)
-			ORDER BY b.batch_id`, tenantID, ids)
+		rows, err := tx.Query(ctx, `SELECT batch_id FROM batch_events_outbox
+			WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE SKIP LOCKED`, tenantID, ids)
 		if err != nil {
 			return err
 		}
-		var held []int64
-		var events []pipeline.BatchFinishedEvent
-		var msgs []kafka.Message
-		for rows.Next() {
-			var e pipeline.BatchFinishedEvent
-			var mu, mo, mp, mi int
-			if err := rows.Scan(&e.BatchID, &e.TenantID, &e.Status, &e.OptType, &e.Total, &e.Processed, &e.Success,
-				&e.Unmatched, &e.Ambiguous, &e.Invalid, &e.Failed, &mu, &mo, &mp, &mi, &e.GroupsCreated, &e.Conflicts,
-				&e.AcceptedAt, &e.FinishedAt); err != nil {
-				return err
-			}
-			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
-			e.ErrorCounts = map[string]int{}
-			held = append(held, e.BatchID)
-			events = append(events, e)
-			msgs = append(msgs, kafka.Message{Key: pipeline.BatchFinishedKey(e.TenantID, e.BatchID), Topic: topic})
-		}
-		if err := rows.Err(); err != nil {
+		locked, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
 			return err
 		}
-		if len(msgs) == 0 {
+		if len(locked) == 0 {
 			return nil
 		}
-		if err := errorCounts(ctx, tx, tenantID, held, events); err != nil {
+		sums, err := batches.Read(ctx, tx, tenantID, locked)
+		if err != nil {
 			return err
+		}
+		if len(sums) == 0 {
+			return nil
+		}
+		held := make([]int64, len(sums))
+		events := make([]pipeline.BatchFinishedEvent, len(sums))
+		msgs := make([]kafka.Message, len(sums))
+		for i, sum := range sums {
+			held[i] = sum.BatchID
+			events[i] = pipeline.BatchFinishedEvent{TenantID: sum.TenantID, BatchID: sum.BatchID, BatchSummary: sum.BatchSummary}
+			msgs[i] = kafka.Message{Key: pipeline.BatchFinishedKey(sum.TenantID, sum.BatchID), Topic: topic}
 		}
 		for i := range events {
 			v, err := pipeline.EncodeBatchFinished(events[i])
@@ -225,29 +225,4 @@ func (r *Relay) eventsTopic(ctx context.Context, tenantID int64) (string, error)
 		return t, nil
 	}
 	return r.cfg.Topics.Events, nil
-}
-
-// errorCounts fills the events' ErrorCounts from the tenant's ledger
-// failure rows (events[i] is batch ids[i]).
-func errorCounts(ctx context.Context, tx pgx.Tx, tenantID int64, ids []int64, events []pipeline.BatchFinishedEvent) error {
-	pos := make(map[int64]int, len(ids))
-	for i, id := range ids {
-		pos[id] = i
-	}
-	rows, err := tx.Query(ctx, `SELECT batch_id, reason, count(*) FROM batch_records
-		WHERE tenant_id = $1 AND batch_id = ANY($2) AND reason IS NOT NULL GROUP BY 1, 2`, tenantID, ids)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id int64
-		var reason string
-		var n int
-		if err := rows.Scan(&id, &reason, &n); err != nil {
-			return err
-		}
-		events[pos[id]].ErrorCounts[reason] = n
-	}
-	return rows.Err()
 }

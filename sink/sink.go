@@ -1,12 +1,3 @@
-// Package sink is the last stage: it consumes resolved records and applies
-// group additions and deletions to PostgreSQL with exact per-batch progress.
-//
-// Every record's effect happens once: a ledger row keyed by (batch id,
-// record index) is written in the same transaction as the membership change
-// and the batch counters, and the Kafka offset is committed only after that
-// transaction commits. For one (group, customer), the change with the highest
-// (batch id, record index) wins whatever order changes arrive in, so the final
-// state equals applying batches one after another in acceptance order.
 package sink
 
 import (
@@ -19,25 +10,28 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
-// Config configures a Stage. Zero values take the documented defaults.
+// Config configures a Stage. Zero values take the documented defaults;
+// negative values are refused by Validate.
 type Config struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics()
 	GroupID string          // consumer group; default DefaultGroupID
 	// Security secures the Kafka connections; nil is plaintext.
 	Security *stream.Security
-	// MaxChunk is the most records applied in one transaction; default 2000.
+	// MaxChunk is the most records applied in one transaction; default
+	// DefaultMaxChunk (2000).
 	MaxChunk int
-	// Linger is how long a chunk waits to fill; default 5 ms.
+	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
 	// Retry bounds retries of transient failures; the zero value retries
 	// until shutdown.
 	Retry  retry.Policy
-	Logger *slog.Logger
+	Logger *slog.Logger // default: discard
 }
 
 // DefaultGroupID is the sink's consumer group unless Config names another.
@@ -59,8 +53,8 @@ const DefaultMaxChunk = 2000
 
 // New returns a sink stage applying to store.
 func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("sink: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
@@ -68,7 +62,7 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultGroupID
 	}
-	if cfg.MaxChunk <= 0 {
+	if cfg.MaxChunk == 0 {
 		cfg.MaxChunk = DefaultMaxChunk
 	}
 	if cfg.Logger == nil {
@@ -160,13 +154,13 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 			s.metrics.PendingWaits.Inc()
 			return
 		}
-		s.log.Warn("apply failed; retrying", "err", err, "wait_s", wait.Seconds(), "records", len(recs))
+		s.log.Warn("apply failed; retrying", "err", redact.Error(err), "wait_s", wait.Seconds(), "records", len(recs))
 	})
 	if err == nil {
 		s.observe(res)
 		var dead []deadLetter
 		for _, i := range res.Orphans {
-			dead = append(dead, deadLetter{msgs[origin[i]], "orphan", errors.New("sink: no such batch or record index for the tenant")})
+			dead = append(dead, deadLetter{msgs[origin[i]], "orphan", redact.Safe("sink: no such batch or record index for the tenant")})
 		}
 		return dead, nil
 	}
@@ -184,7 +178,7 @@ func (s *Stage) apply(ctx context.Context, msgs []kafka.Message, recs []pipeline
 	}
 	r := recs[0]
 	class, attrs := "permanent", []any{"batch_id", r.BatchID, "record_index", r.Index,
-		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", stream.ErrorText(err)}
+		"partition", msgs[origin[0]].Partition, "offset", msgs[origin[0]].Offset, "err", redact.Error(err)}
 	var panicErr *retry.PanicError
 	if errors.As(err, &panicErr) {
 		class, attrs = "panic", append(attrs, "stack", string(panicErr.Stack))
@@ -223,7 +217,7 @@ func (s *Stage) deadLetter(ctx context.Context, dead []deadLetter) error {
 	for i, d := range dead {
 		out[i] = stream.DeadLetter(d.msg, "sink", d.class, d.err)
 		s.metrics.DeadLetters.WithLabelValues(d.class).Inc()
-		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", stream.ErrorText(d.err))
+		s.log.Warn("dead-lettered", "class", d.class, "partition", d.msg.Partition, "offset", d.msg.Offset, "err", redact.Error(d.err))
 	}
 	err := retry.Do(ctx, s.cfg.Retry, func() error { return s.dlq.WriteMessages(ctx, out...) }, nil)
 	if err != nil {

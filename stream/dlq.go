@@ -1,16 +1,15 @@
 package stream
 
 import (
-	"errors"
 	"strconv"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/redact"
 )
 
-// Dead-letter headers. Values never contain identity values: error texts of
-// groupmatch carry none.
+// Dead-letter headers. Values never contain identity values: the error is
+// shown as redact.Error shows it.
 const (
 	HeaderStage      = "x-groupmatch-stage"
 	HeaderErrorClass = "x-groupmatch-error-class"
@@ -23,10 +22,10 @@ const (
 // DeadLetter returns the dead-letter message for m: the same key and value,
 // with headers naming the stage, the error class (a closed set, e.g.
 // "undecodable", "orphan", "permanent"), the error and the original
-// position. A PostgreSQL error is named by its SQLSTATE and constraint
-// only: its message may quote a value of the record.
+// position. The error reads as redact.Error gives it, the one policy for
+// what of an error may leave the process.
 func DeadLetter(m kafka.Message, stage, class string, err error) kafka.Message {
-	text := ErrorText(err)
+	text := redact.Error(err)
 	return kafka.Message{
 		Key:   m.Key,
 		Value: m.Value,
@@ -39,23 +38,4 @@ func DeadLetter(m kafka.Message, stage, class string, err error) kafka.Message {
 			{Key: HeaderOffset, Value: strconv.AppendInt(nil, m.Offset, 10)},
 		},
 	}
-}
-
-// ErrorText is err as a dead-letter header or a log line may show it: a
-// PostgreSQL error is named by its SQLSTATE and constraint only, since its
-// message may quote a value of the record; other errors of groupmatch carry
-// none. nil reads "".
-func ErrorText(err error) string {
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr):
-		text := "postgres error SQLSTATE " + pgErr.Code
-		if pgErr.ConstraintName != "" {
-			text += " on " + pgErr.ConstraintName
-		}
-		return text
-	case err != nil:
-		return err.Error()
-	}
-	return ""
 }

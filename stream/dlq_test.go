@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/groupmatch/groupmatch/pipeline"
 )
 
 func TestDeadLetterHeaders(t *testing.T) {
@@ -20,7 +22,9 @@ func TestDeadLetterHeaders(t *testing.T) {
 	}{
 		{fmt.Errorf("sink: apply: %w", pgErr), "postgres error SQLSTATE 22P02"},
 		{&pgconn.PgError{Code: "23505", ConstraintName: "groups_tenant_id_name_key", Detail: secret}, "postgres error SQLSTATE 23505 on groups_tenant_id_name_key"},
-		{errors.New("undecodable message: record: bad optType"), "undecodable message: record: bad optType"},
+		{fmt.Errorf("%w: record: bad optType", pipeline.ErrUndecodable), "undecodable message: record: bad optType"},
+		{fmt.Errorf("sink: apply: failed to encode args[1]: %w", errors.New("unable to encode "+secret+" into binary format")),
+			"*fmt.wrapError (text withheld: it may quote a value)"},
 	}
 	for _, c := range cases {
 		d := DeadLetter(m, "sink", "permanent", c.err)

@@ -5,4 +5,8 @@
 //
 // All Kafka I/O goes through github.com/segmentio/kafka-go, so the same code
 // runs against Apache Kafka and against the in-process broker of dev mode.
+//
+// It never decodes a message value (what a message means is its stage's
+// business) and imports no stage; a dead letter's error header is written
+// as redact.Error gives it.
 package stream

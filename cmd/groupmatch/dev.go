@@ -15,6 +15,8 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/devenv"
 	"github.com/groupmatch/groupmatch/directory"
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -106,7 +108,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := o.checkStages(allStages); err != nil {
 		return err
 	}
-	o.topicPrefix = "groupmatch."
+	o.topicPrefix = pipeline.DefaultTopicPrefix
 	log, err := o.logger(stderr)
 	if err != nil {
 		return err
@@ -141,7 +143,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			base, localURL(adminAddr), b.Addr(), pg.URL, *data)
 		if *demo {
 			if err := printDemo(ctx, pg.URL, base, stdout); err != nil {
-				log.Error("demo set-up failed", "err", err)
+				log.Error("demo set-up failed", "err", redact.Error(err))
 			}
 		}
 	})

@@ -1,7 +1,3 @@
-// Command groupmatch imports enterprise customer groups into the platform
-// and identifies every imported person among the platform's customers. It
-// runs the stages of the pipeline (ingest, matcher, sink), a complete
-// development system (dev), and the operator's tools.
 package main
 
 import (

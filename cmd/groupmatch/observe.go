@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/groupmatch/groupmatch/redact"
+	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
 )
 
@@ -91,7 +91,7 @@ func observeStage(ctx context.Context, reg prometheus.Registerer, o *options, se
 	reg.MustRegister(stats)
 	if stage == stageSink {
 		targets = append(targets, stream.LagTarget{Group: dlqReplayGroup, Topic: o.topics().DLQ})
-		reg.MustRegister(newBatchCollector(pool, log))
+		reg.MustRegister(sink.NewBatchCollector(pool, log))
 	}
 	targets = append(targets, otherLag...)
 	if len(targets) == 0 {
@@ -119,59 +119,6 @@ func (l labelledWriter) Stats() kafka.WriterStats {
 	s := l.w.Stats()
 	s.Topic = l.topic
 	return s
-}
-
-// batchCollector reports the batches in flight, read from PostgreSQL at each
-// scrape (a partial index keeps that cheap). It is registered by sink
-// processes only; every sink reports the same numbers, so queries take max.
-type batchCollector struct {
-	pool             *pgxpool.Pool
-	log              *slog.Logger
-	inFlight, oldest *prometheus.Desc
-	errors           prometheus.Counter
-	mu               sync.Mutex // one query at a time
-}
-
-func newBatchCollector(pool *pgxpool.Pool, log *slog.Logger) *batchCollector {
-	return &batchCollector{
-		pool: pool, log: log,
-		inFlight: prometheus.NewDesc("groupmatch_batches_in_flight",
-			"Accepted batches not yet final (status PROCESSING).", nil, nil),
-		oldest: prometheus.NewDesc("groupmatch_batch_oldest_in_flight_accepted_timestamp_seconds",
-			"Acceptance time of the oldest batch in flight, as a Unix time; absent when none is.", nil, nil),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupmatch_batches_in_flight_collect_errors_total",
-			Help: "Scrapes that could not count the batches in flight.",
-		}),
-	}
-}
-
-func (b *batchCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- b.inFlight
-	ch <- b.oldest
-	b.errors.Describe(ch)
-}
-
-func (b *batchCollector) Collect(ch chan<- prometheus.Metric) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	var n int64
-	var oldest *float64
-	// Every tenant's batches, read only: on Citus one query over the shards.
-	err := b.pool.QueryRow(ctx, `SELECT /* all tenants */ count(*), extract(epoch FROM min(accepted_at))::float8
-		FROM batches WHERE status = 'PROCESSING'`).Scan(&n, &oldest)
-	if err != nil {
-		b.errors.Inc()
-		b.log.Warn("batches in flight unavailable", "stage", stageSink, "err", safeError(err))
-	} else {
-		ch <- prometheus.MustNewConstMetric(b.inFlight, prometheus.GaugeValue, float64(n))
-		if oldest != nil {
-			ch <- prometheus.MustNewConstMetric(b.oldest, prometheus.GaugeValue, *oldest)
-		}
-	}
-	b.errors.Collect(ch)
 }
 
 // sqlObserver is told of the statements a pool sends (tests collect them:
@@ -227,8 +174,7 @@ func stagesTracer(log *slog.Logger, also sqlObserver) pgx.QueryTracer {
 // acquire that failed because its connect failed (logged once, as the
 // connect). Statements
 // that succeed are not logged. Query arguments never are: they carry
-// identity values; nor are error texts that may quote a value (see
-// safeError).
+// identity values; errors read as redact.Error gives them.
 func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 	log = log.With("component", "pgx")
 	return &tracelog.TraceLog{
@@ -260,7 +206,7 @@ func pgxTracer(log *slog.Logger) *tracelog.TraceLog {
 				attrs = append(attrs, "pid", pid)
 			}
 			if err != nil {
-				attrs = append(attrs, "err", safeError(err))
+				attrs = append(attrs, "err", redact.Error(err))
 			}
 			log.Log(ctx, level, "postgres: "+strings.ToLower(msg)+" failed", attrs...)
 		}),
@@ -275,28 +221,4 @@ func shortSQL(sql string) string {
 		sql = sql[:200] + "…"
 	}
 	return sql
-}
-
-// safeError is an error's text when it cannot quote a value, else a
-// description without it: PostgreSQL's data exceptions (SQLSTATE class 22)
-// and pgx's encode and scan errors quote the offending value, which may be
-// a phone number or an openid.
-func safeError(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		if strings.HasPrefix(pgErr.Code, "22") {
-			return fmt.Sprintf("%s: data exception (message withheld) (SQLSTATE %s)", pgErr.Severity, pgErr.Code)
-		}
-		// The message of other classes names objects, not values; the
-		// detail (which can quote a key) is left out.
-		return fmt.Sprintf("%s: %s (SQLSTATE %s)", pgErr.Severity, pgErr.Message, pgErr.Code)
-	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &connectErr) ||
-		errors.As(err, &netErr) || errors.Is(err, net.ErrClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
-		errors.Is(err, pgx.ErrNoRows) || errors.Is(err, pgx.ErrTxClosed) {
-		return err.Error()
-	}
-	return fmt.Sprintf("%T (text withheld: it may quote a value)", err)
 }

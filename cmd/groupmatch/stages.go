@@ -22,6 +22,7 @@ import (
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/ingest"
 	"github.com/groupmatch/groupmatch/matcher"
+	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/schemas"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -71,12 +72,6 @@ func cmdStages(ctx context.Context, name string, stages []string, args []string,
 // started, if set, is called with the public address ("" when there is no
 // public listener) and the admin address once they listen.
 func runStages(ctx context.Context, o *options, stages []string, log *slog.Logger, started func(httpAddr, adminAddr string)) error {
-	if o.batchDeadline < 0 {
-		return errors.New("--batch-deadline must not be negative")
-	}
-	if o.authFailRate < 0 || o.authFailBurst < 0 || o.authFailClients < 0 || o.tokenRate < 0 || o.tenantRate < 0 {
-		return errors.New("--auth-fail-rate, --auth-fail-burst, --auth-fail-clients, --token-rate and --tenant-rate must not be negative")
-	}
 	proxies, err := o.proxyPrefixes()
 	if err != nil {
 		return err
@@ -84,6 +79,44 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	sec, err := o.security()
 	if err != nil {
 		return err
+	}
+	// The stages' settings, checked by their own Validate before anything
+	// connects; the stages' constructors apply the defaults.
+	brokers, topics := o.brokerList(), o.topics()
+	ingestCfg := ingest.Config{
+		Brokers: brokers, Topics: topics, Security: sec, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
+		PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
+		AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
+		TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
+	}
+	feedCfg := ingest.FeedConfig{Brokers: brokers, Topics: topics, Security: sec,
+		GroupID: o.groupID(stageIngest), EventsPerTenant: o.eventsPerTenant, Logger: log}
+	matcherCfg := matcher.Config{
+		Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
+		MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
+	}
+	sinkCfg := sink.Config{
+		Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
+		MaxChunk: o.sinkChunk, Logger: log,
+	}
+	relayCfg := sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
+		EventsPerTenant: o.eventsPerTenant, Logger: log}
+	deadlineCfg := sink.DeadlineConfig{After: o.batchDeadline, Logger: log}
+	pruneCfg := sink.PruneConfig{Retention: o.resultRetention, Logger: log}
+	var configs []interface{ Validate() error }
+	if slices.Contains(stages, stageIngest) {
+		configs = append(configs, &ingestCfg, &feedCfg)
+	}
+	if slices.Contains(stages, stageMatcher) {
+		configs = append(configs, &matcherCfg)
+	}
+	if slices.Contains(stages, stageSink) {
+		configs = append(configs, &sinkCfg, &relayCfg, &deadlineCfg, &pruneCfg)
+	}
+	for _, c := range configs {
+		if err := c.Validate(); err != nil {
+			return err
+		}
 	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
@@ -104,7 +137,6 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	if err := pool.Ping(pingCtx); err != nil {
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
-	brokers := o.brokerList()
 	if err := stream.Ping(pingCtx, brokers, sec); err != nil {
 		return err
 	}
@@ -118,7 +150,6 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	// One pool per process, shared by its stages: labelled like its
 	// connections' application_name ("sink", or "ingest+matcher+sink").
 	prometheus.WrapRegistererWith(prometheus.Labels{"stage": strings.Join(stages, "+")}, reg).MustRegister(newPoolCollector(pool))
-	topics := o.topics()
 
 	// The first stage observed also reports the lag of the other stages'
 	// groups (see lagOfOtherStages).
@@ -133,18 +164,12 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	mux := http.NewServeMux()
 	var svc *ingest.Service
 	if slices.Contains(stages, stageIngest) {
-		svc, err = ingest.New(ingest.Config{
-			Brokers: brokers, Topics: topics, Security: sec, RateLimit: o.rateLimit, RateBurst: o.rateBurst,
-			PendingTimeout: o.pendingTimeout, MaxInFlight: o.maxInFlight, Logger: log,
-			AuthFailRate: o.authFailRate, AuthFailBurst: o.authFailBurst, AuthFailClients: o.authFailClients,
-			TokenRate: o.tokenRate, TenantRate: o.tenantRate, TrustedProxies: proxies,
-		}, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
+		svc, err = ingest.New(ingestCfg, ingest.NewStore(pool), apps.NewStore(pool), ingest.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
 		defer svc.Close()
-		feed, err := ingest.NewFeed(ingest.FeedConfig{Brokers: brokers, Topics: topics, Security: sec,
-			GroupID: o.groupID(stageIngest), EventsPerTenant: o.eventsPerTenant, Logger: log}, svc)
+		feed, err := ingest.NewFeed(feedCfg, svc)
 		if err != nil {
 			return err
 		}
@@ -161,10 +186,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if o.pendingTimeout > 0 {
 			store.PendingTimeout = o.pendingTimeout
 		}
-		m, err := matcher.New(matcher.Config{
-			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageMatcher),
-			MaxChunk: o.matcherChunk, Consumers: o.matcherConsumers, Logger: log,
-		}, store, metrics)
+		m, err := matcher.New(matcherCfg, store, metrics)
 		if err != nil {
 			return err
 		}
@@ -178,18 +200,25 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			store.MaxGroupsPerTenant = o.maxGroups
 		}
 		metrics := sink.NewMetrics(reg)
-		s, err := sink.New(sink.Config{
-			Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
-			MaxChunk: o.sinkChunk, Logger: log,
-		}, store, metrics)
+		s, err := sink.New(sinkCfg, store, metrics)
 		if err != nil {
 			return err
 		}
-		relay := sink.NewRelay(pool, sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
-			EventsPerTenant: o.eventsPerTenant, Logger: log})
-		deadline := sink.NewDeadline(pool, sink.DeadlineConfig{After: o.batchDeadline, Metrics: metrics, Logger: log})
+		relay, err := sink.NewRelay(pool, relayCfg)
+		if err != nil {
+			return err
+		}
+		deadlineCfg.Metrics = metrics
+		deadline, err := sink.NewDeadline(pool, deadlineCfg)
+		if err != nil {
+			return err
+		}
 		g.Go(func() error { return deadline.Run(gctx) })
-		pruner := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Metrics: sink.NewPruneMetrics(reg), Logger: log})
+		pruneCfg.Metrics = sink.NewPruneMetrics(reg)
+		pruner, err := sink.NewPruner(pool, pruneCfg)
+		if err != nil {
+			return err
+		}
 		g.Go(func() error { return pruner.Run(gctx) })
 		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
@@ -255,7 +284,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		started(httpAddr, adminLn.Addr().String())
 	}
 	err = g.Wait()
-	log.Info("stopped", "stages", stages, "err", err)
+	log.Info("stopped", "stages", stages, "err", redact.Error(err))
 	return err
 }
 
@@ -299,11 +328,11 @@ func (rd *readiness) check(ctx, running context.Context, pool *pgxpool.Pool, bro
 	var attrs []any
 	if err := <-pgErr; err != nil {
 		down = append(down, "postgres: unreachable")
-		attrs = append(attrs, "postgres_err", safeError(err))
+		attrs = append(attrs, "postgres_err", redact.Error(err))
 	}
 	if kafkaErr != nil {
 		down = append(down, "kafka: unreachable")
-		attrs = append(attrs, "kafka_err", kafkaErr.Error())
+		attrs = append(attrs, "kafka_err", redact.Error(kafkaErr))
 	}
 	rd.mu.Lock()
 	defer rd.mu.Unlock()

@@ -282,8 +282,8 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o.addRetention(fs)
 	o.addLog(fs)
 	once := fs.Bool("once", false, "make one pass, print what it pruned, and exit")
-	interval := fs.Duration("interval", time.Minute, "pause between passes without --once (PRUNE_INTERVAL)")
-	rows := fs.Int("prune-rows", 5000, "most rows one statement deletes (PRUNE_ROWS)")
+	interval := fs.Duration("interval", sink.DefaultPruneInterval, "pause between passes without --once (PRUNE_INTERVAL)")
+	rows := fs.Int("prune-rows", sink.DefaultPruneRows, "most rows one statement deletes (PRUNE_ROWS)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -298,7 +298,10 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	return withPool(ctx, &o, func(pool *pgxpool.Pool) error {
-		p := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Interval: *interval, Rows: *rows, Logger: log})
+		p, err := sink.NewPruner(pool, sink.PruneConfig{Retention: o.resultRetention, Interval: *interval, Rows: *rows, Logger: log})
+		if err != nil {
+			return err
+		}
 		if !*once {
 			return p.Run(ctx)
 		}

@@ -1,0 +1,27 @@
+package matcher
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+// Validate reports the first setting New cannot use: no brokers, a
+// negative MaxChunk, Consumers or Linger, or topics given without the
+// records, resolved or dead-letter topic.
+func (c *Config) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("matcher: no brokers")
+	case c.Topics != (pipeline.Topics{}) && (c.Topics.Records == "" || c.Topics.Resolved == "" || c.Topics.DLQ == ""):
+		return errors.New("matcher: Topics.Records, Topics.Resolved and Topics.DLQ must all be set; leave Topics zero for the default names")
+	case c.MaxChunk < 0:
+		return fmt.Errorf("matcher: MaxChunk must not be negative, got %d", c.MaxChunk)
+	case c.Consumers < 0:
+		return fmt.Errorf("matcher: Consumers must not be negative, got %d", c.Consumers)
+	case c.Linger < 0:
+		return fmt.Errorf("matcher: Linger must not be negative, got %s", c.Linger)
+	}
+	return nil
+}

@@ -1,0 +1,38 @@
+package matcher
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/groupmatch/groupmatch/pipeline"
+)
+
+func TestConfigValidate(t *testing.T) {
+	b := []string{"127.0.0.1:9092"}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "" for valid; else a substring of the error
+	}{
+		{"zero but brokers takes the defaults", Config{Brokers: b}, ""},
+		{"everything set", Config{Brokers: b, Topics: pipeline.TopicsFor("t."), GroupID: "g", MaxChunk: 1, Consumers: 1,
+			Linger: time.Millisecond}, ""},
+		{"no brokers", Config{}, "matcher: no brokers"},
+		{"topics without resolved", Config{Brokers: b, Topics: pipeline.Topics{Records: "r", DLQ: "d"}},
+			"matcher: Topics.Records, Topics.Resolved and Topics.DLQ must all be set"},
+		{"negative chunk", Config{Brokers: b, MaxChunk: -1}, "matcher: MaxChunk must not be negative, got -1"},
+		{"negative consumers", Config{Brokers: b, Consumers: -3}, "matcher: Consumers must not be negative, got -3"},
+		{"negative linger", Config{Brokers: b, Linger: -time.Millisecond}, "matcher: Linger must not be negative, got -1ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("Validate() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
