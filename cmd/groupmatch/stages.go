@@ -115,7 +115,8 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	for _, c := range configs {
 		if err := c.Validate(); err != nil {
-			return err
+			// A value no restart can fix: a usage error (exit status 2).
+			return usageError{err}
 		}
 	}
 	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
