@@ -43,15 +43,20 @@ type RequestEvent struct {
 // and batch.finished reports. The counters are exact: Processed = Success +
 // Unmatched + Ambiguous + Invalid + Failed.
 type BatchSummary struct {
-	Status        string         `json:"status"` // PROCESSING, SUCCESS, PARTIAL_SUCCESS or FAILED
-	OptType       OptType        `json:"optType"`
-	Total         int            `json:"total"`
-	Processed     int            `json:"processed"`
-	Success       int            `json:"success"`
-	Unmatched     int            `json:"unmatched"`
-	Ambiguous     int            `json:"ambiguous"`
-	Invalid       int            `json:"invalid"`
-	Failed        int            `json:"failed"`
+	Status    string  `json:"status"` // PROCESSING, SUCCESS, PARTIAL_SUCCESS or FAILED
+	OptType   OptType `json:"optType"`
+	Total     int     `json:"total"`
+	Processed int     `json:"processed"`
+	Success   int     `json:"success"`
+	Unmatched int     `json:"unmatched"`
+	Ambiguous int     `json:"ambiguous"`
+	Invalid   int     `json:"invalid"`
+	Failed    int     `json:"failed"`
+	// Deferred counts the NOT_FOUND records kept as pending bindings
+	// (SPEC §13; also counted in Unmatched), LateMatched those of them
+	// applied since. Only LateMatched changes after the batch finished.
+	Deferred      int            `json:"deferred"`
+	LateMatched   int            `json:"lateMatched"`
 	MatchedBy     map[string]int `json:"matchedBy"` // see MatchedBy
 	GroupsCreated int            `json:"groupsCreated"`
 	Conflicts     int            `json:"conflicts"`

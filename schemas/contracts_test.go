@@ -173,7 +173,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		"not found":                  `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"NOT_FOUND","ref":{"thirdId":"x"}}`,
 		schemas.EventRequestAccepted: `{"v":1,"type":"request.accepted","batchId":42,"requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
 		schemas.EventRequestRejected: `{"v":1,"type":"request.rejected","code":"403","errorCode":"PERMISSION_DENIED","msg":"no","requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
-		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
+		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"deferred":0,"lateMatched":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
 	}
 	schemaOf := func(k string) string {
 		if k == "not found" {
@@ -299,6 +299,7 @@ var notExpressible = map[string]string{
 	"duplicate_null_data":         "duplicate member",
 	"duplicate_param":             "duplicate member",
 	"duplicate_param_after_null":  "duplicate member",
+	"duplicate_param_defer":       "duplicate member",
 	"duplicate_public_params":     "duplicate member",
 	"duplicate_record_field":      "duplicate member",
 	"duplicate_record_field_null": "duplicate member",

@@ -142,7 +142,7 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 		rows, err := tx.Query(ctx, `
 			SELECT b.batch_id, b.tenant_id, b.status, b.opt_type, b.total, b.processed, b.success, b.unmatched,
 			       b.ambiguous, b.invalid, b.failed, b.matched_unionid, b.matched_openid, b.matched_phone, b.matched_id,
-			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at
+			       b.groups_created, b.conflicts, b.accepted_at, b.finished_at, b.deferred, b.late_matched
 			FROM batches b WHERE b.tenant_id = $1 AND b.batch_id IN (
 				SELECT o.batch_id FROM batch_events_outbox o WHERE o.tenant_id = $1 AND o.batch_id = ANY($2)
 				ORDER BY o.batch_id FOR UPDATE SKIP LOCKED)
@@ -158,7 +158,7 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 			var mu, mo, mp, mi int
 			if err := rows.Scan(&e.BatchID, &e.TenantID, &e.Status, &e.OptType, &e.Total, &e.Processed, &e.Success,
 				&e.Unmatched, &e.Ambiguous, &e.Invalid, &e.Failed, &mu, &mo, &mp, &mi, &e.GroupsCreated, &e.Conflicts,
-				&e.AcceptedAt, &e.FinishedAt); err != nil {
+				&e.AcceptedAt, &e.FinishedAt, &e.Deferred, &e.LateMatched); err != nil {
 				return err
 			}
 			e.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
