@@ -12,6 +12,9 @@ const (
 	EventRequestAccepted = "request.accepted"
 	EventRequestRejected = "request.rejected"
 	EventBatchFinished   = "batch.finished"
+	// EventBatchUpdated reports a finished batch's counters again after
+	// late matches changed lateMatched (SPEC §13).
+	EventBatchUpdated = "batch.updated"
 )
 
 // Headers of a message on the requests topic.
@@ -101,7 +104,18 @@ func EncodeRequestEvent(e RequestEvent) ([]byte, error) {
 // EncodeBatchFinished returns the JSON value of e, with V and Type set and
 // nil maps written as empty objects.
 func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
-	e.V, e.Type = Version, EventBatchFinished
+	return encodeBatchEvent(e, EventBatchFinished)
+}
+
+// EncodeBatchUpdated returns the JSON value of a batch.updated event: e as
+// EncodeBatchFinished writes it, with Type batch.updated. It is keyed by
+// BatchFinishedKey, so a batch's events stay in one partition, in order.
+func EncodeBatchUpdated(e BatchFinishedEvent) ([]byte, error) {
+	return encodeBatchEvent(e, EventBatchUpdated)
+}
+
+func encodeBatchEvent(e BatchFinishedEvent, typ string) ([]byte, error) {
+	e.V, e.Type = Version, typ
 	if e.MatchedBy == nil {
 		e.MatchedBy = map[string]int{}
 	}
@@ -110,7 +124,7 @@ func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
-		return nil, fmt.Errorf("pipeline: encode batch.finished: %w", err)
+		return nil, fmt.Errorf("pipeline: encode %s: %w", typ, err)
 	}
 	return b, nil
 }
