@@ -3,9 +3,12 @@ package sink
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
@@ -243,5 +246,91 @@ func TestLateMatchOverGroupLimit(t *testing.T) {
 	}
 	if m := members(t, db); fmt.Sprint(m) != "[vip/11]" {
 		t.Fatalf("members %v", m)
+	}
+}
+
+// The Pruner keeps a batch with a pending binding and every tombstone
+// positioned after the tenant's oldest binding, so a late match still
+// loses to a later delete after pruning; it expires bindings past their
+// TTL (ledger rows EXPIRED, identities gone) and counts them.
+func TestPruneDeferred(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	exec(t, db, `INSERT INTO tenants (tenant_id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 't')`, tenant)
+	s := NewPGStore(db)
+	for b := int64(2); b <= 4; b++ {
+		newBatch(t, db, b, 1, "PROCESSING")
+	}
+	apply(t, s, matched(2, 0, pipeline.OptDelete, 11, "vip")) // tombstone vip/11@2, before the binding
+	apply(t, s, deferredRec(3, 0, pipeline.OptAdd, "vip"))    // the binding: add customer 10 to vip at (3, 0)
+	apply(t, s, matched(4, 0, pipeline.OptDelete, 10, "vip")) // tombstone vip/10@4, after it
+	exec(t, db, `UPDATE batches SET finished_at = now() - interval '40 days'`)
+	exec(t, db, `DELETE FROM batch_events_outbox`) // published
+
+	reg := prometheus.NewPedanticRegistry()
+	m := NewPruneMetrics(reg)
+	p := NewPruner(db, PruneConfig{Metrics: m})
+	st, err := p.Prune(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Batches != 2 || st.Tombstones != 1 || st.ExpiredBindings != 0 {
+		t.Fatalf("first pass: %+v, want batches 2 and 4 and the tombstone of batch 2 pruned", st)
+	}
+	if got := fmt.Sprint(tombstones(t, db)); got != "[vip/10@4]" {
+		t.Fatalf("tombstones %s, want the one after the binding kept", got)
+	}
+	if got := readDefer(t, db, 3); got.bindings != 1 || got.deferral != "PENDING" {
+		t.Fatalf("batch 3: %+v", got)
+	}
+	if res := apply(t, s, lateRec(3, 0, pipeline.OptAdd, 10, "vip")); res.LateMatched != 1 {
+		t.Fatalf("late match: %+v", res)
+	}
+	if got := members(t, db); len(got) != 0 {
+		t.Fatalf("members %v: the late add beat a later delete", got)
+	}
+
+	// Expiry.
+	newBatch(t, db, 5, 1, "PROCESSING")
+	apply(t, s, deferredRec(5, 0, pipeline.OptAdd, "vip"))
+	exec(t, db, `UPDATE pending_bindings SET expires_at = now() - interval '1 second' WHERE batch_id = 5`)
+	st, err = p.Prune(context.Background())
+	if err != nil || st.ExpiredBindings != 1 {
+		t.Fatalf("second pass: %+v, %v; want one binding expired", st, err)
+	}
+	if got := readDefer(t, db, 5); got != (deferState{deferred: 1, deferral: "EXPIRED"}) {
+		t.Fatalf("batch 5 after expiry: %+v", got)
+	}
+	if res := apply(t, s, lateRec(5, 0, pipeline.OptAdd, 10, "vip")); res.LateMatched != 0 {
+		t.Fatalf("late match after expiry: %+v", res)
+	}
+	if got := testutil.ToFloat64(m.PendingExpired); got != 1 {
+		t.Fatalf("expired metric %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.Pending); got != 0 {
+		t.Fatalf("pending gauge %v, want 0", got)
+	}
+}
+
+// The deferred-matching metrics exist at 0 from the start.
+func TestDeferredMetricsStartAtZero(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	NewMetrics(reg)
+	NewPruneMetrics(reg)
+	want := `# HELP groupmatch_late_matches_total Pending bindings applied late, at their record's original position, once their customer was found.
+# TYPE groupmatch_late_matches_total counter
+groupmatch_late_matches_total{stage="sink"} 0
+# HELP groupmatch_pending_bindings Pending bindings waiting for their customer, as PostgreSQL's statistics estimate them after the last pruning pass.
+# TYPE groupmatch_pending_bindings gauge
+groupmatch_pending_bindings{stage="sink"} 0
+# HELP groupmatch_pending_bindings_expired_total Pending bindings (deferred NOT_FOUND records) that expired after --defer-ttl without a late match.
+# TYPE groupmatch_pending_bindings_expired_total counter
+groupmatch_pending_bindings_expired_total{stage="sink"} 0
+# HELP groupmatch_pending_bindings_stored_total NOT_FOUND records of deferring batches kept as pending bindings.
+# TYPE groupmatch_pending_bindings_stored_total counter
+groupmatch_pending_bindings_stored_total{stage="sink"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "groupmatch_late_matches_total", "groupmatch_pending_bindings",
+		"groupmatch_pending_bindings_expired_total", "groupmatch_pending_bindings_stored_total"); err != nil {
+		t.Fatal(err)
 	}
 }
