@@ -273,8 +273,8 @@ func TestPruneDeferred(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Batches != 2 || st.Tombstones != 1 || st.ExpiredBindings != 0 {
-		t.Fatalf("first pass: %+v, want batches 2 and 4 and the tombstone of batch 2 pruned", st)
+	if st.Batches != 2 || st.Tombstones != 1 || st.ExpiredBindings != 0 || st.Overdue != 0 {
+		t.Fatalf("first pass: %+v, want batches 2 and 4 and the tombstone of batch 2 pruned, batch 3 kept and not overdue", st)
 	}
 	if got := fmt.Sprint(tombstones(t, db)); got != "[vip/10@4]" {
 		t.Fatalf("tombstones %s, want the one after the binding kept", got)

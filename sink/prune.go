@@ -279,7 +279,10 @@ func (p *Pruner) pruneTenant(ctx context.Context, tenant int64, h horizons, st *
 		after = last
 	}
 	var oldest *time.Time
-	if err := p.db.QueryRow(ctx, `SELECT min(finished_at) FROM batches WHERE tenant_id = $1 AND finished_at IS NOT NULL`,
+	// A batch kept for its pending bindings is not overdue: it is kept
+	// on purpose until they resolve (up to the defer TTL).
+	if err := p.db.QueryRow(ctx, `SELECT min(finished_at) FROM batches b WHERE tenant_id = $1 AND finished_at IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM pending_bindings p WHERE p.tenant_id = $1 AND p.batch_id = b.batch_id)`,
 		tenant).Scan(&oldest); err != nil {
 		return fmt.Errorf("oldest finished batch: %w", err)
 	}
