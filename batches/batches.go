@@ -34,7 +34,7 @@ type Summary struct {
 const summarySQL = `
 	SELECT batch_id, tenant_id, status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,
 	       matched_unionid, matched_openid, matched_phone, matched_id, groups_created, conflicts,
-	       accepted_at, finished_at
+	       accepted_at, finished_at, deferred, late_matched
 	FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2)
 	ORDER BY batch_id`
 
@@ -45,7 +45,7 @@ func scan(rows pgx.Rows) (Summary, error) {
 	var mu, mo, mp, mi int
 	if err := rows.Scan(&s.BatchID, &s.TenantID, &s.Status, &s.OptType, &s.Total, &s.Processed, &s.Success,
 		&s.Unmatched, &s.Ambiguous, &s.Invalid, &s.Failed, &mu, &mo, &mp, &mi, &s.GroupsCreated, &s.Conflicts,
-		&s.AcceptedAt, &s.FinishedAt); err != nil {
+		&s.AcceptedAt, &s.FinishedAt, &s.Deferred, &s.LateMatched); err != nil {
 		return s, err
 	}
 	if s.Status == "PENDING" {

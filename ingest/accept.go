@@ -222,6 +222,15 @@ func (s *Service) Accept(ctx context.Context, p apps.Principal, req Request, key
 }
 
 func (s *Service) accept(ctx context.Context, p apps.Principal, req Request, key string, hash []byte) (int64, error) {
+	if !req.DeferGiven {
+		// The tenant's default (SPEC §13), read after the idempotency hash
+		// so that a repeat stays the same request if the default changes.
+		def, err := s.store.DeferDefault(ctx, p.TenantID)
+		if err != nil {
+			return 0, err
+		}
+		req.Params.DeferUnmatched = def
+	}
 	id, err := s.store.CreateBatch(ctx, p.TenantID, p.AppID, req.Params, len(req.Records), key, hash)
 	if err != nil {
 		return 0, err

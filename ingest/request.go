@@ -22,6 +22,10 @@ type Request struct {
 	// Records[i] is data[i]. Their fields are exactly as sent (JSON null
 	// reads as ""); identity normalisation is the matcher's job.
 	Records []pipeline.RawRecord
+	// DeferGiven is true when publicParams.deferUnmatched was given (not
+	// absent or null): Params.DeferUnmatched is then the caller's choice,
+	// else the acceptance fills in the tenant's default (SPEC §13).
+	DeferGiven bool `json:"deferUnmatchedGiven,omitempty"`
 }
 
 // RequestError says why a batchAdd body was rejected as a whole: the API
@@ -74,6 +78,8 @@ const (
 //     be ignored) it must be at most pipeline.MaxAppIDLen characters (code
 //     points) as sent, white space included, as JSON Schema's maxLength
 //     counts; that is checked before the rules combining the two.
+//     deferUnmatched, when present and not null, must be a boolean
+//     (Request.DeferGiven says whether it was given).
 //   - data, an array of 1 to pipeline.MaxRecords objects. A record's
 //     identityType, thirdId, openid, unionid, phone and groups must each be
 //     a string or null (null reads as ""). Whether a record is usable (a
@@ -159,6 +165,7 @@ type decoder struct {
 	// Last decoded identityType and groups: most batches repeat them, so
 	// equal values share one string instead of allocating each.
 	lastIdentityType, lastGroups string
+	deferGiven                   bool // publicParams.deferUnmatched was given
 }
 
 func (d *decoder) request() (Request, *RequestError) {
@@ -211,6 +218,7 @@ func (d *decoder) request() (Request, *RequestError) {
 	case !d.utf8OK:
 		return Request{}, &RequestError{"body", "is not valid UTF-8"}
 	}
+	req.DeferGiven = d.deferGiven
 	return req, nil
 }
 
@@ -348,6 +356,7 @@ const (
 	pAppType
 	pAppID
 	pOptType
+	pDeferUnmatched
 	nParams
 )
 
@@ -366,6 +375,8 @@ func paramName(i int) string {
 		return "accurateMatchValue"
 	case pOptType:
 		return "optType"
+	case pDeferUnmatched:
+		return "deferUnmatched"
 	}
 	return ""
 }
@@ -408,6 +419,20 @@ func (d *decoder) params() (p pipeline.Params, ok bool, rerr *RequestError) {
 	}
 	p, rerr = d.validateParams(&v)
 	return p, rerr == nil, rerr
+}
+
+// deferGiven reads publicParams.deferUnmatched (optional; a JSON boolean):
+// whether it was given, and its value.
+func deferGiven(v *paramValues) (given, value bool, rerr *RequestError) {
+	switch raw := v[pDeferUnmatched]; {
+	case isAbsent(raw):
+		return false, false, nil
+	case string(raw) == "true":
+		return true, true, nil
+	case string(raw) == "false":
+		return true, false, nil
+	}
+	return false, false, paramErr(pDeferUnmatched, "must be a boolean")
 }
 
 // paramIndex returns the index of the publicParams member named key, or -1.
@@ -496,7 +521,8 @@ func (d *decoder) validateParams(v *paramValues) (pipeline.Params, *RequestError
 	default:
 		return p, paramErr(pOptType, `must be "add" or "delete"`)
 	}
-	return p, nil
+	d.deferGiven, p.DeferUnmatched, rerr = deferGiven(v)
+	return p, rerr
 }
 
 // requiredOneOrTwo reads publicParams member i, which must be the integer 1

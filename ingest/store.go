@@ -80,6 +80,20 @@ func (s *Store) CreateBatch(ctx context.Context, tenantID int64, appID string, p
 	return id, nil
 }
 
+// DeferDefault returns the tenant's default for publicParams.deferUnmatched
+// (tenants.defer_unmatched; false for a tenant without a row).
+func (s *Store) DeferDefault(ctx context.Context, tenantID int64) (bool, error) {
+	var def bool
+	err := s.db.QueryRow(ctx, `SELECT defer_unmatched FROM tenants WHERE tenant_id = $1`, tenantID).Scan(&def)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("ingest: read the tenant's deferUnmatched default: %w", err)
+	}
+	return def, nil
+}
+
 // keyedBatch is the batch an idempotency key names.
 type keyedBatch struct {
 	id      int64
@@ -206,6 +220,9 @@ type Failure struct {
 	OpenID  string `json:"openid,omitempty"`
 	UnionID string `json:"unionid,omitempty"`
 	Reason  string `json:"reason"`
+	// Deferral is the record's deferred-matching state (SPEC §13):
+	// PENDING, LATE_MATCHED or EXPIRED; "" for a final record.
+	Deferral string `json:"deferral,omitempty"`
 }
 
 // BatchResult is the data of batchResult (SPEC §4): the batch's summary and
@@ -235,7 +252,7 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 	for _, n := range r.ErrorCounts {
 		r.FailureTotal += n
 	}
-	rows, err := s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}') FROM batch_records
+	rows, err := s.db.Query(ctx, `SELECT rec_index, reason, coalesce(ref, '{}'), coalesce(deferral, '') FROM batch_records
 		WHERE tenant_id = $1 AND batch_id = $2 AND reason IS NOT NULL ORDER BY rec_index LIMIT $3 OFFSET $4`,
 		tenantID, batchID, pageSize, (pageNo-1)*pageSize)
 	if err != nil {
@@ -244,7 +261,7 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 	for rows.Next() {
 		var f Failure
 		var ref pipeline.RecordRef
-		if err := rows.Scan(&f.Index, &f.Reason, &ref); err != nil {
+		if err := rows.Scan(&f.Index, &f.Reason, &ref, &f.Deferral); err != nil {
 			return r, fmt.Errorf("ingest: read failures: %w", err)
 		}
 		f.ThirdID, f.Phone, f.OpenID, f.UnionID = ref.ThirdID, ref.Phone, ref.OpenID, ref.UnionID

@@ -495,7 +495,31 @@ func verdictMessage(rec pipeline.RecordMessage, n *Normalized, v Verdict) pipeli
 	}
 	ref := n.Ref
 	r.Ref = &ref
+	if v.Outcome == pipeline.OutcomeNotFound && rec.Params.DeferUnmatched && rec.Params.IsMatching {
+		r.Pending = pendingOf(rec.Params, n)
+	}
 	return r
+}
+
+// pendingOf is what a deferred NOT_FOUND record keeps (SPEC §13): the
+// normalised values it was looked up by, the batch's params and its
+// normalised groups. Its maps and slices are new (n's strings are shared,
+// read-only).
+func pendingOf(p pipeline.Params, n *Normalized) *pipeline.Pending {
+	pd := &pipeline.Pending{Identities: make(map[pipeline.IdentityKind]string, 4), Params: p,
+		Groups: slices.Clone(n.Groups)}
+	if !isFuzzy(p) {
+		pd.IdentityType = n.IdentityType
+	}
+	for _, k := range n.Lookups(p) {
+		if v := n.Value(k); v != "" {
+			pd.Identities[k] = v
+		}
+	}
+	if len(pd.Identities) == 0 {
+		return nil // nothing to wait for (cannot happen: NOT_FOUND means something was looked up)
+	}
+	return pd
 }
 
 func (s *Stage) notify(err error, wait time.Duration) {

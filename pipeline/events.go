@@ -12,6 +12,9 @@ const (
 	EventRequestAccepted = "request.accepted"
 	EventRequestRejected = "request.rejected"
 	EventBatchFinished   = "batch.finished"
+	// EventBatchUpdated reports a finished batch's counters again after
+	// late matches changed lateMatched (SPEC §13).
+	EventBatchUpdated = "batch.updated"
 )
 
 // Headers of a message on the requests topic.
@@ -43,15 +46,20 @@ type RequestEvent struct {
 // and batch.finished reports. The counters are exact: Processed = Success +
 // Unmatched + Ambiguous + Invalid + Failed.
 type BatchSummary struct {
-	Status        string         `json:"status"` // PROCESSING, SUCCESS, PARTIAL_SUCCESS or FAILED
-	OptType       OptType        `json:"optType"`
-	Total         int            `json:"total"`
-	Processed     int            `json:"processed"`
-	Success       int            `json:"success"`
-	Unmatched     int            `json:"unmatched"`
-	Ambiguous     int            `json:"ambiguous"`
-	Invalid       int            `json:"invalid"`
-	Failed        int            `json:"failed"`
+	Status    string  `json:"status"` // PROCESSING, SUCCESS, PARTIAL_SUCCESS or FAILED
+	OptType   OptType `json:"optType"`
+	Total     int     `json:"total"`
+	Processed int     `json:"processed"`
+	Success   int     `json:"success"`
+	Unmatched int     `json:"unmatched"`
+	Ambiguous int     `json:"ambiguous"`
+	Invalid   int     `json:"invalid"`
+	Failed    int     `json:"failed"`
+	// Deferred counts the NOT_FOUND records kept as pending bindings
+	// (SPEC §13; also counted in Unmatched), LateMatched those of them
+	// applied since. Only LateMatched changes after the batch finished.
+	Deferred      int            `json:"deferred"`
+	LateMatched   int            `json:"lateMatched"`
 	MatchedBy     map[string]int `json:"matchedBy"` // see MatchedBy
 	GroupsCreated int            `json:"groupsCreated"`
 	Conflicts     int            `json:"conflicts"`
@@ -96,7 +104,18 @@ func EncodeRequestEvent(e RequestEvent) ([]byte, error) {
 // EncodeBatchFinished returns the JSON value of e, with V and Type set and
 // nil maps written as empty objects.
 func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
-	e.V, e.Type = Version, EventBatchFinished
+	return encodeBatchEvent(e, EventBatchFinished)
+}
+
+// EncodeBatchUpdated returns the JSON value of a batch.updated event: e as
+// EncodeBatchFinished writes it, with Type batch.updated. It is keyed by
+// BatchFinishedKey, so a batch's events stay in one partition, in order.
+func EncodeBatchUpdated(e BatchFinishedEvent) ([]byte, error) {
+	return encodeBatchEvent(e, EventBatchUpdated)
+}
+
+func encodeBatchEvent(e BatchFinishedEvent, typ string) ([]byte, error) {
+	e.V, e.Type = Version, typ
 	if e.MatchedBy == nil {
 		e.MatchedBy = map[string]int{}
 	}
@@ -105,7 +124,7 @@ func EncodeBatchFinished(e BatchFinishedEvent) ([]byte, error) {
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
-		return nil, fmt.Errorf("pipeline: encode batch.finished: %w", err)
+		return nil, fmt.Errorf("pipeline: encode %s: %w", typ, err)
 	}
 	return b, nil
 }

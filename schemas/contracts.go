@@ -30,8 +30,11 @@ const (
 	EventRequestAccepted = "event-request-accepted"
 	EventRequestRejected = "event-request-rejected"
 	EventBatchFinished   = "event-batch-finished"
-	// Events is any groupmatch.events value: exactly one of the three
-	// event schemas.
+	// EventBatchUpdated describes a batch.updated event: a finished
+	// batch's counters again after late matches (SPEC §13).
+	EventBatchUpdated = "event-batch-updated"
+	// Events is any groupmatch.events value: exactly one of the event
+	// schemas.
 	Events = "events"
 )
 

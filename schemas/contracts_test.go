@@ -26,7 +26,7 @@ import (
 func TestJSONSchemasCompile(t *testing.T) {
 	schematest.MustContracts(t)
 	names := schemas.JSONSchemaNames()
-	want := []string{schemas.BatchAddRequest, schemas.EventBatchFinished, schemas.EventRequestAccepted,
+	want := []string{schemas.BatchAddRequest, schemas.EventBatchFinished, schemas.EventBatchUpdated, schemas.EventRequestAccepted,
 		schemas.EventRequestRejected, schemas.Events, schemas.Record, schemas.Resolved}
 	slices.Sort(want)
 	if !slices.Equal(names, want) {
@@ -173,10 +173,13 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		"not found":                  `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"NOT_FOUND","ref":{"thirdId":"x"}}`,
 		schemas.EventRequestAccepted: `{"v":1,"type":"request.accepted","batchId":42,"requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
 		schemas.EventRequestRejected: `{"v":1,"type":"request.rejected","code":"403","errorCode":"PERMISSION_DENIED","msg":"no","requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
-		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
+		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"deferred":0,"lateMatched":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
+		schemas.EventBatchUpdated:    `{"v":1,"type":"batch.updated","tenantId":3,"batchId":42,"status":"PARTIAL_SUCCESS","optType":"add","total":2,"processed":2,"success":1,"unmatched":1,"ambiguous":0,"invalid":0,"failed":0,"deferred":1,"lateMatched":1,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{"NOT_FOUND":1},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
+		"deferred":                   `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"NOT_FOUND","ref":{"thirdId":"x"},"pending":{"identities":{"phone":"13800000000"},"params":{"isMatching":true,"matchingType":2,"identifyWay":1,"optType":"add","deferUnmatched":true},"groups":["vip"]}}`,
+		"late":                       `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"MATCHED","matchedBy":"phone","customerId":1001,"groups":["vip"],"late":true}`,
 	}
 	schemaOf := func(k string) string {
-		if k == "not found" {
+		if k == "not found" || k == "deferred" || k == "late" {
 			return schemas.Resolved
 		}
 		return k
@@ -229,6 +232,14 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"email": 1}),
 		set(schemas.EventBatchFinished, "success", -1), set(schemas.EventBatchFinished, "total", 0),
 		set(schemas.EventBatchFinished, "errorCounts", map[string]any{"BOGUS": 1}), set(schemas.EventBatchFinished, "errorCounts", nil), set(schemas.EventBatchFinished, "v", "1"),
+		del(schemas.EventBatchFinished, "lateMatched"), del(schemas.EventBatchUpdated, "deferred"),
+		set(schemas.EventBatchUpdated, "type", "batch.done"), set(schemas.EventBatchUpdated, "status", "PROCESSING"),
+		set(schemas.EventBatchUpdated, "lateMatched", -1),
+
+		set("deferred", "outcome", "AMBIGUOUS"), set("deferred", "pending.identities", map[string]any{}),
+		set("deferred", "pending.identities", map[string]any{"email": "x"}), del("deferred", "pending.groups"),
+		set("deferred", "pending.params.optType", "upsert"), set("deferred", "pending.extra", 1),
+		set("late", "outcome", "NOT_FOUND"), set("late", "late", false),
 	}
 	for _, m := range muts {
 		name := fmt.Sprintf("%s %s=%v", m.base, m.path, m.set)
@@ -299,6 +310,7 @@ var notExpressible = map[string]string{
 	"duplicate_null_data":         "duplicate member",
 	"duplicate_param":             "duplicate member",
 	"duplicate_param_after_null":  "duplicate member",
+	"duplicate_param_defer":       "duplicate member",
 	"duplicate_public_params":     "duplicate member",
 	"duplicate_record_field":      "duplicate member",
 	"duplicate_record_field_null": "duplicate member",

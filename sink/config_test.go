@@ -30,6 +30,16 @@ func mustDeadline(t testing.TB, db *pgxpool.Pool, cfg DeadlineConfig) *Deadline 
 	return d
 }
 
+// mustRelay is NewRelay failing the test on error.
+func mustRelay(t testing.TB, db *pgxpool.Pool, cfg RelayConfig) *Relay {
+	t.Helper()
+	r, err := NewRelay(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // validator is what every Config of the package has.
 type validator interface{ Validate() error }
 

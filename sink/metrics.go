@@ -34,6 +34,11 @@ type Metrics struct {
 	// and their records counted failed with reason TIMED_OUT.
 	TimedOut        prometheus.Counter
 	TimedOutRecords prometheus.Counter
+	// PendingStored and LateMatches count the pending bindings kept and
+	// the late matches applied (SPEC §13); the Pruner's PruneMetrics
+	// count the expired ones and estimate how many wait.
+	PendingStored prometheus.Counter
+	LateMatches   prometheus.Counter
 }
 
 // NewMetrics registers the sink's metrics on reg, labelled stage="sink",
@@ -87,9 +92,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "groupmatch_records_timed_out_total",
 			Help: "Records without an outcome at their batch's deadline, counted failed (TIMED_OUT).",
 		}),
+		PendingStored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_pending_bindings_stored_total",
+			Help: "NOT_FOUND records of deferring batches kept as pending bindings.",
+		}),
+		LateMatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_late_matches_total",
+			Help: "Pending bindings applied late, at their record's original position, once their customer was found.",
+		}),
 	}
 	reg.MustRegister(m.Records, m.Duplicates, m.ChunkSeconds, m.Finished, m.BatchLatency,
-		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord, m.TimedOut, m.TimedOutRecords)
+		m.Retries, m.DeadLetters, m.PendingWaits, m.DroppedRecord, m.TimedOut, m.TimedOutRecords,
+		m.PendingStored, m.LateMatches)
 	// Every label value exists at 0 from the start, so that the first
 	// FAILED batch or dead letter is an increase that rate() sees.
 	for _, o := range []pipeline.Outcome{pipeline.OutcomeMatched, pipeline.OutcomeNotFound, pipeline.OutcomeAmbiguous,

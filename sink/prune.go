@@ -2,7 +2,6 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -21,18 +20,26 @@ import (
 //
 // What it deletes, per tenant:
 //
+//   - pending bindings (SPEC §13) whose expires_at has passed, with their
+//     pending_identities rows, their ledger rows turning deferral EXPIRED
+//     in the same transaction (the binding is locked first, as a late
+//     match locks it, so exactly one of the two takes it);
 //   - finished batches (SUCCESS, PARTIAL_SUCCESS, FAILED) whose finished_at
 //     is older than Retention, aborted batches older than AbortedRetention,
 //     each with its ledger rows (batch_records) in the same transaction;
-//     a batch whose batch.finished event is still in the outbox is kept
-//     until the relay has published it (the relay deletes published rows);
+//     a batch whose batch.finished or batch.updated event is still in an
+//     outbox is kept until the relay has published it (the relay deletes
+//     published rows), and so is a batch with a pending binding: its
+//     result stays readable until its last binding is matched or expires
+//     (so a batch with deferred records is kept up to the defer TTL);
 //   - idempotency keys of batches accepted more than KeyWindow ago (the
 //     column is set to NULL, so the unique index shrinks);
 //   - delete tombstones (memberships not present) set by a batch older
 //     than the tenant's tombstone floor: the smallest batch id of the tenant
-//     that is not finished before the retention horizon. Every record that
-//     can still be applied belongs to a batch at or above that floor, so
-//     no add positioned before a pruned tombstone can arrive any more
+//     that is not finished before the retention horizon or has a pending
+//     binding. Every record that can still be applied, late matches
+//     included, belongs to a batch at or above that floor, so no add
+//     positioned before a pruned tombstone can arrive any more
 //     (docs/operations.md, "Pruning", has the argument);
 //   - invisible groups created before the horizon that hold no membership.
 //
@@ -114,6 +121,7 @@ func NewPruner(db *pgxpool.Pool, cfg PruneConfig) (*Pruner, error) {
 
 // PruneStats counts the rows one pass pruned, by table.
 type PruneStats struct {
+	ExpiredBindings int64 // pending bindings expired
 	Batches         int64
 	BatchRecords    int64
 	IdempotencyKeys int64 // keys released (set to NULL)
@@ -154,6 +162,8 @@ func (p *Pruner) Prune(ctx context.Context) (PruneStats, error) {
 		m.Rows.WithLabelValues("idempotency_keys").Add(float64(st.IdempotencyKeys))
 		m.Rows.WithLabelValues("memberships").Add(float64(st.Tombstones))
 		m.Rows.WithLabelValues("groups").Add(float64(st.Groups))
+		m.Rows.WithLabelValues("pending_bindings").Add(float64(st.ExpiredBindings))
+		m.PendingExpired.Add(float64(st.ExpiredBindings))
 		if err == nil {
 			m.Duration.Observe(time.Since(start).Seconds())
 			m.LastSuccess.Set(float64(p.cfg.Now().Unix()))
@@ -164,7 +174,7 @@ func (p *Pruner) Prune(ctx context.Context) (PruneStats, error) {
 		return st, fmt.Errorf("sink: prune: %w", err)
 	}
 	if st != (PruneStats{Overdue: st.Overdue}) {
-		p.cfg.Logger.Info("pruned", "batches", st.Batches, "batch_records", st.BatchRecords,
+		p.cfg.Logger.Info("pruned", "expired_bindings", st.ExpiredBindings, "batches", st.Batches, "batch_records", st.BatchRecords,
 			"idempotency_keys", st.IdempotencyKeys, "tombstones", st.Tombstones, "groups", st.Groups,
 			"duration_s", time.Since(start).Seconds())
 	}
@@ -182,6 +192,7 @@ func (p *Pruner) prune(ctx context.Context, st *PruneStats) error {
 	}
 	now := p.cfg.Now()
 	h := horizons{
+		now:     now,
 		results: now.Add(-p.cfg.Retention),
 		aborted: now.Add(-p.cfg.AbortedRetention),
 		keys:    now.Add(-p.cfg.KeyWindow),
@@ -191,10 +202,36 @@ func (p *Pruner) prune(ctx context.Context, st *PruneStats) error {
 			return fmt.Errorf("tenant %d: %w", t, err)
 		}
 	}
+	if m := p.cfg.Metrics; m != nil {
+		n, err := pendingEstimate(ctx, p.db)
+		if err != nil {
+			return err
+		}
+		m.Pending.Set(float64(n))
+	}
 	return nil
 }
 
-type horizons struct{ results, aborted, keys time.Time }
+// pendingEstimate is the number of pending bindings, as the planner's
+// statistics have it (pg_class.reltuples, kept by autovacuum), read once
+// a pass rather than counted; a table never analysed yet (reltuples -1)
+// is small, and is counted.
+func pendingEstimate(ctx context.Context, db *pgxpool.Pool) (int64, error) {
+	var n float64
+	if err := db.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = 'pending_bindings'::regclass`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("estimate pending bindings: %w", err)
+	}
+	if n >= 0 {
+		return int64(n), nil
+	}
+	var c int64
+	if err := db.QueryRow(ctx, `SELECT /* all tenants */ count(*) FROM pending_bindings`).Scan(&c); err != nil {
+		return 0, fmt.Errorf("count pending bindings: %w", err)
+	}
+	return c, nil
+}
+
+type horizons struct{ now, results, aborted, keys time.Time }
 
 func (p *Pruner) pruneTenant(ctx context.Context, tenant int64, h horizons, st *PruneStats) error {
 	for {
@@ -203,6 +240,16 @@ func (p *Pruner) pruneTenant(ctx context.Context, tenant int64, h horizons, st *
 			return err
 		}
 		st.IdempotencyKeys += n
+		if n < int64(p.cfg.Rows) {
+			break
+		}
+	}
+	for {
+		n, err := p.expireBindings(ctx, tenant, h.now)
+		if err != nil {
+			return err
+		}
+		st.ExpiredBindings += n
 		if n < int64(p.cfg.Rows) {
 			break
 		}
@@ -246,7 +293,10 @@ func (p *Pruner) pruneTenant(ctx context.Context, tenant int64, h horizons, st *
 		after = last
 	}
 	var oldest *time.Time
-	if err := p.db.QueryRow(ctx, `SELECT min(finished_at) FROM batches WHERE tenant_id = $1 AND finished_at IS NOT NULL`,
+	// A batch kept for its pending bindings is not overdue: it is kept
+	// on purpose until they resolve (up to the defer TTL).
+	if err := p.db.QueryRow(ctx, `SELECT min(finished_at) FROM batches b WHERE tenant_id = $1 AND finished_at IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM pending_bindings p WHERE p.tenant_id = $1 AND p.batch_id = b.batch_id)`,
 		tenant).Scan(&oldest); err != nil {
 		return fmt.Errorf("oldest finished batch: %w", err)
 	}
@@ -291,6 +341,8 @@ func (p *Pruner) pruneBatches(ctx context.Context, tenant int64, aborted bool, h
 			WHERE tenant_id = $1 AND finished_at < $2 AND aborted = $3
 			  AND status IN ('SUCCESS', 'PARTIAL_SUCCESS', 'FAILED')
 			  AND NOT EXISTS (SELECT 1 FROM batch_events_outbox o WHERE o.tenant_id = $1 AND o.batch_id = b.batch_id)
+			  AND NOT EXISTS (SELECT 1 FROM batch_updates_outbox o WHERE o.tenant_id = $1 AND o.batch_id = b.batch_id)
+			  AND NOT EXISTS (SELECT 1 FROM pending_bindings p WHERE p.tenant_id = $1 AND p.batch_id = b.batch_id)
 			ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED`, tenant, horizon, aborted, p.cfg.Rows)
 		if err != nil {
 			return fmt.Errorf("find expired batches: %w", err)
@@ -337,20 +389,73 @@ func (p *Pruner) pruneBatches(ctx context.Context, tenant int64, aborted bool, h
 
 // tombstoneFloor returns the smallest id of the tenant's batches that may
 // still apply a record or finished after horizon (PENDING, PROCESSING, or
-// finished at or after horizon), or 0 when there is none.
+// finished at or after horizon) or have a pending binding (whose late
+// match applies at the binding's position), or 0 when there is none. A
+// binding is stored only by a PROCESSING batch, which bounds the floor
+// already, so none can appear below a floor once read.
 func (p *Pruner) tombstoneFloor(ctx context.Context, tenant int64, horizon time.Time) (int64, error) {
-	var floor int64
+	var floor *int64
 	err := p.db.QueryRow(ctx, `
-		SELECT batch_id FROM batches
-		WHERE tenant_id = $1 AND (status IN ('PENDING', 'PROCESSING') OR finished_at >= $2)
-		ORDER BY batch_id LIMIT 1`, tenant, horizon).Scan(&floor)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
+		SELECT least(
+			(SELECT batch_id FROM batches
+			 WHERE tenant_id = $1 AND (status IN ('PENDING', 'PROCESSING') OR finished_at >= $2)
+			 ORDER BY batch_id LIMIT 1),
+			(SELECT batch_id FROM pending_bindings WHERE tenant_id = $1 ORDER BY batch_id LIMIT 1))`, tenant, horizon).Scan(&floor)
 	if err != nil {
 		return 0, fmt.Errorf("tombstone floor: %w", err)
 	}
-	return floor, nil
+	if floor == nil {
+		return 0, nil
+	}
+	return *floor, nil
+}
+
+// expireBindings expires, in one transaction, up to Rows of the tenant's
+// pending bindings whose expires_at is not after now: deletes them and
+// their pending_identities rows and marks their ledger rows EXPIRED. The
+// bindings are locked first (SKIP LOCKED: one a late match is claiming is
+// left to it), so a late match and an expiry never both take a binding.
+func (p *Pruner) expireBindings(ctx context.Context, tenant int64, now time.Time) (int64, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, p.db, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT batch_id, rec_index FROM pending_bindings
+			WHERE tenant_id = $1 AND expires_at <= $2
+			ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED`, tenant, now, p.cfg.Rows)
+		if err != nil {
+			return fmt.Errorf("find expired bindings: %w", err)
+		}
+		keys, err := collectKeys(rows)
+		if err != nil {
+			return fmt.Errorf("find expired bindings: %w", err)
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		batchIDs, indexes := make([]int64, 0, len(keys)), make([]int32, 0, len(keys))
+		for k := range keys {
+			batchIDs, indexes = append(batchIDs, k.batch), append(indexes, int32(k.index))
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE batch_records r SET deferral = 'EXPIRED'
+			FROM unnest($2::bigint[], $3::int[]) AS u(b, i)
+			WHERE r.tenant_id = $1 AND r.batch_id = u.b AND r.rec_index = u.i AND r.deferral = 'PENDING'`,
+			tenant, batchIDs, indexes); err != nil {
+			return fmt.Errorf("expire ledger rows: %w", err)
+		}
+		if err := deleteIdentities(ctx, tx, tenant, keys); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `
+			DELETE FROM pending_bindings p USING unnest($2::bigint[], $3::int[]) AS u(b, i)
+			WHERE p.tenant_id = $1 AND p.batch_id = u.b AND p.rec_index = u.i`, tenant, batchIDs, indexes)
+		if err != nil {
+			return fmt.Errorf("delete expired bindings: %w", err)
+		}
+		n = tag.RowsAffected()
+		return nil
+	})
+	return n, err
 }
 
 // pruneTombstones deletes up to Rows delete tombstones of the tenant set by
@@ -418,6 +523,10 @@ type PruneMetrics struct {
 	Duration    prometheus.Histogram
 	LastSuccess prometheus.Gauge
 	Overdue     prometheus.Gauge
+	// PendingExpired counts the pending bindings expired (SPEC §13);
+	// Pending is how many there are, estimated once a pass.
+	PendingExpired prometheus.Counter
+	Pending        prometheus.Gauge
 }
 
 // NewPruneMetrics registers the Pruner's metrics on reg, labelled
@@ -442,10 +551,18 @@ func NewPruneMetrics(reg prometheus.Registerer) *PruneMetrics {
 			Name: "groupmatch_prune_overdue_seconds",
 			Help: "After the last pass, how far past the retention horizon the oldest finished batch still kept is (0: none).",
 		}),
+		PendingExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupmatch_pending_bindings_expired_total",
+			Help: "Pending bindings (deferred NOT_FOUND records) that expired after --defer-ttl without a late match.",
+		}),
+		Pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "groupmatch_pending_bindings",
+			Help: "Pending bindings waiting for their customer, as PostgreSQL's statistics estimate them after the last pruning pass.",
+		}),
 	}
-	for _, t := range []string{"batches", "batch_records", "idempotency_keys", "memberships", "groups"} {
+	for _, t := range []string{"batches", "batch_records", "idempotency_keys", "memberships", "groups", "pending_bindings"} {
 		m.Rows.WithLabelValues(t)
 	}
-	reg.MustRegister(m.Rows, m.Duration, m.LastSuccess, m.Overdue)
+	reg.MustRegister(m.Rows, m.Duration, m.LastSuccess, m.Overdue, m.PendingExpired, m.Pending)
 	return m
 }

@@ -23,10 +23,21 @@ import (
 // several sinks share the work without publishing a row twice; only a crash between
 // Kafka's acknowledgement and the commit repeats an event (consumers can
 // tell by its batchId).
+//
+// It publishes, the same way, batch.updated events from
+// batch_updates_outbox (a finished batch whose lateMatched changed; at
+// most one row per batch, read with the counters current when it is
+// published) and, for deferred matching (SPEC §13), one recheck message
+// on the directory topic per identity of each pending binding not yet
+// announced, marking the binding announced in the transaction that
+// published them. A binding stored after the directory learned its
+// customer is thus still resolved: the re-matcher looks again on each
+// recheck.
 type Relay struct {
 	cfg RelayConfig
 	db  *pgxpool.Pool
 	w   *kafka.Writer
+	dir *kafka.Writer // the directory topic: recheck messages
 	log *slog.Logger
 	// missing throttles the warnings about missing tenant topics.
 	missing stream.Throttle
@@ -61,6 +72,9 @@ func NewRelay(db *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
 	}
+	if cfg.Topics.Directory == "" {
+		cfg.Topics.Directory = pipeline.DefaultTopics().Directory
+	}
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultRelayInterval
 	}
@@ -72,27 +86,23 @@ func NewRelay(db *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
 		topic = "" // each message names its topic
 	}
 	return &Relay{cfg: cfg, db: db, w: stream.NewWriter(cfg.Brokers, topic, cfg.Security),
+		dir: stream.NewWriter(cfg.Brokers, cfg.Topics.Directory, cfg.Security),
 		log: cfg.Logger.With("stage", "sink", "component", "relay")}, nil
 }
 
-// Writers exposes the relay's Kafka writer for metrics.
-func (r *Relay) Writers() []*kafka.Writer { return []*kafka.Writer{r.w} }
+// Writers exposes the relay's Kafka writers for metrics.
+func (r *Relay) Writers() []*kafka.Writer { return []*kafka.Writer{r.w, r.dir} }
 
 // Run publishes until ctx is done.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.w.Close()
+	defer r.dir.Close()
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
-		for {
-			n, err := r.publish(ctx)
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("publishing batch.finished events failed; will retry", "err", redact.Error(err))
-			}
-			if err != nil || n < relayBatch {
-				break
-			}
-		}
+		r.drain(ctx, "batch.finished events", relayBatch, r.publish)
+		r.drain(ctx, "batch.updated events", relayBatch, r.publishUpdates)
+		r.drain(ctx, "pending-binding rechecks", recheckBatch, r.announce)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -103,13 +113,48 @@ func (r *Relay) Run(ctx context.Context) error {
 
 const relayBatch = 500
 
+// drain calls step until it did less than a full batch of work or failed
+// (a failure is logged; the next tick retries).
+func (r *Relay) drain(ctx context.Context, what string, batch int, step func(context.Context) (int, error)) {
+	for {
+		n, err := step(ctx)
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("publishing "+what+" failed; will retry", "err", redact.Error(err))
+		}
+		if err != nil || n < batch {
+			return
+		}
+	}
+}
+
 // publish sends up to relayBatch events and returns how many it sent. It
 // reads the oldest outbox rows of every tenant without locks, then, tenant
 // by tenant, locks that tenant's rows (FOR UPDATE SKIP LOCKED: rows another
 // relay holds are left to it), publishes them and deletes them in one
 // transaction: on Citus each transaction stays in one tenant's shard.
 func (r *Relay) publish(ctx context.Context) (int, error) {
-	rows, err := r.db.Query(ctx, `SELECT /* all tenants */ tenant_id, batch_id FROM batch_events_outbox
+	return r.publishOutbox(ctx, finishedOutbox)
+}
+
+// publishUpdates is publish for batch.updated events.
+func (r *Relay) publishUpdates(ctx context.Context) (int, error) {
+	return r.publishOutbox(ctx, updatedOutbox)
+}
+
+// outbox names an outbox table of batch events and how its rows are
+// encoded.
+type outbox struct {
+	table  string // a constant: it is written into the SQL
+	encode func(pipeline.BatchFinishedEvent) ([]byte, error)
+}
+
+var (
+	finishedOutbox = outbox{"batch_events_outbox", pipeline.EncodeBatchFinished}
+	updatedOutbox  = outbox{"batch_updates_outbox", pipeline.EncodeBatchUpdated}
+)
+
+func (r *Relay) publishOutbox(ctx context.Context, ob outbox) (int, error) {
+	rows, err := r.db.Query(ctx, `SELECT /* all tenants */ tenant_id, batch_id FROM `+ob.table+`
 		ORDER BY batch_id LIMIT $1`, relayBatch)
 	if err != nil {
 		return 0, fmt.Errorf("sink: relay: read outbox: %w", err)
@@ -131,7 +176,7 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, t := range tenants {
-		sent, err := r.publishTenant(ctx, t, per[t])
+		sent, err := r.publishTenant(ctx, ob, t, per[t])
 		n += sent
 		if err != nil {
 			return n, err
@@ -142,14 +187,14 @@ func (r *Relay) publish(ctx context.Context) (int, error) {
 
 // publishTenant publishes and deletes those of one tenant's outbox rows ids
 // that no other relay holds, in one transaction, and returns how many.
-func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) (int, error) {
+func (r *Relay) publishTenant(ctx context.Context, ob outbox, tenantID int64, ids []int64) (int, error) {
 	topic, err := r.eventsTopic(ctx, tenantID)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	err = pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT batch_id FROM batch_events_outbox
+		rows, err := tx.Query(ctx, `SELECT batch_id FROM `+ob.table+`
 			WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE SKIP LOCKED`, tenantID, ids)
 		if err != nil {
 			return err
@@ -165,6 +210,15 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 		if err != nil {
 			return err
 		}
+		if ob.table != finishedOutbox.table && len(sums) < len(locked) {
+			// A batch.updated row whose batch is gone (the Pruner keeps
+			// a batch while it has one; this is only a safeguard) would
+			// be read on every pass: drop it.
+			if _, err := tx.Exec(ctx, `DELETE FROM `+ob.table+` o WHERE o.tenant_id = $1 AND o.batch_id = ANY($2)
+				AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.tenant_id = $1 AND b.batch_id = o.batch_id)`, tenantID, locked); err != nil {
+				return err
+			}
+		}
 		if len(sums) == 0 {
 			return nil
 		}
@@ -177,7 +231,7 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 			msgs[i] = kafka.Message{Key: pipeline.BatchFinishedKey(sum.TenantID, sum.BatchID), Topic: topic}
 		}
 		for i := range events {
-			v, err := pipeline.EncodeBatchFinished(events[i])
+			v, err := ob.encode(events[i])
 			if err != nil {
 				return err
 			}
@@ -197,7 +251,7 @@ func (r *Relay) publishTenant(ctx context.Context, tenantID int64, ids []int64) 
 		if err := r.w.WriteMessages(ctx, msgs...); err != nil {
 			return fmt.Errorf("write events: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM batch_events_outbox WHERE tenant_id = $1 AND batch_id = ANY($2)`, tenantID, held); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM `+ob.table+` WHERE tenant_id = $1 AND batch_id = ANY($2)`, tenantID, held); err != nil {
 			return err
 		}
 		n = len(msgs)

@@ -202,6 +202,8 @@ func (s *Stage) observe(res ApplyResult) {
 	}
 	s.metrics.Duplicates.Add(float64(res.Duplicates))
 	s.metrics.DroppedRecord.Add(float64(res.Dropped))
+	s.metrics.PendingStored.Add(float64(res.PendingStored))
+	s.metrics.LateMatches.Add(float64(res.LateMatched))
 	for _, f := range res.Finished {
 		s.metrics.Finished.WithLabelValues(f.Status).Inc()
 		s.metrics.BatchLatency.Observe(f.Latency.Seconds())

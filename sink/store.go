@@ -42,6 +42,9 @@ type ApplyResult struct {
 	// dead-letters them.
 	Orphans  []int
 	Finished []FinishedBatch // batches that reached a final status
+	// PendingStored counts the new NOT_FOUND records kept as pending
+	// bindings; LateMatched the late matches applied (SPEC §13).
+	PendingStored, LateMatched int
 }
 
 // FinishedBatch is a batch that reached its final status in a chunk.
@@ -81,6 +84,10 @@ type PGStore struct {
 	// and creates none of its groups; adding to existing groups is always
 	// allowed. Lowering it removes no group.
 	MaxGroupsPerTenant int
+	// DeferTTL is how long a pending binding waits for its customer
+	// (SPEC §13; default pipeline.DefaultDeferTTL): its expires_at is the
+	// time its NOT_FOUND record was recorded plus DeferTTL.
+	DeferTTL time.Duration
 }
 
 // DefaultMaxGroupsPerTenant is PGStore.MaxGroupsPerTenant's default.
@@ -90,7 +97,8 @@ var _ Store = (*PGStore)(nil)
 
 // NewPGStore returns a store on db.
 func NewPGStore(db *pgxpool.Pool) *PGStore {
-	return &PGStore{db: db, PendingTimeout: pipeline.DefaultPendingTimeout, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant}
+	return &PGStore{db: db, PendingTimeout: pipeline.DefaultPendingTimeout, MaxGroupsPerTenant: DefaultMaxGroupsPerTenant,
+		DeferTTL: pipeline.DefaultDeferTTL}
 }
 
 type batchState struct {
@@ -104,6 +112,14 @@ type batchState struct {
 type ledgerKey struct {
 	batch int64
 	index int
+}
+
+// liveKey tells a record's first verdict from a late match of the same
+// position: both may be in one chunk (redelivery), and each is applied
+// by its own rule.
+type liveKey struct {
+	ledgerKey
+	late bool
 }
 
 // Apply writes a chunk, one transaction per tenant (on Citus a transaction
@@ -127,12 +143,23 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 		return res, err
 	}
 	// Keep the records that can be applied, first copy of each position.
-	seen := make(map[ledgerKey]bool, len(recs))
+	seen := make(map[liveKey]bool, len(recs))
 	live := make([]*pipeline.ResolvedMessage, 0, len(recs))
 	for i := range recs {
 		r := &recs[i]
 		st, ok := batches[r.BatchID]
 		switch {
+		case r.Late && r.Outcome != pipeline.OutcomeMatched:
+			res.Orphans = append(res.Orphans, i) // no such verdict exists (resolved.schema.json)
+			continue
+		case r.Late && (!ok || st.tenantID != r.TenantID || r.Index >= st.total || st.aborted || st.status == "PENDING"):
+			// A late match of a batch pruned since (with its binding),
+			// or that never had the position: nothing waits for it.
+			res.Duplicates++
+			continue
+		case r.Late:
+			// Applied whatever the batch's status: the ledger's
+			// deferral state and the binding decide (applyLate).
 		case !ok || st.tenantID != r.TenantID || r.Index >= st.total:
 			res.Orphans = append(res.Orphans, i)
 			continue
@@ -150,7 +177,7 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 			res.Duplicates++
 			continue
 		}
-		k := ledgerKey{r.BatchID, r.Index}
+		k := liveKey{ledgerKey{r.BatchID, r.Index}, r.Late}
 		if seen[k] {
 			res.Duplicates++
 			continue
@@ -181,35 +208,73 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 // applyTenant writes one tenant's live records, in (batch, index) order, in
 // one transaction, adding what it did to res once it committed.
 func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipeline.ResolvedMessage, res *ApplyResult) error {
+	first := make([]*pipeline.ResolvedMessage, 0, len(live))
+	var late []*pipeline.ResolvedMessage
+	for _, r := range live {
+		if r.Late {
+			late = append(late, r)
+		} else {
+			first = append(first, r)
+		}
+	}
 	var (
-		fresh    []*pipeline.ResolvedMessage
-		finished []FinishedBatch
+		fresh, moved []*pipeline.ResolvedMessage
+		finished     []FinishedBatch
+		stored       int
 	)
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		now := time.Now()
 		var err error
-		fresh, err = insertLedger(ctx, tx, tenantID, live)
-		if err != nil || len(fresh) == 0 {
-			return err
-		}
-		if err := limitGroups(ctx, tx, tenantID, fresh, s.MaxGroupsPerTenant); err != nil {
-			return err
-		}
-		created, err := applyMemberships(ctx, tx, tenantID, fresh)
+		fresh, err = insertLedger(ctx, tx, tenantID, first)
 		if err != nil {
 			return err
 		}
-		finished, err = updateCounters(ctx, tx, tenantID, fresh, created, time.Now())
+		if stored, err = storePending(ctx, tx, tenantID, fresh, now.Add(s.DeferTTL)); err != nil {
+			return err
+		}
+		if moved, err = claimLate(ctx, tx, tenantID, late, now); err != nil {
+			return err
+		}
+		if len(fresh) == 0 && len(moved) == 0 {
+			return nil
+		}
+		// Late matches join the first verdicts at their original
+		// positions: the group limit and the position guard judge both.
+		apply := append(slices.Clip(fresh), moved...)
+		if err := limitGroups(ctx, tx, tenantID, apply, s.MaxGroupsPerTenant); err != nil {
+			return err
+		}
+		created, err := applyMemberships(ctx, tx, tenantID, apply)
+		if err != nil {
+			return err
+		}
+		if len(moved) > 0 {
+			// Lock every batch row this transaction changes in one
+			// order, so that no two sink transactions deadlock on them.
+			if err := lockBatches(ctx, tx, tenantID, append(slices.Clip(fresh), moved...)); err != nil {
+				return err
+			}
+		}
+		if len(fresh) > 0 {
+			finished, err = updateCounters(ctx, tx, tenantID, fresh, created, now)
+			if err != nil {
+				return err
+			}
+		}
+		moved, err = finishLate(ctx, tx, tenantID, apply[len(fresh):], finished)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	res.Applied += len(fresh)
-	res.Duplicates += len(live) - len(fresh)
+	res.Duplicates += len(first) - len(fresh) + len(late) - len(moved)
 	for _, r := range fresh {
 		res.Outcomes[r.Outcome]++
 	}
 	res.Finished = append(res.Finished, finished...)
+	res.PendingStored += stored
+	res.LateMatched += len(moved)
 	return nil
 }
 
@@ -290,6 +355,9 @@ func abortPending(ctx context.Context, db interface {
 // distributed engine reports neither as PostgreSQL does).
 func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) ([]*pipeline.ResolvedMessage, error) {
 	n := len(recs)
+	if n == 0 {
+		return nil, nil
+	}
 	batchIDs := make([]int64, n)
 	indexes := make([]int32, n)
 	outcomes := make([]string, n)
@@ -297,7 +365,11 @@ func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeli
 	matchedBy := make([]string, n)
 	customers := make([]int64, n)
 	refs := make([][]byte, n)
+	deferrals := make([]string, n)
 	for i, r := range recs {
+		if r.Outcome == pipeline.OutcomeNotFound && r.Pending != nil {
+			deferrals[i] = "PENDING"
+		}
 		batchIDs[i], indexes[i] = r.BatchID, int32(r.Index)
 		outcomes[i], reasons[i], matchedBy[i] = string(r.Outcome), string(r.Reason), string(r.MatchedBy)
 		customers[i] = r.CustomerID
@@ -310,12 +382,12 @@ func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeli
 		}
 	}
 	rows, err := tx.Query(ctx, `
-		INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id, ref)
-		SELECT $1, b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j
-		FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[]) AS u(b, i, o, r, m, c, j)
+		INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id, ref, deferral)
+		SELECT $1, b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j, nullif(d, '')
+		FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[], $9::text[]) AS u(b, i, o, r, m, c, j, d)
 		ON CONFLICT DO NOTHING
 		RETURNING batch_id, rec_index`,
-		tenantID, batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs)
+		tenantID, batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs, deferrals)
 	if err != nil {
 		return nil, fmt.Errorf("sink: insert ledger: %w", err)
 	}
@@ -429,7 +501,9 @@ func limitGroups(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipelin
 			c := *r
 			c.Outcome, c.Reason, c.MatchedBy, c.CustomerID, c.Conflict, c.Groups = pipeline.OutcomeInvalid, pipeline.ReasonGroupLimit, "", 0, false, nil
 			recs[i] = &c
-			limitedBatches, limitedIndexes = append(limitedBatches, r.BatchID), append(limitedIndexes, int32(r.Index))
+			if !r.Late { // finishLate records a limited late match
+				limitedBatches, limitedIndexes = append(limitedBatches, r.BatchID), append(limitedIndexes, int32(r.Index))
+			}
 			continue
 		}
 		count += need
@@ -488,9 +562,11 @@ type memberChange struct {
 // how many groups the batch made visible.
 func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) (map[int64]int, error) {
 	// Groups named, with the first batch that adds to each.
+	// A late match (SPEC §13) creates groups too, but counts them for no
+	// batch: a batch's groupsCreated is one of its first counters.
 	type groupUse struct {
 		add      bool
-		addBatch int64
+		addBatch int64 // 0: only late matches add to it
 	}
 	uses := make(map[string]groupUse)
 	for _, r := range recs {
@@ -499,8 +575,11 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 		}
 		for _, g := range r.Groups {
 			u := uses[g]
-			if r.OptType == pipeline.OptAdd && (!u.add || r.BatchID < u.addBatch) {
-				u.add, u.addBatch = true, r.BatchID
+			if r.OptType == pipeline.OptAdd {
+				u.add = true
+				if !r.Late && (u.addBatch == 0 || r.BatchID < u.addBatch) {
+					u.addBatch = r.BatchID
+				}
 			}
 			uses[g] = u
 		}
@@ -534,7 +613,7 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 			return nil, fmt.Errorf("sink: upsert groups: %w", err)
 		}
 		ids[name] = id
-		if vis {
+		if vis && uses[name].addBatch != 0 {
 			created[uses[name].addBatch]++
 		}
 	}
@@ -615,7 +694,7 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 type counters struct {
 	processed, success, unmatched, ambiguous, invalid, failed int32
 	byUnionID, byOpenID, byPhone, byID                        int32
-	conflicts, groupsCreated                                  int32
+	conflicts, groupsCreated, deferred                        int32
 }
 
 func (c *counters) count(r *pipeline.ResolvedMessage) {
@@ -638,6 +717,9 @@ func (c *counters) count(r *pipeline.ResolvedMessage) {
 		}
 	case pipeline.OutcomeNotFound:
 		c.unmatched++
+		if r.Pending != nil {
+			c.deferred++
+		}
 	case pipeline.OutcomeAmbiguous:
 		c.ambiguous++
 	case pipeline.OutcomeInvalid:
@@ -671,11 +753,11 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 		}
 	}
 	slices.Sort(ids)
-	cols := make([][]int32, 12)
+	cols := make([][]int32, 13)
 	for _, id := range ids {
 		c := per[id]
 		for i, v := range []int32{c.processed, c.success, c.unmatched, c.ambiguous, c.invalid, c.failed,
-			c.byUnionID, c.byOpenID, c.byPhone, c.byID, c.groupsCreated, c.conflicts} {
+			c.byUnionID, c.byOpenID, c.byPhone, c.byID, c.groupsCreated, c.conflicts, c.deferred} {
 			cols[i] = append(cols[i], v)
 		}
 	}
@@ -700,6 +782,7 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			matched_id = b.matched_id + d.m_id,
 			groups_created = b.groups_created + d.groups_created,
 			conflicts = b.conflicts + d.conflicts,
+			deferred = b.deferred + d.deferred,
 			status = CASE
 				WHEN b.processed + d.processed < b.total THEN b.status
 				WHEN b.success + d.success = b.total THEN 'SUCCESS'
@@ -707,9 +790,9 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 				ELSE 'PARTIAL_SUCCESS' END,
 			finished_at = CASE WHEN b.processed + d.processed = b.total THEN $2::timestamptz END
 		FROM unnest($3::bigint[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[], $9::int[],
-			$10::int[], $11::int[], $12::int[], $13::int[], $14::int[], $15::int[])
+			$10::int[], $11::int[], $12::int[], $13::int[], $14::int[], $15::int[], $16::int[])
 			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
-			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts)
+			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts, deferred)
 		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id AND b.status = 'PROCESSING'
 		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at,
 			b.total, b.processed, b.success, b.unmatched, b.ambiguous, b.invalid, b.failed`, args...)

@@ -41,6 +41,7 @@ type options struct {
 	maxGroups        int
 	batchDeadline    time.Duration
 	resultRetention  time.Duration
+	deferTTL         time.Duration
 	authFailRate     float64
 	authFailBurst    int
 	authFailClients  int
@@ -74,7 +75,7 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 // a secured cluster (see kafkaSecurityFlags).
 func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&o.brokers, "kafka-brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
-	fs.StringVar(&o.topicPrefix, "topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+	fs.StringVar(&o.topicPrefix, "topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the topic names: requests, records, resolved, events, dlq, directory (TOPIC_PREFIX)")
 	s := &o.kafkaSecurity
 	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
 	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", "", "SASL username (KAFKA_SASL_USERNAME)")
@@ -191,6 +192,7 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr, defa
 		fs.IntVar(&o.maxGroups, "max-groups-per-tenant", sink.DefaultMaxGroupsPerTenant, "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 		fs.DurationVar(&o.batchDeadline, "batch-deadline", sink.DefaultBatchDeadline, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 		o.addRetention(fs)
+		fs.DurationVar(&o.deferTTL, "defer-ttl", pipeline.DefaultDeferTTL, "how long a NOT_FOUND record of a batch with deferUnmatched waits as a pending binding for its customer before it expires; applies to bindings stored from then on (sink) (DEFER_TTL)")
 	}
 	if slices.Contains(stages, stageIngest) || slices.Contains(stages, stageSink) {
 		fs.BoolVar(&o.eventsPerTenant, "events-per-tenant", false, "publish each tenant's request and batch events to its own topic <prefix>events.<tenant> (created by groupmatch topics --tenant) when it exists, else to <prefix>events (EVENTS_PER_TENANT)")
@@ -201,6 +203,9 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr, defa
 func (o *options) checkStages(stages []string) error {
 	if slices.Contains(stages, stageSink) && o.maxGroups < 1 {
 		return usageError{fmt.Errorf("--max-groups-per-tenant must be at least 1, got %d", o.maxGroups)}
+	}
+	if slices.Contains(stages, stageSink) && o.deferTTL <= 0 {
+		return usageError{fmt.Errorf("--defer-ttl must be positive, got %s", o.deferTTL)}
 	}
 	if slices.Contains(stages, stageSink) {
 		return o.checkRetention()

@@ -187,7 +187,7 @@ func TestContractClientRefusesBreaches(t *testing.T) {
 			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":{"groupName":"vip","memberCount":0,"members":[],"nextCursor":"","x":1}}`, wantErr: "breaks"},
 		{name: "unmasked phone", method: "GET", path: "/api/open/audience/group/rel/batchResult?batchId=1", token: "t", status: 200,
 			answer: `{"code":"200","errorCode":"SUCCESS","msg":"ok","data":{"batchId":1,"status":"FAILED","optType":"add","total":1,"processed":1,
-			"success":0,"unmatched":1,"ambiguous":0,"invalid":0,"failed":0,"matchedBy":{},"groupsCreated":0,"conflicts":0,
+			"success":0,"unmatched":1,"ambiguous":0,"invalid":0,"failed":0,"deferred":0,"lateMatched":0,"matchedBy":{},"groupsCreated":0,"conflicts":0,
 			"errorCounts":{"NOT_FOUND":1},"acceptedAt":"2026-01-01T00:00:00Z","finishedAt":"2026-01-01T00:00:01Z",
 			"failures":[{"index":0,"phone":"13800000000","reason":"NOT_FOUND"}],"pageNo":1,"pageSize":100,"failureTotal":1}}`, wantErr: "breaks"},
 	}

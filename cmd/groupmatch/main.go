@@ -27,6 +27,7 @@ Commands:
   topics             creates the Kafka topics; safe to run again
   app create         creates an application and prints its credentials once
   app disable        disables an application; its tokens stop working
+  tenant set         sets a tenant's defaults (--defer-unmatched: deferred matching)
   directory load     loads customers from JSON lines
   prune              deletes results, tombstones and keys past their retention (sinks also do it)
   healthcheck        probes a process's /healthz or /readyz (for container healthchecks)
@@ -86,6 +87,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTopics(ctx, rest, stdout, stderr)
 	case "app":
 		return cmdApp(ctx, rest, stdout, stderr)
+	case "tenant":
+		return cmdTenant(ctx, rest, stdout, stderr)
 	case "directory":
 		return cmdDirectory(ctx, rest, stdout, stderr)
 	case "prune":

@@ -200,6 +200,9 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		if o.maxGroups > 0 { // else the store's default; checkStages rejects a flag below 1
 			store.MaxGroupsPerTenant = o.maxGroups
 		}
+		if o.deferTTL > 0 { // else the store's default; checkStages rejects a flag below 1ns
+			store.DeferTTL = o.deferTTL
+		}
 		metrics := sink.NewMetrics(reg)
 		s, err := sink.New(sinkCfg, store, metrics)
 		if err != nil {

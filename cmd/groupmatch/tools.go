@@ -131,6 +131,9 @@ func topicSpecs(o *options, ts topicSettings) []stream.TopicSpec {
 		spec(t.Resolved, o.partitions),
 		spec(t.Events, max(1, o.partitions/4)),
 		spec(t.DLQ, 1),
+		// Keyed by identity (pipeline.DirectoryKey): rechecks of pending
+		// bindings and, from the directory, the identities it learns.
+		spec(t.Directory, o.partitions),
 	}
 }
 

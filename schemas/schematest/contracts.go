@@ -96,6 +96,8 @@ func (c *Contracts) ValidateEvent(value []byte) (string, error) {
 		name = schemas.EventRequestRejected
 	case "batch.finished":
 		name = schemas.EventBatchFinished
+	case "batch.updated":
+		name = schemas.EventBatchUpdated
 	default:
 		return head.Type, fmt.Errorf("unknown event type %q", head.Type)
 	}

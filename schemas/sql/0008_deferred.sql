@@ -18,6 +18,12 @@
 --     table itself).
 --   * pending_identities: the bindings by identity, for the re-matcher's
 --     look-up of "who waits for this value".
+--   * batch_updates_outbox: batch.updated events waiting for the relay, at
+--     most one row per batch (the relay reads the batch's counters when it
+--     publishes, so late matches landing before then make one event). A
+--     table of its own rather than a kind column on batch_events_outbox,
+--     whose one row per batch means "batch.finished, exactly once": a
+--     batch may then have both rows, and neither waits for the other.
 --
 -- One DO block (see 0007): on Citus each statement is its own string.
 DO $$
@@ -48,6 +54,13 @@ BEGIN
         PRIMARY KEY (tenant_id, kind, value, batch_id, rec_index)
     );
     CREATE INDEX IF NOT EXISTS pending_identities_binding ON pending_identities (tenant_id, batch_id, rec_index);
+    CREATE TABLE IF NOT EXISTS batch_updates_outbox (
+        tenant_id  bigint NOT NULL,
+        batch_id   bigint NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, batch_id)
+    );
+    CREATE INDEX IF NOT EXISTS batch_updates_outbox_order ON batch_updates_outbox (batch_id);
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN;
     END IF;
@@ -55,6 +68,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'pending_bindings'::regclass) THEN
         PERFORM create_distributed_table('pending_bindings', 'tenant_id', colocate_with => 'customers');
         PERFORM create_distributed_table('pending_identities', 'tenant_id', colocate_with => 'customers');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'batch_updates_outbox'::regclass) THEN
+        PERFORM create_distributed_table('batch_updates_outbox', 'tenant_id', colocate_with => 'customers');
     END IF;
 END
 $$;
