@@ -33,6 +33,9 @@ const (
 	// Events is any groupmatch.events value: exactly one of the three
 	// event schemas.
 	Events = "events"
+	// Directory describes a groupmatch.directory value
+	// (pipeline.DirectoryMessage).
+	Directory = "directory"
 )
 
 // SchemaBaseURI is the base of every JSON Schema's "$id": the schema named N

@@ -74,7 +74,7 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 // a secured cluster (see kafkaSecurityFlags).
 func (o *options) addKafka(fs *flag.FlagSet) {
 	fs.StringVar(&o.brokers, "kafka-brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers (KAFKA_BROKERS)")
-	fs.StringVar(&o.topicPrefix, "topic-prefix", "groupmatch.", "prefix of the topic names: requests, records, resolved, events, dlq (TOPIC_PREFIX)")
+	fs.StringVar(&o.topicPrefix, "topic-prefix", "groupmatch.", "prefix of the topic names: requests, records, resolved, events, dlq, directory (TOPIC_PREFIX)")
 	s := &o.kafkaSecurity
 	fs.StringVar(&s.SASLMechanism, "kafka-sasl-mechanism", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none (KAFKA_SASL_MECHANISM)")
 	fs.StringVar(&s.SASLUsername, "kafka-sasl-username", "", "SASL username (KAFKA_SASL_USERNAME)")
@@ -268,6 +268,8 @@ func (o *options) topics() pipeline.Topics {
 		Resolved: o.topicPrefix + "resolved",
 		Events:   o.topicPrefix + "events",
 		DLQ:      o.topicPrefix + "dlq",
+		// Directory changes (SPEC §13).
+		Directory: o.topicPrefix + "directory",
 	}
 }
 

@@ -55,7 +55,7 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	base, admin := runStagesOn(t, o, log, false)
 	tp := o.topics()
-	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ)
+	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ, tp.Directory)
 	return &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
 

@@ -117,8 +117,9 @@ type topicSettings struct {
 
 // topicSpecs are the topics with their partition counts: the data topics
 // get --partitions (the unit of parallelism); requests gets as many so feeds
-// can scale too; events and dlq are low-volume. The events topic is the
-// fourth; tenants' events topics copy its settings.
+// can scale too; events and dlq are low-volume; directory (SPEC §13) is a
+// data topic, a directory load writing a message per identity. The events
+// topic is the fourth; tenants' events topics copy its settings.
 func topicSpecs(o *options, ts topicSettings) []stream.TopicSpec {
 	t := o.topics()
 	spec := func(name string, partitions int) stream.TopicSpec {
@@ -131,6 +132,7 @@ func topicSpecs(o *options, ts topicSettings) []stream.TopicSpec {
 		spec(t.Resolved, o.partitions),
 		spec(t.Events, max(1, o.partitions/4)),
 		spec(t.DLQ, 1),
+		spec(t.Directory, o.partitions),
 	}
 }
 
