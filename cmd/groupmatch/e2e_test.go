@@ -46,7 +46,7 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	o := &options{
 		brokers: brokers, databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: names.topicPrefix, groupPrefix: names.groupPrefix,
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
-		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
+		dbMaxConns: 8, pendingTimeout: 30 * time.Second, rematch: true,
 	}
 	for _, tweak := range tweaks {
 		tweak(o)

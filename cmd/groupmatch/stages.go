@@ -182,6 +182,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 				return err
 			}
 			observeStage(gctx, reg, o, sec, pool, log, rematcher, nil, []*stream.Consumer{rm.Consumer()}, rm.Writers()...)
+			prometheus.WrapRegistererWith(prometheus.Labels{"stage": rematcher}, reg).MustRegister(newPendingCollector(pool, log))
 			g.Go(func() error { return rm.Run(gctx) })
 		}
 	}
