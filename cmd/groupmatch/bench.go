@@ -66,6 +66,8 @@ type benchFlags struct {
 	neighbourBatch     int
 	neighbourCustomers int
 	tenantRate         float64
+
+	rematch int // pending bindings of the re-matcher's measurement; 0: off
 }
 
 const benchSynopsis = `bench [--customers N] [--records N] [--via http|kafka] [--target URL | --single] [--rate R] [--baseline] [--json FILE]
@@ -118,6 +120,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.load, "load", true, "load the directory; with --target, false reuses the tenant's directory of an earlier run (BENCH_LOAD)")
 	fs.StringVar(&f.tenant, "tenant", "bench", "tenant the directory and the batches belong to (BENCH_TENANT)")
 	fs.DurationVar(&f.timeout, "timeout", time.Hour, "give up when the run takes longer (BENCH_TIMEOUT)")
+	fs.IntVar(&f.rematch, "rematch", 0, "measure the re-matcher instead: this many pending bindings, then a directory load of --customers with publishing, drained by a re-matcher; see docs/performance.md (BENCH_REMATCH)")
 	fs.DurationVar(&f.stall, "stall", 2*time.Minute, "give up when no record is accepted or applied for this long (BENCH_STALL)")
 	fs.BoolVar(&f.neighbour, "neighbour", false, "noisy neighbour: while the workload's backlog drains, a second tenant with its own application and directory sends a small batch every --neighbour-interval; reports that tenant's batch latency, accept → final (BENCH_NEIGHBOUR)")
 	fs.StringVar(&f.neighbourTenant, "neighbour-tenant", "bench-neighbour", "tenant of the small batches (BENCH_NEIGHBOUR_TENANT)")
@@ -133,6 +136,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	f.register(fs)
 	if err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if f.rematch > 0 {
+		ctx, cancel := context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+		return runRematchBench(ctx, &f, stdout, stderr)
 	}
 	mix, err := bench.ParseMix(f.mix)
 	if err != nil {
