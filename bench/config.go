@@ -128,6 +128,14 @@ type Config struct {
 	Topics pipeline.Topics
 	// TopicSpecs are the topics a self-started system creates.
 	TopicSpecs []stream.TopicSpec
+	// Rematch, when positive, measures the re-matcher instead of the
+	// pipeline (RunRematchBench): this many pending bindings, then a
+	// directory load of Workload.Customers with publishing, drained by a
+	// re-matcher. Default 0 (off). [--rematch]
+	Rematch int
+	// RematchGroup is the re-matcher's consumer group in that mode.
+	// Default "groupmatch-rematcher".
+	RematchGroup string
 	// MatcherGroup is the matcher's consumer group, whose commits Stage
 	// "matcher" counts. Default "groupmatch-matcher".
 	MatcherGroup string
@@ -167,8 +175,9 @@ func DefaultConfig() Config {
 		NeighbourTenant: "bench-neighbour", NeighbourInterval: time.Second, NeighbourBatch: 10, NeighbourCustomers: 1000,
 		DBMaxConns: 8, KafkaBrokers: []string{"127.0.0.1:9092"}, TopicPrefix: "groupmatch.",
 		Topics: pipeline.Topics{Requests: "groupmatch.requests", Records: "groupmatch.records",
-			Resolved: "groupmatch.resolved", Events: "groupmatch.events", DLQ: "groupmatch.dlq"},
-		MatcherGroup: "groupmatch-matcher", Partitions: 8,
+			Resolved: "groupmatch.resolved", Events: "groupmatch.events", DLQ: "groupmatch.dlq",
+			Directory: "groupmatch.directory"},
+		MatcherGroup: "groupmatch-matcher", RematchGroup: "groupmatch-rematcher", Partitions: 8,
 		StopGrace: 15 * time.Second, Log: io.Discard,
 	}
 }

@@ -77,6 +77,11 @@ type Loader struct {
 	// Progress, if set, is called after each chunk commits; the calls of
 	// one Load never overlap.
 	Progress func(LoadProgress)
+	// OnCommitted, if set, is called after each chunk commits, before its
+	// Progress, with the chunk's identities (`directory load` publishes
+	// them on the directory topic, SPEC §13). Calls for different chunks
+	// may overlap (one per worker). An error ends the Load.
+	OnCommitted CommitHook
 }
 
 // NewLoader returns a loader on db with the default settings.
@@ -185,6 +190,11 @@ func (l *Loader) Load(ctx context.Context, tenantID int64, r io.Reader) (LoadPro
 				added, err := l.loadChunk(gctx, tenantID, c)
 				if err != nil {
 					return err
+				}
+				if l.OnCommitted != nil {
+					if err := l.OnCommitted(gctx, tenantID, c.identities()); err != nil {
+						return fmt.Errorf("directory: after a committed chunk: %w", err)
+					}
 				}
 				close(c.done)
 				mu.Lock()

@@ -107,7 +107,7 @@ func TestStageIsolatesFailingRecord(t *testing.T) {
 			defer cancel()
 			topics := pipeline.DefaultTopics()
 			var specs []stream.TopicSpec
-			for _, name := range []string{topics.Records, topics.Resolved, topics.DLQ} {
+			for _, name := range []string{topics.Records, topics.Resolved, topics.DLQ, topics.Directory} {
 				specs = append(specs, stream.TopicSpec{Name: name, Partitions: 2})
 			}
 			if err := stream.CreateTopics(ctx, brokers, nil, specs); err != nil {

@@ -70,6 +70,7 @@ type Stage struct {
 	consumers []*stream.Consumer
 	out       *kafka.Writer
 	dlq       *kafka.Writer
+	dirOut    *kafka.Writer // nil when Topics.Directory is ""
 	metrics   *Metrics
 	log       *slog.Logger
 	scratch   sync.Pool // of *scratch
@@ -108,6 +109,9 @@ func New(cfg Config, dir Store, metrics *Metrics) (*Stage, error) {
 		out: stream.NewWriter(cfg.Brokers, cfg.Topics.Resolved, cfg.Security),
 		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ, cfg.Security),
 	}
+	if cfg.Topics.Directory != "" {
+		s.dirOut = stream.NewWriter(cfg.Brokers, cfg.Topics.Directory, cfg.Security)
+	}
 	for range cfg.Consumers {
 		c, err := stream.NewConsumer(stream.ConsumerConfig{
 			Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Records, Security: cfg.Security,
@@ -126,6 +130,9 @@ func New(cfg Config, dir Store, metrics *Metrics) (*Stage, error) {
 func (s *Stage) Run(ctx context.Context) error {
 	defer s.out.Close()
 	defer s.dlq.Close()
+	if s.dirOut != nil {
+		defer s.dirOut.Close()
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range s.consumers {
 		g.Go(func() error { return c.Run(gctx, s.handle) })
@@ -137,7 +144,12 @@ func (s *Stage) Run(ctx context.Context) error {
 func (s *Stage) Consumers() []*stream.Consumer { return s.consumers }
 
 // Writers exposes the stage's producers for writer metrics.
-func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.out, s.dlq} }
+func (s *Stage) Writers() []*kafka.Writer {
+	if s.dirOut == nil {
+		return []*kafka.Writer{s.out, s.dlq}
+	}
+	return []*kafka.Writer{s.out, s.dlq, s.dirOut}
+}
 
 // tenantHits is the Hits of one tenant over a chunk's look-up results.
 type tenantHits struct {
@@ -263,11 +275,53 @@ func (s *Stage) handle(ctx context.Context, msgs []kafka.Message) error {
 	if err := s.write(ctx, s.dlq, dead); err != nil {
 		return fmt.Errorf("matcher: write dead letters: %w", err)
 	}
+	if s.dirOut != nil {
+		learned, err := learnedIdentities(items)
+		if err != nil {
+			return err
+		}
+		if err := s.write(ctx, s.dirOut, learned); err != nil {
+			return fmt.Errorf("matcher: write directory messages: %w", err)
+		}
+	}
 	if err := s.write(ctx, s.out, out); err != nil {
 		return fmt.Errorf("matcher: write resolved: %w", err)
 	}
 	s.metrics.ChunkSeconds.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// learnedIdentities returns the directory topic's identity messages for
+// the chunk's isMatching=false records that found or created their
+// customer (SPEC §13): one per normalised identity of the record, naming
+// the customer. Found customers count too: a redelivered record finds the
+// customer its first delivery created, and its messages may not have been
+// written then. An identity the found customer does not hold costs the
+// re-matcher a recheck, nothing more, since it resolves against the
+// directory, never against the message's customer. They are written
+// before the chunk's offsets are committed.
+func learnedIdentities(items []item) ([]kafka.Message, error) {
+	var out []kafka.Message
+	for i := range items {
+		it := &items[i]
+		if it.msg.Params.IsMatching || it.out.Outcome != pipeline.OutcomeMatched || it.out.CustomerID <= 0 {
+			continue
+		}
+		for _, k := range pipeline.IdentityKinds {
+			v := it.norm.Value(k)
+			if v == "" {
+				continue
+			}
+			m := pipeline.DirectoryMessage{Type: pipeline.DirectoryIdentity, TenantID: it.msg.TenantID,
+				Kind: k, Value: v, CustomerID: it.out.CustomerID}
+			b, err := pipeline.EncodeDirectory(m)
+			if err != nil {
+				return nil, fmt.Errorf("matcher: %w", err)
+			}
+			out = append(out, kafka.Message{Key: pipeline.DirectoryKey(m), Value: b})
+		}
+	}
+	return out, nil
 }
 
 func resolvedMessage(r pipeline.ResolvedMessage) (kafka.Message, error) {

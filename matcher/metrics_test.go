@@ -35,3 +35,33 @@ groupmatch_matcher_records_total{matched_by="unionid",outcome="MATCHED",stage="m
 		t.Fatal(err)
 	}
 }
+
+// The re-matcher's series exist at 0 from the start, labelled
+// stage="rematcher", beside the matcher's in one registry.
+func TestRematchMetricsPreinitialised(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	NewMetrics(reg)
+	NewRematchMetrics(reg)
+	want := `
+# HELP groupmatch_rematcher_directory_messages_total Directory messages consumed, by type (identity, recheck).
+# TYPE groupmatch_rematcher_directory_messages_total counter
+groupmatch_rematcher_directory_messages_total{stage="rematcher",type="identity"} 0
+groupmatch_rematcher_directory_messages_total{stage="rematcher",type="recheck"} 0
+# HELP groupmatch_rematcher_late_matches_total Late MATCHED verdicts written to the resolved topic, by the identifier that matched (redeliveries count again; the sink applies each once).
+# TYPE groupmatch_rematcher_late_matches_total counter
+groupmatch_rematcher_late_matches_total{matched_by="id",stage="rematcher"} 0
+groupmatch_rematcher_late_matches_total{matched_by="openid",stage="rematcher"} 0
+groupmatch_rematcher_late_matches_total{matched_by="phone",stage="rematcher"} 0
+groupmatch_rematcher_late_matches_total{matched_by="unionid",stage="rematcher"} 0
+# HELP groupmatch_rematcher_rechecks_total Pending bindings resolved again, by outcome; only MATCHED ones are applied, the others stay pending.
+# TYPE groupmatch_rematcher_rechecks_total counter
+groupmatch_rematcher_rechecks_total{outcome="AMBIGUOUS",stage="rematcher"} 0
+groupmatch_rematcher_rechecks_total{outcome="INVALID",stage="rematcher"} 0
+groupmatch_rematcher_rechecks_total{outcome="MATCHED",stage="rematcher"} 0
+groupmatch_rematcher_rechecks_total{outcome="NOT_FOUND",stage="rematcher"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "groupmatch_rematcher_directory_messages_total",
+		"groupmatch_rematcher_late_matches_total", "groupmatch_rematcher_rechecks_total"); err != nil {
+		t.Fatal(err)
+	}
+}

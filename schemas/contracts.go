@@ -36,6 +36,9 @@ const (
 	// Events is any groupmatch.events value: exactly one of the event
 	// schemas.
 	Events = "events"
+	// Directory describes a groupmatch.directory value
+	// (pipeline.DirectoryMessage).
+	Directory = "directory"
 )
 
 // SchemaBaseURI is the base of every JSON Schema's "$id": the schema named N

@@ -26,7 +26,7 @@ import (
 func TestJSONSchemasCompile(t *testing.T) {
 	schematest.MustContracts(t)
 	names := schemas.JSONSchemaNames()
-	want := []string{schemas.BatchAddRequest, schemas.EventBatchFinished, schemas.EventBatchUpdated, schemas.EventRequestAccepted,
+	want := []string{schemas.BatchAddRequest, schemas.Directory, schemas.EventBatchFinished, schemas.EventBatchUpdated, schemas.EventRequestAccepted,
 		schemas.EventRequestRejected, schemas.Events, schemas.Record, schemas.Resolved}
 	slices.Sort(want)
 	if !slices.Equal(names, want) {
@@ -118,6 +118,21 @@ func TestMessagesMatchSchemas(t *testing.T) {
 		}
 	}
 
+	directories := map[string]pipeline.DirectoryMessage{
+		"identity phone":   {Type: pipeline.DirectoryIdentity, TenantID: 3, Kind: pipeline.KindPhone, Value: "13800000001", CustomerID: 1001},
+		"identity created": {Type: pipeline.DirectoryIdentity, TenantID: 3, Kind: pipeline.KindThirdID, Value: "crm 新", CustomerID: 1<<52 + 1},
+		"recheck openid":   {Type: pipeline.DirectoryRecheck, TenantID: 3, Kind: pipeline.KindOpenID, Value: "oA-1"},
+	}
+	for name, m := range directories {
+		b, err := pipeline.EncodeDirectory(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(schemas.Directory, b); err != nil {
+			t.Errorf("directory %s: %s: %v", name, b, err)
+		}
+	}
+
 	events := map[string]func() ([]byte, error){
 		"accepted": func() ([]byte, error) {
 			return pipeline.EncodeRequestEvent(pipeline.RequestEvent{Type: pipeline.EventRequestAccepted, BatchID: 42,
@@ -171,6 +186,8 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		schemas.Record:               `{"v":1,"tenantId":3,"batchId":42,"index":0,"params":{"isMatching":true,"matchingType":2,"identifyWay":1,"optType":"add"},"record":{"thirdId":"crm-1","groups":"vip"}}`,
 		schemas.Resolved:             `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"MATCHED","matchedBy":"phone","customerId":1001,"groups":["vip"]}`,
 		"not found":                  `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"NOT_FOUND","reason":"NOT_FOUND","ref":{"thirdId":"x"}}`,
+		schemas.Directory:            `{"v":1,"type":"identity","tenantId":3,"kind":"phone","value":"13800000001","customerId":1001}`,
+		"recheck":                    `{"v":1,"type":"recheck","tenantId":3,"kind":"openid","value":"oA-1"}`,
 		schemas.EventRequestAccepted: `{"v":1,"type":"request.accepted","batchId":42,"requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
 		schemas.EventRequestRejected: `{"v":1,"type":"request.rejected","code":"403","errorCode":"PERMISSION_DENIED","msg":"no","requestKey":"k","idempotencyKey":"i","topic":"groupmatch.requests","partition":0,"offset":1,"at":"2026-05-01T08:30:00Z"}`,
 		schemas.EventBatchFinished:   `{"v":1,"type":"batch.finished","tenantId":3,"batchId":42,"status":"SUCCESS","optType":"add","total":1,"processed":1,"success":1,"unmatched":0,"ambiguous":0,"invalid":0,"failed":0,"deferred":0,"lateMatched":0,"matchedBy":{"id":1},"groupsCreated":0,"conflicts":0,"errorCounts":{},"acceptedAt":"2026-05-01T08:30:00Z","finishedAt":"2026-05-01T08:30:01Z"}`,
@@ -179,8 +196,11 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		"late":                       `{"v":1,"tenantId":3,"batchId":42,"index":3,"optType":"add","outcome":"MATCHED","matchedBy":"phone","customerId":1001,"groups":["vip"],"late":true}`,
 	}
 	schemaOf := func(k string) string {
-		if k == "not found" || k == "deferred" || k == "late" {
+		switch k {
+		case "not found", "deferred", "late":
 			return schemas.Resolved
+		case "recheck":
+			return schemas.Directory
 		}
 		return k
 	}
@@ -221,6 +241,11 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set("not found", "ref.thirdId", strings.Repeat("t", 129)),
 		set(schemas.Resolved, "groups", hundredAndOneGroups()),
 		set(schemas.Record, "params.accurateMatchValue", strings.Repeat("w", 129)),
+
+		set(schemas.Directory, "v", 2), set(schemas.Directory, "type", "customer"), del(schemas.Directory, "customerId"),
+		set(schemas.Directory, "customerId", 0), set(schemas.Directory, "value", ""), set(schemas.Directory, "kind", "thirdId"),
+		set(schemas.Directory, "tenantId", 0), set(schemas.Directory, "appId", "wx1"), set("recheck", "customerId", 7),
+		del("recheck", "value"),
 
 		set(schemas.EventRequestAccepted, "type", "request.rejected"), del(schemas.EventRequestAccepted, "batchId"),
 		set(schemas.EventRequestAccepted, "batchId", 0), set(schemas.EventRequestAccepted, "at", "yesterday"),
@@ -286,6 +311,8 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 			_, err = pipeline.DecodeRecord([]byte(v))
 		case schemas.Resolved:
 			_, err = pipeline.DecodeResolved([]byte(v))
+		case schemas.Directory:
+			_, err = pipeline.DecodeDirectory([]byte(v))
 		}
 		if err != nil {
 			t.Errorf("%s validates but does not decode: %v", k, err)

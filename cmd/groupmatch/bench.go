@@ -74,6 +74,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.cfg.Load, "load", true, "load the directory; with --target, false reuses the tenant's directory of an earlier run (BENCH_LOAD)")
 	fs.StringVar(&f.cfg.Tenant, "tenant", "bench", "tenant the directory and the batches belong to (BENCH_TENANT)")
 	fs.DurationVar(&f.cfg.Timeout, "timeout", time.Hour, "give up when the run takes longer (BENCH_TIMEOUT)")
+	fs.IntVar(&f.cfg.Rematch, "rematch", 0, "measure the re-matcher instead: this many pending bindings, then a directory load of --customers with publishing, drained by a re-matcher; see docs/performance.md (BENCH_REMATCH)")
 	fs.DurationVar(&f.cfg.Stall, "stall", 2*time.Minute, "give up when no record is accepted or applied for this long (BENCH_STALL)")
 	fs.BoolVar(&f.cfg.Neighbour, "neighbour", false, "noisy neighbour: while the workload's backlog drains, a second tenant with its own application and directory sends a small batch every --neighbour-interval; reports that tenant's batch latency, accept → final (BENCH_NEIGHBOUR)")
 	fs.StringVar(&f.cfg.NeighbourTenant, "neighbour-tenant", "bench-neighbour", "tenant of the small batches (BENCH_NEIGHBOUR_TENANT)")
@@ -95,7 +96,7 @@ func (f *benchFlags) config(stderr io.Writer) (bench.Config, error) {
 	cfg.DatabaseURL, cfg.DBMaxConns = o.databaseURL, o.dbMaxConns
 	cfg.KafkaBrokers, cfg.TopicPrefix, cfg.Topics = o.brokerList(), o.topicPrefix, o.topics()
 	cfg.TopicSpecs = topicSpecs(o, topicSettings{replication: 1})
-	cfg.MatcherGroup = o.groupID(stageMatcher)
+	cfg.MatcherGroup, cfg.RematchGroup = o.groupID(stageMatcher), o.groupID(rematcher)
 	cfg.Partitions, cfg.MatcherChunk, cfg.MatcherConsumers, cfg.SinkChunk = o.partitions, o.matcherChunk, o.matcherConsumers, o.sinkChunk
 	cfg.StopGrace = shutdownTimeout + 5*time.Second
 	cfg.Log = stderr
@@ -122,6 +123,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg, err := f.config(stderr)
 	if err != nil {
+		return err
+	}
+	if cfg.Rematch > 0 {
+		_, err = bench.RunRematchBench(ctx, cfg, stdout)
 		return err
 	}
 	_, err = bench.Run(ctx, cfg, stdout)

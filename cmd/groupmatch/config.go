@@ -35,6 +35,7 @@ type options struct {
 	rateBurst        int
 	matcherChunk     int
 	matcherConsumers int
+	rematch          bool // run the re-matcher beside the matcher (SPEC §13)
 	sinkChunk        int
 	dbMaxConns       int
 	pendingTimeout   time.Duration
@@ -89,7 +90,7 @@ func (o *options) addKafka(fs *flag.FlagSet) {
 
 // addGroups registers --group-prefix.
 func (o *options) addGroups(fs *flag.FlagSet) {
-	fs.StringVar(&o.groupPrefix, "group-prefix", "", "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
+	fs.StringVar(&o.groupPrefix, "group-prefix", "", "prefix of the stages' consumer group ids <prefix>ingest, <prefix>matcher, <prefix>rematcher, <prefix>sink; default the topic prefix with its final '.' made '-' (groupmatch. gives groupmatch-matcher) (GROUP_PREFIX)")
 }
 
 // secretFlag is a flag.Value whose value is never printed: --help shows
@@ -186,6 +187,7 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr, defa
 	if slices.Contains(stages, stageMatcher) {
 		fs.IntVar(&o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together (MATCHER_CHUNK)")
 		fs.IntVar(&o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members a matcher process runs, each resolving its own partitions' chunks (MATCHER_CONSUMERS)")
+		fs.BoolVar(&o.rematch, "rematch", true, "run the re-matcher beside the matcher: it consumes <prefix>directory in the group <group prefix>rematcher and matches pending bindings (deferUnmatched) when the directory learns their customer (REMATCH)")
 	}
 	if slices.Contains(stages, stageSink) {
 		fs.IntVar(&o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction (SINK_CHUNK)")

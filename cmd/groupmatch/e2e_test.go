@@ -46,7 +46,7 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	o := &options{
 		brokers: brokers, databaseURL: dbURL, httpAddr: "127.0.0.1:0", topicPrefix: names.topicPrefix, groupPrefix: names.groupPrefix,
 		partitions: 4, rateLimit: 1000, rateBurst: 1000, matcherChunk: 500, sinkChunk: 500,
-		dbMaxConns: 8, pendingTimeout: 30 * time.Second,
+		dbMaxConns: 8, pendingTimeout: 30 * time.Second, rematch: true,
 	}
 	for _, tweak := range tweaks {
 		tweak(o)
@@ -55,7 +55,7 @@ func startSystem(t *testing.T, tweaks ...func(*options)) *system {
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	base, admin := runStagesOn(t, o, log, false)
 	tp := o.topics()
-	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ)
+	waitTopics(t, brokers, tp.Requests, tp.Records, tp.Resolved, tp.Events, tp.DLQ, tp.Directory)
 	return &system{t: t, base: base, admin: admin, pool: pool, apps: apps.NewStore(pool), opts: o, logs: logs}
 }
 

@@ -163,6 +163,7 @@ func TestTopicsDrift(t *testing.T) {
 		"topic groupmatch.records: drift: partitions 3, want 4; retention.ms 3600000, want 172800000\n",
 		"topic groupmatch.events: created: 1 partitions, replication factor 1, min.insync.replicas 1, retention 48h0m0s\n",
 		"topic groupmatch.events.acme: created: 1 partitions, replication factor 1, min.insync.replicas 1, retention 48h0m0s\n",
+		"topic groupmatch.directory: created: 4 partitions, replication factor 1, min.insync.replicas 1, retention 48h0m0s\n",
 		"1 existing topic(s) differ from the settings stated; nothing was changed",
 	} {
 		if !strings.Contains(out, want) {

@@ -23,6 +23,7 @@ func TestLagOfOtherStages(t *testing.T) {
 	tp := o.topics()
 	ingest := stream.LagTarget{Group: o.groupID(stageIngest), Topic: tp.Requests}
 	matcher := stream.LagTarget{Group: o.groupID(stageMatcher), Topic: tp.Records}
+	rematch := stream.LagTarget{Group: "g-rematcher", Topic: "p.directory"}
 	sink := stream.LagTarget{Group: o.groupID(stageSink), Topic: tp.Resolved}
 	dlq := stream.LagTarget{Group: dlqReplayGroup, Topic: tp.DLQ}
 	for _, c := range []struct {
@@ -30,9 +31,9 @@ func TestLagOfOtherStages(t *testing.T) {
 		want   []stream.LagTarget
 	}{
 		{[]string{stageIngest, stageMatcher, stageSink}, nil},
-		{[]string{stageIngest}, []stream.LagTarget{matcher, sink, dlq}},
+		{[]string{stageIngest}, []stream.LagTarget{matcher, rematch, sink, dlq}},
 		{[]string{stageMatcher}, []stream.LagTarget{ingest, sink, dlq}},
-		{[]string{stageSink}, []stream.LagTarget{ingest, matcher}},
+		{[]string{stageSink}, []stream.LagTarget{ingest, matcher, rematch}},
 	} {
 		if got := lagOfOtherStages(o, c.stages); !slices.Equal(got, c.want) {
 			t.Errorf("%v: %+v, want %+v", c.stages, got, c.want)

@@ -31,8 +31,9 @@ const scrapeTimeout = 3 * time.Second
 
 // lagOfOtherStages are the subscriptions of the pipeline's consumer groups
 // whose stages this process does not run: the ingest feed's group on the
-// requests topic, the matcher's on records, the sink's on resolved and the
-// DLQ replay group on the dead-letter topic. A process reports their lag
+// requests topic, the matcher's on records, the re-matcher's on directory
+// (it runs in matcher processes), the sink's on resolved and the DLQ replay
+// group on the dead-letter topic. A process reports their lag
 // too, from committed offsets, so that a group whose members are all down
 // (the case that matters most) keeps its lag series as long as any
 // groupmatch process runs.
@@ -44,6 +45,7 @@ func lagOfOtherStages(o *options, stages []string) []stream.LagTarget {
 	}{
 		{stageIngest, stream.LagTarget{Group: o.groupID(stageIngest), Topic: t.Requests}},
 		{stageMatcher, stream.LagTarget{Group: o.groupID(stageMatcher), Topic: t.Records}},
+		{stageMatcher, stream.LagTarget{Group: o.groupID(rematcher), Topic: t.Directory}},
 		{stageSink, stream.LagTarget{Group: o.groupID(stageSink), Topic: t.Resolved}},
 		{stageSink, stream.LagTarget{Group: dlqReplayGroup, Topic: t.DLQ}},
 	}

@@ -163,7 +163,7 @@ func startClusterOn(t *testing.T, dbURL, brokers string, env ...string) *cluster
 		"DATABASE_URL=" + dbURL, "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)
 	runProc(t, c.env, nil, "migrate")
 	runProc(t, c.env, nil, "topics", "--partitions", "4")
-	waitTopics(t, brokers, c.topic("requests"), c.topic("records"), c.topic("resolved"), c.topic("events"), c.topic("dlq"))
+	waitTopics(t, brokers, c.topic("requests"), c.topic("records"), c.topic("resolved"), c.topic("events"), c.topic("dlq"), c.topic("directory"))
 	c.ingest = c.start(t, "ingest")
 	c.base = "http://" + c.ingest.waitFor(httpAddrRE, 30*time.Second)
 	c.matcher = c.start(t, "matcher")

@@ -146,7 +146,7 @@ func TestSecuredKafka(t *testing.T) {
 	// drift, until other settings are stated.
 	asAdmin := []string{"--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "admin", "--kafka-sasl-password-file", adminFile, "--tenant", "acme"}
 	mark := outputs.Len()
-	if err := topics(append(asAdmin, "--check")...); err != nil || strings.Count(outputs.String()[mark:], ": exists as stated: ") != 6 {
+	if err := topics(append(asAdmin, "--check")...); err != nil || strings.Count(outputs.String()[mark:], ": exists as stated: ") != 7 {
 		t.Fatalf("topics --check after creating them: %v\n%s", err, outputs.String()[mark:])
 	}
 	mark = outputs.Len()

@@ -32,6 +32,9 @@ const (
 	stageIngest  = "ingest"
 	stageMatcher = "matcher"
 	stageSink    = "sink"
+	// rematcher is no stage of its own: it runs in matcher processes
+	// (--rematch), with its own consumer group and metrics label.
+	rematcher = "rematcher"
 )
 
 // allStages are the stages of serve and dev.
@@ -193,6 +196,17 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		}
 		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, takeOtherLag(), m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
+		if o.rematch {
+			rm, err := matcher.NewRematcher(matcher.RematchConfig{
+				Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(rematcher),
+				MaxChunk: o.matcherChunk, Logger: log,
+			}, store, matcher.NewRematchMetrics(reg))
+			if err != nil {
+				return err
+			}
+			observeStage(gctx, reg, o, sec, pool, log, rematcher, nil, []*stream.Consumer{rm.Consumer()}, rm.Writers()...)
+			g.Go(func() error { return rm.Run(gctx) })
+		}
 	}
 	if slices.Contains(stages, stageSink) {
 		store := sink.NewPGStore(pool)

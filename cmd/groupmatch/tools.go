@@ -12,9 +12,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/apps"
 	"github.com/groupmatch/groupmatch/directory"
+	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/retry"
 	"github.com/groupmatch/groupmatch/schemas"
 	"github.com/groupmatch/groupmatch/sink"
 	"github.com/groupmatch/groupmatch/stream"
@@ -117,8 +120,9 @@ type topicSettings struct {
 
 // topicSpecs are the topics with their partition counts: the data topics
 // get --partitions (the unit of parallelism); requests gets as many so feeds
-// can scale too; events and dlq are low-volume. The events topic is the
-// fourth; tenants' events topics copy its settings.
+// can scale too; events and dlq are low-volume; directory (SPEC §13) is a
+// data topic, a directory load writing a message per identity. The events
+// topic is the fourth; tenants' events topics copy its settings.
 func topicSpecs(o *options, ts topicSettings) []stream.TopicSpec {
 	t := o.topics()
 	spec := func(name string, partitions int) stream.TopicSpec {
@@ -222,15 +226,24 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return usageError{errors.New("directory: expected the subcommand load")}
 	}
 	var o options
-	fs := newFlagSet("directory load --tenant T FILE|-", stderr)
+	fs := newFlagSet("directory load --tenant T [--publish=false] FILE|-", stderr)
 	o.addDatabase(fs)
+	o.addKafka(fs)
 	tenant := fs.String("tenant", "", "tenant whose directory is loaded; created if new (required)")
+	publish := fs.Bool("publish", true, "publish each loaded identity on the <prefix>directory topic after its chunk commits, so that pending bindings waiting for it are matched (SPEC §13); false for an environment without Kafka (DIRECTORY_PUBLISH)")
 	if err := parse(fs, args[1:], 1); err != nil {
 		return err
 	}
 	if *tenant == "" || fs.NArg() != 1 {
 		fs.Usage()
 		return usageError{errors.New("directory load: --tenant and a FILE (or - for standard input) are required")}
+	}
+	var sec *stream.Security
+	if *publish {
+		var err error
+		if sec, err = o.security(); err != nil {
+			return err
+		}
 	}
 	in, size := io.Reader(os.Stdin), int64(0)
 	if path := fs.Arg(0); path != "-" {
@@ -250,6 +263,17 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		l := directory.NewLoader(pool)
+		if *publish {
+			pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := stream.Ping(pingCtx, o.brokerList(), sec)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("directory load: %w (--publish=false loads without Kafka)", err)
+			}
+			w := stream.NewWriter(o.brokerList(), o.topics().Directory, sec)
+			defer w.Close()
+			l.OnCommitted = directoryPublisher(w)
+		}
 		reported := 0
 		l.Progress = func(p directory.LoadProgress) {
 			for _, b := range p.Bad[reported:] {
@@ -273,6 +297,38 @@ func cmdDirectory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stdout, "loaded %d customers from %d lines (%d bad) in %s\n", p.Loaded, p.Lines, len(p.Bad), time.Since(start).Round(time.Millisecond))
 		return nil
 	})
+}
+
+// directoryPublishRetry bounds the retries of one chunk's directory
+// messages; beyond it the load fails and is to be run again.
+var directoryPublishRetry = retry.Policy{MaxElapsed: 2 * time.Minute}
+
+// directoryPublisher returns the loader's commit hook that writes one
+// identity message per identity of a committed chunk to w (the directory
+// topic, acknowledged by all in-sync replicas), keyed by
+// pipeline.DirectoryKey. If the load dies between a chunk's commit and
+// its messages, loading the file again (idempotent: it changes no row)
+// publishes them again; the re-matcher makes duplicates harmless.
+func directoryPublisher(w *kafka.Writer) directory.CommitHook {
+	return func(ctx context.Context, tenantID int64, ids []directory.Identity) error {
+		msgs := make([]kafka.Message, 0, len(ids))
+		for _, id := range ids {
+			m := pipeline.DirectoryMessage{Type: pipeline.DirectoryIdentity, TenantID: tenantID, Kind: id.Kind, Value: id.Value, CustomerID: id.CustomerID}
+			v, err := pipeline.EncodeDirectory(m)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, kafka.Message{Key: pipeline.DirectoryKey(m), Value: v})
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		err := retry.Do(ctx, directoryPublishRetry, func() error { return w.WriteMessages(ctx, msgs...) }, nil)
+		if err != nil {
+			return fmt.Errorf("publish directory messages: %w", err)
+		}
+		return nil
+	}
 }
 
 // cmdPrune prunes what --result-retention and the fixed windows let go
