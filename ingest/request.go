@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
@@ -284,7 +285,7 @@ func (d *decoder) member() (key []byte, ok bool) {
 // unquote decodes raw, a valid JSON string with its quotes, as
 // encoding/json would.
 func unquote(raw []byte) []byte {
-	out, _ := pipeline.AppendJSONString(nil, raw[1:len(raw)-1]) // cannot fail: raw is a valid JSON string
+	out, _ := jsonscan.Unquote(nil, raw[1:len(raw)-1]) // cannot fail: raw is a valid JSON string
 	return out
 }
 
@@ -647,7 +648,7 @@ func (d *decoder) text(raw []byte, cache *string) (s, problem string) {
 		}
 		return string(inner), ""
 	}
-	if !pipeline.JSONSurrogatesPaired(inner) {
+	if !jsonscan.SurrogatesPaired(inner) {
 		return "", msgNotUTF8
 	}
 	text := unquote(raw)

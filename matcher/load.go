@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 	"github.com/groupmatch/groupmatch/retry"
 )
 
@@ -1109,12 +1109,12 @@ func (p *lineParser) str() ([]byte, error) {
 		}
 		p.i++
 	}
-	end := pipeline.JSONStringEnd(p.b, p.i)
+	end := jsonscan.StringEnd(p.b, p.i)
 	if end < 0 {
 		p.i = len(p.b)
 		return nil, p.syntax()
 	}
-	out, ok := pipeline.AppendJSONString(p.buf[:0], p.b[start:end])
+	out, ok := jsonscan.Unquote(p.buf[:0], p.b[start:end])
 	if !ok {
 		return nil, p.syntax()
 	}

@@ -289,35 +289,61 @@ func (s *Scanner) digits() int {
 // valid only until member reads a string. An error from member is returned
 // as it is. A missing '{', name, colon, comma or '}' is a syntax error.
 func (s *Scanner) Object(member func(name []byte) error) error {
-	if !s.Consume('{') {
-		return s.syntax()
+	if err := s.BeginObject(); err != nil {
+		return err
 	}
-	if s.Consume('}') {
-		return nil
-	}
-	for {
-		name, err := s.String()
-		if err != nil {
+	for first := true; ; first = false {
+		name, more, err := s.NextMember(first)
+		if err != nil || !more {
 			return err
 		}
-		if !s.Consume(':') {
-			s.SkipSpace()
-			return s.syntax()
-		}
-		s.SkipSpace()
 		if err := member(name); err != nil {
 			return err
 		}
-		switch s.Peek() {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return s.syntax()
+	}
+}
+
+// BeginObject reads the '{' that opens an object, after white space; then
+// NextMember reads the members. Object does both for callers that can take
+// a callback.
+func (s *Scanner) BeginObject() error {
+	if !s.Consume('{') {
+		return s.syntax()
+	}
+	return nil
+}
+
+// NextMember moves to the next member of the object being read (first is
+// true for its first): past the comma before it, its name and its colon,
+// the Scanner standing before the member's value, which the caller must
+// read before calling NextMember again. At the end of the object it reads
+// the '}' and returns more false. The name is decoded as String decodes it
+// and valid until the next call that reads a string.
+func (s *Scanner) NextMember(first bool) (name []byte, more bool, err error) {
+	switch s.Peek() {
+	case '}':
+		s.i++
+		return nil, false, nil
+	case ',':
+		if first {
+			return nil, false, s.syntax()
+		}
+		s.i++
+	default:
+		if !first {
+			return nil, false, s.syntax()
 		}
 	}
+	name, err = s.String()
+	if err != nil {
+		return nil, false, err
+	}
+	if !s.Consume(':') {
+		s.SkipSpace()
+		return nil, false, s.syntax()
+	}
+	s.SkipSpace()
+	return name, true, nil
 }
 
 // Array reads an array, after white space, calling elem for each element
@@ -325,27 +351,52 @@ func (s *Scanner) Object(member func(name []byte) error) error {
 // from elem is returned as it is. A missing '[', comma or ']' is a syntax
 // error.
 func (s *Scanner) Array(elem func() error) error {
-	if !s.Consume('[') {
-		return s.syntax()
+	if err := s.BeginArray(); err != nil {
+		return err
 	}
-	if s.Consume(']') {
-		return nil
-	}
-	for {
-		s.SkipSpace()
+	for first := true; ; first = false {
+		more, err := s.NextElement(first)
+		if err != nil || !more {
+			return err
+		}
 		if err := elem(); err != nil {
 			return err
 		}
-		switch s.Peek() {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return nil
-		default:
-			return s.syntax()
-		}
 	}
+}
+
+// BeginArray reads the '[' that opens an array, after white space; then
+// NextElement reads the elements. Array does both for callers that can
+// take a callback.
+func (s *Scanner) BeginArray() error {
+	if !s.Consume('[') {
+		return s.syntax()
+	}
+	return nil
+}
+
+// NextElement moves to the next element of the array being read (first is
+// true for its first): past the comma before it and white space, the
+// Scanner standing before the element, which the caller must read before
+// calling NextElement again. At the end of the array it reads the ']' and
+// returns more false.
+func (s *Scanner) NextElement(first bool) (more bool, err error) {
+	switch s.Peek() {
+	case ']':
+		s.i++
+		return false, nil
+	case ',':
+		if first {
+			return false, s.syntax()
+		}
+		s.i++
+		s.SkipSpace()
+		return true, nil
+	}
+	if !first {
+		return false, s.syntax()
+	}
+	return true, nil
 }
 
 // Skip reads one value of any kind, after white space, checking its
