@@ -36,6 +36,9 @@ type Scanner struct {
 	b   []byte
 	i   int    // b[:i] has been read
 	buf []byte // scratch for unescaped strings, reused
+	// stack is Skip's, one bit per open object or array; only input nested
+	// more than 64 deep allocates, once per Scanner.
+	stack bitStack
 }
 
 // New returns a Scanner that reads b from its first byte.
@@ -429,7 +432,7 @@ const maxNesting = 10000
 // maxDepth levels down is too deep; with it true, an object or array that
 // makes more than maxDepth of them open at once is, as encoding/json counts.
 func (s *Scanner) skip(maxDepth int, containers bool) error {
-	var stack bitStack // one bit per open container: 1 for an object
+	stack := &s.stack // 1 for an object, 0 for an array
 	depth := 0
 	for {
 		// At the start of a value depth levels down.
@@ -521,7 +524,8 @@ func (s *Scanner) memberName() error {
 }
 
 // bitStack holds one bit per level: the first 64 in place, deeper ones in
-// words allocated only for input nested that deep.
+// words allocated only for input nested that deep. A level's bit is valid
+// once pushed; pushing overwrites what an earlier use left.
 type bitStack struct {
 	low  uint64
 	high []uint64
@@ -531,8 +535,13 @@ func (b *bitStack) push(v bool, level int) {
 	word, bit := &b.low, uint(level)
 	if level >= 64 {
 		n := level/64 - 1
-		for len(b.high) <= n {
-			b.high = append(b.high, 0)
+		if n >= len(b.high) {
+			if n >= cap(b.high) {
+				grown := make([]uint64, max(2*cap(b.high), 32))
+				copy(grown, b.high)
+				b.high = grown
+			}
+			b.high = b.high[:n+1]
 		}
 		word, bit = &b.high[n], uint(level%64)
 	}
