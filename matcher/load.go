@@ -760,6 +760,9 @@ func (lr *lineReader) next() (line []byte, tooLong bool, err error) {
 func decodeLine(line []byte, d *DirectoryLine) error {
 	p := lineParser{s: jsonscan.New(line)}
 	err := p.line(d)
+	if err == nil {
+		return nil
+	}
 	if se := (*jsonscan.Error)(nil); errors.As(err, &se) {
 		return lineProblem(se.Error()) // an offset, or "nested too deeply"
 	}
@@ -867,7 +870,7 @@ func (p *lineParser) stringField(dst *string, field string) error {
 	case p.s.Peek() != '"':
 		return p.typeErrorAfterSkip(field)
 	}
-	s, err := p.s.String()
+	s, err := p.s.Text()
 	if err != nil {
 		return err
 	}

@@ -204,7 +204,7 @@ func member(ok bool) error {
 // str reads a string value, decoded as encoding/json decodes it. The
 // string never shares memory with the input: the Kafka client reuses it.
 func (d *fastDecoder) str() (string, bool) {
-	v, err := d.s.String()
+	v, err := d.s.Text()
 	return string(v), err == nil
 }
 

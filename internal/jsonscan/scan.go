@@ -19,8 +19,15 @@
 //     returned as slices of the input or of one scratch buffer the Scanner
 //     reuses, numbers as slices of the input; converting them to Go strings
 //     is the caller's choice;
+//   - recurse on the input's nesting: Skip and Valid keep one bit per
+//     level, so a hostile body costs time linear in its length and no stack;
 //   - hold global state: a Scanner belongs to one goroutine, and distinct
 //     Scanners share nothing.
+//
+// What a value means for a field stays with the caller too: ParseInt reads
+// a number as json.Unmarshal stores it in a Go integer, ParseIntegral as a
+// schema's "integer" (1.0 is 1), and each decoder picks the one its
+// contract names.
 package jsonscan
 
 import (
@@ -136,7 +143,7 @@ func (s *Scanner) End() error {
 	return nil
 }
 
-// String reads a string, after white space, and returns its text decoded
+// Text reads a string, after white space, and returns its text decoded
 // as encoding/json decodes it: escapes resolved, a UTF-16 surrogate pair
 // combined, any other surrogate escape and each byte of invalid UTF-8 read
 // as U+FFFD. The text is a slice of the input when it holds no escape and
@@ -144,7 +151,7 @@ func (s *Scanner) End() error {
 // it is valid only until the next call that reads a string. A missing
 // opening quote, a control character, a malformed escape or a missing
 // closing quote is a syntax error.
-func (s *Scanner) String() ([]byte, error) {
+func (s *Scanner) Text() ([]byte, error) {
 	s.SkipSpace()
 	if s.i >= len(s.b) || s.b[s.i] != '"' {
 		return nil, s.syntax()
@@ -183,7 +190,7 @@ func (s *Scanner) String() ([]byte, error) {
 }
 
 // RawString reads a string, after white space, checking its syntax as
-// String does, and returns it with its quotes and undecoded. It never
+// Text does, and returns it with its quotes and undecoded. It never
 // copies.
 func (s *Scanner) RawString() ([]byte, error) {
 	s.SkipSpace()
@@ -235,14 +242,13 @@ func isHex(c byte) bool {
 // Number reads a number, after white space, and returns its bytes as they
 // stand in the input. Anything that is not a number by JSON's grammar (a
 // leading zero followed by digits, a lone minus, a dot or exponent without
-// digits) is a syntax error.
+// digits) is a syntax error, and the bytes returned with it are only what
+// was read.
 func (s *Scanner) Number() ([]byte, error) {
 	s.SkipSpace()
 	start := s.i
-	if err := s.number(); err != nil {
-		return nil, err
-	}
-	return s.b[start:s.i], nil
+	err := s.number()
+	return s.b[start:s.i], err
 }
 
 func (s *Scanner) number() error {
@@ -287,21 +293,39 @@ func (s *Scanner) digits() int {
 }
 
 // Object reads an object, after white space, calling member with each
-// member's name (decoded as String decodes it) once the Scanner stands
+// member's name (decoded as Text decodes it) once the Scanner stands
 // before the member's value; member must read that value. The name is
 // valid only until member reads a string. An error from member is returned
 // as it is. A missing '{', name, colon, comma or '}' is a syntax error.
 func (s *Scanner) Object(member func(name []byte) error) error {
-	if err := s.BeginObject(); err != nil {
-		return err
+	// NextMember's steps, without a call per member.
+	if !s.Consume('{') {
+		return s.syntax()
 	}
-	for first := true; ; first = false {
-		name, more, err := s.NextMember(first)
-		if err != nil || !more {
+	if s.Consume('}') {
+		return nil
+	}
+	for {
+		name, err := s.Text()
+		if err != nil {
 			return err
 		}
+		if !s.Consume(':') {
+			s.SkipSpace()
+			return s.syntax()
+		}
+		s.SkipSpace()
 		if err := member(name); err != nil {
 			return err
+		}
+		switch s.Peek() {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			return nil
+		default:
+			return s.syntax()
 		}
 	}
 }
@@ -320,7 +344,7 @@ func (s *Scanner) BeginObject() error {
 // true for its first): past the comma before it, its name and its colon,
 // the Scanner standing before the member's value, which the caller must
 // read before calling NextMember again. At the end of the object it reads
-// the '}' and returns more false. The name is decoded as String decodes it
+// the '}' and returns more false. The name is decoded as Text decodes it
 // and valid until the next call that reads a string.
 func (s *Scanner) NextMember(first bool) (name []byte, more bool, err error) {
 	switch s.Peek() {
@@ -337,7 +361,7 @@ func (s *Scanner) NextMember(first bool) (name []byte, more bool, err error) {
 			return nil, false, s.syntax()
 		}
 	}
-	name, err = s.String()
+	name, err = s.Text()
 	if err != nil {
 		return nil, false, err
 	}
@@ -354,16 +378,26 @@ func (s *Scanner) NextMember(first bool) (name []byte, more bool, err error) {
 // from elem is returned as it is. A missing '[', comma or ']' is a syntax
 // error.
 func (s *Scanner) Array(elem func() error) error {
-	if err := s.BeginArray(); err != nil {
-		return err
+	// NextElement's steps, without a call per element.
+	if !s.Consume('[') {
+		return s.syntax()
 	}
-	for first := true; ; first = false {
-		more, err := s.NextElement(first)
-		if err != nil || !more {
-			return err
-		}
+	if s.Consume(']') {
+		return nil
+	}
+	for {
+		s.SkipSpace()
 		if err := elem(); err != nil {
 			return err
+		}
+		switch s.Peek() {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			return nil
+		default:
+			return s.syntax()
 		}
 	}
 }

@@ -22,6 +22,44 @@ func decodeAny(s *Scanner, depth int) (any, error) {
 			return nil, &Error{Offset: s.i, TooDeep: true}
 		}
 	}
+	if depth%2 == 1 {
+		// Odd levels read with the iterator form, even ones with callbacks.
+		switch s.Peek() {
+		case '{':
+			m := map[string]any{}
+			if err := s.BeginObject(); err != nil {
+				return nil, err
+			}
+			for first := true; ; first = false {
+				name, more, err := s.NextMember(first)
+				if err != nil || !more {
+					return m, err
+				}
+				key := string(name)
+				v, err := decodeAny(s, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				m[key] = v
+			}
+		case '[':
+			a := []any{}
+			if err := s.BeginArray(); err != nil {
+				return nil, err
+			}
+			for first := true; ; first = false {
+				more, err := s.NextElement(first)
+				if err != nil || !more {
+					return a, err
+				}
+				v, err := decodeAny(s, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				a = append(a, v)
+			}
+		}
+	}
 	switch s.Peek() {
 	case '{':
 		m := map[string]any{}
@@ -41,7 +79,7 @@ func decodeAny(s *Scanner, depth int) (any, error) {
 		})
 		return a, err
 	case '"':
-		v, err := s.String()
+		v, err := s.Text()
 		return string(v), err
 	case 't', 'f':
 		if v, ok := s.Bool(); ok {
@@ -217,15 +255,15 @@ func TestErrorOffsets(t *testing.T) {
 func TestStringAliasing(t *testing.T) {
 	in := []byte(`"plain" "会员" "esc\n"`)
 	s := New(in)
-	a, _ := s.String()
+	a, _ := s.Text()
 	if &a[0] != &in[1] {
 		t.Error("a plain string was copied")
 	}
-	b, _ := s.String()
+	b, _ := s.Text()
 	if string(b) != "会员" || &b[0] != &in[9] {
 		t.Error("valid UTF-8 without escapes was copied")
 	}
-	c, err := s.String()
+	c, err := s.Text()
 	if err != nil || string(c) != "esc\n" {
 		t.Errorf("escaped string: %q, %v", c, err)
 	}
@@ -233,7 +271,7 @@ func TestStringAliasing(t *testing.T) {
 		s := New(in)
 		s.buf = make([]byte, 0, 16)
 		for range 3 {
-			if _, err := s.String(); err != nil {
+			if _, err := s.Text(); err != nil {
 				t.Fatal(err)
 			}
 		}
