@@ -566,23 +566,31 @@ type bitStack struct {
 }
 
 func (b *bitStack) push(v bool, level int) {
-	word, bit := &b.low, uint(level)
-	if level >= 64 {
-		n := level/64 - 1
-		if n >= len(b.high) {
-			if n >= cap(b.high) {
-				grown := make([]uint64, max(2*cap(b.high), 32))
-				copy(grown, b.high)
-				b.high = grown
-			}
-			b.high = b.high[:n+1]
+	if level < 64 {
+		if v {
+			b.low |= 1 << uint(level)
+		} else {
+			b.low &^= 1 << uint(level)
 		}
-		word, bit = &b.high[n], uint(level%64)
+		return
+	}
+	b.pushHigh(v, uint(level))
+}
+
+func (b *bitStack) pushHigh(v bool, level uint) {
+	n := int(level>>6) - 1
+	if n >= len(b.high) {
+		if n >= cap(b.high) {
+			grown := make([]uint64, max(2*cap(b.high), maxNesting/64)) // encoding/json's limit in one step
+			copy(grown, b.high)
+			b.high = grown
+		}
+		b.high = b.high[:n+1]
 	}
 	if v {
-		*word |= 1 << bit
+		b.high[n] |= 1 << (level & 63)
 	} else {
-		*word &^= 1 << bit
+		b.high[n] &^= 1 << (level & 63)
 	}
 }
 
@@ -590,7 +598,7 @@ func (b *bitStack) get(level int) bool {
 	if level < 64 {
 		return b.low&(1<<uint(level)) != 0
 	}
-	return b.high[level/64-1]&(1<<uint(level%64)) != 0
+	return b.high[int(uint(level)>>6)-1]&(1<<(uint(level)&63)) != 0
 }
 
 // EqualFoldASCII reports whether name equals s ignoring ASCII letter case.
