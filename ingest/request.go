@@ -181,12 +181,12 @@ func (d *decoder) request() (Request, *RequestError) {
 		rerr                 *RequestError
 	)
 	if d.s.BeginObject() != nil {
-		return Request{}, errWalk
+		return Request{}, errWalk()
 	}
 	for first := true; ; first = false {
 		key, more, err := d.s.NextMember(first)
 		if err != nil {
-			return Request{}, errWalk
+			return Request{}, errWalk()
 		}
 		if !more {
 			break
@@ -245,9 +245,8 @@ func (d *decoder) syntaxError() *RequestError {
 }
 
 // errWalk is what the walk reports if the Scanner finds the body invalid
-// after jsonscan.Valid accepted it, which cannot happen; it is never
-// changed.
-var errWalk = &RequestError{"body", "is not valid JSON"}
+// after jsonscan.Valid accepted it, which cannot happen.
+func errWalk() *RequestError { return &RequestError{"body", "is not valid JSON"} }
 
 // value reads the next value, whatever it is, and returns it without the
 // white space around it. The body is valid JSON, so its nesting is within
@@ -255,7 +254,7 @@ var errWalk = &RequestError{"body", "is not valid JSON"}
 func (d *decoder) value() ([]byte, *RequestError) {
 	raw, err := d.s.Skip(math.MaxInt)
 	if err != nil {
-		return nil, errWalk
+		return nil, errWalk()
 	}
 	return raw, nil
 }
@@ -309,13 +308,13 @@ func (d *decoder) params() (p pipeline.Params, ok bool, rerr *RequestError) {
 		return p, false, &RequestError{"publicParams", "must be an object"}
 	}
 	if d.s.BeginObject() != nil {
-		return p, false, errWalk
+		return p, false, errWalk()
 	}
 	var v paramValues
 	for first := true; ; first = false {
 		key, more, err := d.s.NextMember(first)
 		if err != nil {
-			return p, false, errWalk
+			return p, false, errWalk()
 		}
 		if !more {
 			break
@@ -475,13 +474,13 @@ func (d *decoder) records() (recs []pipeline.RawRecord, ok bool, rerr *RequestEr
 		return nil, false, &RequestError{"data", "must be an array"}
 	}
 	if d.s.BeginArray() != nil {
-		return nil, false, errWalk
+		return nil, false, errWalk()
 	}
 	n := 0
 	for ; ; n++ {
 		more, err := d.s.NextElement(n == 0)
 		if err != nil {
-			return nil, false, errWalk
+			return nil, false, errWalk()
 		}
 		if !more {
 			break
@@ -512,13 +511,13 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		return rec, &RequestError{fmt.Sprintf("data[%d]", i), "must be an object"}
 	}
 	if d.s.BeginObject() != nil {
-		return rec, errWalk
+		return rec, errWalk()
 	}
 	var seen uint8 // one bit per member read
 	for first := true; ; first = false {
 		key, more, err := d.s.NextMember(first)
 		if err != nil {
-			return rec, errWalk
+			return rec, errWalk()
 		}
 		if !more {
 			return rec, nil
