@@ -82,7 +82,8 @@ lint:
 # on PostgreSQL, about 10 ms an input.
 FUZZ_TARGETS := ./ingest:FuzzDecodeRequest:100000x ./identity:FuzzNormalizePhone:200000x \
 	./pipeline:FuzzDecodeRecord:100000x ./pipeline:FuzzDecodeResolved:100000x \
-	./directory:FuzzDecodeLine:50000x ./matcher:FuzzPipeline:300x
+	./directory:FuzzDecodeLine:50000x ./matcher:FuzzPipeline:300x \
+	./internal/jsonscan:FuzzScan:100000x
 
 ## fuzz-short: each fuzz target for its FUZZ_TARGETS count of executions (part of make test)
 fuzz-short:

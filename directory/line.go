@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
-	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 )
 
 // MaxLineBytes is the longest directory line the loader reads; a longer one
@@ -145,61 +145,68 @@ func (lr *lineReader) next() (line []byte, tooLong bool, err error) {
 // string reads as U+FFFD. Errors are lineProblems that name fields, never
 // values.
 func decodeLine(line []byte, d *DirectoryLine) error {
-	p := lineParser{b: line}
-	p.ws()
-	if p.literal("null") {
+	p := lineParser{s: jsonscan.New(line)}
+	err := p.line(d)
+	if err == nil {
+		return nil
+	}
+	if se := (*jsonscan.Error)(nil); errors.As(err, &se) {
+		return lineProblem(se.Error()) // an offset, or "nested too deeply"
+	}
+	return err
+}
+
+// line reads a whole line into d.
+func (p *lineParser) line(d *DirectoryLine) error {
+	if p.s.Literal("null") {
 		// json.Unmarshal leaves d as it was.
-	} else {
-		if p.peek() != '{' {
-			if err := p.skipValue(0); err != nil {
-				return err
-			}
-			return lineProblem("not a JSON object")
-		}
-		var seen uint8
-		err := p.object(func(name []byte) error {
-			bit, err := memberBit(name, &seen, "customerId", "thirdId", "unionid", "phones", "openids")
-			if err != nil || bit < 0 {
-				if err != nil {
-					return err
-				}
-				return p.skipValue(1)
-			}
-			switch bit {
-			case 0:
-				return p.int64Field(&d.CustomerID, "customerId")
-			case 1:
-				return p.stringField(&d.ThirdID, "thirdId")
-			case 2:
-				return p.bound(&d.UnionID, "unionid")
-			case 3:
-				return p.array("phones", func() error {
-					d.Phones = append(d.Phones, BoundIdentity{})
-					return p.bound(&d.Phones[len(d.Phones)-1], "phones")
-				}, func() { d.Phones = nil })
-			default:
-				return p.array("openids", func() error {
-					d.OpenIDs = append(d.OpenIDs, AppOpenID{})
-					return p.openID(&d.OpenIDs[len(d.OpenIDs)-1])
-				}, func() { d.OpenIDs = nil })
-			}
-		})
-		if err != nil {
+		return p.s.End()
+	}
+	if p.s.Peek() != '{' {
+		if err := p.skipValue(0); err != nil {
 			return err
 		}
+		return lineProblem("not a JSON object")
 	}
-	p.ws()
-	if p.i != len(p.b) {
-		return p.syntax()
+	var seen uint8
+	err := p.s.Object(func(name []byte) error {
+		bit, err := memberBit(name, &seen, "customerId", "thirdId", "unionid", "phones", "openids")
+		if err != nil || bit < 0 {
+			if err != nil {
+				return err
+			}
+			return p.skipValue(1)
+		}
+		switch bit {
+		case 0:
+			return p.int64Field(&d.CustomerID, "customerId")
+		case 1:
+			return p.stringField(&d.ThirdID, "thirdId")
+		case 2:
+			return p.bound(&d.UnionID, "unionid")
+		case 3:
+			return p.array("phones", func() error {
+				d.Phones = append(d.Phones, BoundIdentity{})
+				return p.bound(&d.Phones[len(d.Phones)-1], "phones")
+			}, func() { d.Phones = nil })
+		default:
+			return p.array("openids", func() error {
+				d.OpenIDs = append(d.OpenIDs, AppOpenID{})
+				return p.openID(&d.OpenIDs[len(d.OpenIDs)-1])
+			}, func() { d.OpenIDs = nil })
+		}
+	})
+	if err != nil {
+		return err
 	}
-	return nil
+	return p.s.End()
 }
 
 // memberBit returns the index of name among names, ignoring ASCII case, or
 // -1; a name seen before (recorded in seen) is an error.
 func memberBit(name []byte, seen *uint8, names ...string) (int, error) {
 	for i, n := range names {
-		if len(name) == len(n) && asciiEqualFold(name, n) {
+		if jsonscan.EqualFoldASCII(name, n) {
 			if *seen&(1<<i) != 0 {
 				return -1, lineProblem("member " + n + " is given twice")
 			}
@@ -210,138 +217,27 @@ func memberBit(name []byte, seen *uint8, names ...string) (int, error) {
 	return -1, nil
 }
 
-func asciiEqualFold(b []byte, s string) bool {
-	for i := range b {
-		x, y := b[i], s[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-// lineParser reads JSON from b at i.
+// lineParser fills a DirectoryLine from the JSON a jsonscan.Scanner reads.
 type lineParser struct {
-	b   []byte
-	i   int
-	buf []byte // scratch for unescaping
+	s jsonscan.Scanner
 }
 
 // maxLineDepth bounds the nesting of skipped values.
 const maxLineDepth = 1000
 
-func (p *lineParser) ws() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
-	}
-}
-
-func (p *lineParser) peek() byte {
-	if p.i < len(p.b) {
-		return p.b[p.i]
-	}
-	return 0
-}
-
-func (p *lineParser) syntax() error {
-	return lineProblem(fmt.Sprintf("malformed JSON at byte %d", p.i+1))
-}
-
 func wrongType(field string) error { return lineProblem("field " + field + " has the wrong type") }
-
-// literal consumes word if it comes next.
-func (p *lineParser) literal(word string) bool {
-	if len(p.b)-p.i >= len(word) && string(p.b[p.i:p.i+len(word)]) == word {
-		p.i += len(word)
-		return true
-	}
-	return false
-}
-
-// object reads an object, calling member with each name once the parser
-// stands before the member's value. The name is valid only until member
-// parses anything.
-func (p *lineParser) object(member func(name []byte) error) error {
-	p.i++ // '{'
-	p.ws()
-	if p.peek() == '}' {
-		p.i++
-		return nil
-	}
-	for {
-		p.ws()
-		if p.peek() != '"' {
-			return p.syntax()
-		}
-		name, err := p.str()
-		if err != nil {
-			return err
-		}
-		p.ws()
-		if p.peek() != ':' {
-			return p.syntax()
-		}
-		p.i++
-		p.ws()
-		if err := member(name); err != nil {
-			return err
-		}
-		p.ws()
-		switch p.peek() {
-		case ',':
-			p.i++
-		case '}':
-			p.i++
-			return nil
-		default:
-			return p.syntax()
-		}
-	}
-}
 
 // array reads null (calling null) or an array, calling elem before each
 // element.
 func (p *lineParser) array(field string, elem func() error, null func()) error {
-	if p.literal("null") {
+	if p.s.Literal("null") {
 		null()
 		return nil
 	}
-	if p.peek() != '[' {
+	if p.s.Peek() != '[' {
 		return p.typeErrorAfterSkip(field)
 	}
-	p.i++
-	p.ws()
-	if p.peek() == ']' {
-		p.i++
-		return nil
-	}
-	for {
-		p.ws()
-		if err := elem(); err != nil {
-			return err
-		}
-		p.ws()
-		switch p.peek() {
-		case ',':
-			p.i++
-		case ']':
-			p.i++
-			return nil
-		default:
-			return p.syntax()
-		}
-	}
+	return p.s.Array(elem)
 }
 
 // typeErrorAfterSkip reports a value of the wrong type for field, or a
@@ -356,12 +252,12 @@ func (p *lineParser) typeErrorAfterSkip(field string) error {
 // stringField reads a string or null (which leaves *dst alone).
 func (p *lineParser) stringField(dst *string, field string) error {
 	switch {
-	case p.literal("null"):
+	case p.s.Literal("null"):
 		return nil
-	case p.peek() != '"':
+	case p.s.Peek() != '"':
 		return p.typeErrorAfterSkip(field)
 	}
-	s, err := p.str()
+	s, err := p.s.Text()
 	if err != nil {
 		return err
 	}
@@ -371,7 +267,7 @@ func (p *lineParser) stringField(dst *string, field string) error {
 
 // optString reads a string or null (which sets *dst to nil).
 func (p *lineParser) optString(dst **string, field string) error {
-	if p.literal("null") {
+	if p.s.Literal("null") {
 		*dst = nil
 		return nil
 	}
@@ -385,19 +281,19 @@ func (p *lineParser) optString(dst **string, field string) error {
 
 // int64Field reads an integer that fits an int64, or null.
 func (p *lineParser) int64Field(dst *int64, field string) error {
-	if p.literal("null") {
+	if p.s.Literal("null") {
 		return nil
 	}
-	c := p.peek()
+	c := p.s.Peek()
 	if c != '-' && (c < '0' || c > '9') {
 		return p.typeErrorAfterSkip(field)
 	}
-	start := p.i
-	if err := p.number(); err != nil {
+	raw, err := p.s.Number()
+	if err != nil {
 		return err
 	}
-	n, err := strconv.ParseInt(string(p.b[start:p.i]), 10, 64)
-	if err != nil { // a fraction, an exponent or out of range
+	n, ok := jsonscan.ParseInt(raw, 64)
+	if !ok { // a fraction, an exponent or out of range
 		return wrongType(field)
 	}
 	*dst = n
@@ -406,12 +302,12 @@ func (p *lineParser) int64Field(dst *int64, field string) error {
 
 // bound reads a BoundIdentity: a string, null or an object.
 func (p *lineParser) bound(dst *BoundIdentity, field string) error {
-	switch p.peek() {
+	switch p.s.Peek() {
 	case '"':
 		return p.stringField(&dst.Value, field)
 	case '{':
 	default:
-		if p.literal("null") {
+		if p.s.Literal("null") {
 			return nil
 		}
 		return p.typeErrorAfterSkip(field)
@@ -419,7 +315,7 @@ func (p *lineParser) bound(dst *BoundIdentity, field string) error {
 	var phone, union *string
 	var appType, appID string
 	var seen uint8
-	err := p.object(func(name []byte) error {
+	err := p.s.Object(func(name []byte) error {
 		bit, err := memberBit(name, &seen, "phone", "unionid", "appType", "appId")
 		switch {
 		case err != nil:
@@ -455,14 +351,14 @@ func (p *lineParser) bound(dst *BoundIdentity, field string) error {
 
 // openID reads an AppOpenID: an object or null.
 func (p *lineParser) openID(dst *AppOpenID) error {
-	if p.literal("null") {
+	if p.s.Literal("null") {
 		return nil
 	}
-	if p.peek() != '{' {
+	if p.s.Peek() != '{' {
 		return p.typeErrorAfterSkip("openids")
 	}
 	var seen uint8
-	return p.object(func(name []byte) error {
+	return p.s.Object(func(name []byte) error {
 		bit, err := memberBit(name, &seen, "openid", "appType", "appId")
 		switch {
 		case err != nil:
@@ -478,93 +374,9 @@ func (p *lineParser) openID(dst *AppOpenID) error {
 	})
 }
 
-// str reads a string token and returns its unescaped content, valid until
-// the next call; invalid UTF-8 and lone surrogates read as U+FFFD.
-func (p *lineParser) str() ([]byte, error) {
-	p.i++ // '"'
-	start := p.i
-	// Fast path: printable ASCII without escapes.
-	for p.i < len(p.b) {
-		c := p.b[p.i]
-		if c == '"' {
-			p.i++
-			return p.b[start : p.i-1], nil
-		}
-		if c == '\\' || c < 0x20 || c >= 0x80 {
-			break
-		}
-		p.i++
-	}
-	end := pipeline.JSONStringEnd(p.b, p.i)
-	if end < 0 {
-		p.i = len(p.b)
-		return nil, p.syntax()
-	}
-	out, ok := pipeline.AppendJSONString(p.buf[:0], p.b[start:end])
-	if !ok {
-		return nil, p.syntax()
-	}
-	p.i = end + 1
-	p.buf = out
-	return out, nil
-}
-
-// number consumes a JSON number.
-func (p *lineParser) number() error {
-	digits := func() int {
-		n := 0
-		for p.i < len(p.b) && '0' <= p.b[p.i] && p.b[p.i] <= '9' {
-			p.i++
-			n++
-		}
-		return n
-	}
-	if p.peek() == '-' {
-		p.i++
-	}
-	switch c := p.peek(); {
-	case c == '0':
-		p.i++
-	case '1' <= c && c <= '9':
-		digits()
-	default:
-		return p.syntax()
-	}
-	if p.peek() == '.' {
-		p.i++
-		if digits() == 0 {
-			return p.syntax()
-		}
-	}
-	if c := p.peek(); c == 'e' || c == 'E' {
-		p.i++
-		if c := p.peek(); c == '+' || c == '-' {
-			p.i++
-		}
-		if digits() == 0 {
-			return p.syntax()
-		}
-	}
-	return nil
-}
-
-// skipValue consumes any JSON value, nested at most maxLineDepth deep.
+// skipValue consumes any JSON value found depth levels down in the line;
+// no value in the line may be more than maxLineDepth levels down.
 func (p *lineParser) skipValue(depth int) error {
-	if depth > maxLineDepth {
-		return lineProblem("JSON nested too deeply")
-	}
-	switch c := p.peek(); {
-	case c == '{':
-		return p.object(func([]byte) error { return p.skipValue(depth + 1) })
-	case c == '[':
-		return p.array("", func() error { return p.skipValue(depth + 1) }, func() {})
-	case c == '"':
-		_, err := p.str()
-		return err
-	case c == '-' || '0' <= c && c <= '9':
-		return p.number()
-	case p.literal("true"), p.literal("false"), p.literal("null"):
-		return nil
-	}
-	return p.syntax()
+	_, err := p.s.Skip(maxLineDepth - depth)
+	return err
 }

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
@@ -128,7 +130,7 @@ func DecodeRequest(body []byte) (Request, error) {
 	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
 		body, d.offset = body[len(utf8BOM):], int64(len(utf8BOM))
 	}
-	d.b = body
+	d.b, d.s = body, jsonscan.New(body)
 	req, rerr := d.request()
 	if rerr != nil {
 		return Request{}, rerr
@@ -152,16 +154,17 @@ const utf8BOM = "\ufeff"
 
 // decoder holds the state of one DecodeRequest call; it is not shared.
 //
-// encoding/json checks the syntax of the whole body first (json.Valid, with
-// its nesting limit); the decoder then walks the body, known to be valid
-// JSON, with a cursor and no recursion. Walking costs one pass and allocates
+// encoding/json's grammar and nesting limit are checked for the whole body
+// first (jsonscan.Valid, held equal to json.Valid by its fuzz test); the
+// decoder then walks the body, known to be valid JSON, with a
+// jsonscan.Scanner and no recursion. Walking costs one pass and allocates
 // only the strings it returns, where a json.Decoder reading value by value
 // costs several times as much.
 type decoder struct {
-	b      []byte // the body without a BOM; valid JSON once request has checked it
-	i      int    // the cursor: b[:i] has been read
-	offset int64  // of b in the caller's body
-	utf8OK bool   // the whole body is valid UTF-8
+	b      []byte           // the body without a BOM; valid JSON once request has checked it
+	s      jsonscan.Scanner // reads b
+	offset int64            // of b in the caller's body
+	utf8OK bool             // the whole body is valid UTF-8
 	// Last decoded identityType and groups: most batches repeat them, so
 	// equal values share one string instead of allocating each.
 	lastIdentityType, lastGroups string
@@ -169,25 +172,30 @@ type decoder struct {
 }
 
 func (d *decoder) request() (Request, *RequestError) {
-	switch d.space(); {
-	case d.i == len(d.b):
+	switch c := d.s.Peek(); {
+	case d.s.Offset() == len(d.b):
 		return Request{}, &RequestError{"body", "is empty"}
-	case d.b[d.i] != '{':
+	case c != '{':
 		// Decided on the first byte, however long or deep the rest is.
 		return Request{}, &RequestError{"body", "must be a JSON object"}
-	case !json.Valid(d.b):
+	case !jsonscan.Valid(d.b):
 		return Request{}, d.syntaxError()
 	}
-	d.i++ // '{'
 	var (
 		req                  Request
 		seenParams, seenData bool // the name was met
 		hasParams, hasData   bool // ... with a value other than null
 		rerr                 *RequestError
 	)
-	for {
-		key, ok := d.member()
-		if !ok {
+	if d.s.BeginObject() != nil {
+		return Request{}, errWalk()
+	}
+	for first := true; ; first = false {
+		key, more, err := d.s.NextMember(first)
+		if err != nil {
+			return Request{}, errWalk()
+		}
+		if !more {
 			break
 		}
 		switch string(key) {
@@ -204,7 +212,7 @@ func (d *decoder) request() (Request, *RequestError) {
 			seenData = true
 			req.Records, hasData, rerr = d.records()
 		default:
-			d.value()
+			_, rerr = d.value()
 		}
 		if rerr != nil {
 			return Request{}, rerr
@@ -244,108 +252,19 @@ func (d *decoder) syntaxError() *RequestError {
 	}
 }
 
-// The walking methods below rely on d.b being valid JSON: they find every
-// byte that the grammar requires where they look for it.
+// errWalk is what the walk reports if the Scanner finds the body invalid
+// after jsonscan.Valid accepted it, which cannot happen.
+func errWalk() *RequestError { return &RequestError{"body", "is not valid JSON"} }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
-
-// space moves the cursor past white space.
-func (d *decoder) space() {
-	for d.i < len(d.b) && isSpace(d.b[d.i]) {
-		d.i++
+// value reads the next value, whatever it is, and returns it without the
+// white space around it. The body is valid JSON, so its nesting is within
+// encoding/json's limit; the Scanner skips nested values without recursion.
+func (d *decoder) value() ([]byte, *RequestError) {
+	raw, err := d.s.Skip(math.MaxInt)
+	if err != nil {
+		return nil, errWalk()
 	}
-}
-
-// next moves the cursor past white space and a comma to the next member or
-// element of the object or array being read, whose opening bracket has been
-// read. ok is false, and the closing bracket has been read, at its end.
-func (d *decoder) next() (ok bool) {
-	d.space()
-	if c := d.b[d.i]; c == '}' || c == ']' {
-		d.i++
-		return false
-	}
-	if d.b[d.i] == ',' {
-		d.i++
-		d.space()
-	}
-	return true
-}
-
-// member reads the name of the next member of the current object and the
-// colon after it; ok is false at the end of the object. The name is returned
-// without quotes and with any escapes decoded, so "\u0070hone" is "phone";
-// it may share memory with the body.
-func (d *decoder) member() (key []byte, ok bool) {
-	if !d.next() {
-		return nil, false
-	}
-	raw := d.str()
-	d.space()
-	d.i++ // ':'
-	if bytes.IndexByte(raw, '\\') >= 0 {
-		return unquote(raw), true
-	}
-	return raw[1 : len(raw)-1], true
-}
-
-// unquote decodes raw, a valid JSON string with its quotes, as
-// encoding/json would.
-func unquote(raw []byte) []byte {
-	out, _ := pipeline.AppendJSONString(nil, raw[1:len(raw)-1]) // cannot fail: raw is a valid JSON string
-	return out
-}
-
-// str reads a string token and returns it with its quotes.
-func (d *decoder) str() []byte {
-	start := d.i
-	for d.i++; ; d.i++ {
-		switch d.b[d.i] {
-		case '\\':
-			d.i++ // the escaped byte; the rest of a \u escape is plain
-		case '"':
-			d.i++
-			return d.b[start:d.i]
-		}
-	}
-}
-
-// value reads the next value, whatever it is, and returns it. Nested values
-// are skipped by counting brackets, without recursion.
-func (d *decoder) value() []byte {
-	d.space()
-	start := d.i
-	switch d.b[d.i] {
-	case '"':
-		return d.str()
-	case '{', '[':
-		depth := 0
-		for {
-			switch d.b[d.i] {
-			case '"':
-				d.str()
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					d.i++
-					return d.b[start:d.i]
-				}
-			}
-			d.i++
-		}
-	}
-	// A number, true, false or null: up to the next delimiter or the end.
-	for d.i < len(d.b) {
-		switch d.b[d.i] {
-		case ',', '}', ']', ' ', '\t', '\n', '\r':
-			return d.b[start:d.i]
-		}
-		d.i++
-	}
-	return d.b[start:d.i]
+	return raw, nil
 }
 
 // The members of publicParams that are read, as indexes of paramValues.
@@ -391,24 +310,31 @@ func paramErr(i int, msg string) *RequestError {
 
 // params reads publicParams; ok is false when it is null.
 func (d *decoder) params() (p pipeline.Params, ok bool, rerr *RequestError) {
-	d.space()
-	switch d.b[d.i] {
+	switch d.s.Peek() {
 	case '{':
-		d.i++
 	case 'n':
-		d.value()
-		return p, false, nil
+		_, rerr = d.value()
+		return p, false, rerr
 	default:
 		return p, false, &RequestError{"publicParams", "must be an object"}
 	}
+	if d.s.BeginObject() != nil {
+		return p, false, errWalk()
+	}
 	var v paramValues
-	for {
-		key, ok := d.member()
-		if !ok {
+	for first := true; ; first = false {
+		key, more, err := d.s.NextMember(first)
+		if err != nil {
+			return p, false, errWalk()
+		}
+		if !more {
 			break
 		}
-		value := d.value()
 		i := paramIndex(key)
+		value, rerr := d.value()
+		if rerr != nil {
+			return p, false, rerr
+		}
 		if i < 0 {
 			continue
 		}
@@ -532,7 +458,7 @@ func requiredOneOrTwo(v *paramValues, i int, missing string) (int, *RequestError
 	if isAbsent(raw) {
 		return 0, paramErr(i, missing)
 	}
-	n, ok := parseInt(raw)
+	n, ok := jsonscan.ParseIntegral(raw)
 	if !ok {
 		return 0, paramErr(i, "must be an integer")
 	}
@@ -565,20 +491,31 @@ func canonicalAppType(s string) string {
 
 // records reads data; ok is false when it is null.
 func (d *decoder) records() (recs []pipeline.RawRecord, ok bool, rerr *RequestError) {
-	d.space()
-	switch d.b[d.i] {
+	switch d.s.Peek() {
 	case '[':
-		d.i++
 	case 'n':
-		d.value()
-		return nil, false, nil
+		_, rerr = d.value()
+		return nil, false, rerr
 	default:
 		return nil, false, &RequestError{"data", "must be an array"}
 	}
+	if d.s.BeginArray() != nil {
+		return nil, false, errWalk()
+	}
 	n := 0
-	for ; d.next(); n++ {
+	for ; ; n++ {
+		more, err := d.s.NextElement(n == 0)
+		if err != nil {
+			return nil, false, errWalk()
+		}
+		if !more {
+			break
+		}
 		if n >= pipeline.MaxRecords {
-			d.value() // too many: only count the rest, for the message
+			// Too many: only count the rest, for the message.
+			if _, rerr := d.value(); rerr != nil {
+				return nil, false, rerr
+			}
 			continue
 		}
 		rec, rerr := d.record(n)
@@ -596,40 +533,49 @@ func (d *decoder) records() (recs []pipeline.RawRecord, ok bool, rerr *RequestEr
 // record reads data[i]; the cursor is at its first byte.
 func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 	var rec pipeline.RawRecord
-	if d.b[d.i] != '{' {
+	if d.s.Peek() != '{' {
 		return rec, &RequestError{fmt.Sprintf("data[%d]", i), "must be an object"}
 	}
-	d.i++
+	if d.s.BeginObject() != nil {
+		return rec, errWalk()
+	}
 	var seen uint8 // one bit per member read
-	for {
-		key, ok := d.member()
-		if !ok {
+	for first := true; ; first = false {
+		key, more, err := d.s.NextMember(first)
+		if err != nil {
+			return rec, errWalk()
+		}
+		if !more {
 			return rec, nil
 		}
-		raw := d.value()
 		var (
+			name  string
 			dst   *string
 			bit   uint8
 			cache *string
 		)
 		switch string(key) {
 		case "identityType":
-			dst, bit, cache = &rec.IdentityType, 1<<0, &d.lastIdentityType
+			name, dst, bit, cache = "identityType", &rec.IdentityType, 1<<0, &d.lastIdentityType
 		case "thirdId":
-			dst, bit = &rec.ThirdID, 1<<1
+			name, dst, bit = "thirdId", &rec.ThirdID, 1<<1
 		case "openid":
-			dst, bit = &rec.OpenID, 1<<2
+			name, dst, bit = "openid", &rec.OpenID, 1<<2
 		case "unionid":
-			dst, bit = &rec.UnionID, 1<<3
+			name, dst, bit = "unionid", &rec.UnionID, 1<<3
 		case "phone":
-			dst, bit = &rec.Phone, 1<<4
+			name, dst, bit = "phone", &rec.Phone, 1<<4
 		case "groups":
-			dst, bit, cache = &rec.Groups, 1<<5, &d.lastGroups
-		default:
-			continue
+			name, dst, bit, cache = "groups", &rec.Groups, 1<<5, &d.lastGroups
 		}
-		if seen&bit != 0 {
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, key), msgTwice}
+		raw, rerr := d.value()
+		switch {
+		case rerr != nil:
+			return rec, rerr
+		case dst == nil:
+			continue
+		case seen&bit != 0:
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), msgTwice}
 		}
 		seen |= bit
 		if isAbsent(raw) {
@@ -637,7 +583,7 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		}
 		s, problem := d.text(raw, cache)
 		if problem != "" {
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, key), problem}
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), problem}
 		}
 		*dst = s
 	}
@@ -673,104 +619,12 @@ func (d *decoder) text(raw []byte, cache *string) (s, problem string) {
 		}
 		return string(inner), ""
 	}
-	if !pipeline.JSONSurrogatesPaired(inner) {
+	if !jsonscan.SurrogatesPaired(inner) {
 		return "", msgNotUTF8
 	}
-	text := unquote(raw)
+	text, _ := jsonscan.Unquote(nil, inner) // cannot fail: raw is a valid JSON string
 	if bytes.IndexByte(text, 0) >= 0 {
 		return "", msgNUL
 	}
 	return string(text), ""
-}
-
-// parseInt returns the value of raw, one complete JSON value, when it is a
-// number without a fractional part that fits an int64 ("1", "1.0", "10e-1",
-// "-0"). It decides exactly, from the digits, so that no float rounding makes
-// 1.0000000000000000001 an integer, and in time linear in len(raw) whatever
-// the exponent.
-func parseInt(raw []byte) (int64, bool) {
-	if len(raw) == 0 || (raw[0] != '-' && (raw[0] < '0' || raw[0] > '9')) {
-		return 0, false // not a number
-	}
-	neg := raw[0] == '-'
-	if neg {
-		raw = raw[1:]
-	}
-	// raw = intPart [ "." frac ] [ ("e"|"E") [sign] exp ], as JSON's grammar.
-	end := len(raw)
-	expAt := bytes.IndexAny(raw, "eE")
-	if expAt >= 0 {
-		end = expAt
-	}
-	mant := raw[:end]
-	intPart, frac := mant, []byte(nil)
-	if dot := bytes.IndexByte(mant, '.'); dot >= 0 {
-		intPart, frac = mant[:dot], mant[dot+1:]
-	}
-	const maxExp = 1 << 20 // beyond any digit count of a bounded body
-	exp := 0
-	if expAt >= 0 {
-		e := raw[expAt+1:]
-		expNeg := len(e) > 0 && e[0] == '-'
-		if len(e) > 0 && (e[0] == '-' || e[0] == '+') {
-			e = e[1:]
-		}
-		for _, c := range e {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			if exp < maxExp {
-				exp = exp*10 + int(c-'0')
-			}
-		}
-		if expNeg {
-			exp = -exp
-		}
-	}
-	// The value is digits × 10^(exp-len(frac)), digits = intPart‖frac.
-	n := len(intPart) + len(frac)
-	digit := func(i int) byte {
-		if i < len(intPart) {
-			return intPart[i]
-		}
-		return frac[i-len(intPart)]
-	}
-	first, last := -1, -1 // the first and last non-zero digit
-	for i := 0; i < n; i++ {
-		c := digit(i)
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		if c != '0' {
-			if first < 0 {
-				first = i
-			}
-			last = i
-		}
-	}
-	if n == 0 {
-		return 0, false
-	}
-	if first < 0 {
-		return 0, true // zero, whatever the exponent
-	}
-	scale := exp - len(frac) + (n - 1 - last) // power of ten after the last non-zero digit
-	if scale < 0 || last-first+1+scale > 19 {
-		return 0, false // a fraction, or beyond int64
-	}
-	var u uint64
-	for i := first; i <= last; i++ {
-		u = u*10 + uint64(digit(i)-'0')
-	}
-	for range scale {
-		u *= 10
-	}
-	// At most 19 digits: u < 10^19 < 2^64, so no step above overflowed.
-	switch {
-	case !neg && u <= 1<<63-1:
-		return int64(u), true
-	case neg && u <= 1<<63:
-		return int64(-u), true
-	}
-	return 0, false
 }

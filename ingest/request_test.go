@@ -30,6 +30,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
@@ -418,9 +419,9 @@ func TestParseInt(t *testing.T) {
 		{"[1]", 0, false},
 		{"", 0, false},
 	} {
-		got, ok := parseInt([]byte(tc.in))
+		got, ok := jsonscan.ParseIntegral([]byte(tc.in))
 		if got != tc.want || ok != tc.ok {
-			t.Errorf("parseInt(%s) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+			t.Errorf("ParseIntegral(%s) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
 		}
 	}
 }

@@ -2,9 +2,12 @@ package pipeline
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/groupmatch/groupmatch/internal/jsonscan"
 )
 
 // The records and resolved messages are the two values every record passes
@@ -15,13 +18,17 @@ import (
 //   - append* writes exactly the bytes json.Marshal writes for the value
 //     (same field order, omitempty, HTML-safe string escapes); a fuzz test
 //     holds them equal.
-//   - fast* reads the form those encoders write, allowing whitespace, any
-//     field order and any string (read by AppendJSONString), and declines
-//     (ok=false) anything else: unknown or differently cased keys, repeated
-//     keys, null, numbers that are not plain integers. A declined value is
-//     decoded by encoding/json, so the accepted language and its meaning
-//     are encoding/json's; a fuzz test holds the fast path to agreeing with
-//     it on everything it accepts.
+//   - fast* reads the form those encoders write with internal/jsonscan,
+//     allowing whitespace, any field order, any string and escaped member
+//     names, and declines (ok=false) anything else: unknown or differently
+//     cased keys, repeated keys, null, numbers that are not plain integers.
+//     A declined value is decoded by encoding/json, so the accepted language
+//     and its meaning are encoding/json's; a fuzz test holds the fast path
+//     to agreeing with it on everything it accepts.
+//
+// The encoders stay here rather than in jsonscan: they write exactly what
+// json.Marshal writes for these two types, which is part of the messages'
+// contract and pinned by this package's tests; jsonscan only reads.
 
 // appendRecord appends the JSON of m, as json.Marshal writes it.
 func appendRecord(b []byte, m *RecordMessage) []byte {
@@ -193,151 +200,40 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// scanner reads the canonical form of our messages. Every method returns
-// false when the input leaves the fast path; the caller then declines.
-type scanner struct {
-	b []byte
-	i int
+// errDecline makes a fast decoder give up; the caller then decodes with
+// encoding/json. It is never returned to a caller of this package.
+var errDecline = errors.New("pipeline: not the canonical form")
+
+// fastDecoder reads the canonical form of our messages. Every method
+// returns false when the input leaves the fast path; the caller then
+// declines.
+type fastDecoder struct {
+	s jsonscan.Scanner
 }
 
-func (s *scanner) space() {
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return
-		}
+// member adapts a field reader's result to jsonscan.Scanner.Object.
+func member(ok bool) error {
+	if ok {
+		return nil
 	}
-}
-
-// byte consumes c, after whitespace.
-func (s *scanner) byte(c byte) bool {
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
-
-// peek returns the next byte after whitespace, or 0 at the end.
-func (s *scanner) peek() byte {
-	s.space()
-	if s.i < len(s.b) {
-		return s.b[s.i]
-	}
-	return 0
-}
-
-// end reports whether only whitespace remains.
-func (s *scanner) end() bool {
-	s.space()
-	return s.i == len(s.b)
-}
-
-// object calls field for each key of an object, the scanner positioned
-// at the key's value. Keys with escapes leave the fast path.
-func (s *scanner) object(field func(key []byte) bool) bool {
-	if !s.byte('{') {
-		return false
-	}
-	if s.byte('}') {
-		return true
-	}
-	for {
-		if !s.byte('"') {
-			return false
-		}
-		j := s.i
-		for j < len(s.b) && s.b[j] != '"' && s.b[j] != '\\' {
-			j++
-		}
-		if j == len(s.b) || s.b[j] != '"' {
-			return false
-		}
-		key := s.b[s.i:j]
-		s.i = j + 1
-		if !s.byte(':') || !field(key) {
-			return false
-		}
-		if s.byte(',') {
-			continue
-		}
-		return s.byte('}')
-	}
+	return errDecline
 }
 
 // str reads a string value, decoded as encoding/json decodes it. The
 // string never shares memory with the input: the Kafka client reuses it.
-func (s *scanner) str() (string, bool) {
-	if !s.byte('"') {
-		return "", false
-	}
-	start := s.i
-	ascii := true
-	for ; s.i < len(s.b); s.i++ {
-		c := s.b[s.i]
-		if c == '"' {
-			if v := s.b[start:s.i]; ascii || utf8.Valid(v) {
-				s.i++
-				return string(v), true
-			}
-			break // invalid UTF-8 reads as U+FFFD
-		}
-		if c == '\\' || c < 0x20 {
-			break
-		}
-		if c >= utf8.RuneSelf {
-			ascii = false
-		}
-	}
-	end := JSONStringEnd(s.b, s.i)
-	if end < 0 {
-		return "", false
-	}
-	out, ok := AppendJSONString(make([]byte, 0, end-start), s.b[start:end])
-	s.i = end + 1
-	return string(out), ok
+func (d *fastDecoder) str() (string, bool) {
+	v, err := d.s.Text()
+	return string(v), err == nil
 }
 
-// int reads a plain integer (no fraction, exponent or leading zeros).
-func (s *scanner) int() (int64, bool) {
-	s.space()
-	j := s.i
-	if j < len(s.b) && s.b[j] == '-' {
-		j++
-	}
-	d := j
-	for j < len(s.b) && '0' <= s.b[j] && s.b[j] <= '9' {
-		j++
-	}
-	if j == d || (s.b[d] == '0' && j-d > 1) {
-		return 0, false
-	}
-	if j < len(s.b) && (s.b[j] == '.' || s.b[j] == 'e' || s.b[j] == 'E') {
-		return 0, false
-	}
-	v, err := strconv.ParseInt(string(s.b[s.i:j]), 10, 64)
+// int reads a plain integer (no fraction or exponent) that fits bitSize
+// bits, as json.Unmarshal stores one.
+func (d *fastDecoder) int(bitSize int) (int64, bool) {
+	raw, err := d.s.Number()
 	if err != nil {
 		return 0, false
 	}
-	s.i = j
-	return v, true
-}
-
-func (s *scanner) bool() (bool, bool) {
-	s.space()
-	rest := s.b[s.i:]
-	switch {
-	case len(rest) >= 4 && string(rest[:4]) == "true":
-		s.i += 4
-		return true, true
-	case len(rest) >= 5 && string(rest[:5]) == "false":
-		s.i += 5
-		return false, true
-	}
-	return false, false
+	return jsonscan.ParseInt(raw, bitSize)
 }
 
 // seen tracks which keys of an object were read; a repeated key leaves the
@@ -354,203 +250,198 @@ func (m *seen) first(bit uint) bool {
 
 // intField reads an integer into an int, as encoding/json would accept it
 // on this platform.
-func (s *scanner) intField(dst *int) bool {
-	v, ok := s.int()
-	if !ok || int64(int(v)) != v {
-		return false
-	}
+func (d *fastDecoder) intField(dst *int) bool {
+	v, ok := d.int(strconv.IntSize)
 	*dst = int(v)
-	return true
+	return ok
 }
 
-func (s *scanner) int64Field(dst *int64) bool {
-	v, ok := s.int()
+func (d *fastDecoder) int64Field(dst *int64) bool {
+	v, ok := d.int(64)
 	*dst = v
 	return ok
 }
 
-func (s *scanner) strField(dst *string) bool {
-	v, ok := s.str()
+func (d *fastDecoder) strField(dst *string) bool {
+	v, ok := d.str()
 	*dst = v
 	return ok
 }
 
 // header reads key's value when key is one of the fields both messages
 // begin with (bits 0-3 of f); known is false for any other key.
-func (s *scanner) header(key []byte, f *seen, v *int, tenant, batch *int64, index *int) (known, ok bool) {
+func (d *fastDecoder) header(key []byte, f *seen, v *int, tenant, batch *int64, index *int) (known, ok bool) {
 	switch string(key) {
 	case "v":
-		return true, f.first(0) && s.intField(v)
+		return true, f.first(0) && d.intField(v)
 	case "tenantId":
-		return true, f.first(1) && s.int64Field(tenant)
+		return true, f.first(1) && d.int64Field(tenant)
 	case "batchId":
-		return true, f.first(2) && s.int64Field(batch)
+		return true, f.first(2) && d.int64Field(batch)
 	case "index":
-		return true, f.first(3) && s.intField(index)
+		return true, f.first(3) && d.intField(index)
 	}
 	return false, false
 }
 
 // fastRecord decodes the canonical form of a records message.
 func fastRecord(b []byte, m *RecordMessage) bool {
-	s := scanner{b: b}
+	d := fastDecoder{s: jsonscan.New(b)}
 	var top seen
-	ok := s.object(func(key []byte) bool {
-		if known, ok := s.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
-			return ok
+	err := d.s.Object(func(key []byte) error {
+		if known, ok := d.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
+			return member(ok)
 		}
 		switch string(key) {
 		case "params":
-			return top.first(4) && s.params(&m.Params)
+			return member(top.first(4) && d.params(&m.Params))
 		case "record":
-			return top.first(5) && s.record(&m.Record)
+			return member(top.first(5) && d.record(&m.Record))
 		}
-		return false
+		return errDecline
 	})
-	return ok && s.end()
+	return err == nil && d.s.End() == nil
 }
 
-func (s *scanner) params(p *Params) bool {
+func (d *fastDecoder) params(p *Params) bool {
 	var f seen
-	return s.object(func(key []byte) bool {
+	return d.s.Object(func(key []byte) error {
 		switch string(key) {
 		case "isMatching":
-			v, ok := s.bool()
+			v, ok := d.s.Bool()
 			p.IsMatching = v
-			return f.first(0) && ok
+			return member(f.first(0) && ok)
 		case "matchingType":
-			return f.first(1) && s.intField(&p.MatchingType)
+			return member(f.first(1) && d.intField(&p.MatchingType))
 		case "identifyWay":
-			return f.first(2) && s.intField(&p.IdentifyWay)
+			return member(f.first(2) && d.intField(&p.IdentifyWay))
 		case "accurateMatchType":
-			return f.first(3) && s.strField(&p.AppType)
+			return member(f.first(3) && d.strField(&p.AppType))
 		case "accurateMatchValue":
-			return f.first(4) && s.strField(&p.AppID)
+			return member(f.first(4) && d.strField(&p.AppID))
 		case "optType":
-			v, ok := s.str()
+			v, ok := d.str()
 			p.OptType = OptType(v)
-			return f.first(5) && ok
+			return member(f.first(5) && ok)
 		case "deferUnmatched":
-			v, ok := s.bool()
+			v, ok := d.s.Bool()
 			p.DeferUnmatched = v
-			return f.first(6) && ok
+			return member(f.first(6) && ok)
 		}
-		return false
-	})
+		return errDecline
+	}) == nil
 }
 
-func (s *scanner) record(r *RawRecord) bool {
+func (d *fastDecoder) record(r *RawRecord) bool {
 	var f seen
-	return s.object(func(key []byte) bool {
+	return d.s.Object(func(key []byte) error {
 		switch string(key) {
 		case "identityType":
-			return f.first(0) && s.strField(&r.IdentityType)
+			return member(f.first(0) && d.strField(&r.IdentityType))
 		case "thirdId":
-			return f.first(1) && s.strField(&r.ThirdID)
+			return member(f.first(1) && d.strField(&r.ThirdID))
 		case "openid":
-			return f.first(2) && s.strField(&r.OpenID)
+			return member(f.first(2) && d.strField(&r.OpenID))
 		case "unionid":
-			return f.first(3) && s.strField(&r.UnionID)
+			return member(f.first(3) && d.strField(&r.UnionID))
 		case "phone":
-			return f.first(4) && s.strField(&r.Phone)
+			return member(f.first(4) && d.strField(&r.Phone))
 		case "groups":
-			return f.first(5) && s.strField(&r.Groups)
+			return member(f.first(5) && d.strField(&r.Groups))
 		}
-		return false
-	})
+		return errDecline
+	}) == nil
 }
 
 // fastResolved decodes the canonical form of a resolved message.
 func fastResolved(b []byte, m *ResolvedMessage) bool {
-	s := scanner{b: b}
+	d := fastDecoder{s: jsonscan.New(b)}
 	var top seen
-	ok := s.object(func(key []byte) bool {
-		if known, ok := s.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
-			return ok
+	err := d.s.Object(func(key []byte) error {
+		if known, ok := d.header(key, &top, &m.V, &m.TenantID, &m.BatchID, &m.Index); known {
+			return member(ok)
 		}
 		switch string(key) {
 		case "optType":
-			v, ok := s.str()
+			v, ok := d.str()
 			m.OptType = OptType(v)
-			return top.first(4) && ok
+			return member(top.first(4) && ok)
 		case "outcome":
-			v, ok := s.str()
+			v, ok := d.str()
 			m.Outcome = Outcome(v)
-			return top.first(5) && ok
+			return member(top.first(5) && ok)
 		case "reason":
-			v, ok := s.str()
+			v, ok := d.str()
 			m.Reason = Reason(v)
-			return top.first(6) && ok
+			return member(top.first(6) && ok)
 		case "matchedBy":
-			v, ok := s.str()
+			v, ok := d.str()
 			m.MatchedBy = IdentityKind(v)
-			return top.first(7) && ok
+			return member(top.first(7) && ok)
 		case "customerId":
-			return top.first(8) && s.int64Field(&m.CustomerID)
+			return member(top.first(8) && d.int64Field(&m.CustomerID))
 		case "created":
-			v, ok := s.bool()
+			v, ok := d.s.Bool()
 			m.Created = v
-			return top.first(9) && ok
+			return member(top.first(9) && ok)
 		case "conflict":
-			v, ok := s.bool()
+			v, ok := d.s.Bool()
 			m.Conflict = v
-			return top.first(10) && ok
+			return member(top.first(10) && ok)
 		case "groups":
-			return top.first(11) && s.groups(&m.Groups)
+			return member(top.first(11) && d.groups(&m.Groups))
 		case "ref":
-			if !top.first(12) || s.peek() != '{' {
-				return false
+			if !top.first(12) || d.s.Peek() != '{' {
+				return errDecline
 			}
 			m.Ref = &RecordRef{}
-			return s.ref(m.Ref)
+			return member(d.ref(m.Ref))
 		case "late":
-			v, ok := s.bool()
+			v, ok := d.s.Bool()
 			m.Late = v
-			return top.first(13) && ok
+			return member(top.first(13) && ok)
 		}
-		return false
+		return errDecline
 	})
-	return ok && s.end()
+	return err == nil && d.s.End() == nil
 }
 
-func (s *scanner) groups(dst *[]string) bool {
-	if !s.byte('[') {
+func (d *fastDecoder) groups(dst *[]string) bool {
+	if d.s.BeginArray() != nil {
 		return false
 	}
 	g := []string{}
-	if !s.byte(']') {
-		for {
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			g = append(g, v)
-			if s.byte(',') {
-				continue
-			}
-			if !s.byte(']') {
-				return false
-			}
+	for first := true; ; first = false {
+		more, err := d.s.NextElement(first)
+		if err != nil {
+			return false
+		}
+		if !more {
 			break
 		}
+		v, ok := d.str()
+		if !ok {
+			return false
+		}
+		g = append(g, v)
 	}
 	*dst = g
 	return true
 }
 
-func (s *scanner) ref(r *RecordRef) bool {
+func (d *fastDecoder) ref(r *RecordRef) bool {
 	var f seen
-	return s.object(func(key []byte) bool {
+	return d.s.Object(func(key []byte) error {
 		switch string(key) {
 		case "thirdId":
-			return f.first(0) && s.strField(&r.ThirdID)
+			return member(f.first(0) && d.strField(&r.ThirdID))
 		case "phone":
-			return f.first(1) && s.strField(&r.Phone)
+			return member(f.first(1) && d.strField(&r.Phone))
 		case "openid":
-			return f.first(2) && s.strField(&r.OpenID)
+			return member(f.first(2) && d.strField(&r.OpenID))
 		case "unionid":
-			return f.first(3) && s.strField(&r.UnionID)
+			return member(f.first(3) && d.strField(&r.UnionID))
 		}
-		return false
-	})
+		return errDecline
+	}) == nil
 }

@@ -174,33 +174,6 @@ func TestFastPathDeclines(t *testing.T) {
 	}
 }
 
-// AppendJSONString reads every string body as encoding/json does.
-func TestAppendJSONString(t *testing.T) {
-	for _, body := range []string{
-		``, `plain`, `会员`, `\"\\\/\b\f\n\r\t`, `\u0041\u00e9\u4f1a`, `\u0000`,
-		`\ud83d\ude00`, `\ud83d`, `\ude00`, `\ud83d\u0041`, `\ud83dx`, `\ud83d\ud83d\ude00`, `\uDBFF\uDFFF`,
-		"\xff", "a\xc3", "\xed\xa0\x80", "\xf0\x9f\x98",
-		// not string bodies
-		`"`, "\x01", `\`, `\x`, `\u12`, `\u12g4`, `\ud83d\u12`, "a\tb",
-	} {
-		var want string
-		jerr := json.Unmarshal([]byte(`"`+body+`"`), &want)
-		got, ok := AppendJSONString([]byte("prefix:"), []byte(body))
-		switch {
-		case ok != (jerr == nil):
-			t.Errorf("AppendJSONString(%q): ok=%v, encoding/json: %v", body, ok, jerr)
-		case ok && string(got) != "prefix:"+want:
-			t.Errorf("AppendJSONString(%q) = %q, encoding/json reads %q", body, got[len("prefix:"):], want)
-		}
-	}
-	if end := JSONStringEnd([]byte(`"a\"b\\"c`), 1); end != 7 {
-		t.Errorf("JSONStringEnd = %d, want 7", end)
-	}
-	if end := JSONStringEnd([]byte(`"abc\"`), 1); end != -1 {
-		t.Errorf("JSONStringEnd of an unterminated string = %d, want -1", end)
-	}
-}
-
 // BenchmarkCodec compares the codecs with encoding/json on typical messages.
 func BenchmarkCodec(b *testing.B) {
 	rec := RecordMessage{V: 1, TenantID: 3, BatchID: 123456, Index: 417,

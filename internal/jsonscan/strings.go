@@ -1,19 +1,15 @@
-package pipeline
+package jsonscan
 
 import (
 	"unicode/utf16"
 	"unicode/utf8"
 )
 
-// The JSON string primitives that groupmatch's hand-written decoders share
-// (the message codecs here and the directory loader's line parser), so that
-// they read strings exactly as encoding/json does.
-
-// JSONStringEnd returns the index in b of the quote that closes the JSON
+// StringEnd returns the index in b of the quote that closes the JSON
 // string whose body starts at b[start] (just after its opening quote), or -1
 // when b ends first. It skips escaped characters and checks nothing else;
-// AppendJSONString validates the body.
-func JSONStringEnd(b []byte, start int) int {
+// Unquote validates the body.
+func StringEnd(b []byte, start int) int {
 	for i := start; i < len(b); i++ {
 		switch b[i] {
 		case '"':
@@ -25,13 +21,13 @@ func JSONStringEnd(b []byte, start int) int {
 	return -1
 }
 
-// AppendJSONString appends the text of body, the bytes between the quotes
-// of a JSON string, to dst, decoded as encoding/json decodes it: escapes
-// resolved, a UTF-16 surrogate pair combined, any other surrogate escape and
-// each byte of invalid UTF-8 read as U+FFFD. ok is false when body is not a
-// valid string body: a control character, an unescaped quote or a malformed
+// Unquote appends the text of body, the bytes between the quotes of a JSON
+// string, to dst, decoded as encoding/json decodes it: escapes resolved, a
+// UTF-16 surrogate pair combined, any other surrogate escape and each byte
+// of invalid UTF-8 read as U+FFFD. ok is false when body is not a valid
+// string body: a control character, an unescaped quote or a malformed
 // escape.
-func AppendJSONString(dst, body []byte) (out []byte, ok bool) {
+func Unquote(dst, body []byte) (out []byte, ok bool) {
 	out = dst
 	for i := 0; i < len(body); {
 		c := body[i]
@@ -97,11 +93,11 @@ func AppendJSONString(dst, body []byte) (out []byte, ok bool) {
 	return out, true
 }
 
-// JSONSurrogatesPaired reports whether every \u escape of a UTF-16
-// surrogate in body, the bytes between the quotes of a valid JSON string,
-// is a high surrogate directly followed by a low one: whether
-// AppendJSONString reads it without replacing an escape by U+FFFD.
-func JSONSurrogatesPaired(body []byte) bool {
+// SurrogatesPaired reports whether every \u escape of a UTF-16 surrogate
+// in body, the bytes between the quotes of a valid JSON string, is a high
+// surrogate directly followed by a low one: whether Unquote reads it
+// without replacing an escape by U+FFFD.
+func SurrogatesPaired(body []byte) bool {
 	for i := 0; i < len(body); i++ {
 		if body[i] != '\\' {
 			continue
