@@ -25,3 +25,20 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// Validate reports the first setting NewRematcher cannot use: no brokers,
+// topics given without the directory, resolved or dead-letter topic, or a
+// negative MaxChunk or Linger.
+func (c *RematchConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("rematcher: no brokers")
+	case c.Topics != (pipeline.Topics{}) && (c.Topics.Directory == "" || c.Topics.Resolved == "" || c.Topics.DLQ == ""):
+		return errors.New("rematcher: Topics.Directory, Topics.Resolved and Topics.DLQ must all be set; leave Topics zero for the default names")
+	case c.MaxChunk < 0:
+		return fmt.Errorf("rematcher: MaxChunk must not be negative, got %d", c.MaxChunk)
+	case c.Linger < 0:
+		return fmt.Errorf("rematcher: Linger must not be negative, got %s", c.Linger)
+	}
+	return nil
+}

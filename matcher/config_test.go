@@ -36,3 +36,31 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestRematchConfigValidate(t *testing.T) {
+	b := []string{"127.0.0.1:9092"}
+	for _, tc := range []struct {
+		name string
+		cfg  RematchConfig
+		want string // "" for valid; else a substring of the error
+	}{
+		{"zero but brokers takes the defaults", RematchConfig{Brokers: b}, ""},
+		{"everything set", RematchConfig{Brokers: b, Topics: pipeline.TopicsFor("t."), GroupID: "g", MaxChunk: 1,
+			Linger: time.Millisecond}, ""},
+		{"no brokers", RematchConfig{}, "rematcher: no brokers"},
+		{"topics without directory", RematchConfig{Brokers: b, Topics: pipeline.Topics{Resolved: "r", DLQ: "d"}},
+			"rematcher: Topics.Directory, Topics.Resolved and Topics.DLQ must all be set"},
+		{"negative chunk", RematchConfig{Brokers: b, MaxChunk: -1}, "rematcher: MaxChunk must not be negative, got -1"},
+		{"negative linger", RematchConfig{Brokers: b, Linger: -time.Millisecond}, "rematcher: Linger must not be negative, got -1ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("Validate() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -18,7 +18,7 @@ import (
 )
 
 // RematchConfig configures a Rematcher. Zero values take the documented
-// defaults.
+// defaults; negative values are refused by Validate.
 type RematchConfig struct {
 	Brokers []string        // required
 	Topics  pipeline.Topics // default pipeline.DefaultTopics(); reads Directory, writes Resolved and DLQ
@@ -65,14 +65,11 @@ type Rematcher struct {
 
 // NewRematcher returns a re-matcher reading store.
 func NewRematcher(cfg RematchConfig, store RematchStore, metrics *RematchMetrics) (*Rematcher, error) {
-	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("rematcher: no brokers")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Topics == (pipeline.Topics{}) {
 		cfg.Topics = pipeline.DefaultTopics()
-	}
-	if cfg.Topics.Directory == "" {
-		return nil, errors.New("rematcher: no directory topic")
 	}
 	if cfg.GroupID == "" {
 		cfg.GroupID = DefaultRematchGroupID

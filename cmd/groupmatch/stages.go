@@ -106,12 +106,17 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		EventsPerTenant: o.eventsPerTenant, Logger: log}
 	deadlineCfg := sink.DeadlineConfig{After: o.batchDeadline, Logger: log}
 	pruneCfg := sink.PruneConfig{Retention: o.resultRetention, Logger: log}
+	rematchCfg := matcher.RematchConfig{Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(rematcher),
+		MaxChunk: o.matcherChunk, Logger: log}
 	var configs []interface{ Validate() error }
 	if slices.Contains(stages, stageIngest) {
 		configs = append(configs, &ingestCfg, &feedCfg)
 	}
 	if slices.Contains(stages, stageMatcher) {
 		configs = append(configs, &matcherCfg)
+		if o.rematch {
+			configs = append(configs, &rematchCfg)
+		}
 	}
 	if slices.Contains(stages, stageSink) {
 		configs = append(configs, &sinkCfg, &relayCfg, &deadlineCfg, &pruneCfg)
@@ -197,10 +202,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 		observeStage(gctx, reg, o, sec, pool, log, stageMatcher, takeOtherLag(), m.Consumers(), m.Writers()...)
 		g.Go(func() error { return m.Run(gctx) })
 		if o.rematch {
-			rm, err := matcher.NewRematcher(matcher.RematchConfig{
-				Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(rematcher),
-				MaxChunk: o.matcherChunk, Logger: log,
-			}, store, matcher.NewRematchMetrics(reg))
+			rm, err := matcher.NewRematcher(rematchCfg, store, matcher.NewRematchMetrics(reg))
 			if err != nil {
 				return err
 			}
