@@ -136,7 +136,10 @@ func DecodeRequest(body []byte) (Request, error) {
 		return Request{}, rerr
 	}
 	for i, r := range req.Records {
-		size := len(r.IdentityType) + len(r.ThirdID) + len(r.OpenID) + len(r.UnionID) + len(r.Phone) + len(r.Groups)
+		size := 0
+		for _, m := range r.Members() {
+			size += len(*m.Value)
+		}
 		if size > MaxRecordBytes {
 			return Request{}, &RequestError{fmt.Sprintf("data[%d]", i), fmt.Sprintf("holds more than %d bytes of text", MaxRecordBytes)}
 		}
@@ -539,7 +542,8 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 	if d.s.BeginObject() != nil {
 		return rec, errWalk()
 	}
-	var seen uint8 // one bit per member read
+	var seen uint16 // one bit per member read
+	members := rec.Members()
 	for first := true; ; first = false {
 		key, more, err := d.s.NextMember(first)
 		if err != nil {
@@ -551,22 +555,20 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		var (
 			name  string
 			dst   *string
-			bit   uint8
+			bit   uint16
 			cache *string
 		)
-		switch string(key) {
-		case "identityType":
-			name, dst, bit, cache = "identityType", &rec.IdentityType, 1<<0, &d.lastIdentityType
-		case "thirdId":
-			name, dst, bit = "thirdId", &rec.ThirdID, 1<<1
-		case "openid":
-			name, dst, bit = "openid", &rec.OpenID, 1<<2
-		case "unionid":
-			name, dst, bit = "unionid", &rec.UnionID, 1<<3
-		case "phone":
-			name, dst, bit = "phone", &rec.Phone, 1<<4
-		case "groups":
-			name, dst, bit, cache = "groups", &rec.Groups, 1<<5, &d.lastGroups
+		for j := range members {
+			if string(key) == members[j].Name {
+				name, dst, bit = members[j].Name, members[j].Value, 1<<j
+				break
+			}
+		}
+		switch dst {
+		case &rec.IdentityType:
+			cache = &d.lastIdentityType
+		case &rec.Groups:
+			cache = &d.lastGroups
 		}
 		raw, rerr := d.value()
 		switch {

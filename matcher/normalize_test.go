@@ -218,8 +218,8 @@ func TestNormalize(t *testing.T) {
 			if n.IdentityType != tt.wantType {
 				t.Errorf("IdentityType = %q, want %q", n.IdentityType, tt.wantType)
 			}
-			if n.PhoneMalformed != tt.wantMalformed {
-				t.Errorf("PhoneMalformed = %v, want %v", n.PhoneMalformed, tt.wantMalformed)
+			if n.Malformed(pipeline.KindPhone) != tt.wantMalformed {
+				t.Errorf("Malformed(phone) = %v, want %v", n.Malformed(pipeline.KindPhone), tt.wantMalformed)
 			}
 		})
 	}

@@ -13,8 +13,26 @@ const (
 	KindThirdID IdentityKind = "id"
 )
 
-// IdentityKinds lists every kind, in identifyWay 1 order.
-var IdentityKinds = []IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID}
+// NumKinds is the number of identity kinds.
+const NumKinds = 4
+
+// IdentityKinds lists every kind by its ordinal, the index of kind-indexed
+// storage ([NumKinds]T) and of the batches.matched_by counters. Ordinals
+// are stored, so a new kind is appended, never inserted. What each kind
+// means (its request field, normalisation, directory table, priority in
+// the fuzzy orders) is the table of package identity, which follows this
+// order.
+var IdentityKinds = [NumKinds]IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID}
+
+// KindOrdinal returns k's index in IdentityKinds, or -1 for an unknown kind.
+func KindOrdinal(k IdentityKind) int {
+	for i, x := range IdentityKinds {
+		if x == k {
+			return i
+		}
+	}
+	return -1
+}
 
 // Outcome is the final class of one record; each maps to one batch counter.
 type Outcome string

@@ -40,6 +40,20 @@ type RecordRef struct {
 	UnionID string `json:"unionid,omitempty"` // masked
 }
 
+// NumRefMembers is the number of members of a RecordRef.
+const NumRefMembers = 4
+
+// Members lists r's members in the order the resolved message writes them
+// (json.Marshal's order, the struct's), each pointing into r.
+func (r *RecordRef) Members() [NumRefMembers]RecordMember {
+	return [NumRefMembers]RecordMember{
+		{"thirdId", &r.ThirdID},
+		{"phone", &r.Phone},
+		{"openid", &r.OpenID},
+		{"unionid", &r.UnionID},
+	}
+}
+
 // ResolvedMessage is the value of a groupmatch.resolved message: the matcher's
 // verdict on one record. The sink applies it.
 type ResolvedMessage struct {

@@ -76,3 +76,28 @@ type RawRecord struct {
 	Phone        string `json:"phone,omitempty"`
 	Groups       string `json:"groups,omitempty"`
 }
+
+// NumRecordMembers is the number of string members of a record.
+const NumRecordMembers = 6
+
+// RecordMember is one member of a record's JSON object and the RawRecord
+// field that holds it.
+type RecordMember struct {
+	Name  string  // the JSON member name, as the platform spells it
+	Value *string // the field of the RawRecord Members was called on
+}
+
+// Members lists r's members in the order the records message writes them
+// (json.Marshal's order, the struct's), each pointing into r. The codecs
+// of records and of batchAdd requests read and write records through it,
+// so a new member is added here and in the struct, nowhere else.
+func (r *RawRecord) Members() [NumRecordMembers]RecordMember {
+	return [NumRecordMembers]RecordMember{
+		{"identityType", &r.IdentityType},
+		{"thirdId", &r.ThirdID},
+		{"openid", &r.OpenID},
+		{"unionid", &r.UnionID},
+		{"phone", &r.Phone},
+		{"groups", &r.Groups},
+	}
+}

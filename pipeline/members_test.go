@@ -1,0 +1,38 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// TestMembersMatchTags holds Members to the struct tags encoding/json reads:
+// the hand-written codecs go through Members, the fallback through the tags.
+func TestMembersMatchTags(t *testing.T) {
+	check := func(t *testing.T, v any, members []RecordMember) {
+		t.Helper()
+		for i, m := range members {
+			*m.Value = "v" + m.Name
+			b, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]string
+			if err := json.Unmarshal(b, &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != i+1 || got[m.Name] != "v"+m.Name {
+				t.Errorf("member %q: json.Marshal wrote %s", m.Name, b)
+			}
+		}
+	}
+	t.Run("record", func(t *testing.T) {
+		var r RawRecord
+		m := r.Members()
+		check(t, &r, m[:])
+	})
+	t.Run("ref", func(t *testing.T) {
+		var r RecordRef
+		m := r.Members()
+		check(t, &r, m[:])
+	})
+}
