@@ -156,13 +156,13 @@ func TestMessagesMatchSchemas(t *testing.T) {
 			finished := at.Add(140 * time.Millisecond)
 			return pipeline.EncodeBatchFinished(pipeline.BatchFinishedEvent{TenantID: 3, BatchID: 42, BatchSummary: pipeline.BatchSummary{
 				Status: "PARTIAL_SUCCESS", OptType: pipeline.OptAdd, Total: 8, Processed: 8, Success: 4, Unmatched: 1, Ambiguous: 1, Invalid: 2,
-				MatchedBy: pipeline.MatchedBy(1, 1, 1, 1), GroupsCreated: 2, Conflicts: 2, AcceptedAt: at, FinishedAt: &finished}})
+				MatchedBy: map[string]int{"unionid": 1, "openid": 1, "phone": 1, "id": 1}, GroupsCreated: 2, Conflicts: 2, AcceptedAt: at, FinishedAt: &finished}})
 		},
 		"finished failed, nothing matched": func() ([]byte, error) {
 			finished := at.Add(time.Second)
 			return pipeline.EncodeBatchFinished(pipeline.BatchFinishedEvent{TenantID: 3, BatchID: 43, BatchSummary: pipeline.BatchSummary{
 				Status: "FAILED", OptType: pipeline.OptDelete, Total: 500, Processed: 500, Unmatched: 500,
-				MatchedBy: pipeline.MatchedBy(0, 0, 0, 0), AcceptedAt: at, FinishedAt: &finished}})
+				MatchedBy: map[string]int{}, AcceptedAt: at, FinishedAt: &finished}})
 		},
 	}
 	for name, encode := range events {
