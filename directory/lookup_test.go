@@ -92,8 +92,8 @@ func TestLookup(t *testing.T) {
 		})
 	}
 	t.Run("unknown kind", func(t *testing.T) {
-		if _, err := dir.Lookup(context.Background(), []Key{{a, "email", "x"}}); err == nil {
-			t.Error("Lookup of kind email succeeded")
+		if _, err := dir.Lookup(context.Background(), []Key{{a, "mobile", "x"}}); err == nil {
+			t.Error("Lookup of an unknown kind succeeded")
 		}
 	})
 	t.Run("observed queries", func(t *testing.T) {

@@ -254,7 +254,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventRequestRejected, "code", "400"), set(schemas.EventRequestRejected, "errorCode", "NOPE"),
 		del(schemas.EventRequestRejected, "msg"), set(schemas.EventRequestRejected, "batchId", 7),
 		set(schemas.EventBatchFinished, "status", "PROCESSING"), del(schemas.EventBatchFinished, "finishedAt"),
-		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"email": 1}),
+		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"mobile": 1}),
 		set(schemas.EventBatchFinished, "success", -1), set(schemas.EventBatchFinished, "total", 0),
 		set(schemas.EventBatchFinished, "errorCounts", map[string]any{"BOGUS": 1}), set(schemas.EventBatchFinished, "errorCounts", nil), set(schemas.EventBatchFinished, "v", "1"),
 		del(schemas.EventBatchFinished, "lateMatched"), del(schemas.EventBatchUpdated, "deferred"),
@@ -262,7 +262,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventBatchUpdated, "lateMatched", -1),
 
 		set("deferred", "outcome", "AMBIGUOUS"), set("deferred", "pending.identities", map[string]any{}),
-		set("deferred", "pending.identities", map[string]any{"email": "x"}), del("deferred", "pending.groups"),
+		set("deferred", "pending.identities", map[string]any{"mobile": "x"}), del("deferred", "pending.groups"),
 		set("deferred", "pending.params.optType", "upsert"), set("deferred", "pending.extra", 1),
 		set("late", "outcome", "NOT_FOUND"), set("late", "late", false),
 	}
