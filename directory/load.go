@@ -627,10 +627,11 @@ func directoryTables() []string {
 
 // lineIdentities returns, by ordinal, the identities a directory line gives
 // of each kind the directory keeps in a table of its own (its LineField):
-// phones as sent, openids with their application trimmed.
+// phones and emails as sent, openids with their application trimmed.
 func lineIdentities(d *DirectoryLine) [pipeline.NumKinds][]BoundIdentity {
 	var out [pipeline.NumKinds][]BoundIdentity
 	out[pipeline.KindOrdinal(pipeline.KindPhone)] = d.Phones
+	out[pipeline.KindOrdinal(pipeline.KindEmail)] = d.Emails
 	if len(d.OpenIDs) > 0 {
 		open := make([]BoundIdentity, len(d.OpenIDs))
 		for i, o := range d.OpenIDs {

@@ -130,6 +130,17 @@ var kinds = [pipeline.NumKinds]Kind{
 		Exact: true, FuzzyRank: [2]int{4, 1}, Create: true,
 		Directory: Store{Table: "customers", Column: "third_id", LineField: "thirdId"},
 	},
+	{
+		// Not in either fuzzy order: the platform documents exactly those
+		// two, and adding email would change whom existing callers match.
+		Name: pipeline.KindEmail, Field: "email", Noun: "email address",
+		Raw:    func(r *pipeline.RawRecord) string { return r.Email },
+		MaxLen: pipeline.MaxEmailLen, Normalize: normalizeEmail, Invalid: pipeline.ReasonInvalidEmail,
+		AppScoped: true,
+		Ref:       func(r *pipeline.RecordRef) *string { return &r.Email }, Mask: AppendMaskedEmail,
+		Exact: true, Create: true,
+		Directory: Store{Table: "customer_emails", Column: "email", AppType: "app_type", AppID: "app_id", LineField: "emails"},
+	},
 }
 
 // Of returns the entry of kind k; ok is false for an unknown kind.

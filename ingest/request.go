@@ -83,7 +83,8 @@ const (
 //     deferUnmatched, when present and not null, must be a boolean
 //     (Request.DeferGiven says whether it was given).
 //   - data, an array of 1 to pipeline.MaxRecords objects. A record's
-//     identityType, thirdId, openid, unionid, phone and groups must each be
+//     members (pipeline.RawRecord.Members: identityType, thirdId, openid,
+//     unionid, phone, email and groups) must each be
 //     a string or null (null reads as ""). Whether a record is usable (a
 //     known identityType, a usable identity, a valid phone, group names) is
 //     judged per record later and never rejects the body here. The fields

@@ -11,10 +11,11 @@ const (
 	KindOpenID  IdentityKind = "openid"
 	KindPhone   IdentityKind = "phone"
 	KindThirdID IdentityKind = "id"
+	KindEmail   IdentityKind = "email"
 )
 
 // NumKinds is the number of identity kinds.
-const NumKinds = 4
+const NumKinds = 5
 
 // IdentityKinds lists every kind by its ordinal, the index of kind-indexed
 // storage ([NumKinds]T) and of the batches.matched_by counters. Ordinals
@@ -22,7 +23,7 @@ const NumKinds = 4
 // means (its request field, normalisation, directory table, priority in
 // the fuzzy orders) is the table of package identity, which follows this
 // order.
-var IdentityKinds = [NumKinds]IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID}
+var IdentityKinds = [NumKinds]IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID, KindEmail}
 
 // KindOrdinal returns k's index in IdentityKinds, or -1 for an unknown kind.
 func KindOrdinal(k IdentityKind) int {
@@ -57,6 +58,7 @@ const (
 	ReasonAmbiguous           Reason = "AMBIGUOUS"
 	ReasonMissingIdentity     Reason = "MISSING_IDENTITY"
 	ReasonInvalidPhone        Reason = "INVALID_PHONE"
+	ReasonInvalidEmail        Reason = "INVALID_EMAIL" // identityType=email and the email is malformed
 	ReasonInvalidIdentityType Reason = "INVALID_IDENTITY_TYPE"
 	ReasonNoGroups            Reason = "NO_GROUPS"
 	ReasonGroupNameTooLong    Reason = "GROUP_NAME_TOO_LONG"

@@ -38,10 +38,11 @@ type RecordRef struct {
 	Phone   string `json:"phone,omitempty"`   // masked
 	OpenID  string `json:"openid,omitempty"`  // masked
 	UnionID string `json:"unionid,omitempty"` // masked
+	Email   string `json:"email,omitempty"`   // masked
 }
 
 // NumRefMembers is the number of members of a RecordRef.
-const NumRefMembers = 4
+const NumRefMembers = 5
 
 // Members lists r's members in the order the resolved message writes them
 // (json.Marshal's order, the struct's), each pointing into r.
@@ -51,6 +52,7 @@ func (r *RecordRef) Members() [NumRefMembers]RecordMember {
 		{"phone", &r.Phone},
 		{"openid", &r.OpenID},
 		{"unionid", &r.UnionID},
+		{"email", &r.Email},
 	}
 }
 

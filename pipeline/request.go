@@ -17,6 +17,9 @@ const (
 	// MaxPhoneLen is the longest phone as sent, before trimming and before
 	// separators are removed (ReasonValueTooLong beyond).
 	MaxPhoneLen = 32
+	// MaxEmailLen is the longest email, after trimming
+	// (ReasonValueTooLong beyond).
+	MaxEmailLen = 254
 	// MaxAppIDLen is the longest publicParams.accurateMatchValue as sent
 	// (before trimming); a longer one rejects the request.
 	MaxAppIDLen = 128
@@ -74,11 +77,12 @@ type RawRecord struct {
 	OpenID       string `json:"openid,omitempty"`
 	UnionID      string `json:"unionid,omitempty"`
 	Phone        string `json:"phone,omitempty"`
+	Email        string `json:"email,omitempty"`
 	Groups       string `json:"groups,omitempty"`
 }
 
 // NumRecordMembers is the number of string members of a record.
-const NumRecordMembers = 6
+const NumRecordMembers = 7
 
 // RecordMember is one member of a record's JSON object and the RawRecord
 // field that holds it.
@@ -98,6 +102,7 @@ func (r *RawRecord) Members() [NumRecordMembers]RecordMember {
 		{"openid", &r.OpenID},
 		{"unionid", &r.UnionID},
 		{"phone", &r.Phone},
+		{"email", &r.Email},
 		{"groups", &r.Groups},
 	}
 }
