@@ -20,13 +20,12 @@ type Kind struct {
 	// platform's historical "thirdId" for "id"), or "". Names and aliases
 	// are compared case-insensitively.
 	Alias string
-	// Field is the record's request member carrying the kind.
+	// Field is the member carrying the kind in a record (the request's
+	// data, pipeline.RawRecord.Member) and in a result's record reference
+	// (pipeline.RecordRef.Set).
 	Field string
 	// Noun names the kind in messages ("phone number"); never a value.
 	Noun string
-	// Raw returns the record's value of the kind as sent.
-	Raw func(r *pipeline.RawRecord) string
-
 	// MaxLen is the longest value in code points (SPEC §10), counted after
 	// trimming, or as sent when LimitAsSent; longer is VALUE_TOO_LONG in
 	// every mode.
@@ -45,12 +44,11 @@ type Kind struct {
 	// AppScoped: an application filter (accurateMatchType/Value) restricts
 	// the bindings that count. False for the enterprise's own thirdId.
 	AppScoped bool
-	// Ref returns the field of a result's record reference showing the
-	// kind. Mask, when set, masks what it shows (the canonical value, or
-	// the trimmed value as sent when malformed); without Mask the trimmed
-	// value is shown as sent, even when blocked, unless over MaxLen.
-	Ref  func(r *pipeline.RecordRef) *string
-	Mask func(dst []byte, s string) []byte
+	// Mask is how a result's record reference shows the kind: masked
+	// (the canonical value, or the trimmed value as sent when malformed),
+	// or with ShowAsSent the trimmed value as sent, even when blocked,
+	// unless over MaxLen.
+	Mask MaskRule
 
 	// Exact: identityType may name the kind (matchingType=1).
 	Exact bool
@@ -81,52 +79,80 @@ type Store struct {
 	LineField string
 }
 
+// MaskRule is how a result page shows a kind (Kind.Mask).
+type MaskRule uint8
+
+// The mask rules.
+const (
+	ShowAsSent  MaskRule = iota // the enterprise's own thirdId: shown, never masked
+	MaskAsID                    // MaskID
+	MaskAsPhone                 // MaskPhone
+	MaskAsEmail                 // MaskEmail
+)
+
+// Append appends s as the rule shows it to dst.
+func (m MaskRule) Append(dst []byte, s string) []byte {
+	switch m {
+	case MaskAsID:
+		return AppendMaskedID(dst, s)
+	case MaskAsPhone:
+		return AppendMaskedPhone(dst, s)
+	case MaskAsEmail:
+		return AppendMaskedEmail(dst, s)
+	}
+	return append(dst, s...)
+}
+
+// AppScoped reports whether an application filter applies to kind k
+// (Kind.AppScoped); false for an unknown kind.
+func AppScoped(k pipeline.IdentityKind) bool {
+	o := pipeline.KindOrdinal(k)
+	return o >= 0 && kinds[o].AppScoped
+}
+
 // Multi reports whether the directory keeps any number of values of the
 // kind per customer, in a table of its own.
 func (s Store) Multi() bool { return s.Table != "customers" }
 
 // Kinds returns the table of identity kinds, by ordinal (the order of
-// pipeline.IdentityKinds): a copy, whose functions are pure.
-func Kinds() [pipeline.NumKinds]Kind { return kinds }
+// pipeline.IdentityKinds). The table is shared, for the matcher's hot path
+// (a copy per record cost a tenth of Normalize): it is read-only, and no
+// caller may modify it. Its functions are pure.
+func Kinds() *[pipeline.NumKinds]Kind { return &kinds }
 
 // At returns the entry of the kind of ordinal o (0 <= o < NumKinds).
 func At(o int) Kind { return kinds[o] }
 
-// kinds is the table of identity kinds. It is never modified; callers get
-// copies (Kinds, At, Of).
+// kinds is the table of identity kinds. Nothing modifies it.
 var kinds = [pipeline.NumKinds]Kind{
 	{
 		Name: pipeline.KindUnionID, Field: "unionid", Noun: "unionid",
-		Raw:    func(r *pipeline.RawRecord) string { return r.UnionID },
 		MaxLen: pipeline.MaxIdentityLen, Normalize: asSent,
 		AppScoped: true,
-		Ref:       func(r *pipeline.RecordRef) *string { return &r.UnionID }, Mask: AppendMaskedID,
-		Exact: true, FuzzyRank: [2]int{1, 4}, Create: true,
+		Mask:      MaskAsID,
+		Exact:     true, FuzzyRank: [2]int{1, 4}, Create: true,
 		Directory: Store{Table: "customers", Column: "unionid", AppType: "unionid_app_type", AppID: "unionid_app_id", LineField: "unionid"},
 	},
 	{
 		Name: pipeline.KindOpenID, Field: "openid", Noun: "openid",
-		Raw:    func(r *pipeline.RawRecord) string { return r.OpenID },
 		MaxLen: pipeline.MaxIdentityLen, Normalize: asSent,
 		AppScoped: true,
-		Ref:       func(r *pipeline.RecordRef) *string { return &r.OpenID }, Mask: AppendMaskedID,
-		Exact: true, FuzzyRank: [2]int{2, 3}, Create: true,
+		Mask:      MaskAsID,
+		Exact:     true, FuzzyRank: [2]int{2, 3}, Create: true,
 		Directory: Store{Table: "customer_openids", Column: "openid", AppType: "app_type", AppID: "app_id", LineField: "openids"},
 	},
 	{
 		Name: pipeline.KindPhone, Field: "phone", Noun: "phone number",
-		Raw:    func(r *pipeline.RawRecord) string { return r.Phone },
 		MaxLen: pipeline.MaxPhoneLen, LimitAsSent: true, Normalize: normalizePhone, Invalid: pipeline.ReasonInvalidPhone,
 		AppScoped: true,
-		Ref:       func(r *pipeline.RecordRef) *string { return &r.Phone }, Mask: AppendMaskedPhone,
-		Exact: true, FuzzyRank: [2]int{3, 2}, Create: true,
+		Mask:      MaskAsPhone,
+		Exact:     true, FuzzyRank: [2]int{3, 2}, Create: true,
 		Directory: Store{Table: "customer_phones", Column: "phone", AppType: "app_type", AppID: "app_id", LineField: "phones"},
 	},
 	{
 		Name: pipeline.KindThirdID, Alias: "thirdId", Field: "thirdId", Noun: "thirdId",
-		Raw:    func(r *pipeline.RawRecord) string { return r.ThirdID },
 		MaxLen: pipeline.MaxIdentityLen, Normalize: asSent,
-		Ref:   func(r *pipeline.RecordRef) *string { return &r.ThirdID },
+		Mask:  ShowAsSent,
 		Exact: true, FuzzyRank: [2]int{4, 1}, Create: true,
 		Directory: Store{Table: "customers", Column: "third_id", LineField: "thirdId"},
 	},
@@ -134,11 +160,10 @@ var kinds = [pipeline.NumKinds]Kind{
 		// Not in either fuzzy order: the platform documents exactly those
 		// two, and adding email would change whom existing callers match.
 		Name: pipeline.KindEmail, Field: "email", Noun: "email address",
-		Raw:    func(r *pipeline.RawRecord) string { return r.Email },
 		MaxLen: pipeline.MaxEmailLen, Normalize: normalizeEmail, Invalid: pipeline.ReasonInvalidEmail,
 		AppScoped: true,
-		Ref:       func(r *pipeline.RecordRef) *string { return &r.Email }, Mask: AppendMaskedEmail,
-		Exact: true, Create: true,
+		Mask:      MaskAsEmail,
+		Exact:     true, Create: true,
 		Directory: Store{Table: "customer_emails", Column: "email", AppType: "app_type", AppID: "app_id", LineField: "emails"},
 	},
 }

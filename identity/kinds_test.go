@@ -23,10 +23,15 @@ func TestKindsTable(t *testing.T) {
 				found = true
 			}
 		}
-		if !found || k.Raw(&r) != "x" {
-			t.Errorf("%s: Field %q is not the member Raw reads", k.Name, k.Field)
+		if !found || r.Member(k.Field) != "x" {
+			t.Errorf("%s: Field %q is no record member", k.Name, k.Field)
 		}
-		if k.Ref == nil || k.Normalize == nil || k.MaxLen <= 0 || k.Directory.Table == "" || k.Directory.Column == "" {
+		var ref pipeline.RecordRef
+		ref.Set(k.Field, "y")
+		if ref == (pipeline.RecordRef{}) {
+			t.Errorf("%s: Field %q is no record reference member", k.Name, k.Field)
+		}
+		if k.Normalize == nil || k.MaxLen <= 0 || k.Directory.Table == "" || k.Directory.Column == "" {
 			t.Errorf("%s: incomplete entry", k.Name)
 		}
 		if k.AppScoped != (k.Directory.AppType != "") {

@@ -321,11 +321,11 @@ func leadingIdentity(p pipeline.Params, r pipeline.RawRecord) (pipeline.Identity
 			k = pipeline.KindThirdID
 		}
 		e, _ := identity.Of(k)
-		return k, strings.TrimSpace(e.Raw(&r))
+		return k, strings.TrimSpace(r.Member(e.Field))
 	}
 	order, n := identity.FuzzyOrder(p.IdentifyWay)
 	for _, o := range order[:n] {
-		if v := strings.TrimSpace(identity.At(o).Raw(&r)); v != "" {
+		if v := strings.TrimSpace(r.Member(identity.Kinds()[o].Field)); v != "" {
 			return pipeline.IdentityKinds[o], v
 		}
 	}

@@ -554,14 +554,14 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 			return rec, nil
 		}
 		var (
-			name  string
 			dst   *string
+			at    int
 			bit   uint16
 			cache *string
 		)
 		for j := range members {
 			if string(key) == members[j].Name {
-				name, dst, bit = members[j].Name, members[j].Value, 1<<j
+				dst, at, bit = members[j].Value, j, 1<<j
 				break
 			}
 		}
@@ -578,7 +578,7 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		case dst == nil:
 			continue
 		case seen&bit != 0:
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), msgTwice}
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, memberName(at)), msgTwice}
 		}
 		seen |= bit
 		if isAbsent(raw) {
@@ -586,10 +586,18 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		}
 		s, problem := d.text(raw, cache)
 		if problem != "" {
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), problem}
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, memberName(at)), problem}
 		}
 		*dst = s
 	}
+}
+
+// memberName returns the name of a record's member i (error paths only:
+// taking it from the decoding loop's members would move the record to the
+// heap).
+func memberName(i int) string {
+	var r pipeline.RawRecord
+	return r.Members()[i].Name
 }
 
 // isAbsent reports whether a member value stands for "not given": missing

@@ -175,7 +175,7 @@ type Normalized struct {
 	// precedence of reasons.
 	Invalid pipeline.Reason
 	// Ref is what a result page may show of the record, by each kind's
-	// identity.Kind.Ref and Mask: ThirdID as sent (trimmed, even when
+	// identity.Kind.Mask: ThirdID as sent (trimmed, even when
 	// blocked; left out when over MaxIdentityLen), and the masked phone (its
 	// canonical form when valid, the trimmed value as sent when malformed),
 	// openid and unionid; a blocked masked value is left out.
@@ -259,7 +259,7 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 	kinds := identity.Kinds()
 	for o := range kinds {
 		k := &kinds[o]
-		raw := k.Raw(&r)
+		raw := r.Member(k.Field)
 		if raw == "" {
 			continue
 		}
@@ -270,10 +270,8 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 		}
 		long := identity.LongerThan(limited, k.MaxLen)
 		tooLong = tooLong || long
-		if k.Mask == nil {
-			if !long {
-				*k.Ref(&n.Ref) = identity.Storable(trimmed)
-			}
+		if k.Mask == identity.ShowAsSent && !long {
+			n.Ref.Set(k.Field, identity.Storable(trimmed))
 		}
 		usable := identity.Usable(trimmed)
 		if usable == "" {
@@ -312,7 +310,7 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 		}
 	}
 
-	n.setMaskedRef(&kinds, &shown)
+	n.setMaskedRef(kinds, &shown)
 	return n
 }
 
@@ -343,7 +341,7 @@ func (n *Normalized) identityProblem(p pipeline.Params, itMissing, itKnown bool)
 			if n.values[o] != "" {
 				return pipeline.ReasonNone
 			}
-			if k := identity.At(o); n.malformed&(1<<o) != 0 && problem == pipeline.ReasonMissingIdentity && k.Invalid != pipeline.ReasonNone {
+			if k := &identity.Kinds()[o]; n.malformed&(1<<o) != 0 && problem == pipeline.ReasonMissingIdentity && k.Invalid != pipeline.ReasonNone {
 				problem = k.Invalid
 			}
 		}
@@ -362,16 +360,16 @@ func (n *Normalized) setMaskedRef(kinds *[numKinds]identity.Kind, shown *[numKin
 	var ends [numKinds]int
 	b := buf[:0]
 	for o := range kinds {
-		if kinds[o].Mask != nil {
-			b = kinds[o].Mask(b, shown[o])
+		if shown[o] != "" && kinds[o].Mask != identity.ShowAsSent {
+			b = kinds[o].Mask.Append(b, shown[o])
 		}
 		ends[o] = len(b)
 	}
 	all := string(b)
 	start := 0
 	for o := range kinds {
-		if kinds[o].Mask != nil {
-			*kinds[o].Ref(&n.Ref) = all[start:ends[o]]
+		if start < ends[o] {
+			n.Ref.Set(kinds[o].Field, all[start:ends[o]])
 		}
 		start = ends[o]
 	}

@@ -65,8 +65,12 @@ func (r Resolver) Candidates(n *Normalized, h Hits) []int64 {
 // appendCandidates is Candidates appending to dst[:0], so that Resolve can
 // use a buffer on its stack.
 func (r Resolver) appendCandidates(dst []int64, n *Normalized, h Hits) []int64 {
+	return r.appendCandidatesOf(dst, n.Value(r.Kind), h)
+}
+
+// appendCandidatesOf is appendCandidates of the value v of r.Kind.
+func (r Resolver) appendCandidatesOf(dst []int64, v string, h Hits) []int64 {
 	dst = dst[:0]
-	v := n.Value(r.Kind)
 	if v == "" {
 		return dst
 	}
@@ -98,12 +102,8 @@ func insertSortedUnique(s []int64, id int64) []int64 {
 	return s
 }
 
-// appScoped reports whether an application scope applies to kind k
-// (identity.Kind.AppScoped).
-func appScoped(k pipeline.IdentityKind) bool {
-	e, ok := identity.Of(k)
-	return ok && e.AppScoped
-}
+// appScoped reports whether an application scope applies to kind k.
+func appScoped(k pipeline.IdentityKind) bool { return identity.AppScoped(k) }
 
 // Chain returns the ordered resolvers that judge a record under p, whose
 // identityType names the kind identityType (read only by exact matching):
@@ -198,10 +198,11 @@ func Resolve(p pipeline.Params, n *Normalized, h Hits) Verdict {
 	var v Verdict
 	several := false
 	for _, r := range chain {
-		if n.Value(r.Kind) == "" {
+		value := n.Value(r.Kind)
+		if value == "" {
 			continue
 		}
-		c := r.appendCandidates(buf[:], n, h)
+		c := r.appendCandidatesOf(buf[:], value, h)
 		if v.CustomerID != 0 {
 			// Looking for disagreement below the winner.
 			if len(c) == 1 && c[0] != v.CustomerID {

@@ -23,6 +23,16 @@ func TestMembersMatchTags(t *testing.T) {
 			if len(got) != i+1 || got[m.Name] != "v"+m.Name {
 				t.Errorf("member %q: json.Marshal wrote %s", m.Name, b)
 			}
+			if r, ok := v.(*RawRecord); ok && r.Member(m.Name) != "v"+m.Name {
+				t.Errorf("Member(%q) = %q", m.Name, r.Member(m.Name))
+			}
+			if r, ok := v.(*RecordRef); ok {
+				r.Set(m.Name, "w")
+				if *m.Value != "w" {
+					t.Errorf("Set(%q) did not set it", m.Name)
+				}
+				*m.Value = "v" + m.Name
+			}
 		}
 	}
 	t.Run("record", func(t *testing.T) {
@@ -35,4 +45,15 @@ func TestMembersMatchTags(t *testing.T) {
 		m := r.Members()
 		check(t, &r, m[:])
 	})
+}
+
+func TestKindOrdinal(t *testing.T) {
+	for i, k := range IdentityKinds {
+		if got := KindOrdinal(k); got != i {
+			t.Errorf("KindOrdinal(%q) = %d, want %d", k, got, i)
+		}
+	}
+	if got := KindOrdinal("mobile"); got != -1 {
+		t.Errorf("KindOrdinal(mobile) = %d", got)
+	}
 }

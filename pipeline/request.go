@@ -91,6 +91,30 @@ type RecordMember struct {
 	Value *string // the field of the RawRecord Members was called on
 }
 
+// Member returns the value of r's member named name ("" for none). It is
+// a switch, not a search of Members, because the matcher reads every
+// identity of every record through it; TestMembersMatchTags holds the two
+// together.
+func (r *RawRecord) Member(name string) string {
+	switch name {
+	case "identityType":
+		return r.IdentityType
+	case "thirdId":
+		return r.ThirdID
+	case "openid":
+		return r.OpenID
+	case "unionid":
+		return r.UnionID
+	case "phone":
+		return r.Phone
+	case "email":
+		return r.Email
+	case "groups":
+		return r.Groups
+	}
+	return ""
+}
+
 // Members lists r's members in the order the records message writes them
 // (json.Marshal's order, the struct's), each pointing into r. The codecs
 // of records and of batchAdd requests read and write records through it,
