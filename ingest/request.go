@@ -559,11 +559,8 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 			bit   uint16
 			cache *string
 		)
-		for j := range members {
-			if string(key) == members[j].Name {
-				dst, at, bit = members[j].Value, j, 1<<j
-				break
-			}
+		if j := pipeline.MemberIndex(key); j >= 0 {
+			dst, at, bit = members[j].Value, j, 1<<j
 		}
 		switch dst {
 		case &rec.IdentityType:

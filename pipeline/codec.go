@@ -337,10 +337,8 @@ func (d *fastDecoder) record(r *RawRecord) bool {
 	var f seen
 	members := r.Members()
 	return d.s.Object(func(key []byte) error {
-		for i := range members {
-			if string(key) == members[i].Name {
-				return member(f.first(uint(i)) && d.strField(members[i].Value))
-			}
+		if i := MemberIndex(key); i >= 0 {
+			return member(f.first(uint(i)) && d.strField(members[i].Value))
 		}
 		return errDecline
 	}) == nil

@@ -26,6 +26,9 @@ func TestMembersMatchTags(t *testing.T) {
 			if r, ok := v.(*RawRecord); ok && r.Member(m.Name) != "v"+m.Name {
 				t.Errorf("Member(%q) = %q", m.Name, r.Member(m.Name))
 			}
+			if _, ok := v.(*RawRecord); ok && MemberIndex([]byte(m.Name)) != i {
+				t.Errorf("MemberIndex(%q) = %d, want %d", m.Name, MemberIndex([]byte(m.Name)), i)
+			}
 			if r, ok := v.(*RecordRef); ok {
 				r.Set(m.Name, "w")
 				if *m.Value != "w" {

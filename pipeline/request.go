@@ -115,6 +115,29 @@ func (r *RawRecord) Member(name string) string {
 	return ""
 }
 
+// MemberIndex returns the index in Members of the member named name, or -1
+// (the names compare exactly). A switch, for decoders reading member
+// names; TestMembersMatchTags holds it to Members.
+func MemberIndex(name []byte) int {
+	switch string(name) {
+	case "identityType":
+		return 0
+	case "thirdId":
+		return 1
+	case "openid":
+		return 2
+	case "unionid":
+		return 3
+	case "phone":
+		return 4
+	case "email":
+		return 5
+	case "groups":
+		return 6
+	}
+	return -1
+}
+
 // Members lists r's members in the order the records message writes them
 // (json.Marshal's order, the struct's), each pointing into r. The codecs
 // of records and of batchAdd requests read and write records through it,
