@@ -391,9 +391,14 @@ func (n *Normalized) Lookups(p pipeline.Params) []pipeline.IdentityKind {
 	case !isFuzzy(p):
 		return []pipeline.IdentityKind{n.IdentityType}
 	}
+	var inOrder [numKinds]bool
+	order, m := identity.FuzzyOrder(p.IdentifyWay)
+	for _, o := range order[:m] {
+		inOrder[o] = true
+	}
 	ks := make([]pipeline.IdentityKind, 0, numKinds)
 	for i, v := range n.values {
-		if v != "" && identity.InFuzzyOrder(p.IdentifyWay, i) {
+		if v != "" && inOrder[i] {
 			ks = append(ks, kindsByIndex[i])
 		}
 	}
