@@ -33,7 +33,7 @@ type Summary struct {
 // in $2, in batch id order; scan reads its rows.
 const summarySQL = `
 	SELECT batch_id, tenant_id, status, opt_type, total, processed, success, unmatched, ambiguous, invalid, failed,
-	       matched_unionid, matched_openid, matched_phone, matched_id, groups_created, conflicts,
+	       matched_by, groups_created, conflicts,
 	       accepted_at, finished_at, deferred, late_matched
 	FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2)
 	ORDER BY batch_id`
@@ -42,16 +42,16 @@ const summarySQL = `
 // PROCESSING, the status the API and events name.
 func scan(rows pgx.Rows) (Summary, error) {
 	var s Summary
-	var mu, mo, mp, mi int
+	var matched []int32
 	if err := rows.Scan(&s.BatchID, &s.TenantID, &s.Status, &s.OptType, &s.Total, &s.Processed, &s.Success,
-		&s.Unmatched, &s.Ambiguous, &s.Invalid, &s.Failed, &mu, &mo, &mp, &mi, &s.GroupsCreated, &s.Conflicts,
+		&s.Unmatched, &s.Ambiguous, &s.Invalid, &s.Failed, &matched, &s.GroupsCreated, &s.Conflicts,
 		&s.AcceptedAt, &s.FinishedAt, &s.Deferred, &s.LateMatched); err != nil {
 		return s, err
 	}
 	if s.Status == "PENDING" {
 		s.Status = "PROCESSING"
 	}
-	s.MatchedBy = pipeline.MatchedBy(mu, mo, mp, mi)
+	s.MatchedBy = matchedBy(matched)
 	s.ErrorCounts = map[string]int{}
 	return s, nil
 }
@@ -114,4 +114,17 @@ func errorCounts(ctx context.Context, q Querier, tenantID int64, sums []Summary)
 		return fmt.Errorf("batches: read error counts: %w", err)
 	}
 	return nil
+}
+
+// matchedBy returns the matchedBy object of a batch's matched_by counters,
+// indexed by kind ordinal (pipeline.IdentityKinds), leaving out the kinds
+// that matched nothing.
+func matchedBy(counts []int32) map[string]int {
+	m := make(map[string]int, len(counts))
+	for o, n := range counts {
+		if n > 0 && o < pipeline.NumKinds {
+			m[string(pipeline.IdentityKinds[o])] = int(n)
+		}
+	}
+	return m
 }

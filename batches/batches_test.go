@@ -17,8 +17,8 @@ func TestRead(t *testing.T) {
 	db, _ := schematest.NewPool(t)
 	for _, q := range []string{
 		`INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, processed, success, unmatched,
-			invalid, matched_unionid, matched_phone, groups_created, finished_at)
-		 VALUES (1, 7, 'app', 'add', '{}', 'PARTIAL_SUCCESS', 4, 4, 2, 1, 1, 1, 1, 1, now())`,
+			invalid, matched_by, groups_created, finished_at)
+		 VALUES (1, 7, 'app', 'add', '{}', 'PARTIAL_SUCCESS', 4, 4, 2, 1, 1, '{1,0,1,0}', 1, now())`,
 		`INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
 		 VALUES (2, 7, 'app', 'add', '{}', 'PENDING', 3)`,
 		`INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/supervise"
 )
 
@@ -107,6 +108,16 @@ FROM (
 		WHERE s.third_id IS NOT NULL AND x.tenant_id = $1 AND x.third_id = s.third_id AND x.third_id IS NOT NULL) t
 ) m`
 
+// matchedByArray counts a batch's resolved records by matchedBy kind, as
+// the batches.matched_by array holds them (by kind ordinal).
+var matchedByArray = func() string {
+	parts := make([]string, 0, pipeline.NumKinds)
+	for _, k := range pipeline.IdentityKinds {
+		parts = append(parts, "count(*) FILTER (WHERE matched_by = '"+string(k)+"')")
+	}
+	return "ARRAY[" + strings.Join(parts, ", ") + "]"
+}()
+
 // baselineApply writes the resolved chunk, schema %[1]s, tenant $1: the
 // per-record results, the batches with their final counters (a chunk holds
 // whole batches), the groups (visible once an add names them), and the
@@ -117,13 +128,11 @@ var baselineApply = []string{
 	`INSERT INTO %[1]s.batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id)
 	SELECT $1, batch_id, rec_index, outcome, nullif(outcome, 'MATCHED'), matched_by, customer_id FROM resolved ORDER BY batch_id, rec_index`,
 	`INSERT INTO %[1]s.batches (batch_id, tenant_id, appid, opt_type, params, status, total, processed,
-		success, unmatched, ambiguous, matched_unionid, matched_openid, matched_phone, matched_id, finished_at)
+		success, unmatched, ambiguous, matched_by, finished_at)
 	SELECT batch_id, $1, 'baseline', CASE WHEN bool_and(opt_add) THEN 'add' ELSE 'delete' END, '{}',
 		CASE count(*) FILTER (WHERE outcome = 'MATCHED') WHEN count(*) THEN 'SUCCESS' WHEN 0 THEN 'FAILED' ELSE 'PARTIAL_SUCCESS' END,
 		count(*), count(*), count(*) FILTER (WHERE outcome = 'MATCHED'), count(*) FILTER (WHERE outcome = 'NOT_FOUND'),
-		count(*) FILTER (WHERE outcome = 'AMBIGUOUS'), count(*) FILTER (WHERE matched_by = 'unionid'),
-		count(*) FILTER (WHERE matched_by = 'openid'), count(*) FILTER (WHERE matched_by = 'phone'),
-		count(*) FILTER (WHERE matched_by = 'id'), clock_timestamp()
+		count(*) FILTER (WHERE outcome = 'AMBIGUOUS'), ` + matchedByArray + `, clock_timestamp()
 	FROM resolved GROUP BY batch_id ORDER BY batch_id`,
 	`INSERT INTO %[1]s.groups (tenant_id, name, visible)
 	SELECT $1, n, bool_or(opt_add) FROM resolved, unnest(groups) AS n WHERE outcome = 'MATCHED' GROUP BY n ORDER BY n
@@ -355,16 +364,31 @@ func nullable(v string) any {
 
 func baselineOutcomes(ctx context.Context, db *pgxpool.Pool, schema string) (Outcomes, error) {
 	o := Outcomes{MatchedBy: map[string]int64{}}
-	var u, op, ph, id int64
 	err := db.QueryRow(ctx, fmt.Sprintf(`SELECT coalesce(sum(success), 0), coalesce(sum(unmatched), 0),
-		coalesce(sum(ambiguous), 0), coalesce(sum(invalid), 0), coalesce(sum(failed), 0),
-		coalesce(sum(matched_unionid), 0), coalesce(sum(matched_openid), 0), coalesce(sum(matched_phone), 0),
-		coalesce(sum(matched_id), 0) FROM %s.batches`, schema)).Scan(
-		&o.Success, &o.Unmatched, &o.Ambiguous, &o.Invalid, &o.Failed, &u, &op, &ph, &id)
+		coalesce(sum(ambiguous), 0), coalesce(sum(invalid), 0), coalesce(sum(failed), 0) FROM %s.batches`, schema)).Scan(
+		&o.Success, &o.Unmatched, &o.Ambiguous, &o.Invalid, &o.Failed)
 	if err != nil {
 		return o, fmt.Errorf("bench: baseline outcomes: %w", err)
 	}
-	o.MatchedBy["unionid"], o.MatchedBy["openid"], o.MatchedBy["phone"], o.MatchedBy["id"] = u, op, ph, id
+	// matched_by is indexed by kind ordinal, 1-based.
+	rows, err := db.Query(ctx, fmt.Sprintf(`SELECT o - 1, sum(n) FROM %s.batches, unnest(matched_by) WITH ORDINALITY AS m(n, o)
+		GROUP BY o`, schema))
+	if err != nil {
+		return o, fmt.Errorf("bench: baseline outcomes: %w", err)
+	}
+	for rows.Next() {
+		var k int
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			return o, fmt.Errorf("bench: baseline outcomes: %w", err)
+		}
+		if k < pipeline.NumKinds {
+			o.MatchedBy[string(pipeline.IdentityKinds[k])] = n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return o, fmt.Errorf("bench: baseline outcomes: %w", err)
+	}
 	return o, nil
 }
 

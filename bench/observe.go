@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groupmatch/groupmatch/pipeline"
 )
 
 // Observer reads the progress and results of a run's batches from the
@@ -84,7 +86,7 @@ func (o *Observer) Result(ctx context.Context) (Result, error) {
 	r.Outcomes.MatchedBy = map[string]int64{}
 	rows, err := o.db.Query(ctx, `
 		SELECT accepted_at, finished_at, success, unmatched, ambiguous, invalid, failed,
-			matched_unionid, matched_openid, matched_phone, matched_id
+			matched_by
 		FROM batches WHERE tenant_id = $1 AND batch_id > $2 AND NOT aborted AND finished_at IS NOT NULL`, o.tenantID, o.after)
 	if err != nil {
 		return r, fmt.Errorf("bench: read results: %w", err)
@@ -92,8 +94,9 @@ func (o *Observer) Result(ctx context.Context) (Result, error) {
 	var lat []time.Duration
 	for rows.Next() {
 		var acc, fin time.Time
-		var c [9]int64
-		if err := rows.Scan(&acc, &fin, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8]); err != nil {
+		var c [5]int64
+		var matched []int64
+		if err := rows.Scan(&acc, &fin, &c[0], &c[1], &c[2], &c[3], &c[4], &matched); err != nil {
 			return r, fmt.Errorf("bench: read results: %w", err)
 		}
 		if r.FirstAccepted.IsZero() || acc.Before(r.FirstAccepted) {
@@ -109,8 +112,10 @@ func (o *Observer) Result(ctx context.Context) (Result, error) {
 		oc.Ambiguous += c[2]
 		oc.Invalid += c[3]
 		oc.Failed += c[4]
-		for i, k := range []string{"unionid", "openid", "phone", "id"} {
-			oc.MatchedBy[k] += c[5+i]
+		for o, n := range matched {
+			if o < pipeline.NumKinds {
+				oc.MatchedBy[string(pipeline.IdentityKinds[o])] += n
+			}
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -8,18 +8,21 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
 // CreateRequest asks for the customer with a thirdId, to be created with
-// the given identities if the tenant has none (isMatching=false). Phone is
-// normalised; AppType/AppID, when set, name the application the new
-// identities are bound through.
+// the given identities if the tenant has none (isMatching=false). Values
+// holds the normalised identities by ordinal (identity.Kinds; "" for none);
+// only the kinds marked Create are given to the customer, and Values of
+// KindThirdID is ignored for ThirdID. AppType/AppID, when set, name the
+// application the new identities are bound through.
 type CreateRequest struct {
-	TenantID               int64
-	ThirdID                string
-	Phone, OpenID, UnionID string
-	AppType, AppID         string
+	TenantID       int64
+	ThirdID        string
+	Values         [pipeline.NumKinds]string
+	AppType, AppID string
 }
 
 // CreateResult answers one CreateRequest.
@@ -152,36 +155,39 @@ func createCustomers(ctx context.Context, tx pgx.Tx, tenantID int64, reqs []Crea
 		return nil, fmt.Errorf("allocate customer ids: %w", err)
 	}
 	n := len(reqs)
+	union := pipeline.KindOrdinal(pipeline.KindUnionID)
 	thirds, unionids, uTypes, uApps := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	var pC []int64
-	var pV, pType, pApp []string
-	var oC []int64
-	var oV, oType, oApp []string
+	// The identities of each kind kept in a table of its own, by ordinal.
+	type kindRows struct {
+		customers           []int64
+		values, types, apps []string
+	}
+	var bound [pipeline.NumKinds]kindRows
+	kinds := identity.Kinds()
 	for i, r := range reqs {
-		thirds[i], unionids[i] = r.ThirdID, r.UnionID
-		if r.UnionID != "" {
+		thirds[i], unionids[i] = r.ThirdID, r.Values[union]
+		if unionids[i] != "" {
 			uTypes[i], uApps[i] = r.AppType, r.AppID
 		}
-		if r.Phone != "" {
-			pC, pV, pType, pApp = append(pC, ids[i]), append(pV, r.Phone), append(pType, r.AppType), append(pApp, r.AppID)
-		}
-		if r.OpenID != "" {
-			oC, oV, oType, oApp = append(oC, ids[i]), append(oV, r.OpenID), append(oType, r.AppType), append(oApp, r.AppID)
+		for o := range kinds {
+			if v := r.Values[o]; v != "" && kinds[o].Create && kinds[o].Directory.Multi() {
+				b := &bound[o]
+				b.customers, b.values = append(b.customers, ids[i]), append(b.values, v)
+				b.types, b.apps = append(b.types, r.AppType), append(b.apps, r.AppID)
+			}
 		}
 	}
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO customers (tenant_id, customer_id, third_id, unionid, unionid_app_type, unionid_app_id)
 		SELECT $1, c, th, nullif(u, ''), ut, ua FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(c, th, u, ut, ua)`,
 		tenantID, ids, thirds, unionids, uTypes, uApps)
-	if len(pC) > 0 {
-		b.Queue(`INSERT INTO customer_phones (tenant_id, customer_id, phone, app_type, app_id)
-			SELECT $1, c, p, t, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS x(c, p, t, a) ON CONFLICT DO NOTHING`,
-			tenantID, pC, pV, pType, pApp)
-	}
-	if len(oC) > 0 {
-		b.Queue(`INSERT INTO customer_openids (tenant_id, customer_id, openid, app_type, app_id)
-			SELECT $1, c, o, t, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS x(c, o, t, a) ON CONFLICT DO NOTHING`,
-			tenantID, oC, oV, oType, oApp)
+	for o := range kinds {
+		if r := &bound[o]; len(r.customers) > 0 {
+			d := kinds[o].Directory
+			b.Queue(`INSERT INTO `+d.Table+` (tenant_id, customer_id, `+d.Column+`, `+d.AppType+`, `+d.AppID+`)
+			SELECT $1, c, v, t, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS x(c, v, t, a) ON CONFLICT DO NOTHING`,
+				tenantID, r.customers, r.values, r.types, r.apps)
+		}
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("create customers: %w", err)

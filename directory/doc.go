@@ -1,6 +1,7 @@
 // Package directory is the platform's customer directory in PostgreSQL
-// (SPEC §5): the tables customers, customer_phones and customer_openids of
-// each tenant, what is asked of them and how they are filled.
+// (SPEC §5): the tables customers, customer_phones, customer_openids and
+// customer_emails of each tenant (identity.Kinds says which kind lives where),
+// what is asked of them and how they are filled.
 //
 //   - Look-ups (PGDirectory.Lookup) answer a chunk's identity values in one
 //     round trip, one query per identity kind and tenant.

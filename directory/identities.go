@@ -25,10 +25,15 @@ type CommitHook func(ctx context.Context, tenantID int64, ids []Identity) error
 
 // identities lists the chunk's identities for the commit hook: each
 // customer's thirdId and unionid as the chunk has them (after merging its
-// lines), and its phones and openids. An openid bound through several
-// applications is listed once.
+// lines), and its identities of the kinds kept in tables of their own
+// (phones, openids, ...). A value bound through several applications is
+// listed once.
 func (c *loadChunk) identities() []Identity {
-	out := make([]Identity, 0, 2*len(c.customers)+len(c.phones)+len(c.openids))
+	n := 2 * len(c.customers)
+	for _, rows := range c.bound {
+		n += len(rows)
+	}
+	out := make([]Identity, 0, n)
 	for _, s := range c.customers {
 		if s.thirdID != "" {
 			out = append(out, Identity{pipeline.KindThirdID, s.thirdID, s.id})
@@ -49,7 +54,8 @@ func (c *loadChunk) identities() []Identity {
 			out = append(out, id)
 		}
 	}
-	add(pipeline.KindPhone, c.phones)
-	add(pipeline.KindOpenID, c.openids)
+	for o, rows := range c.bound {
+		add(pipeline.IdentityKinds[o], rows)
+	}
 	return out
 }

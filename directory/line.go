@@ -25,11 +25,12 @@ type DirectoryLine struct {
 	UnionID    BoundIdentity   `json:"unionid"`
 	Phones     []BoundIdentity `json:"phones"`
 	OpenIDs    []AppOpenID     `json:"openids"`
+	Emails     []BoundIdentity `json:"emails"`
 }
 
-// BoundIdentity is a phone or unionid, given either as a plain string or as
-// {"phone"|"unionid": "…", "appType": "…", "appId": "…"}, binding it to the
-// application it came through.
+// BoundIdentity is a phone, unionid or email, given either as a plain
+// string or as {"phone"|"unionid"|"email": "…", "appType": "…", "appId":
+// "…"}, binding it to the application it came through.
 type BoundIdentity struct {
 	Value   string
 	AppType string
@@ -45,6 +46,7 @@ func (b *BoundIdentity) UnmarshalJSON(data []byte) error {
 	var o struct {
 		Phone   *string `json:"phone"`
 		UnionID *string `json:"unionid"`
+		Email   *string `json:"email"`
 		AppType string  `json:"appType"`
 		AppID   string  `json:"appId"`
 	}
@@ -56,8 +58,10 @@ func (b *BoundIdentity) UnmarshalJSON(data []byte) error {
 		b.Value = *o.Phone
 	case o.UnionID != nil:
 		b.Value = *o.UnionID
+	case o.Email != nil:
+		b.Value = *o.Email
 	default:
-		return lineProblem("an identity object names neither phone nor unionid")
+		return lineProblem("an identity object names no phone, unionid or email")
 	}
 	b.AppType, b.AppID = strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)
 	if (b.AppType == "") != (b.AppID == "") {
@@ -170,7 +174,7 @@ func (p *lineParser) line(d *DirectoryLine) error {
 	}
 	var seen uint8
 	err := p.s.Object(func(name []byte) error {
-		bit, err := memberBit(name, &seen, "customerId", "thirdId", "unionid", "phones", "openids")
+		bit, err := memberBit(name, &seen, "customerId", "thirdId", "unionid", "phones", "openids", "emails")
 		if err != nil || bit < 0 {
 			if err != nil {
 				return err
@@ -189,11 +193,16 @@ func (p *lineParser) line(d *DirectoryLine) error {
 				d.Phones = append(d.Phones, BoundIdentity{})
 				return p.bound(&d.Phones[len(d.Phones)-1], "phones")
 			}, func() { d.Phones = nil })
-		default:
+		case 4:
 			return p.array("openids", func() error {
 				d.OpenIDs = append(d.OpenIDs, AppOpenID{})
 				return p.openID(&d.OpenIDs[len(d.OpenIDs)-1])
 			}, func() { d.OpenIDs = nil })
+		default:
+			return p.array("emails", func() error {
+				d.Emails = append(d.Emails, BoundIdentity{})
+				return p.bound(&d.Emails[len(d.Emails)-1], "emails")
+			}, func() { d.Emails = nil })
 		}
 	})
 	if err != nil {
@@ -312,11 +321,11 @@ func (p *lineParser) bound(dst *BoundIdentity, field string) error {
 		}
 		return p.typeErrorAfterSkip(field)
 	}
-	var phone, union *string
+	var phone, union, email *string
 	var appType, appID string
 	var seen uint8
 	err := p.s.Object(func(name []byte) error {
-		bit, err := memberBit(name, &seen, "phone", "unionid", "appType", "appId")
+		bit, err := memberBit(name, &seen, "phone", "unionid", "appType", "appId", "email")
 		switch {
 		case err != nil:
 			return err
@@ -328,6 +337,8 @@ func (p *lineParser) bound(dst *BoundIdentity, field string) error {
 			return p.stringField(&appType, field)
 		case bit == 3:
 			return p.stringField(&appID, field)
+		case bit == 4:
+			return p.optString(&email, field)
 		}
 		return p.skipValue(2)
 	})
@@ -339,8 +350,10 @@ func (p *lineParser) bound(dst *BoundIdentity, field string) error {
 		dst.Value = *phone
 	case union != nil:
 		dst.Value = *union
+	case email != nil:
+		dst.Value = *email
 	default:
-		return lineProblem("an identity object names neither phone nor unionid")
+		return lineProblem("an identity object names no phone, unionid or email")
 	}
 	dst.AppType, dst.AppID = strings.TrimSpace(appType), strings.TrimSpace(appID)
 	if (dst.AppType == "") != (dst.AppID == "") {

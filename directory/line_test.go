@@ -123,7 +123,7 @@ func TestDecodeLine(t *testing.T) {
 		{`{"customerId": 1, "phones": "138"}`, DirectoryLine{}, "field phones has the wrong type"},
 		{`{"customerId": 1, "phones": [7]}`, DirectoryLine{}, "field phones has the wrong type"},
 		{`{"customerId": 1, "openids": ["o"]}`, DirectoryLine{}, "field openids has the wrong type"},
-		{`{"customerId": 1, "unionid": {"appType": "gzh"}}`, DirectoryLine{}, "names neither phone nor unionid"},
+		{`{"customerId": 1, "unionid": {"appType": "gzh"}}`, DirectoryLine{}, "names no phone, unionid or email"},
 		{`{"customerId": 1, "unionid": {"unionid": "u", "appId": "wx1"}}`, DirectoryLine{}, "appType and appId go together"},
 		{`{"customerId": 1, "customerId": 2}`, DirectoryLine{}, "member customerId is given twice"},
 		{`{"customerId": 1, "CustomerId": 2}`, DirectoryLine{}, "member customerId is given twice"},
@@ -165,6 +165,7 @@ func FuzzDecodeLine(f *testing.F) {
 		`{"customerId": 1, "thirdId": "crm-1", "unionid": {"unionid": "u", "appType": "gzh", "appId": "wx1"}, "phones": ["13800000000", {"phone": "1", "appType": "a", "appId": "b"}], "openids": [{"openid": "o", "appType": "gzh", "appId": "wx1"}]}`,
 		`{"customerId": 2, "x": [1, 2.5e3, true, null, {"y": "\u00e9\ud83d\ude00"}]}`,
 		`null`, `[1]`, `{"customerId": 1.0}`, `{"customerid": 3, "PHONES": null}`, "{\"thirdId\": \"\xff\"}",
+		`{"customerId": 4, "emails": ["a@b.cn", {"email": "c@d.cn", "phone": "1", "appType": "x", "appId": "y"}, null], "EMAILS": []}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/groupmatch/groupmatch/identity"
+	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
 
@@ -103,12 +104,13 @@ type stagedIdentity struct {
 type loadChunk struct {
 	customers []stagedCustomer
 	byID      map[int64]int // customerId -> index in customers
-	phones    []stagedIdentity
-	openids   []stagedIdentity
-	lines     int   // input lines the chunk spans, bad and blank ones included
-	good      int   // good lines among them
-	bytes     int64 // input bytes the chunk spans
-	done      chan struct{}
+	// bound holds, by ordinal, the identities of the kinds the directory
+	// keeps in tables of their own (identity.Store.Multi).
+	bound [pipeline.NumKinds][]stagedIdentity
+	lines int   // input lines the chunk spans, bad and blank ones included
+	good  int   // good lines among them
+	bytes int64 // input bytes the chunk spans
+	done  chan struct{}
 }
 
 func newLoadChunk(size int) *loadChunk {
@@ -120,7 +122,7 @@ func newLoadChunk(size int) *loadChunk {
 }
 
 // add merges one parsed line into the chunk.
-func (c *loadChunk) add(sc stagedCustomer, phones, openids []stagedIdentity) {
+func (c *loadChunk) add(sc stagedCustomer, bound *[pipeline.NumKinds][]stagedIdentity) {
 	if i, ok := c.byID[sc.id]; ok {
 		prev := &c.customers[i]
 		if sc.thirdID != "" {
@@ -133,8 +135,9 @@ func (c *loadChunk) add(sc stagedCustomer, phones, openids []stagedIdentity) {
 		c.byID[sc.id] = len(c.customers)
 		c.customers = append(c.customers, sc)
 	}
-	c.phones = append(c.phones, phones...)
-	c.openids = append(c.openids, openids...)
+	for o := range bound {
+		c.bound[o] = append(c.bound[o], bound[o]...)
+	}
 }
 
 // seal sorts the chunk's rows by the keys of the indexes they go into and
@@ -143,8 +146,9 @@ func (c *loadChunk) seal() {
 	slices.SortFunc(c.customers, func(a, b stagedCustomer) int {
 		return cmp.Or(strings.Compare(a.unionid, b.unionid), cmp.Compare(a.id, b.id))
 	})
-	c.phones = sortIdentities(c.phones)
-	c.openids = sortIdentities(c.openids)
+	for o := range c.bound {
+		c.bound[o] = sortIdentities(c.bound[o])
+	}
 }
 
 func sortIdentities(s []stagedIdentity) []stagedIdentity {
@@ -318,7 +322,7 @@ const analyzeAfter = 10000
 // whether it could. It is best effort: a role that does not own the
 // tables may not, and autovacuum will do it soon.
 func (l *Loader) analyze(ctx context.Context) bool {
-	_, err := l.db.Exec(ctx, `ANALYZE customers, customer_phones, customer_openids`)
+	_, err := l.db.Exec(ctx, "ANALYZE "+strings.Join(directoryTables(), ", "))
 	return err == nil
 }
 
@@ -339,29 +343,27 @@ func stageLine(c *loadChunk, line []byte) error {
 	if u := identity.Usable(d.UnionID.Value); u != "" {
 		sc.unionid, sc.uType, sc.uApp = u, d.UnionID.AppType, d.UnionID.AppID
 	}
-	var phones, openids []stagedIdentity
-	for i, p := range d.Phones {
-		if identity.IsBlocked(p.Value) {
-			continue
+	var bound [pipeline.NumKinds][]stagedIdentity
+	kinds := identity.Kinds()
+	for o, list := range lineIdentities(&d) {
+		k := &kinds[o]
+		for i, b := range list {
+			v := identity.Usable(b.Value)
+			if v == "" {
+				continue
+			}
+			if v, _ = k.Normalize(v); v == "" {
+				return fmt.Errorf("%s[%d] is not a valid %s", k.Directory.LineField, i, k.Noun)
+			}
+			bound[o] = append(bound[o], stagedIdentity{v, b.AppType, b.AppID, d.CustomerID})
 		}
-		norm, ok := identity.NormalizePhone(p.Value)
-		if !ok {
-			return fmt.Errorf("phones[%d] is not a valid phone number", i)
-		}
-		phones = append(phones, stagedIdentity{norm, p.AppType, p.AppID, d.CustomerID})
 	}
 	for i, o := range d.OpenIDs {
-		v := identity.Usable(o.OpenID)
-		if v == "" {
-			continue
-		}
-		at, app := strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)
-		if at == "" || app == "" {
+		if identity.Usable(o.OpenID) != "" && (strings.TrimSpace(o.AppType) == "" || strings.TrimSpace(o.AppID) == "") {
 			return fmt.Errorf("openids[%d] needs appType and appId", i)
 		}
-		openids = append(openids, stagedIdentity{v, at, app, d.CustomerID})
 	}
-	c.add(sc, phones, openids)
+	c.add(sc, &bound)
 	return nil
 }
 
@@ -378,14 +380,11 @@ func hasNUL(d *DirectoryLine) bool {
 	if nul(d.ThirdID, d.UnionID.Value, d.UnionID.AppType, d.UnionID.AppID) {
 		return true
 	}
-	for _, p := range d.Phones {
-		if nul(p.Value, p.AppType, p.AppID) {
-			return true
-		}
-	}
-	for _, o := range d.OpenIDs {
-		if nul(o.OpenID, o.AppType, o.AppID) {
-			return true
+	for _, list := range lineIdentities(d) {
+		for _, b := range list {
+			if nul(b.Value, b.AppType, b.AppID) {
+				return true
+			}
 		}
 	}
 	return false
@@ -455,15 +454,6 @@ const (
 			(coalesce(excluded.third_id, c.third_id), coalesce(excluded.unionid, c.unionid),
 			 CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_type ELSE excluded.unionid_app_type END,
 			 CASE WHEN excluded.unionid IS NULL THEN c.unionid_app_id ELSE excluded.unionid_app_id END)`
-
-	// insertPhonesSQL and insertOpenIDsSQL add identities from arrays; one
-	// already stored is left alone (not even locked).
-	insertPhonesSQL = `INSERT INTO customer_phones (tenant_id, phone, customer_id, app_type, app_id)
-		SELECT $1, v, id, t, a FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS s(v, id, t, a)
-		ON CONFLICT DO NOTHING`
-	insertOpenIDsSQL = `INSERT INTO customer_openids (tenant_id, openid, app_type, app_id, customer_id)
-		SELECT $1, v, t, a, id FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS s(v, id, t, a)
-		ON CONFLICT DO NOTHING`
 )
 
 // mergeInto applies a line's fields to the stored ones: a thirdId or
@@ -510,10 +500,12 @@ func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChu
 	}
 	isOld := func(id int64) bool { _, ok := stored[id]; return ok }
 	newCust, oldCust := splitBy(c.customers, func(s stagedCustomer) bool { return isOld(s.id) })
-	newPhones, oldPhones := splitBy(c.phones, func(s stagedIdentity) bool { return isOld(s.id) })
-	newOpen, oldOpen := splitBy(c.openids, func(s stagedIdentity) bool { return isOld(s.id) })
+	var newBound, oldBound [pipeline.NumKinds][]stagedIdentity
+	for o := range c.bound {
+		newBound[o], oldBound[o] = splitBy(c.bound[o], func(s stagedIdentity) bool { return isOld(s.id) })
+	}
 	if len(newCust) > 0 {
-		if err := copyRows(ctx, tx, tenantID, newCust, newPhones, newOpen); err != nil {
+		if err := copyRows(ctx, tx, tenantID, newCust, &newBound); err != nil {
 			return 0, err
 		}
 	}
@@ -525,7 +517,7 @@ func copyNewMergeRest(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChu
 			b.Queue(updateCustomerSQL, tenantID, cur.id, nullable(cur.thirdID), nullable(cur.unionid), cur.uType, cur.uApp)
 		}
 	}
-	queueIdentities(b, tenantID, oldPhones, oldOpen)
+	queueIdentities(b, tenantID, &oldBound)
 	if b.Len() == 0 {
 		return len(newCust), nil
 	}
@@ -551,7 +543,7 @@ func splitBy[T any](s []T, old func(T) bool) (fresh, stale []T) {
 // copyRows COPYs customers the tenant does not have, and their identities,
 // straight into the directory tables. It fails with a unique violation if
 // some row exists after all.
-func copyRows(ctx context.Context, tx pgx.Tx, tenantID int64, cust []stagedCustomer, phones, openids []stagedIdentity) error {
+func copyRows(ctx context.Context, tx pgx.Tx, tenantID int64, cust []stagedCustomer, bound *[pipeline.NumKinds][]stagedIdentity) error {
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customers"},
 		[]string{"tenant_id", "customer_id", "third_id", "unionid", "unionid_app_type", "unionid_app_id"},
 		pgx.CopyFromSlice(len(cust), func(i int) ([]any, error) {
@@ -560,24 +552,19 @@ func copyRows(ctx context.Context, tx pgx.Tx, tenantID int64, cust []stagedCusto
 		})); err != nil {
 		return fmt.Errorf("copy customers: %w", err)
 	}
-	if len(phones) > 0 {
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customer_phones"},
-			[]string{"tenant_id", "phone", "customer_id", "app_type", "app_id"},
-			pgx.CopyFromSlice(len(phones), func(i int) ([]any, error) {
-				s := &phones[i]
+	kinds := identity.Kinds()
+	for o, rows := range bound {
+		if len(rows) == 0 {
+			continue
+		}
+		d := kinds[o].Directory
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{d.Table},
+			[]string{"tenant_id", d.Column, "customer_id", d.AppType, d.AppID},
+			pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+				s := &rows[i]
 				return []any{tenantID, s.value, s.id, s.appType, s.app}, nil
 			})); err != nil {
-			return fmt.Errorf("copy phones: %w", err)
-		}
-	}
-	if len(openids) > 0 {
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"customer_openids"},
-			[]string{"tenant_id", "openid", "app_type", "app_id", "customer_id"},
-			pgx.CopyFromSlice(len(openids), func(i int) ([]any, error) {
-				s := &openids[i]
-				return []any{tenantID, s.value, s.appType, s.app, s.id}, nil
-			})); err != nil {
-			return fmt.Errorf("copy openids: %w", err)
+			return fmt.Errorf("copy %s: %w", d.LineField, err)
 		}
 	}
 	return nil
@@ -593,29 +580,66 @@ func upsertAll(ctx context.Context, tx pgx.Tx, tenantID int64, c *loadChunk) err
 	}
 	b := &pgx.Batch{}
 	b.Queue(upsertCustomersSQL, tenantID, ids, thirds, unions, uTypes, uApps)
-	queueIdentities(b, tenantID, c.phones, c.openids)
+	queueIdentities(b, tenantID, &c.bound)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("upsert customers: %w", err)
 	}
 	return nil
 }
 
-// queueIdentities queues the inserts of identities that may exist already.
-func queueIdentities(b *pgx.Batch, tenantID int64, phones, openids []stagedIdentity) {
-	for _, t := range []struct {
-		sql  string
-		rows []stagedIdentity
-	}{{insertPhonesSQL, phones}, {insertOpenIDsSQL, openids}} {
-		if len(t.rows) == 0 {
+// queueIdentities queues the inserts of identities that may exist already,
+// by ordinal.
+func queueIdentities(b *pgx.Batch, tenantID int64, bound *[pipeline.NumKinds][]stagedIdentity) {
+	kinds := identity.Kinds()
+	for o, rows := range bound {
+		if len(rows) == 0 {
 			continue
 		}
-		m := len(t.rows)
+		m := len(rows)
 		vs, ids, types, apps := make([]string, m), make([]int64, m), make([]string, m), make([]string, m)
-		for i, s := range t.rows {
+		for i, s := range rows {
 			vs[i], ids[i], types[i], apps[i] = s.value, s.id, s.appType, s.app
 		}
-		b.Queue(t.sql, tenantID, vs, ids, types, apps)
+		b.Queue(insertIdentitiesSQL(kinds[o].Directory), tenantID, vs, ids, types, apps)
 	}
+}
+
+// insertIdentitiesSQL adds identities kept in table d from arrays: values,
+// customers, application types and ids ($2 to $5) of the tenant $1. One
+// already stored is left alone (not even locked).
+func insertIdentitiesSQL(d identity.Store) string {
+	return `INSERT INTO ` + d.Table + ` (tenant_id, ` + d.Column + `, customer_id, ` + d.AppType + `, ` + d.AppID + `)
+		SELECT $1, v, id, t, a FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS s(v, id, t, a)
+		ON CONFLICT DO NOTHING`
+}
+
+// directoryTables lists the directory's tables: customers, then the table
+// of each kind kept in one of its own.
+func directoryTables() []string {
+	tables := []string{"customers"}
+	for _, k := range identity.Kinds() {
+		if k.Directory.Multi() {
+			tables = append(tables, k.Directory.Table)
+		}
+	}
+	return tables
+}
+
+// lineIdentities returns, by ordinal, the identities a directory line gives
+// of each kind the directory keeps in a table of its own (its LineField):
+// phones and emails as sent, openids with their application trimmed.
+func lineIdentities(d *DirectoryLine) [pipeline.NumKinds][]BoundIdentity {
+	var out [pipeline.NumKinds][]BoundIdentity
+	out[pipeline.KindOrdinal(pipeline.KindPhone)] = d.Phones
+	out[pipeline.KindOrdinal(pipeline.KindEmail)] = d.Emails
+	if len(d.OpenIDs) > 0 {
+		open := make([]BoundIdentity, len(d.OpenIDs))
+		for i, o := range d.OpenIDs {
+			open[i] = BoundIdentity{o.OpenID, strings.TrimSpace(o.AppType), strings.TrimSpace(o.AppID)}
+		}
+		out[pipeline.KindOrdinal(pipeline.KindOpenID)] = open
+	}
+	return out
 }
 
 func nullable(s string) any {

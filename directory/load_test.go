@@ -38,8 +38,11 @@ func TestLoadBadLines(t *testing.T) {
 		{`{"customerId": 8, "phones": ["138-0000-008"]}`, "phones[0] is not a valid phone number"},
 		{`{"customerId": 9, "phones": ["13800000009", {"phone": "13800000010", "appType": "YOUZAN"}]}`, "appType and appId go together"},
 		{`{"customerId": 10, "openids": [{"openid": "o-secret", "appType": "gzh"}]}`, "openids[0] needs appType and appId"},
-		{`{"customerId": 11, "unionid": {"appType": "gzh", "appId": "wx1"}}`, "names neither phone nor unionid"},
+		{`{"customerId": 11, "unionid": {"appType": "gzh", "appId": "wx1"}}`, "names no phone, unionid or email"},
 		{`{"customerId": 12, "phones": "13800000012"}`, "field phones has the wrong type"},
+		{`{"customerId": 18, "emails": ["alice@example"]}`, "emails[0] is not a valid email address"},
+		{`{"customerId": 19, "emails": [{"email": "a@b.cn", "appId": "wx1"}]}`, "appType and appId go together"},
+		{`{"customerId": 20, "emails": ["null", " A@Example.CN ", {"email": "b@example.cn", "appType": "gzh", "appId": "wx1"}]}`, ""},
 		{`{"customerId": 13} trailing`, "malformed JSON"},
 		{`{"customerId": 17, "thirdId": "crm\u0000-secret"}`, "U+0000"},
 		{`{"customerId": 17, "customerId": 18}`, "member customerId is given twice"},
@@ -94,6 +97,7 @@ func TestLoadBadLines(t *testing.T) {
 		"14 third= union= phones=[] openids=[]",
 		"15 third= union=u15@gzh/wx1 phones=[] openids=[]",
 		"16 third= union= phones=[13800000016] openids=[]",
+		"20 third= union= phones=[] openids=[]", // its emails: TestEmails
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("directory:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -39,19 +39,31 @@ func NewPGDirectory(db *pgxpool.Pool) *PGDirectory {
 }
 
 // lookupSQL answers one identity kind for one tenant ($1) and an array of
-// values ($2): each row is a value found, a customer holding it and, but for
-// thirdIds, the application it was bound through. The "= ANY" index scans
-// descend each index once per distinct value, in index order; the explicit
-// IS NOT NULL lets a generic plan use the partial indexes.
-var lookupSQL = map[pipeline.IdentityKind]string{
-	pipeline.KindPhone: `SELECT phone, customer_id, app_type, app_id FROM customer_phones
-		WHERE tenant_id = $1 AND phone = ANY($2::text[])`,
-	pipeline.KindOpenID: `SELECT openid, customer_id, app_type, app_id FROM customer_openids
-		WHERE tenant_id = $1 AND openid = ANY($2::text[])`,
-	pipeline.KindUnionID: `SELECT unionid, customer_id, unionid_app_type, unionid_app_id FROM customers
-		WHERE tenant_id = $1 AND unionid = ANY($2::text[]) AND unionid IS NOT NULL`,
-	pipeline.KindThirdID: `SELECT third_id, customer_id FROM customers
-		WHERE tenant_id = $1 AND third_id = ANY($2::text[]) AND third_id IS NOT NULL`,
+// values ($2): each row is a value found, a customer holding it and, for a
+// kind bound through applications, the application it was bound through.
+// The "= ANY" index scans descend each index once per distinct value, in
+// index order; the explicit IS NOT NULL on the customers table lets a
+// generic plan use the partial indexes. Built from identity.Kinds; never
+// modified.
+var lookupSQL = lookupQueries()
+
+// lookupQueries returns the look-up statement of each kind, from where
+// identity.Kinds says the directory keeps it.
+func lookupQueries() map[pipeline.IdentityKind]string {
+	m := make(map[pipeline.IdentityKind]string, pipeline.NumKinds)
+	for _, k := range identity.Kinds() {
+		d := k.Directory
+		cols := d.Column + ", customer_id"
+		if d.AppType != "" {
+			cols += ", " + d.AppType + ", " + d.AppID
+		}
+		q := "SELECT " + cols + " FROM " + d.Table + "\n\t\tWHERE tenant_id = $1 AND " + d.Column + " = ANY($2::text[])"
+		if !d.Multi() {
+			q += " AND " + d.Column + " IS NOT NULL"
+		}
+		m[k.Name] = q
+	}
+	return m
 }
 
 // lookupGroup is the distinct values of one kind of one tenant that a

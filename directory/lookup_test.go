@@ -92,8 +92,8 @@ func TestLookup(t *testing.T) {
 		})
 	}
 	t.Run("unknown kind", func(t *testing.T) {
-		if _, err := dir.Lookup(context.Background(), []Key{{a, "email", "x"}}); err == nil {
-			t.Error("Lookup of kind email succeeded")
+		if _, err := dir.Lookup(context.Background(), []Key{{a, "mobile", "x"}}); err == nil {
+			t.Error("Lookup of an unknown kind succeeded")
 		}
 	})
 	t.Run("observed queries", func(t *testing.T) {
@@ -173,8 +173,8 @@ func TestDirectoryQueriesUseIndexes(t *testing.T) {
 		{"load: loaded customers", findLoadedSQL, "customers_pkey", []any{tenant, ids}, true},
 		{"load: update customer", updateCustomerSQL, "customers_pkey", []any{tenant, ids[0], "crm-0", "u", "", ""}, false},
 		{"load: upsert customers", upsertCustomersSQL, "", []any{tenant, ids, values[pipeline.KindThirdID], empty, empty, empty}, false},
-		{"load: insert phones", insertPhonesSQL, "", []any{tenant, values[pipeline.KindPhone], ids, empty, empty}, false},
-		{"load: insert openids", insertOpenIDsSQL, "", []any{tenant, values[pipeline.KindOpenID], ids, empty, empty}, false},
+		{"load: insert phones", insertIdentitiesSQL(kindStore(pipeline.KindPhone)), "", []any{tenant, values[pipeline.KindPhone], ids, empty, empty}, false},
+		{"load: insert openids", insertIdentitiesSQL(kindStore(pipeline.KindOpenID)), "", []any{tenant, values[pipeline.KindOpenID], ids, empty, empty}, false},
 	}
 	check := func(t *testing.T, stats string) {
 		for _, q := range queries {
@@ -378,7 +378,8 @@ func TestFindOrCreateConcurrent(t *testing.T) {
 				for _, tenant := range []int64{a, b} {
 					reqs = append(reqs, CreateRequest{
 						TenantID: tenant, ThirdID: fmt.Sprintf("crm-%d", i),
-						Phone: fmt.Sprintf("139%08d", i), OpenID: fmt.Sprintf("o-%d", i), UnionID: fmt.Sprintf("u-%d", i),
+						Values: kindValues(map[pipeline.IdentityKind]string{pipeline.KindPhone: fmt.Sprintf("139%08d", i),
+							pipeline.KindOpenID: fmt.Sprintf("o-%d", i), pipeline.KindUnionID: fmt.Sprintf("u-%d", i)}),
 						AppType: "gzh", AppID: "wx1",
 					})
 					if rng.IntN(5) == 0 {
@@ -503,9 +504,9 @@ func TestFindOrCreate(t *testing.T) {
 	dir := NewPGDirectory(db)
 	res, err := dir.FindOrCreate(ctx, []CreateRequest{
 		{TenantID: a, ThirdID: "twin"},
-		{TenantID: a, ThirdID: "crm-3", Phone: "13900000003"},
-		{TenantID: a, ThirdID: "new", Phone: "13900000009", OpenID: "o9"},
-		{TenantID: a, ThirdID: "new", Phone: "13900000010"},
+		{TenantID: a, ThirdID: "crm-3", Values: kindValues(map[pipeline.IdentityKind]string{pipeline.KindPhone: "13900000003"})},
+		{TenantID: a, ThirdID: "new", Values: kindValues(map[pipeline.IdentityKind]string{pipeline.KindPhone: "13900000009", pipeline.KindOpenID: "o9"})},
+		{TenantID: a, ThirdID: "new", Values: kindValues(map[pipeline.IdentityKind]string{pipeline.KindPhone: "13900000010"})},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -622,4 +623,19 @@ func TestLookupGroupCollect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kindValues returns the values of m by ordinal, as CreateRequest.Values
+// holds them.
+func kindValues(m map[pipeline.IdentityKind]string) (v [pipeline.NumKinds]string) {
+	for k, x := range m {
+		v[pipeline.KindOrdinal(k)] = x
+	}
+	return v
+}
+
+// kindStore returns where the directory keeps kind k.
+func kindStore(k pipeline.IdentityKind) identity.Store {
+	e, _ := identity.Of(k)
+	return e.Directory
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/apps"
+	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
@@ -306,42 +307,26 @@ func (s *Service) abort(ctx context.Context, tenantID, id int64) {
 
 // leadingIdentity is the identifier a record is keyed by on the records
 // topic (pipeline.RecordKey): the one matching will try first, trimmed, and
-// its kind. An unknown identityType keys by thirdId; a record with no
+// its kind (identity.Kinds: the kind identityType names under exact
+// matching, the first the record has in identity.FuzzyOrder under fuzzy
+// matching). An unknown identityType keys by thirdId; a record with no
 // identifier at all gets kind and value "" (it will be INVALID anyway).
 func leadingIdentity(p pipeline.Params, r pipeline.RawRecord) (pipeline.IdentityKind, string) {
-	field := func(k pipeline.IdentityKind) string {
-		switch k {
-		case pipeline.KindPhone:
-			return r.Phone
-		case pipeline.KindOpenID:
-			return r.OpenID
-		case pipeline.KindUnionID:
-			return r.UnionID
-		}
-		return r.ThirdID
-	}
 	switch {
 	case !p.IsMatching:
 		return pipeline.KindThirdID, strings.TrimSpace(r.ThirdID)
 	case p.MatchingType == pipeline.MatchingExact:
-		k := pipeline.KindThirdID
-		switch strings.ToLower(strings.TrimSpace(r.IdentityType)) {
-		case "phone":
-			k = pipeline.KindPhone
-		case "openid":
-			k = pipeline.KindOpenID
-		case "unionid":
-			k = pipeline.KindUnionID
+		k, ok := identity.ParseIdentityType(r.IdentityType)
+		if !ok {
+			k = pipeline.KindThirdID
 		}
-		return k, strings.TrimSpace(field(k))
+		e, _ := identity.Of(k)
+		return k, strings.TrimSpace(r.Member(e.Field))
 	}
-	order := pipeline.IdentityKinds
-	if p.IdentifyWay == pipeline.IdentifyThirdIDFirst {
-		order = []pipeline.IdentityKind{pipeline.KindThirdID, pipeline.KindPhone, pipeline.KindOpenID, pipeline.KindUnionID}
-	}
-	for _, k := range order {
-		if v := strings.TrimSpace(field(k)); v != "" {
-			return k, v
+	order, n := identity.FuzzyOrder(p.IdentifyWay)
+	for _, o := range order[:n] {
+		if v := strings.TrimSpace(r.Member(identity.Kinds()[o].Field)); v != "" {
+			return pipeline.IdentityKinds[o], v
 		}
 	}
 	return "", ""

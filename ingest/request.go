@@ -83,7 +83,8 @@ const (
 //     deferUnmatched, when present and not null, must be a boolean
 //     (Request.DeferGiven says whether it was given).
 //   - data, an array of 1 to pipeline.MaxRecords objects. A record's
-//     identityType, thirdId, openid, unionid, phone and groups must each be
+//     members (pipeline.RawRecord.Members: identityType, thirdId, openid,
+//     unionid, phone, email and groups) must each be
 //     a string or null (null reads as ""). Whether a record is usable (a
 //     known identityType, a usable identity, a valid phone, group names) is
 //     judged per record later and never rejects the body here. The fields
@@ -136,7 +137,10 @@ func DecodeRequest(body []byte) (Request, error) {
 		return Request{}, rerr
 	}
 	for i, r := range req.Records {
-		size := len(r.IdentityType) + len(r.ThirdID) + len(r.OpenID) + len(r.UnionID) + len(r.Phone) + len(r.Groups)
+		size := 0
+		for _, m := range r.Members() {
+			size += len(*m.Value)
+		}
 		if size > MaxRecordBytes {
 			return Request{}, &RequestError{fmt.Sprintf("data[%d]", i), fmt.Sprintf("holds more than %d bytes of text", MaxRecordBytes)}
 		}
@@ -539,7 +543,8 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 	if d.s.BeginObject() != nil {
 		return rec, errWalk()
 	}
-	var seen uint8 // one bit per member read
+	var seen uint16 // one bit per member read
+	members := rec.Members()
 	for first := true; ; first = false {
 		key, more, err := d.s.NextMember(first)
 		if err != nil {
@@ -549,24 +554,19 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 			return rec, nil
 		}
 		var (
-			name  string
 			dst   *string
-			bit   uint8
+			at    int
+			bit   uint16
 			cache *string
 		)
-		switch string(key) {
-		case "identityType":
-			name, dst, bit, cache = "identityType", &rec.IdentityType, 1<<0, &d.lastIdentityType
-		case "thirdId":
-			name, dst, bit = "thirdId", &rec.ThirdID, 1<<1
-		case "openid":
-			name, dst, bit = "openid", &rec.OpenID, 1<<2
-		case "unionid":
-			name, dst, bit = "unionid", &rec.UnionID, 1<<3
-		case "phone":
-			name, dst, bit = "phone", &rec.Phone, 1<<4
-		case "groups":
-			name, dst, bit, cache = "groups", &rec.Groups, 1<<5, &d.lastGroups
+		if j := pipeline.MemberIndex(key); j >= 0 {
+			dst, at, bit = members[j].Value, j, 1<<j
+		}
+		switch dst {
+		case &rec.IdentityType:
+			cache = &d.lastIdentityType
+		case &rec.Groups:
+			cache = &d.lastGroups
 		}
 		raw, rerr := d.value()
 		switch {
@@ -575,7 +575,7 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		case dst == nil:
 			continue
 		case seen&bit != 0:
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), msgTwice}
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, memberName(at)), msgTwice}
 		}
 		seen |= bit
 		if isAbsent(raw) {
@@ -583,10 +583,18 @@ func (d *decoder) record(i int) (pipeline.RawRecord, *RequestError) {
 		}
 		s, problem := d.text(raw, cache)
 		if problem != "" {
-			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, name), problem}
+			return rec, &RequestError{fmt.Sprintf("data[%d].%s", i, memberName(at)), problem}
 		}
 		*dst = s
 	}
+}
+
+// memberName returns the name of a record's member i (error paths only:
+// taking it from the decoding loop's members would move the record to the
+// heap).
+func memberName(i int) string {
+	var r pipeline.RawRecord
+	return r.Members()[i].Name
 }
 
 // isAbsent reports whether a member value stands for "not given": missing

@@ -99,7 +99,7 @@ func TestLeadingIdentity(t *testing.T) {
 		{"exact phone", exact, withIdentityType(all, " PHONE "), pipeline.KindPhone, "13800000000"},
 		{"exact thirdId spelling", exact, withIdentityType(all, "thirdId"), pipeline.KindThirdID, "crm-1"},
 		{"exact id", exact, withIdentityType(all, "id"), pipeline.KindThirdID, "crm-1"},
-		{"exact unknown type keys by thirdId", exact, withIdentityType(all, "email"), pipeline.KindThirdID, "crm-1"},
+		{"exact unknown type keys by thirdId", exact, withIdentityType(all, "mobile"), pipeline.KindThirdID, "crm-1"},
 		{"fuzzy 1", fuzzy1, all, pipeline.KindUnionID, "u1"},
 		{"fuzzy 1 skips blanks", fuzzy1, pipeline.RawRecord{UnionID: "  ", Phone: "138"}, pipeline.KindPhone, "138"},
 		{"fuzzy 2", fuzzy2, all, pipeline.KindThirdID, "crm-1"},

@@ -214,12 +214,11 @@ func (s *Store) AbortStale(ctx context.Context, age time.Duration) (int64, error
 
 // Failure is one record of a batch that was not applied.
 type Failure struct {
-	Index   int    `json:"index"`
-	ThirdID string `json:"thirdId,omitempty"`
-	Phone   string `json:"phone,omitempty"`
-	OpenID  string `json:"openid,omitempty"`
-	UnionID string `json:"unionid,omitempty"`
-	Reason  string `json:"reason"`
+	Index int `json:"index"`
+	// RecordRef is what the page may show of the record: its thirdId and
+	// its other identifiers masked (identity.Kinds).
+	pipeline.RecordRef
+	Reason string `json:"reason"`
 	// Deferral is the record's deferred-matching state (SPEC §13):
 	// PENDING, LATE_MATCHED or EXPIRED; "" for a final record.
 	Deferral string `json:"deferral,omitempty"`
@@ -260,11 +259,9 @@ func (s *Store) BatchResult(ctx context.Context, tenantID, batchID int64, pageNo
 	}
 	for rows.Next() {
 		var f Failure
-		var ref pipeline.RecordRef
-		if err := rows.Scan(&f.Index, &f.Reason, &ref, &f.Deferral); err != nil {
+		if err := rows.Scan(&f.Index, &f.Reason, &f.RecordRef, &f.Deferral); err != nil {
 			return r, fmt.Errorf("ingest: read failures: %w", err)
 		}
-		f.ThirdID, f.Phone, f.OpenID, f.UnionID = ref.ThirdID, ref.Phone, ref.OpenID, ref.UnionID
 		r.Failures = append(r.Failures, f)
 	}
 	if err := rows.Err(); err != nil {

@@ -452,7 +452,7 @@ func (g *gen) record(t *refTenant, p pipeline.Params, n int) genRecord {
 	case n < 90:
 		r.identityType = g.pick(blockedSpellings)
 	case n < 95:
-		r.identityType = "email"
+		r.identityType = "mobile" // unknown ("email" is a kind)
 	}
 	r.groups = groupCases[0]
 	if g.chance(15) {

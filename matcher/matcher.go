@@ -418,8 +418,7 @@ func resolveChunk(ctx context.Context, dir Store, items []item, do func(op func(
 		}
 		if !p.IsMatching {
 			creates = append(creates, directory.CreateRequest{
-				TenantID: it.msg.TenantID, ThirdID: n.Value(pipeline.KindThirdID),
-				Phone: n.Value(pipeline.KindPhone), OpenID: n.Value(pipeline.KindOpenID), UnionID: n.Value(pipeline.KindUnionID),
+				TenantID: it.msg.TenantID, ThirdID: n.Value(pipeline.KindThirdID), Values: n.values,
 				AppType: p.AppType, AppID: p.AppID,
 			})
 			createItems = append(createItems, i)

@@ -22,6 +22,7 @@ groupmatch_dlq_messages_total{class="undecodable",stage="matcher"} 0
 # HELP groupmatch_matcher_records_total Records resolved, by outcome and by the identifier that matched.
 # TYPE groupmatch_matcher_records_total counter
 groupmatch_matcher_records_total{matched_by="none",outcome="AMBIGUOUS",stage="matcher"} 0
+groupmatch_matcher_records_total{matched_by="email",outcome="MATCHED",stage="matcher"} 0
 groupmatch_matcher_records_total{matched_by="none",outcome="FAILED",stage="matcher"} 0
 groupmatch_matcher_records_total{matched_by="none",outcome="INVALID",stage="matcher"} 0
 groupmatch_matcher_records_total{matched_by="none",outcome="NOT_FOUND",stage="matcher"} 0
@@ -49,6 +50,7 @@ groupmatch_rematcher_directory_messages_total{stage="rematcher",type="identity"}
 groupmatch_rematcher_directory_messages_total{stage="rematcher",type="recheck"} 0
 # HELP groupmatch_rematcher_late_matches_total Late MATCHED verdicts written to the resolved topic, by the identifier that matched (redeliveries count again; the sink applies each once).
 # TYPE groupmatch_rematcher_late_matches_total counter
+groupmatch_rematcher_late_matches_total{matched_by="email",stage="rematcher"} 0
 groupmatch_rematcher_late_matches_total{matched_by="id",stage="rematcher"} 0
 groupmatch_rematcher_late_matches_total{matched_by="openid",stage="rematcher"} 0
 groupmatch_rematcher_late_matches_total{matched_by="phone",stage="rematcher"} 0

@@ -9,34 +9,15 @@ import (
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
-// Index of each kind in Normalized.values. The order is identifyWay 1's.
-const (
-	idxUnionID = iota
-	idxOpenID
-	idxPhone
-	idxThirdID
-	numKinds
-)
+// numKinds is the length of kind-indexed storage: Normalized.values is
+// indexed by a kind's ordinal (pipeline.KindOrdinal, identity.Kinds).
+const numKinds = pipeline.NumKinds
 
 // kindIndex returns k's index in Normalized.values, or -1 for an unknown kind.
-func kindIndex(k pipeline.IdentityKind) int {
-	switch k {
-	case pipeline.KindUnionID:
-		return idxUnionID
-	case pipeline.KindOpenID:
-		return idxOpenID
-	case pipeline.KindPhone:
-		return idxPhone
-	case pipeline.KindThirdID:
-		return idxThirdID
-	}
-	return -1
-}
+func kindIndex(k pipeline.IdentityKind) int { return pipeline.KindOrdinal(k) }
 
-// kindsByIndex is the inverse of kindIndex. Read-only.
-var kindsByIndex = [numKinds]pipeline.IdentityKind{
-	pipeline.KindUnionID, pipeline.KindOpenID, pipeline.KindPhone, pipeline.KindThirdID,
-}
+// kindsByIndex is the inverse of kindIndex.
+var kindsByIndex = pipeline.IdentityKinds
 
 // smallGroupList is how many names NormalizeGroups de-duplicates by linear
 // search before it switches to a set, so a hostile list stays linear.
@@ -179,6 +160,10 @@ type Normalized struct {
 	// values holds the usable value of each kind, by kindIndex; "" when the
 	// record lacks it (absent, blocked or malformed).
 	values [numKinds]string
+	// malformed has bit kindIndex(k) set when the record carried a value of
+	// kind k that is not blocked but that k's normaliser refused
+	// (identity.Kind.Normalize); Value(k) is then "".
+	malformed uint32
 
 	// IdentityType is the kind the record's identityType names; "" when it
 	// is missing, blocked or unknown. Only exact matching reads it.
@@ -189,14 +174,11 @@ type Normalized struct {
 	// when it can go on to look-up and Resolve. See Normalize for the
 	// precedence of reasons.
 	Invalid pipeline.Reason
-	// PhoneMalformed is true when the record carried a phone that is not
-	// blocked but failed identity.NormalizePhone; Value(KindPhone) is then "".
-	PhoneMalformed bool
-	// Ref is what a result page may show of the record: ThirdID as sent
-	// (trimmed, even when blocked; left out when over MaxIdentityLen), and
-	// the masked phone (its canonical form when valid, the trimmed value as
-	// sent when malformed), openid and unionid; a blocked phone, openid or
-	// unionid is left out.
+	// Ref is what a result page may show of the record, by each kind's
+	// identity.Kind.Mask: ThirdID as sent (trimmed, even when
+	// blocked; left out when over MaxIdentityLen), and the masked phone (its
+	// canonical form when valid, the trimmed value as sent when malformed),
+	// openid and unionid; a blocked masked value is left out.
 	Ref pipeline.RecordRef
 }
 
@@ -210,6 +192,13 @@ func (n *Normalized) Value(k pipeline.IdentityKind) string {
 	return ""
 }
 
+// Malformed reports whether the record carried a value of kind k, not
+// blocked, that k's normaliser refused (a phone that is not a phone).
+func (n *Normalized) Malformed(k pipeline.IdentityKind) bool {
+	i := kindIndex(k)
+	return i >= 0 && n.malformed&(1<<i) != 0
+}
+
 // isFuzzy reports whether p asks for fuzzy matching. Ingest validates params,
 // so MatchingType is 1 or 2 when IsMatching; anything but MatchingFuzzy is
 // treated as exact, the stricter mode. Normalize, Lookups and Resolve agree
@@ -220,22 +209,24 @@ func isFuzzy(p pipeline.Params) bool {
 
 // Normalize normalises one record and judges whether it can be matched under
 // the batch's params p. It never fails: a record's problems end in Invalid.
+// Every kind is read through its entry of identity.Kinds.
 //
-// Identity values are trimmed and blocked values (identity.IsBlocked) dropped; the
-// phone is put in canonical form (identity.NormalizePhone) or dropped with
-// PhoneMalformed set; openid, unionid and thirdId are otherwise kept as sent
-// (case-sensitive). identityType is read by identity.ParseIdentityType. A value
-// holding a NUL byte, which PostgreSQL text cannot hold, is malformed: it
-// counts as absent (a phone as malformed) and is never shown in Ref. Ingest
-// refuses NUL, so only a message written around ingest has one.
+// Identity values are trimmed and blocked values (identity.IsBlocked)
+// dropped, then put in canonical form by their kind's normaliser: a phone by
+// identity.NormalizePhone, or dropped as malformed (Malformed); openid,
+// unionid and thirdId are kept as sent (case-sensitive). identityType is
+// read by identity.ParseIdentityType. A value holding a NUL byte, which
+// PostgreSQL text cannot hold, is malformed: it counts as absent (a phone as
+// malformed) and is never shown in Ref. Ingest refuses NUL, so only a
+// message written around ingest has one.
 //
 // Invalid holds the first problem found, limits first, then identity
 // problems, then group problems (a record nobody can be identified by is
 // MISSING_IDENTITY whatever its groups):
 //
-//  0. Limits (SPEC §10): thirdId, openid or unionid over
-//     pipeline.MaxIdentityLen code points after trimming, or phone over
-//     pipeline.MaxPhoneLen code points as sent (before trimming and before
+//  0. Limits (SPEC §10): a value over its kind's MaxLen code points (thirdId,
+//     openid or unionid over pipeline.MaxIdentityLen after trimming, phone
+//     over pipeline.MaxPhoneLen as sent, before trimming and before
 //     separators are removed) → VALUE_TOO_LONG. This holds in every mode and
 //     for every field, read by the mode or not, blocked or not: an over-long
 //     value is never silently skipped (fuzzy), looked up, or given to a
@@ -245,14 +236,17 @@ func isFuzzy(p pipeline.Params) bool {
 //  1. Identity, by mode:
 //     - isMatching=false: no usable thirdId → MISSING_IDENTITY. Other
 //     identifiers are optional: a malformed phone is dropped (the customer
-//     is created without it), not an error; PhoneMalformed tells.
+//     is created without it), not an error; Malformed tells.
 //     - exact: identityType missing or blocked → MISSING_IDENTITY; not one
 //     of the known names → INVALID_IDENTITY_TYPE; the field it names lacks
-//     a usable value → MISSING_IDENTITY, except a malformed phone under
-//     identityType=phone → INVALID_PHONE. Other fields are not judged.
-//     - fuzzy: identityType is ignored (even an unknown one); no usable
-//     identifier of any kind → INVALID_PHONE when a malformed phone was the
-//     only identifier sent, else MISSING_IDENTITY.
+//     a usable value → MISSING_IDENTITY, except a malformed value, which
+//     is its kind's problem (INVALID_PHONE under identityType=phone). Other
+//     fields are not judged.
+//     - fuzzy: identityType is ignored (even an unknown one), and so are
+//     the kinds outside the identifyWay order; no usable identifier of the
+//     order's kinds → the problem of the first malformed one (INVALID_PHONE
+//     when a malformed phone was the only identifier sent), else
+//     MISSING_IDENTITY.
 //  2. Groups: no name left → NO_GROUPS; otherwise NormalizeGroups' problem:
 //     TOO_MANY_GROUPS, then GROUP_NAME_INVALID, then GROUP_NAME_TOO_LONG.
 //
@@ -260,26 +254,35 @@ func isFuzzy(p pipeline.Params) bool {
 // prefixed, one for the group list and one shared by the masked Ref fields.
 func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 	var n Normalized
-
-	third := strings.TrimSpace(r.ThirdID)
-	openid, unionid := strings.TrimSpace(r.OpenID), strings.TrimSpace(r.UnionID)
-	thirdLong := identity.LongerThan(third, pipeline.MaxIdentityLen)
-	tooLong := thirdLong || identity.LongerThan(openid, pipeline.MaxIdentityLen) ||
-		identity.LongerThan(unionid, pipeline.MaxIdentityLen) || identity.LongerThan(r.Phone, pipeline.MaxPhoneLen)
-	third, openid, unionid = identity.Storable(third), identity.Storable(openid), identity.Storable(unionid)
-	if !thirdLong {
-		n.Ref.ThirdID = third
-	}
-	n.values[idxThirdID] = identity.Usable(third)
-	n.values[idxOpenID] = identity.Usable(openid)
-	n.values[idxUnionID] = identity.Usable(unionid)
-	phoneSent := identity.Usable(r.Phone)
-	if phoneSent != "" {
-		if c, ok := identity.NormalizePhone(phoneSent); ok {
-			n.values[idxPhone] = c
-		} else {
-			n.PhoneMalformed = true
-			phoneSent = identity.Storable(phoneSent) // shown masked in Ref, unless it holds NUL
+	var shown [numKinds]string // what Ref shows of each masked kind
+	tooLong := false
+	kinds := identity.Kinds()
+	for o := range kinds {
+		k := &kinds[o]
+		raw := r.Member(k.Field)
+		if raw == "" {
+			continue
+		}
+		trimmed := strings.TrimSpace(raw)
+		limited := trimmed
+		if k.LimitAsSent {
+			limited = raw
+		}
+		long := identity.LongerThan(limited, k.MaxLen)
+		tooLong = tooLong || long
+		if k.Mask == identity.ShowAsSent && !long {
+			n.Ref.Set(k.Field, identity.Storable(trimmed))
+		}
+		usable := identity.Usable(trimmed)
+		if usable == "" {
+			continue
+		}
+		v, problem := k.Normalize(usable)
+		n.values[o] = v
+		shown[o] = v
+		if v == "" && problem != pipeline.ReasonNone {
+			n.malformed |= 1 << o
+			shown[o] = identity.Storable(usable) // shown masked in Ref, unless it holds NUL
 		}
 	}
 
@@ -307,11 +310,7 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 		}
 	}
 
-	phoneShown := n.values[idxPhone]
-	if phoneShown == "" {
-		phoneShown = phoneSent
-	}
-	n.setMaskedRef(phoneShown, n.values[idxOpenID], n.values[idxUnionID])
+	n.setMaskedRef(kinds, &shown)
 	return n
 }
 
@@ -319,53 +318,69 @@ func Normalize(p pipeline.Params, r pipeline.RawRecord) Normalized {
 func (n *Normalized) identityProblem(p pipeline.Params, itMissing, itKnown bool) pipeline.Reason {
 	switch {
 	case !p.IsMatching:
-		if n.values[idxThirdID] == "" {
+		if n.Value(pipeline.KindThirdID) == "" {
 			return pipeline.ReasonMissingIdentity
 		}
 	case !isFuzzy(p):
+		k, _ := identity.Of(n.IdentityType)
 		switch {
 		case itMissing:
 			return pipeline.ReasonMissingIdentity
-		case !itKnown:
+		case !itKnown || !k.Exact:
 			return pipeline.ReasonInvalidIdentityType
 		case n.Value(n.IdentityType) != "":
-		case n.IdentityType == pipeline.KindPhone && n.PhoneMalformed:
-			return pipeline.ReasonInvalidPhone
+		case n.Malformed(n.IdentityType) && k.Invalid != pipeline.ReasonNone:
+			return k.Invalid
 		default:
 			return pipeline.ReasonMissingIdentity
 		}
 	default:
-		if n.values == [numKinds]string{} {
-			if n.PhoneMalformed {
-				return pipeline.ReasonInvalidPhone
+		order, m := identity.FuzzyOrder(p.IdentifyWay)
+		problem := pipeline.ReasonMissingIdentity
+		for _, o := range order[:m] {
+			if n.values[o] != "" {
+				return pipeline.ReasonNone
 			}
-			return pipeline.ReasonMissingIdentity
+			if k := &identity.Kinds()[o]; n.malformed&(1<<o) != 0 && problem == pipeline.ReasonMissingIdentity && k.Invalid != pipeline.ReasonNone {
+				problem = k.Invalid
+			}
 		}
+		return problem
 	}
 	return pipeline.ReasonNone
 }
 
-// setMaskedRef fills Ref's masked fields with one allocation shared by the
-// three strings.
-func (n *Normalized) setMaskedRef(phone, openid, unionid string) {
-	if phone == "" && openid == "" && unionid == "" {
+// setMaskedRef fills Ref's masked fields, shown by ordinal, with one
+// allocation shared by their strings.
+func (n *Normalized) setMaskedRef(kinds *[numKinds]identity.Kind, shown *[numKinds]string) {
+	if *shown == [numKinds]string{} {
 		return
 	}
-	var buf [3 * identity.MaxMaskLen]byte
-	b := identity.AppendMaskedPhone(buf[:0], phone)
-	p := len(b)
-	b = identity.AppendMaskedID(b, openid)
-	o := len(b)
-	b = identity.AppendMaskedID(b, unionid)
+	var buf [numKinds * identity.MaxMaskLen]byte
+	var ends [numKinds]int
+	b := buf[:0]
+	for o := range kinds {
+		if shown[o] != "" && kinds[o].Mask != identity.ShowAsSent {
+			b = kinds[o].Mask.Append(b, shown[o])
+		}
+		ends[o] = len(b)
+	}
 	all := string(b)
-	n.Ref.Phone, n.Ref.OpenID, n.Ref.UnionID = all[:p], all[p:o], all[o:]
+	start := 0
+	for o := range kinds {
+		if start < ends[o] {
+			n.Ref.Set(kinds[o].Field, all[start:ends[o]])
+		}
+		start = ends[o]
+	}
 }
 
 // Lookups lists the kinds whose values (Value) the directory must be asked
-// about before Resolve can judge the record under p, in identifyWay 1 order:
-// none when Invalid is set; for isMatching=false only KindThirdID; for exact
-// matching only the identityType's kind; for fuzzy matching every kind the
-// record has a value of. The slice is new and owned by the caller.
+// about before Resolve can judge the record under p, by ordinal (identifyWay
+// 1 order for the kinds it has): none when Invalid is set; for
+// isMatching=false only KindThirdID; for exact matching only the
+// identityType's kind; for fuzzy matching every kind of the identifyWay
+// order the record has a value of. The slice is new and owned by the caller.
 func (n *Normalized) Lookups(p pipeline.Params) []pipeline.IdentityKind {
 	if n.Invalid != pipeline.ReasonNone {
 		return nil
@@ -376,9 +391,14 @@ func (n *Normalized) Lookups(p pipeline.Params) []pipeline.IdentityKind {
 	case !isFuzzy(p):
 		return []pipeline.IdentityKind{n.IdentityType}
 	}
+	var inOrder [numKinds]bool
+	order, m := identity.FuzzyOrder(p.IdentifyWay)
+	for _, o := range order[:m] {
+		inOrder[o] = true
+	}
 	ks := make([]pipeline.IdentityKind, 0, numKinds)
 	for i, v := range n.values {
-		if v != "" {
+		if v != "" && inOrder[i] {
 			ks = append(ks, kindsByIndex[i])
 		}
 	}

@@ -153,7 +153,7 @@ func TestNormalize(t *testing.T) {
 		{"no matching: malformed phone dropped, not invalid", noMatchParams,
 			raw(pipeline.RawRecord{ThirdID: "crm-1", Phone: "12345"}), "", values{third: "crm-1"}, "", true},
 		{"no matching: identityType ignored", noMatchParams,
-			raw(pipeline.RawRecord{ThirdID: "crm-1", IdentityType: "email"}), "", values{third: "crm-1"}, "", false},
+			raw(pipeline.RawRecord{ThirdID: "crm-1", IdentityType: "mobile"}), "", values{third: "crm-1"}, "", false},
 
 		// Exact.
 		{"exact: phone", exactParams,
@@ -167,7 +167,7 @@ func TestNormalize(t *testing.T) {
 		{"exact: identityType blocked", exactParams,
 			raw(pipeline.RawRecord{IdentityType: "null", Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, "", false},
 		{"exact: identityType unknown", exactParams,
-			raw(pipeline.RawRecord{IdentityType: "email", Phone: "13800000000"}), pipeline.ReasonInvalidIdentityType, values{phone: "13800000000"}, "", false},
+			raw(pipeline.RawRecord{IdentityType: "mobile", Phone: "13800000000"}), pipeline.ReasonInvalidIdentityType, values{phone: "13800000000"}, "", false},
 		{"exact: named field empty", exactParams,
 			raw(pipeline.RawRecord{IdentityType: "unionid", Phone: "13800000000"}), pipeline.ReasonMissingIdentity, values{phone: "13800000000"}, pipeline.KindUnionID, false},
 		{"exact: named field blocked", exactParams,
@@ -181,7 +181,7 @@ func TestNormalize(t *testing.T) {
 
 		// Fuzzy.
 		{"fuzzy: identityType ignored even unknown", fuzzyParams,
-			raw(pipeline.RawRecord{IdentityType: "email", UnionID: "u1"}), "", values{union: "u1"}, "", false},
+			raw(pipeline.RawRecord{IdentityType: "mobile", UnionID: "u1"}), "", values{union: "u1"}, "", false},
 		{"fuzzy: nothing", fuzzyParams,
 			raw(pipeline.RawRecord{}), pipeline.ReasonMissingIdentity, values{}, "", false},
 		{"fuzzy: malformed phone only", fuzzyParams,
@@ -201,7 +201,7 @@ func TestNormalize(t *testing.T) {
 		{"invalid phone before groups", exactParams,
 			pipeline.RawRecord{IdentityType: "phone", Phone: "abc", Groups: strings.Repeat("组", 65)}, pipeline.ReasonInvalidPhone, values{}, pipeline.KindPhone, true},
 		{"identity type before groups", exactParams,
-			pipeline.RawRecord{IdentityType: "email", Groups: ""}, pipeline.ReasonInvalidIdentityType, values{}, "", false},
+			pipeline.RawRecord{IdentityType: "mobile", Groups: ""}, pipeline.ReasonInvalidIdentityType, values{}, "", false},
 		{"no groups before too long", noMatchParams,
 			pipeline.RawRecord{ThirdID: "crm-1", Groups: ""}, pipeline.ReasonNoGroups, values{third: "crm-1"}, "", false},
 	}
@@ -218,8 +218,8 @@ func TestNormalize(t *testing.T) {
 			if n.IdentityType != tt.wantType {
 				t.Errorf("IdentityType = %q, want %q", n.IdentityType, tt.wantType)
 			}
-			if n.PhoneMalformed != tt.wantMalformed {
-				t.Errorf("PhoneMalformed = %v, want %v", n.PhoneMalformed, tt.wantMalformed)
+			if n.Malformed(pipeline.KindPhone) != tt.wantMalformed {
+				t.Errorf("Malformed(phone) = %v, want %v", n.Malformed(pipeline.KindPhone), tt.wantMalformed)
 			}
 		})
 	}
@@ -258,8 +258,8 @@ func TestNormalizeRef(t *testing.T) {
 
 func TestNormalizedValueUnknownKind(t *testing.T) {
 	n := Normalize(fuzzyParams, raw(pipeline.RawRecord{UnionID: "u1", OpenID: "o1", Phone: "13800000000", ThirdID: "t1"}))
-	if got := n.Value("email"); got != "" {
-		t.Errorf(`Value("email") = %q, want ""`, got)
+	if got := n.Value("mobile"); got != "" {
+		t.Errorf(`Value("mobile") = %q, want ""`, got)
 	}
 	if got := n.Value(""); got != "" {
 		t.Errorf(`Value("") = %q, want ""`, got)

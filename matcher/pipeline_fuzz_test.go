@@ -113,7 +113,7 @@ func decodeFuzzInput(data []byte) fuzzInput {
 }
 
 // fuzzIdentityTypes are what a record's identityType selector picks from.
-var fuzzIdentityTypes = []string{"", "phone", "id", "thirdId", "openid", "unionid", "PHONE", "email", "null"}
+var fuzzIdentityTypes = []string{"", "phone", "id", "thirdId", "openid", "unionid", "PHONE", "email", "mobile", "null"}
 
 type fuzzReader struct{ b []byte }
 
@@ -253,7 +253,7 @@ var pipelineSeeds = []pipelineSeed{
 	{name: "exact by phone, formatted and malformed", in: fuzzInput{params: seedExact, records: []pipeline.RawRecord{
 		{IdentityType: "phone", Phone: "+86 " + matchertest.BigPhone(3, 0), Groups: "a"},
 		{IdentityType: "phone", Phone: "12ab", Groups: "a"},
-		{IdentityType: "email", Phone: "13800000000", Groups: "a"},
+		{IdentityType: "mobile", Phone: "13800000000", Groups: "a"},
 	}}},
 	{name: "delete, fuzzy identifyWay 2", in: fuzzInput{params: seedDelFuzzy2, records: []pipeline.RawRecord{
 		{ThirdID: matchertest.BigThirdID(1), Groups: "vip"},

@@ -349,7 +349,7 @@ func TestNormalizePendingAgreesWithNormalize(t *testing.T) {
 		{pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyThirdIDFirst, OptType: pipeline.OptDelete},
 			pipeline.RawRecord{ThirdID: " crm-1 ", UnionID: "u1", Phone: "null", Groups: "x"}},
 		{pipeline.Params{IsMatching: true, MatchingType: pipeline.MatchingFuzzy, IdentifyWay: pipeline.IdentifyUnionIDFirst, OptType: pipeline.OptAdd},
-			pipeline.RawRecord{OpenID: "oA", Phone: "13800000001", IdentityType: "email", Groups: "x"}},
+			pipeline.RawRecord{OpenID: "oA", Phone: "13800000001", IdentityType: "mobile", Groups: "x"}},
 	}
 	for i, r := range recs {
 		n := Normalize(r.p, r.raw)

@@ -44,8 +44,8 @@ type Verdict struct {
 // made through that application: for an openid it makes the pair (openid,
 // app); for a phone or unionid it drops bindings made through another
 // application or none. AppType is compared case-insensitively, AppID
-// exactly. A scope is ignored for KindThirdID, which belongs to the
-// enterprise, not to an application. The zero scope counts every binding.
+// exactly. A scope is ignored for a kind that is not identity.Kind.AppScoped
+// (KindThirdID, which belongs to the enterprise, not to an application). The zero scope counts every binding.
 //
 // A Resolver is an immutable value, safe for concurrent use.
 type Resolver struct {
@@ -65,12 +65,16 @@ func (r Resolver) Candidates(n *Normalized, h Hits) []int64 {
 // appendCandidates is Candidates appending to dst[:0], so that Resolve can
 // use a buffer on its stack.
 func (r Resolver) appendCandidates(dst []int64, n *Normalized, h Hits) []int64 {
+	return r.appendCandidatesOf(dst, n.Value(r.Kind), h)
+}
+
+// appendCandidatesOf is appendCandidates of the value v of r.Kind.
+func (r Resolver) appendCandidatesOf(dst []int64, v string, h Hits) []int64 {
 	dst = dst[:0]
-	v := n.Value(r.Kind)
 	if v == "" {
 		return dst
 	}
-	scoped := r.Kind != pipeline.KindThirdID && (r.AppType != "" || r.AppID != "")
+	scoped := (r.AppType != "" || r.AppID != "") && appScoped(r.Kind)
 	for _, b := range h.Bindings(r.Kind, v) {
 		if b.CustomerID <= 0 {
 			continue
@@ -98,26 +102,20 @@ func insertSortedUnique(s []int64, id int64) []int64 {
 	return s
 }
 
-// The fuzzy orders of identifyWay. Read-only.
-var (
-	unionIDFirst = [numKinds]pipeline.IdentityKind{
-		pipeline.KindUnionID, pipeline.KindOpenID, pipeline.KindPhone, pipeline.KindThirdID,
-	}
-	thirdIDFirst = [numKinds]pipeline.IdentityKind{
-		pipeline.KindThirdID, pipeline.KindPhone, pipeline.KindOpenID, pipeline.KindUnionID,
-	}
-)
+// appScoped reports whether an application scope applies to kind k.
+func appScoped(k pipeline.IdentityKind) bool { return identity.AppScoped(k) }
 
 // Chain returns the ordered resolvers that judge a record under p, whose
 // identityType names the kind identityType (read only by exact matching):
 //
 //   - exact: the single resolver of identityType, scoped by p.AppType and
-//     p.AppID when given (the scope does not apply to KindThirdID); none
-//     when identityType is "".
-//   - fuzzy, identifyWay 2 (IdentifyThirdIDFirst): id, phone, openid,
-//     unionid; any other identifyWay walks identifyWay 1's order: unionid,
-//     openid, phone, id. Fuzzy resolvers are never scoped: a record's openid
-//     is looked up across all of the tenant's applications.
+//     p.AppID when given and the kind is identity.Kind.AppScoped (not
+//     KindThirdID); none when identityType is "".
+//   - fuzzy: the kinds of identity.FuzzyOrder(p.IdentifyWay): identifyWay 2
+//     (IdentifyThirdIDFirst) walks id, phone, openid, unionid; any other
+//     identifyWay walks identifyWay 1's order: unionid, openid, phone, id.
+//     Fuzzy resolvers are never scoped: a record's openid is looked up
+//     across all of the tenant's applications.
 //   - isMatching=false: the single resolver of KindThirdID.
 //
 // The slice is new and owned by the caller.
@@ -130,20 +128,17 @@ func appendChain(dst []Resolver, p pipeline.Params, identityType pipeline.Identi
 	case !p.IsMatching:
 		return append(dst, Resolver{Kind: pipeline.KindThirdID})
 	case !isFuzzy(p):
-		switch identityType {
-		case "":
+		if identityType == "" {
 			return dst
-		case pipeline.KindThirdID:
+		}
+		if !appScoped(identityType) {
 			return append(dst, Resolver{Kind: identityType})
 		}
 		return append(dst, Resolver{Kind: identityType, AppType: p.AppType, AppID: p.AppID})
 	}
-	order := &unionIDFirst
-	if p.IdentifyWay == pipeline.IdentifyThirdIDFirst {
-		order = &thirdIDFirst
-	}
-	for _, k := range order {
-		dst = append(dst, Resolver{Kind: k})
+	order, n := identity.FuzzyOrder(p.IdentifyWay)
+	for _, o := range order[:n] {
+		dst = append(dst, Resolver{Kind: pipeline.IdentityKinds[o]})
 	}
 	return dst
 }
@@ -203,10 +198,11 @@ func Resolve(p pipeline.Params, n *Normalized, h Hits) Verdict {
 	var v Verdict
 	several := false
 	for _, r := range chain {
-		if n.Value(r.Kind) == "" {
+		value := n.Value(r.Kind)
+		if value == "" {
 			continue
 		}
-		c := r.appendCandidates(buf[:], n, h)
+		c := r.appendCandidatesOf(buf[:], value, h)
 		if v.CustomerID != 0 {
 			// Looking for disagreement below the winner.
 			if len(c) == 1 && c[0] != v.CustomerID {

@@ -255,7 +255,7 @@ func TestResolve(t *testing.T) {
 		// Exact: invalid records.
 		{"exact identityType blocked", exactParams, pipeline.RawRecord{IdentityType: "NULL", Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
 		{"exact identityType missing", exactParams, pipeline.RawRecord{Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
-		{"exact identityType unknown", exactParams, pipeline.RawRecord{IdentityType: "email", Phone: "13900000000"}, invalid(pipeline.ReasonInvalidIdentityType)},
+		{"exact identityType unknown", exactParams, pipeline.RawRecord{IdentityType: "mobile", Phone: "13900000000"}, invalid(pipeline.ReasonInvalidIdentityType)},
 		{"exact named field blocked", exactParams, pipeline.RawRecord{IdentityType: "unionid", UnionID: "NULL", Phone: "13900000000"}, invalid(pipeline.ReasonMissingIdentity)},
 		{"exact named phone malformed", exactParams, pipeline.RawRecord{IdentityType: "phone", Phone: "139000"}, invalid(pipeline.ReasonInvalidPhone)},
 
@@ -275,7 +275,7 @@ func TestResolve(t *testing.T) {
 		{"fuzzy malformed phone plus good unionid", fuzzyParams, pipeline.RawRecord{UnionID: "uA", Phone: "139-0000-000"}, matched(pipeline.KindUnionID, custUnion)},
 		{"fuzzy blocked unionid skipped", fuzzyParams, pipeline.RawRecord{UnionID: "undefined", Phone: "+86 13900000000"}, matched(pipeline.KindPhone, custPhone)},
 		{"fuzzy e164 phone", fuzzyParams, pipeline.RawRecord{Phone: "+44 20 7946 0958"}, matched(pipeline.KindPhone, 15)},
-		{"fuzzy identityType ignored", fuzzyParams, pipeline.RawRecord{IdentityType: "email", UnionID: "uA"}, matched(pipeline.KindUnionID, custUnion)},
+		{"fuzzy identityType ignored", fuzzyParams, pipeline.RawRecord{IdentityType: "mobile", UnionID: "uA"}, matched(pipeline.KindUnionID, custUnion)},
 
 		// Fuzzy, identifyWay 2: id > phone > openid > unionid.
 		{"fuzzy2 phone before unionid, conflict", fuzzy2Params, pipeline.RawRecord{UnionID: "uA", Phone: "13900000000"}, conflicted(pipeline.KindPhone, custPhone)},

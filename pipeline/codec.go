@@ -59,14 +59,13 @@ func appendRecord(b []byte, m *RecordMessage) []byte {
 		b = append(b, `,"deferUnmatched":true`...)
 	}
 	b = append(b, `},"record":{`...)
-	r := &m.Record
 	n := len(b)
-	b = appendOptString(b, `,"identityType":`, r.IdentityType)
-	b = appendOptString(b, `,"thirdId":`, r.ThirdID)
-	b = appendOptString(b, `,"openid":`, r.OpenID)
-	b = appendOptString(b, `,"unionid":`, r.UnionID)
-	b = appendOptString(b, `,"phone":`, r.Phone)
-	b = appendOptString(b, `,"groups":`, r.Groups)
+	for _, f := range m.Record.Members() {
+		if *f.Value != "" {
+			b = append(append(append(b, `,"`...), f.Name...), `":`...)
+			b = appendString(b, *f.Value)
+		}
+	}
 	if len(b) > n {
 		b = append(b[:n], b[n+1:]...) // the first field's comma
 	}
@@ -112,10 +111,12 @@ func appendResolved(b []byte, m *ResolvedMessage) []byte {
 	if r := m.Ref; r != nil {
 		b = append(b, `,"ref":{`...)
 		n := len(b)
-		b = appendOptString(b, `,"thirdId":`, r.ThirdID)
-		b = appendOptString(b, `,"phone":`, r.Phone)
-		b = appendOptString(b, `,"openid":`, r.OpenID)
-		b = appendOptString(b, `,"unionid":`, r.UnionID)
+		for _, f := range r.Members() {
+			if *f.Value != "" {
+				b = append(append(append(b, `,"`...), f.Name...), `":`...)
+				b = appendString(b, *f.Value)
+			}
+		}
 		if len(b) > n {
 			b = append(b[:n], b[n+1:]...)
 		}
@@ -334,20 +335,10 @@ func (d *fastDecoder) params(p *Params) bool {
 
 func (d *fastDecoder) record(r *RawRecord) bool {
 	var f seen
+	members := r.Members()
 	return d.s.Object(func(key []byte) error {
-		switch string(key) {
-		case "identityType":
-			return member(f.first(0) && d.strField(&r.IdentityType))
-		case "thirdId":
-			return member(f.first(1) && d.strField(&r.ThirdID))
-		case "openid":
-			return member(f.first(2) && d.strField(&r.OpenID))
-		case "unionid":
-			return member(f.first(3) && d.strField(&r.UnionID))
-		case "phone":
-			return member(f.first(4) && d.strField(&r.Phone))
-		case "groups":
-			return member(f.first(5) && d.strField(&r.Groups))
+		if i := MemberIndex(key); i >= 0 {
+			return member(f.first(uint(i)) && d.strField(members[i].Value))
 		}
 		return errDecline
 	}) == nil
@@ -431,16 +422,12 @@ func (d *fastDecoder) groups(dst *[]string) bool {
 
 func (d *fastDecoder) ref(r *RecordRef) bool {
 	var f seen
+	members := r.Members()
 	return d.s.Object(func(key []byte) error {
-		switch string(key) {
-		case "thirdId":
-			return member(f.first(0) && d.strField(&r.ThirdID))
-		case "phone":
-			return member(f.first(1) && d.strField(&r.Phone))
-		case "openid":
-			return member(f.first(2) && d.strField(&r.OpenID))
-		case "unionid":
-			return member(f.first(3) && d.strField(&r.UnionID))
+		for i := range members {
+			if string(key) == members[i].Name {
+				return member(f.first(uint(i)) && d.strField(members[i].Value))
+			}
 		}
 		return errDecline
 	}) == nil

@@ -96,11 +96,4 @@ func DecodeDirectory(b []byte) (DirectoryMessage, error) {
 	return m, nil
 }
 
-func knownKind(k IdentityKind) bool {
-	for _, x := range IdentityKinds {
-		if x == k {
-			return true
-		}
-	}
-	return false
-}
+func knownKind(k IdentityKind) bool { return KindOrdinal(k) >= 0 }

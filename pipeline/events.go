@@ -60,25 +60,13 @@ type BatchSummary struct {
 	// applied since. Only LateMatched changes after the batch finished.
 	Deferred      int            `json:"deferred"`
 	LateMatched   int            `json:"lateMatched"`
-	MatchedBy     map[string]int `json:"matchedBy"` // see MatchedBy
+	MatchedBy     map[string]int `json:"matchedBy"` // matched records by kind; kinds that matched none left out
 	GroupsCreated int            `json:"groupsCreated"`
 	Conflicts     int            `json:"conflicts"`
 	// ErrorCounts counts the records not applied by reason (Reason values).
 	ErrorCounts map[string]int `json:"errorCounts"`
 	AcceptedAt  time.Time      `json:"acceptedAt"`
 	FinishedAt  *time.Time     `json:"finishedAt"` // nil while PROCESSING
-}
-
-// MatchedBy returns the matchedBy object for per-kind match counts, leaving
-// out the kinds that matched nothing.
-func MatchedBy(unionid, openid, phone, id int) map[string]int {
-	m := make(map[string]int, 4)
-	for k, n := range map[IdentityKind]int{KindUnionID: unionid, KindOpenID: openid, KindPhone: phone, KindThirdID: id} {
-		if n > 0 {
-			m[string(k)] = n
-		}
-	}
-	return m
 }
 
 // BatchFinishedEvent reports a batch's final result, once per batch. It is

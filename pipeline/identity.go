@@ -11,10 +11,38 @@ const (
 	KindOpenID  IdentityKind = "openid"
 	KindPhone   IdentityKind = "phone"
 	KindThirdID IdentityKind = "id"
+	KindEmail   IdentityKind = "email"
 )
 
-// IdentityKinds lists every kind, in identifyWay 1 order.
-var IdentityKinds = []IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID}
+// NumKinds is the number of identity kinds.
+const NumKinds = 5
+
+// IdentityKinds lists every kind by its ordinal, the index of kind-indexed
+// storage ([NumKinds]T) and of the batches.matched_by counters. Ordinals
+// are stored, so a new kind is appended, never inserted. What each kind
+// means (its request field, normalisation, directory table, priority in
+// the fuzzy orders) is the table of package identity, which follows this
+// order.
+var IdentityKinds = [NumKinds]IdentityKind{KindUnionID, KindOpenID, KindPhone, KindThirdID, KindEmail}
+
+// KindOrdinal returns k's index in IdentityKinds, or -1 for an unknown kind.
+// It is a switch, not a search of IdentityKinds, because the matcher asks
+// it several times per record; TestKindOrdinal holds the two together.
+func KindOrdinal(k IdentityKind) int {
+	switch k {
+	case KindUnionID:
+		return 0
+	case KindOpenID:
+		return 1
+	case KindPhone:
+		return 2
+	case KindThirdID:
+		return 3
+	case KindEmail:
+		return 4
+	}
+	return -1
+}
 
 // Outcome is the final class of one record; each maps to one batch counter.
 type Outcome string
@@ -39,6 +67,7 @@ const (
 	ReasonAmbiguous           Reason = "AMBIGUOUS"
 	ReasonMissingIdentity     Reason = "MISSING_IDENTITY"
 	ReasonInvalidPhone        Reason = "INVALID_PHONE"
+	ReasonInvalidEmail        Reason = "INVALID_EMAIL" // identityType=email and the email is malformed
 	ReasonInvalidIdentityType Reason = "INVALID_IDENTITY_TYPE"
 	ReasonNoGroups            Reason = "NO_GROUPS"
 	ReasonGroupNameTooLong    Reason = "GROUP_NAME_TOO_LONG"

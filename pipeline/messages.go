@@ -38,6 +38,40 @@ type RecordRef struct {
 	Phone   string `json:"phone,omitempty"`   // masked
 	OpenID  string `json:"openid,omitempty"`  // masked
 	UnionID string `json:"unionid,omitempty"` // masked
+	Email   string `json:"email,omitempty"`   // masked
+}
+
+// NumRefMembers is the number of members of a RecordRef.
+const NumRefMembers = 5
+
+// Set sets r's member named name to v; a name r has no member of is
+// ignored. A switch, like RawRecord.Member; TestMembersMatchTags holds it
+// to Members.
+func (r *RecordRef) Set(name, v string) {
+	switch name {
+	case "thirdId":
+		r.ThirdID = v
+	case "phone":
+		r.Phone = v
+	case "openid":
+		r.OpenID = v
+	case "unionid":
+		r.UnionID = v
+	case "email":
+		r.Email = v
+	}
+}
+
+// Members lists r's members in the order the resolved message writes them
+// (json.Marshal's order, the struct's), each pointing into r.
+func (r *RecordRef) Members() [NumRefMembers]RecordMember {
+	return [NumRefMembers]RecordMember{
+		{"thirdId", &r.ThirdID},
+		{"phone", &r.Phone},
+		{"openid", &r.OpenID},
+		{"unionid", &r.UnionID},
+		{"email", &r.Email},
+	}
 }
 
 // ResolvedMessage is the value of a groupmatch.resolved message: the matcher's

@@ -83,6 +83,7 @@ func TestPeekPosition(t *testing.T) {
 // accept survives a round trip unchanged.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":2,"index":3,"params":{"isMatching":true,"matchingType":1,"optType":"add"},"record":{"identityType":"phone","phone":"1"}}`))
+	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":2,"index":3,"params":{"isMatching":true,"matchingType":1,"optType":"add"},"record":{"identityType":"email","thirdId":"t","openid":"o","unionid":"u","phone":"1","email":"A@b.cn","groups":"g"}}`))
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -119,6 +120,7 @@ func FuzzDecodeResolved(f *testing.F) {
 	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":2,"index":3,"optType":"delete","outcome":"INVALID","reason":"NO_GROUPS","ref":{"thirdId":"x"}}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":1,"index":0,"optType":"add","outcome":"NOT_FOUND","groups":[]}`))
+	f.Add([]byte(`{"v":1,"tenantId":1,"batchId":2,"index":3,"optType":"add","outcome":"INVALID","reason":"INVALID_EMAIL","ref":{"thirdId":"x","phone":"1****2","openid":"o****1","unionid":"u****1","email":"a***@b.cn"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkFastResolved(t, b)
 		m, err := DecodeResolved(b)

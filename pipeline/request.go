@@ -17,6 +17,9 @@ const (
 	// MaxPhoneLen is the longest phone as sent, before trimming and before
 	// separators are removed (ReasonValueTooLong beyond).
 	MaxPhoneLen = 32
+	// MaxEmailLen is the longest email, after trimming
+	// (ReasonValueTooLong beyond).
+	MaxEmailLen = 254
 	// MaxAppIDLen is the longest publicParams.accurateMatchValue as sent
 	// (before trimming); a longer one rejects the request.
 	MaxAppIDLen = 128
@@ -74,5 +77,79 @@ type RawRecord struct {
 	OpenID       string `json:"openid,omitempty"`
 	UnionID      string `json:"unionid,omitempty"`
 	Phone        string `json:"phone,omitempty"`
+	Email        string `json:"email,omitempty"`
 	Groups       string `json:"groups,omitempty"`
+}
+
+// NumRecordMembers is the number of string members of a record.
+const NumRecordMembers = 7
+
+// RecordMember is one member of a record's JSON object and the RawRecord
+// field that holds it.
+type RecordMember struct {
+	Name  string  // the JSON member name, as the platform spells it
+	Value *string // the field of the RawRecord Members was called on
+}
+
+// Member returns the value of r's member named name ("" for none). It is
+// a switch, not a search of Members, because the matcher reads every
+// identity of every record through it; TestMembersMatchTags holds the two
+// together.
+func (r *RawRecord) Member(name string) string {
+	switch name {
+	case "identityType":
+		return r.IdentityType
+	case "thirdId":
+		return r.ThirdID
+	case "openid":
+		return r.OpenID
+	case "unionid":
+		return r.UnionID
+	case "phone":
+		return r.Phone
+	case "email":
+		return r.Email
+	case "groups":
+		return r.Groups
+	}
+	return ""
+}
+
+// MemberIndex returns the index in Members of the member named name, or -1
+// (the names compare exactly). A switch, for decoders reading member
+// names; TestMembersMatchTags holds it to Members.
+func MemberIndex(name []byte) int {
+	switch string(name) {
+	case "identityType":
+		return 0
+	case "thirdId":
+		return 1
+	case "openid":
+		return 2
+	case "unionid":
+		return 3
+	case "phone":
+		return 4
+	case "email":
+		return 5
+	case "groups":
+		return 6
+	}
+	return -1
+}
+
+// Members lists r's members in the order the records message writes them
+// (json.Marshal's order, the struct's), each pointing into r. The codecs
+// of records and of batchAdd requests read and write records through it,
+// so a new member is added here and in the struct, nowhere else.
+func (r *RawRecord) Members() [NumRecordMembers]RecordMember {
+	return [NumRecordMembers]RecordMember{
+		{"identityType", &r.IdentityType},
+		{"thirdId", &r.ThirdID},
+		{"openid", &r.OpenID},
+		{"unionid", &r.UnionID},
+		{"phone", &r.Phone},
+		{"email", &r.Email},
+		{"groups", &r.Groups},
+	}
 }

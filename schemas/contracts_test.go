@@ -156,13 +156,13 @@ func TestMessagesMatchSchemas(t *testing.T) {
 			finished := at.Add(140 * time.Millisecond)
 			return pipeline.EncodeBatchFinished(pipeline.BatchFinishedEvent{TenantID: 3, BatchID: 42, BatchSummary: pipeline.BatchSummary{
 				Status: "PARTIAL_SUCCESS", OptType: pipeline.OptAdd, Total: 8, Processed: 8, Success: 4, Unmatched: 1, Ambiguous: 1, Invalid: 2,
-				MatchedBy: pipeline.MatchedBy(1, 1, 1, 1), GroupsCreated: 2, Conflicts: 2, AcceptedAt: at, FinishedAt: &finished}})
+				MatchedBy: map[string]int{"unionid": 1, "openid": 1, "phone": 1, "id": 1}, GroupsCreated: 2, Conflicts: 2, AcceptedAt: at, FinishedAt: &finished}})
 		},
 		"finished failed, nothing matched": func() ([]byte, error) {
 			finished := at.Add(time.Second)
 			return pipeline.EncodeBatchFinished(pipeline.BatchFinishedEvent{TenantID: 3, BatchID: 43, BatchSummary: pipeline.BatchSummary{
 				Status: "FAILED", OptType: pipeline.OptDelete, Total: 500, Processed: 500, Unmatched: 500,
-				MatchedBy: pipeline.MatchedBy(0, 0, 0, 0), AcceptedAt: at, FinishedAt: &finished}})
+				MatchedBy: map[string]int{}, AcceptedAt: at, FinishedAt: &finished}})
 		},
 	}
 	for name, encode := range events {
@@ -254,7 +254,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventRequestRejected, "code", "400"), set(schemas.EventRequestRejected, "errorCode", "NOPE"),
 		del(schemas.EventRequestRejected, "msg"), set(schemas.EventRequestRejected, "batchId", 7),
 		set(schemas.EventBatchFinished, "status", "PROCESSING"), del(schemas.EventBatchFinished, "finishedAt"),
-		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"email": 1}),
+		set(schemas.EventBatchFinished, "matchedBy", nil), set(schemas.EventBatchFinished, "matchedBy", map[string]any{"mobile": 1}),
 		set(schemas.EventBatchFinished, "success", -1), set(schemas.EventBatchFinished, "total", 0),
 		set(schemas.EventBatchFinished, "errorCounts", map[string]any{"BOGUS": 1}), set(schemas.EventBatchFinished, "errorCounts", nil), set(schemas.EventBatchFinished, "v", "1"),
 		del(schemas.EventBatchFinished, "lateMatched"), del(schemas.EventBatchUpdated, "deferred"),
@@ -262,7 +262,7 @@ func TestSchemasRejectBrokenMessages(t *testing.T) {
 		set(schemas.EventBatchUpdated, "lateMatched", -1),
 
 		set("deferred", "outcome", "AMBIGUOUS"), set("deferred", "pending.identities", map[string]any{}),
-		set("deferred", "pending.identities", map[string]any{"email": "x"}), del("deferred", "pending.groups"),
+		set("deferred", "pending.identities", map[string]any{"mobile": "x"}), del("deferred", "pending.groups"),
 		set("deferred", "pending.params.optType", "upsert"), set("deferred", "pending.extra", 1),
 		set("late", "outcome", "NOT_FOUND"), set("late", "late", false),
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -690,11 +691,58 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 	return created, nil
 }
 
+// updateCountersSQL adds one chunk's increments (arrays $4 on, one element
+// per batch of $3) to the tenant's ($1) batches still processing, finishing
+// as of $2 those whose every record has an outcome. matched_by is an
+// integer array indexed by kind ordinal (1-based in SQL); an element a row
+// lacks (a kind added after the row was written) reads as 0. Built from
+// pipeline.IdentityKinds; never modified.
+var updateCountersSQL = counterUpdate()
+
+func counterUpdate() string {
+	var matched, params, names strings.Builder
+	for o := range pipeline.IdentityKinds {
+		if o > 0 {
+			matched.WriteString(", ")
+		}
+		fmt.Fprintf(&matched, "coalesce(b.matched_by[%d], 0) + d.m%d", o+1, o)
+		fmt.Fprintf(&params, ", $%d::int[]", 13+o)
+		fmt.Fprintf(&names, ", m%d", o)
+	}
+	return `
+		UPDATE batches b SET
+			processed = b.processed + d.processed,
+			success = b.success + d.success,
+			unmatched = b.unmatched + d.unmatched,
+			ambiguous = b.ambiguous + d.ambiguous,
+			invalid = b.invalid + d.invalid,
+			failed = b.failed + d.failed,
+			matched_by = ARRAY[` + matched.String() + `],
+			groups_created = b.groups_created + d.groups_created,
+			conflicts = b.conflicts + d.conflicts,
+			deferred = b.deferred + d.deferred,
+			status = CASE
+				WHEN b.processed + d.processed < b.total THEN b.status
+				WHEN b.success + d.success = b.total THEN 'SUCCESS'
+				WHEN b.success + d.success = 0 THEN 'FAILED'
+				ELSE 'PARTIAL_SUCCESS' END,
+			finished_at = CASE WHEN b.processed + d.processed = b.total THEN $2::timestamptz END
+		FROM unnest($3::bigint[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[], $9::int[],
+			$10::int[], $11::int[], $12::int[]` + params.String() + `)
+			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
+			     groups_created, conflicts, deferred` + names.String() + `)
+		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id AND b.status = 'PROCESSING'
+		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at,
+			b.total, b.processed, b.success, b.unmatched, b.ambiguous, b.invalid, b.failed`
+}
+
 // counters is one batch's increments from one chunk.
 type counters struct {
 	processed, success, unmatched, ambiguous, invalid, failed int32
-	byUnionID, byOpenID, byPhone, byID                        int32
 	conflicts, groupsCreated, deferred                        int32
+	// byKind counts the matched records by the ordinal of their
+	// matchedBy kind (pipeline.IdentityKinds).
+	byKind [pipeline.NumKinds]int32
 }
 
 func (c *counters) count(r *pipeline.ResolvedMessage) {
@@ -702,15 +750,8 @@ func (c *counters) count(r *pipeline.ResolvedMessage) {
 	switch r.Outcome {
 	case pipeline.OutcomeMatched:
 		c.success++
-		switch r.MatchedBy {
-		case pipeline.KindUnionID:
-			c.byUnionID++
-		case pipeline.KindOpenID:
-			c.byOpenID++
-		case pipeline.KindPhone:
-			c.byPhone++
-		case pipeline.KindThirdID:
-			c.byID++
+		if o := pipeline.KindOrdinal(r.MatchedBy); o >= 0 {
+			c.byKind[o]++
 		}
 		if r.Conflict {
 			c.conflicts++
@@ -753,12 +794,15 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 		}
 	}
 	slices.Sort(ids)
-	cols := make([][]int32, 13)
+	cols := make([][]int32, 9+pipeline.NumKinds)
 	for _, id := range ids {
 		c := per[id]
 		for i, v := range []int32{c.processed, c.success, c.unmatched, c.ambiguous, c.invalid, c.failed,
-			c.byUnionID, c.byOpenID, c.byPhone, c.byID, c.groupsCreated, c.conflicts, c.deferred} {
+			c.groupsCreated, c.conflicts, c.deferred} {
 			cols[i] = append(cols[i], v)
+		}
+		for o, v := range c.byKind {
+			cols[9+o] = append(cols[9+o], v)
 		}
 	}
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE`, tenantID, ids); err != nil {
@@ -768,34 +812,7 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 	for _, c := range cols {
 		args = append(args, c)
 	}
-	rows, err := tx.Query(ctx, `
-		UPDATE batches b SET
-			processed = b.processed + d.processed,
-			success = b.success + d.success,
-			unmatched = b.unmatched + d.unmatched,
-			ambiguous = b.ambiguous + d.ambiguous,
-			invalid = b.invalid + d.invalid,
-			failed = b.failed + d.failed,
-			matched_unionid = b.matched_unionid + d.m_unionid,
-			matched_openid = b.matched_openid + d.m_openid,
-			matched_phone = b.matched_phone + d.m_phone,
-			matched_id = b.matched_id + d.m_id,
-			groups_created = b.groups_created + d.groups_created,
-			conflicts = b.conflicts + d.conflicts,
-			deferred = b.deferred + d.deferred,
-			status = CASE
-				WHEN b.processed + d.processed < b.total THEN b.status
-				WHEN b.success + d.success = b.total THEN 'SUCCESS'
-				WHEN b.success + d.success = 0 THEN 'FAILED'
-				ELSE 'PARTIAL_SUCCESS' END,
-			finished_at = CASE WHEN b.processed + d.processed = b.total THEN $2::timestamptz END
-		FROM unnest($3::bigint[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[], $9::int[],
-			$10::int[], $11::int[], $12::int[], $13::int[], $14::int[], $15::int[], $16::int[])
-			AS d(batch_id, processed, success, unmatched, ambiguous, invalid, failed,
-			     m_unionid, m_openid, m_phone, m_id, groups_created, conflicts, deferred)
-		WHERE b.tenant_id = $1 AND b.batch_id = d.batch_id AND b.status = 'PROCESSING'
-		RETURNING b.batch_id, b.status, b.accepted_at, b.finished_at,
-			b.total, b.processed, b.success, b.unmatched, b.ambiguous, b.invalid, b.failed`, args...)
+	rows, err := tx.Query(ctx, updateCountersSQL, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: update counters: %w", err)
 	}
