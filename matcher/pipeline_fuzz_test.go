@@ -390,15 +390,18 @@ func (fp *fuzzPipeline) run(t *testing.T, in fuzzInput) error {
 	if total != n || len(res.Finished) != 1 || res.Finished[0].BatchID != batchID {
 		t.Fatalf("apply: outcomes %v (want %d records), finished %+v", res.Outcomes, n, res.Finished)
 	}
-	var processed, sum, ledger int
+	// Every record has its bit in the applied bitmap; every one that did
+	// not apply (all but the successes), and only those, a ledger row.
+	var processed, sum, success, bits, ledger int
 	var status string
-	if err := fp.db.QueryRow(ctx, `SELECT processed, success + unmatched + ambiguous + invalid + failed, status,
-			(SELECT count(*) FROM batch_records r WHERE r.tenant_id = $1 AND r.batch_id = b.batch_id)
-		FROM batches b WHERE tenant_id = $1 AND batch_id = $2`, fuzzTenant, batchID).Scan(&processed, &sum, &status, &ledger); err != nil {
+	if err := fp.db.QueryRow(ctx, `SELECT processed, success + unmatched + ambiguous + invalid + failed, success, status,
+			bit_count(done), (SELECT count(*) FROM batch_records r WHERE r.tenant_id = $1 AND r.batch_id = b.batch_id)
+		FROM batches b WHERE tenant_id = $1 AND batch_id = $2`, fuzzTenant, batchID).Scan(&processed, &sum, &success, &status, &bits, &ledger); err != nil {
 		t.Fatalf("read batch: %v", err)
 	}
-	if processed != n || sum != n || ledger != n || (status != "SUCCESS" && status != "PARTIAL_SUCCESS" && status != "FAILED") {
-		t.Fatalf("batch of %d records: processed %d, outcomes %d, ledger rows %d, status %s", n, processed, sum, ledger, status)
+	if processed != n || sum != n || bits != n || ledger != n-success || (status != "SUCCESS" && status != "PARTIAL_SUCCESS" && status != "FAILED") {
+		t.Fatalf("batch of %d records: processed %d, outcomes %d, applied bits %d, ledger rows %d (success %d), status %s",
+			n, processed, sum, bits, ledger, success, status)
 	}
 
 	// The failures page shows phone, openid and unionid masked: at most 7

@@ -18,19 +18,23 @@ import (
 // §10: no batch stays PROCESSING for ever). Each overdue batch is finished
 // in a transaction of its own that
 //
+//   - locks the batch row and reads its applied bitmap (batches.done);
 //   - writes a ledger row (outcome FAILED, reason TIMED_OUT) for every
-//     record index the ledger lacks, so a record arriving later is a
-//     duplicate to Apply and changes nothing;
+//     record index whose bit is clear, and sets every bit, so a record
+//     arriving later is a duplicate to Apply and changes nothing;
 //   - adds those records to failed and sets the final status by the rule
 //     Apply uses (SUCCESS, PARTIAL_SUCCESS or FAILED), with a conditional
 //     UPDATE … WHERE status = 'PROCESSING';
 //   - writes the batch's row of the batch.finished outbox.
 //
-// Several sink processes may sweep at once: the ledger's primary key and the
-// conditional UPDATE make exactly one of them finish a batch; a sweeper that
-// loses rolls back. A sink transaction applying records of the batch at the
-// same time either commits first (its records keep their outcomes) or finds
-// the TIMED_OUT rows and counts its records as duplicates.
+// Several sink processes may sweep at once: the batch row's lock and the
+// status condition make exactly one of them finish a batch; the others find
+// it finished and roll back. A sink transaction applying records of the
+// batch at the same time locks the batch row too (after its memberships,
+// before it writes any ledger row, as this transaction: batch row, then
+// ledger rows): either it commits first (its records keep their outcomes
+// and bits) or it finds the batch finished, rolls back, and its retry counts
+// its records as duplicates.
 type Deadline struct {
 	db  *pgxpool.Pool
 	cfg DeadlineConfig
@@ -156,50 +160,50 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 	out := TimedOut{FinishedBatch: FinishedBatch{BatchID: batchID, TenantID: tenantID}}
 	now := time.Now()
 	err := pgx.BeginFunc(ctx, d.db, func(tx pgx.Tx) error {
-		// The batch is read without a lock and the ledger rows written
-		// first, like Apply: a concurrent Apply holding an uncommitted row
-		// of this batch is waited for (ON CONFLICT), and neither
-		// transaction locks the batch row before its ledger rows, so the
-		// two cannot deadlock. The conditional UPDATE below decides.
+		// The batch row is locked first, then the ledger rows written:
+		// the order of Apply, which writes ledger rows only under the
+		// lock of their batch row, after finding their bits clear.
 		var total int
+		var done []byte
 		err := tx.QueryRow(ctx, `
-			SELECT total FROM batches
+			SELECT total, done FROM batches
 			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
-			  AND accepted_at < $3`,
-			tenantID, batchID, now.Add(-d.cfg.After)).Scan(&total)
+			  AND accepted_at < $3
+			FOR UPDATE`,
+			tenantID, batchID, now.Add(-d.cfg.After)).Scan(&total, &done)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNotOverdue
 		}
 		if err != nil {
 			return fmt.Errorf("sink: read overdue batch: %w", err)
 		}
-		// The rows written are counted from RETURNING, not from the
-		// command tag: on Citus the INSERT … SELECT goes through the
-		// coordinator and its tag counts the conflicting rows too.
-		rows, err := tx.Query(ctx, `
-			INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason)
-			SELECT $1, $2, i, $4, $5 FROM generate_series(0, $3::int - 1) AS i
-			ON CONFLICT DO NOTHING
-			RETURNING rec_index`,
-			tenantID, batchID, total, string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut))
-		if err != nil {
-			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
+		var missing []int32
+		full := make([]byte, (total+7)/8)
+		for i := range total {
+			if !bitSet(done, i) {
+				missing = append(missing, int32(i))
+			}
+			full[i/8] |= 1 << (i % 8)
 		}
-		out.Records = 0
-		for rows.Next() {
-			out.Records++
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
+		out.Records = len(missing)
+		if len(missing) > 0 {
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason)
+				SELECT $1, $2, i, $4, $5 FROM unnest($3::int[]) AS i`,
+				tenantID, batchID, missing, string(pipeline.OutcomeFailed), string(pipeline.ReasonTimedOut)); err != nil {
+				return fmt.Errorf("sink: write timed-out ledger rows: %w", err)
+			}
 		}
 		// Every record without a counted outcome is one of the rows just
-		// written (the ledger and the counters change together), so
-		// failed grows by total - processed.
+		// written (the bitmap and the counters change together:
+		// processed = bit_count(done)), so failed grows by total -
+		// processed.
 		var accepted, finished time.Time
 		err = tx.QueryRow(ctx, `
 			UPDATE batches SET
 				failed = failed + (total - processed),
 				processed = total,
+				done = $4,
 				status = CASE
 					WHEN success = total THEN 'SUCCESS'
 					WHEN success = 0 THEN 'FAILED'
@@ -207,7 +211,7 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 				finished_at = $3
 			WHERE tenant_id = $1 AND batch_id = $2 AND status = 'PROCESSING'
 			RETURNING status, accepted_at, finished_at,
-				total, processed, success, unmatched, ambiguous, invalid, failed`, tenantID, batchID, now).Scan(&out.Status, &accepted, &finished,
+				total, processed, success, unmatched, ambiguous, invalid, failed`, tenantID, batchID, now, full).Scan(&out.Status, &accepted, &finished,
 			&out.Counts.Total, &out.Counts.Processed, &out.Counts.Success, &out.Counts.Unmatched,
 			&out.Counts.Ambiguous, &out.Counts.Invalid, &out.Counts.Failed)
 		if errors.Is(err, pgx.ErrNoRows) {

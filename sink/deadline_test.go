@@ -46,6 +46,26 @@ func ledgerReasons(t *testing.T, db *pgxpool.Pool, id int64) string {
 	return fmt.Sprint(out)
 }
 
+// appliedBits renders a batch's applied bitmap (batches.done) as one
+// character per record index below its total, '1' for a set bit, followed
+// by "/processed" (the two change together: processed = bit_count(done)).
+func appliedBits(t *testing.T, db *pgxpool.Pool, id int64) string {
+	t.Helper()
+	var bits string
+	var processed, count int
+	if err := db.QueryRow(context.Background(), `SELECT coalesce(string_agg(
+			CASE WHEN i < 8 * length(b.done) THEN get_bit(b.done, i) ELSE 0 END::text, '' ORDER BY i), ''),
+			b.processed, bit_count(b.done)
+		FROM batches b LEFT JOIN generate_series(0, b.total - 1) AS i ON true
+		WHERE b.batch_id = $1 GROUP BY b.batch_id, b.processed, b.done`, id).Scan(&bits, &processed, &count); err != nil {
+		t.Fatal(err)
+	}
+	if processed != count {
+		t.Errorf("batch %d: processed %d, %d bits set", id, processed, count)
+	}
+	return fmt.Sprintf("%s/%d", bits, processed)
+}
+
 func outboxRows(t *testing.T, db *pgxpool.Pool) string {
 	t.Helper()
 	var ids []int64
@@ -105,8 +125,19 @@ func TestDeadlineFinishesOverdueBatches(t *testing.T) {
 	if b := readBatch(t, db, 4); b.status != "PENDING" {
 		t.Errorf("pending batch 4 %+v", b)
 	}
-	if l := ledgerReasons(t, db, 1); l != "[0:MATCHED/ 1:FAILED/TIMED_OUT 2:NOT_FOUND/NOT_FOUND 3:FAILED/TIMED_OUT]" {
+	// The matched record 0 has its bit and no ledger row; the others
+	// have a row each.
+	if l := ledgerReasons(t, db, 1); l != "[1:FAILED/TIMED_OUT 2:NOT_FOUND/NOT_FOUND 3:FAILED/TIMED_OUT]" {
 		t.Errorf("ledger of batch 1: %s", l)
+	}
+	if b := appliedBits(t, db, 1); b != "1111/4" {
+		t.Errorf("applied bits of batch 1: %s", b)
+	}
+	if b := appliedBits(t, db, 2); b != "111/3" {
+		t.Errorf("applied bits of batch 2: %s", b)
+	}
+	if b := appliedBits(t, db, 3); b != "00/0" {
+		t.Errorf("applied bits of young batch 3: %s", b)
 	}
 	if o := outboxRows(t, db); o != "[1 2]" {
 		t.Errorf("outbox %s, want one row for each of batches 1 and 2", o)
@@ -219,11 +250,17 @@ func TestDeadlineConcurrentSweepers(t *testing.T) {
 	if success != applied[0]+applied[1] || failed != timedOut || success+failed != batches*perBatch {
 		t.Errorf("success %d (sinks applied %v), failed %d (timed out %d)", success, applied, failed, timedOut)
 	}
-	var ledger, outbox int
-	if err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM batch_records), (SELECT count(*) FROM batch_events_outbox)`).Scan(&ledger, &outbox); err != nil {
+	// Every record has its bit; every timed-out one, and only those,
+	// its ledger row.
+	var ledger, bits, outbox int
+	if err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM batch_records WHERE reason = 'TIMED_OUT'),
+		(SELECT sum(bit_count(done)) FROM batches), (SELECT count(*) FROM batch_events_outbox)`).Scan(&ledger, &bits, &outbox); err != nil {
 		t.Fatal(err)
 	}
-	if ledger != batches*perBatch || outbox != batches {
-		t.Errorf("ledger rows %d, outbox rows %d", ledger, outbox)
+	if ledger != timedOut || bits != batches*perBatch || outbox != batches {
+		t.Errorf("ledger rows %d (timed out %d), bits %d, outbox rows %d", ledger, timedOut, bits, outbox)
+	}
+	if n := count(t, db, `SELECT count(*) FROM batch_records`); n != timedOut {
+		t.Errorf("%d ledger rows, want the %d timed-out records'", n, timedOut)
 	}
 }

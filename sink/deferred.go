@@ -157,23 +157,6 @@ func deleteIdentities(ctx context.Context, tx pgx.Tx, tenantID int64, keys map[l
 	return nil
 }
 
-// lockBatches locks the batches rows of recs in batch id order (as
-// updateCounters does), so that a transaction changing the counters of
-// several batches, first verdicts and late matches alike, never waits in
-// another order than a concurrent one.
-func lockBatches(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) error {
-	ids := make([]int64, 0, 4)
-	for _, r := range recs {
-		if !slices.Contains(ids, r.BatchID) {
-			ids = append(ids, r.BatchID)
-		}
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE`, tenantID, ids); err != nil {
-		return fmt.Errorf("sink: lock batches: %w", err)
-	}
-	return nil
-}
-
 // finishLate counts the late matches moved by claimLate, as limitGroups
 // left them (moved[i] is INVALID with pipeline.ReasonGroupLimit when the
 // add would have made the tenant exceed its group limit: such a record

@@ -69,8 +69,12 @@ func TestApplyGroupLimit(t *testing.T) {
 	if res.Applied != 6 || res.Outcomes[pipeline.OutcomeMatched] != 4 || res.Outcomes[pipeline.OutcomeInvalid] != 2 {
 		t.Fatalf("first chunk: %+v", res)
 	}
-	if got := fmt.Sprint(groupLimitLedger(t, db, 1)); got != "[0:MATCHED/ 1:MATCHED/ 2:INVALID/GROUP_LIMIT 3:MATCHED/ 4:INVALID/GROUP_LIMIT 5:MATCHED/]" {
+	// Matched records have their bit only; refused ones a ledger row too.
+	if got := fmt.Sprint(groupLimitLedger(t, db, 1)); got != "[2:INVALID/GROUP_LIMIT 4:INVALID/GROUP_LIMIT]" {
 		t.Fatalf("ledger %s", got)
+	}
+	if got := appliedBits(t, db, 1); got != "1111110/6" {
+		t.Fatalf("applied bits %s", got)
 	}
 	if n := visibleGroupCount(t, db, tenant); n != 3 {
 		t.Fatalf("%d visible groups, want 3", n)
@@ -138,18 +142,58 @@ func TestApplyGroupLimitConcurrent(t *testing.T) {
 	if created != limit || invalid == 0 {
 		t.Fatalf("groupsCreated %d (want %d), invalid %d (want some)", created, limit, invalid)
 	}
-	// Every applied record is a member of both its groups; no refused one is.
-	var applied, memberRows int
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records WHERE outcome = 'MATCHED'`).Scan(&applied); err != nil {
+	// Every record has its bit; the refused ones, and only they, a ledger
+	// row. Record (b, i) alone names customer i+1 in group g((60b+i) % 70),
+	// so its membership there carries its position: every applied record
+	// is a member of its own group, and no refused one is.
+	var bits, refused, ledger, memberRows, refusedRows int
+	if err := db.QueryRow(ctx, `SELECT (SELECT sum(bit_count(done)) FROM batches WHERE tenant_id = $1),
+		(SELECT count(*) FROM batch_records WHERE reason = 'GROUP_LIMIT'), (SELECT count(*) FROM batch_records)`, tenant).Scan(&bits, &refused, &ledger); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records r
-		JOIN memberships m ON m.tenant_id = r.tenant_id AND m.customer_id = r.customer_id AND (m.batch_id, m.rec_index) >= (0, 0)
+	if err := db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE r.rec_index IS NULL), count(*) FILTER (WHERE r.rec_index IS NOT NULL)
+		FROM memberships m
 		JOIN groups g ON g.tenant_id = m.tenant_id AND g.group_id = m.group_id AND g.name <> 'common'
-		WHERE r.outcome = 'MATCHED' AND m.batch_id = r.batch_id AND m.rec_index = r.rec_index`).Scan(&memberRows); err != nil {
+		LEFT JOIN batch_records r ON r.tenant_id = m.tenant_id AND r.batch_id = m.batch_id AND r.rec_index = m.rec_index
+		WHERE m.tenant_id = $1 AND m.present AND m.customer_id = m.rec_index + 1
+		  AND g.name = 'g' || ((m.batch_id * 60 + m.rec_index) % 70)`, tenant).Scan(&memberRows, &refusedRows); err != nil {
 		t.Fatal(err)
 	}
-	if applied != success || memberRows != success {
-		t.Fatalf("applied %d, success %d, own memberships %d", applied, success, memberRows)
+	if bits != 240 || refused != invalid || ledger != invalid || memberRows != success || refusedRows != 0 {
+		t.Fatalf("bits %d, refused rows %d of %d ledger rows (invalid %d), own memberships %d (success %d), refused members %d",
+			bits, refused, ledger, invalid, memberRows, success, refusedRows)
+	}
+}
+
+// A chunk mixing a late match with first verdicts: a first verdict the
+// group limit refuses is counted INVALID (not the MATCHED it arrived as),
+// gets its GROUP_LIMIT ledger row and its bit, and the late match to an
+// existing group still applies.
+func TestApplyGroupLimitWithLateMatch(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	s.MaxGroupsPerTenant = 1
+	ctx := context.Background()
+	if _, err := db.Exec(ctx, `INSERT INTO groups (tenant_id, name, visible) VALUES ($1, 'x', true)`, tenant); err != nil {
+		t.Fatal(err)
+	}
+	newBatch(t, db, 1, 1, "PROCESSING")
+	newBatch(t, db, 2, 1, "PROCESSING")
+	apply(t, s, deferredRec(1, 0, pipeline.OptAdd, "x"))
+	res := apply(t, s, lateRec(1, 0, pipeline.OptAdd, 10, "x"), matched(2, 0, pipeline.OptAdd, 11, "b"))
+	if res.LateMatched != 1 || res.Applied != 1 || res.Outcomes[pipeline.OutcomeInvalid] != 1 || res.Outcomes[pipeline.OutcomeMatched] != 0 {
+		t.Fatalf("chunk: %+v", res)
+	}
+	if got, want := readBatch(t, db, 2), (batchRow{status: "FAILED", processed: 1, invalid: 1}); got != want {
+		t.Fatalf("batch 2 %+v, want %+v", got, want)
+	}
+	if got := fmt.Sprint(groupLimitLedger(t, db, 2)); got != "[0:INVALID/GROUP_LIMIT]" {
+		t.Fatalf("ledger of batch 2 %s", got)
+	}
+	if got := appliedBits(t, db, 2); got != "1/1" {
+		t.Fatalf("applied bits of batch 2 %s", got)
+	}
+	if m := fmt.Sprint(members(t, db)); m != "[x/10]" {
+		t.Fatalf("members %s", m)
 	}
 }

@@ -77,17 +77,19 @@ func TestPruneHorizons(t *testing.T) {
 	old := time.Now().Add(-40 * 24 * time.Hour)
 
 	// Batch 1 adds 10..13 to vip and finishes. Batch 2 stays PROCESSING
-	// with one record applied. Batch 3 deletes 10 and 11 from vip and 10
-	// from ghost (a group only deletes name: invisible) and finishes.
-	newBatch(t, db, 1, 4, "PROCESSING")
+	// with two records applied. Batch 3 deletes 10 and 11 from vip and 10
+	// from ghost (a group only deletes name: invisible) and finishes. Each
+	// has one NOT_FOUND record, whose ledger row goes with its batch (a
+	// MATCHED record has only its bit in the batch row).
+	newBatch(t, db, 1, 5, "PROCESSING")
 	apply(t, s, matched(1, 0, pipeline.OptAdd, 10, "vip"), matched(1, 1, pipeline.OptAdd, 11, "vip"),
-		matched(1, 2, pipeline.OptAdd, 12, "vip"), matched(1, 3, pipeline.OptAdd, 13, "vip"))
-	newBatch(t, db, 2, 3, "PROCESSING")
-	apply(t, s, matched(2, 0, pipeline.OptAdd, 20, "vip"))
-	newBatch(t, db, 3, 3, "PROCESSING")
+		matched(1, 2, pipeline.OptAdd, 12, "vip"), matched(1, 3, pipeline.OptAdd, 13, "vip"), notFound(1, 4))
+	newBatch(t, db, 2, 4, "PROCESSING")
+	apply(t, s, matched(2, 0, pipeline.OptAdd, 20, "vip"), notFound(2, 3))
+	newBatch(t, db, 3, 4, "PROCESSING")
 	exec(t, db, `UPDATE batches SET opt_type = 'delete' WHERE batch_id = 3`)
 	apply(t, s, matched(3, 0, pipeline.OptDelete, 10, "vip"), matched(3, 1, pipeline.OptDelete, 11, "vip"),
-		matched(3, 2, pipeline.OptDelete, 10, "ghost"))
+		matched(3, 2, pipeline.OptDelete, 10, "ghost"), notFound(3, 3))
 	// Batch 4: finished yesterday with an idempotency key older than 24 h.
 	newBatch(t, db, 4, 1, "PROCESSING")
 	exec(t, db, `UPDATE batches SET idempotency_key = 'k4', accepted_at = $1 WHERE batch_id = 4`, time.Now().Add(-25*time.Hour))
@@ -114,8 +116,8 @@ func TestPruneHorizons(t *testing.T) {
 	if got := ids(t, db, `SELECT batch_id FROM batches ORDER BY 1`); !slices.Equal(got, []int64{2, 4, 6, 7}) {
 		t.Errorf("batches left %v, want 2 4 6 7", got)
 	}
-	if st.Batches != 3 || st.BatchRecords != 7 || st.IdempotencyKeys != 1 {
-		t.Errorf("stats %+v, want 3 batches, 7 ledger rows, 1 key", st)
+	if st.Batches != 3 || st.BatchRecords != 2 || st.IdempotencyKeys != 1 {
+		t.Errorf("stats %+v, want 3 batches, 2 ledger rows, 1 key", st)
 	}
 	if st.Overdue < 239*time.Hour { // batch 7, ten days past the horizon
 		t.Errorf("overdue %v, want 240h", st.Overdue)
@@ -187,6 +189,12 @@ func TestPruneHorizons(t *testing.T) {
 	}
 }
 
+// notFound is a NOT_FOUND verdict, which keeps a ledger row.
+func notFound(batch int64, index int) pipeline.ResolvedMessage {
+	return pipeline.ResolvedMessage{V: 1, TenantID: tenant, BatchID: batch, Index: index, OptType: pipeline.OptAdd,
+		Outcome: pipeline.OutcomeNotFound, Reason: pipeline.ReasonNotFound, Ref: &pipeline.RecordRef{ThirdID: "crm"}}
+}
+
 func ids(t *testing.T, db *pgxpool.Pool, query string) []int64 {
 	t.Helper()
 	rows, err := db.Query(context.Background(), query)
@@ -234,11 +242,11 @@ func TestPruneWhileImporting(t *testing.T) {
 	ctx := context.Background()
 	exec(t, db, `INSERT INTO tenants (tenant_id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 't')`, tenant)
 	s := NewPGStore(db)
-	const size = 100
+	const size = 100 // matched records per batch, and one NOT_FOUND
 	run := func(from, to int64) {
 		for id := from; id < to; id++ {
-			newBatch(t, db, id, size, "PROCESSING")
-			recs := make([]pipeline.ResolvedMessage, size)
+			newBatch(t, db, id, size+1, "PROCESSING")
+			recs := make([]pipeline.ResolvedMessage, size, size+1)
 			for i := range recs {
 				opt := pipeline.OptAdd
 				if id%5 == 0 {
@@ -246,10 +254,10 @@ func TestPruneWhileImporting(t *testing.T) {
 				}
 				recs[i] = matched(id, i, opt, int64(i), "g")
 			}
-			apply(t, s, recs...)
+			apply(t, s, append(recs, notFound(id, size))...)
 		}
 	}
-	run(1, 41) // 40 old batches, 4,000 ledger rows
+	run(1, 41) // 40 old batches, 40 ledger rows (the NOT_FOUND records')
 	exec(t, db, `UPDATE batches SET finished_at = $1`, time.Now().Add(-40*24*time.Hour))
 	exec(t, db, `DELETE FROM batch_events_outbox`)
 	oldRecords := count(t, db, `SELECT count(*) FROM batch_records`)
@@ -280,16 +288,17 @@ func TestPruneWhileImporting(t *testing.T) {
 	if got := testutil.ToFloat64(metrics.Rows.WithLabelValues("batches")); got != 40 {
 		t.Errorf("prune_rows_total{table=batches} = %v, want 40", got)
 	}
-	if got := testutil.ToFloat64(metrics.Rows.WithLabelValues("batch_records")); got != 40*size {
-		t.Errorf("prune_rows_total{table=batch_records} = %v, want %d", got, 40*size)
+	if got := testutil.ToFloat64(metrics.Rows.WithLabelValues("batch_records")); got != 40 {
+		t.Errorf("prune_rows_total{table=batch_records} = %v, want 40", got)
 	}
 	if got := testutil.ToFloat64(metrics.LastSuccess); got < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("prune_last_success_timestamp_seconds = %v", got)
 	}
-	if n := count(t, db, `SELECT count(*) FROM batch_records`); n != 20*size {
-		t.Errorf("%d ledger rows, want %d (was %d)", n, 20*size, oldRecords)
+	if n := count(t, db, `SELECT count(*) FROM batch_records`); n != 20 {
+		t.Errorf("%d ledger rows, want 20 (was %d)", n, oldRecords)
 	}
-	if n := count(t, db, `SELECT count(*) FROM batches WHERE batch_id > 40 AND status = 'SUCCESS' AND processed = $1`, size); n != 20 {
+	if n := count(t, db, `SELECT count(*) FROM batches WHERE batch_id > 40 AND status = 'PARTIAL_SUCCESS'
+		AND processed = $1 AND success = $2 AND bit_count(done) = $1`, size+1, size); n != 20 {
 		t.Errorf("%d of 20 new batches finished exactly", n)
 	}
 	// Batch 60 (a delete) was the last: every customer is out of g, and

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -108,6 +109,13 @@ type batchState struct {
 	aborted  bool
 	stale    bool
 	total    int
+	done     []byte // the applied bitmap as read (unlocked): a hint
+}
+
+// bitSet reports whether record index i's bit is set in the applied
+// bitmap done (batches.done; bit i is PostgreSQL's get_bit(done, i)).
+func bitSet(done []byte, i int) bool {
+	return i >= 0 && i/8 < len(done) && done[i/8]&(1<<(i%8)) != 0
 }
 
 type ledgerKey struct {
@@ -124,19 +132,25 @@ type liveKey struct {
 }
 
 // Apply writes a chunk, one transaction per tenant (on Citus a transaction
-// stays in one tenant's shard): ledger rows (tenant, batch, index) by INSERT
-// … ON CONFLICT DO NOTHING RETURNING, then, for the rows that were new,
-// group creation, membership changes guarded by position (the highest
-// (batch, index) wins, deletes leave tombstones), and one counter update per
-// batch. Each record's ledger row, effect and counters share a transaction,
-// so each takes effect once. A chunk holding a record of a batch still
-// PENDING fails with ErrBatchPending and changes nothing. When a later
-// tenant's transaction fails, the tenants before it stay applied and Apply
-// returns the error: applying the chunk again finds their records in the
-// ledger (duplicates). Records of finished batches are duplicates, decided
-// without the ledger; records of aborted batches are dropped; records of
-// batches the tenant does not have (never, or no longer: see Pruner) are
-// orphans.
+// stays in one tenant's shard): group creation, membership changes guarded
+// by position (the highest (batch, index) wins, deletes leave tombstones),
+// then, under the batch rows' locks, the ledger rows of the records that did
+// not apply (failures, for the failures page) and one counter update per
+// batch that also sets the records' bits in the batch's applied bitmap
+// (batches.done). A record whose bit is set is a duplicate: the bitmap read
+// with the batch states filters them first, and the bitmap read again
+// under the lock decides (a record applied meanwhile by a concurrent
+// transaction rolls the tenant's transaction back, and it runs again
+// without that record, counted a duplicate). Each record's bit, effect and
+// counters share a transaction, so each takes effect once. A chunk holding
+// a record of a batch still PENDING fails with ErrBatchPending and changes
+// nothing.
+// When a later tenant's transaction fails, the tenants before it stay
+// applied and Apply returns the error: applying the chunk again finds their
+// records' bits set (duplicates). Records of finished batches are
+// duplicates, decided from the status; records of aborted batches are
+// dropped; records of batches the tenant does not have (never, or no
+// longer: see Pruner) are orphans.
 func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (ApplyResult, error) {
 	var res ApplyResult
 	batches, err := s.batchStates(ctx, recs)
@@ -170,12 +184,15 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 		case st.status == "PENDING":
 			return ApplyResult{}, ErrBatchPending
 		case st.status != "PROCESSING":
-			// Finished: every record of the batch has its ledger row
-			// (a batch finishes when processed = total, and the ledger
-			// and the counters change together), so this one is a
-			// duplicate. Deciding it here, without the ledger, keeps it
-			// one after Prune deleted the batch's ledger rows.
+			// Finished: every record of the batch has its bit (a batch
+			// finishes when processed = total, and the bitmap and the
+			// counters change together), so this one is a duplicate.
+			// Deciding it here keeps it one after Prune deleted the
+			// batch.
 			res.Duplicates++
+			continue
+		case bitSet(st.done, r.Index):
+			res.Duplicates++ // applied already (the lock checks again)
 			continue
 		}
 		k := liveKey{ledgerKey{r.BatchID, r.Index}, r.Late}
@@ -206,8 +223,23 @@ func (s *PGStore) Apply(ctx context.Context, recs []pipeline.ResolvedMessage) (A
 	return res, nil
 }
 
+// errApplyRaced rolls back a tenant's transaction that found, under the
+// batch rows' locks, records of its own already applied: by a concurrent
+// transaction (a redelivery applied by another sink) or a Deadline that
+// finished their batch since the bitmaps were read without a lock.
+// applyTenant runs the transaction again without them.
+var errApplyRaced = errors.New("sink: records applied concurrently")
+
 // applyTenant writes one tenant's live records, in (batch, index) order, in
 // one transaction, adding what it did to res once it committed.
+//
+// Lock order, the same in every transaction that changes a batch's records:
+// pending bindings, then existing ledger rows (claimLate; the Pruner's
+// expiry likewise), then the tenant's group-limit lock (limitGroups), then
+// groups and memberships in key order, then the batches rows in batch id
+// order (lockBatches, as Deadline.finish), and only then new ledger rows and
+// bindings: a new ledger row is written only under its batch row's lock,
+// after its bit was found clear, so no insert ever waits for another.
 func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipeline.ResolvedMessage, res *ApplyResult) error {
 	first := make([]*pipeline.ResolvedMessage, 0, len(live))
 	var late []*pipeline.ResolvedMessage
@@ -222,54 +254,24 @@ func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipel
 		fresh, moved []*pipeline.ResolvedMessage
 		finished     []FinishedBatch
 		stored       int
+		raced        map[ledgerKey]bool
 	)
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		now := time.Now()
-		var err error
-		fresh, err = insertLedger(ctx, tx, tenantID, first)
-		if err != nil {
-			return err
-		}
-		if stored, err = storePending(ctx, tx, tenantID, fresh, now.Add(s.DeferTTL)); err != nil {
-			return err
-		}
-		if moved, err = claimLate(ctx, tx, tenantID, late, now); err != nil {
-			return err
-		}
-		if len(fresh) == 0 && len(moved) == 0 {
-			return nil
-		}
-		// Late matches join the first verdicts at their original
-		// positions: the group limit and the position guard judge both.
-		apply := append(slices.Clip(fresh), moved...)
-		if err := limitGroups(ctx, tx, tenantID, apply, s.MaxGroupsPerTenant); err != nil {
-			return err
-		}
-		created, err := applyMemberships(ctx, tx, tenantID, apply)
-		if err != nil {
-			return err
-		}
-		if len(moved) > 0 {
-			// Lock every batch row this transaction changes in one
-			// order, so that no two sink transactions deadlock on them.
-			if err := lockBatches(ctx, tx, tenantID, append(slices.Clip(fresh), moved...)); err != nil {
-				return err
-			}
-		}
-		if len(fresh) > 0 {
-			finished, err = updateCounters(ctx, tx, tenantID, fresh, created, now)
+	dups := 0
+	for {
+		raced = nil
+		err := s.applyTenantTx(ctx, tenantID, first, late, &fresh, &moved, &finished, &stored, &raced)
+		if !errors.Is(err, errApplyRaced) {
 			if err != nil {
 				return err
 			}
+			break
 		}
-		moved, err = finishLate(ctx, tx, tenantID, apply[len(fresh):], finished)
-		return err
-	})
-	if err != nil {
-		return err
+		// Each round drops at least one record: the loop ends.
+		first = slices.DeleteFunc(first, func(r *pipeline.ResolvedMessage) bool { return raced[ledgerKey{r.BatchID, r.Index}] })
+		dups += len(raced)
 	}
 	res.Applied += len(fresh)
-	res.Duplicates += len(first) - len(fresh) + len(late) - len(moved)
+	res.Duplicates += dups + len(late) - len(moved)
 	for _, r := range fresh {
 		res.Outcomes[r.Outcome]++
 	}
@@ -277,6 +279,114 @@ func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipel
 	res.PendingStored += stored
 	res.LateMatched += len(moved)
 	return nil
+}
+
+// applyTenantTx is one try of applyTenant's transaction. It fails with
+// errApplyRaced, setting raced to the records concerned, when records of
+// first had their outcomes recorded by another transaction meanwhile.
+func (s *PGStore) applyTenantTx(ctx context.Context, tenantID int64, first, late []*pipeline.ResolvedMessage,
+	fresh, moved *[]*pipeline.ResolvedMessage, finished *[]FinishedBatch, stored *int, raced *map[ledgerKey]bool) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		now := time.Now()
+		*fresh, *moved, *finished, *stored = nil, nil, nil, 0
+		var err error
+		m, err := claimLate(ctx, tx, tenantID, late, now)
+		if err != nil {
+			return err
+		}
+		if len(first) == 0 && len(m) == 0 {
+			return nil
+		}
+		// Late matches join the first verdicts at their original
+		// positions: the group limit and the position guard judge both.
+		// limitGroups replaces the records it refuses in apply, so fresh
+		// and moved are read from apply afterwards.
+		apply := make([]*pipeline.ResolvedMessage, 0, len(first)+len(m))
+		apply = append(append(apply, first...), m...)
+		if err := limitGroups(ctx, tx, tenantID, apply, s.MaxGroupsPerTenant); err != nil {
+			return err
+		}
+		f := apply[:len(first)]
+		created, err := applyMemberships(ctx, tx, tenantID, apply)
+		if err != nil {
+			return err
+		}
+		locked, err := lockBatches(ctx, tx, tenantID, apply)
+		if err != nil {
+			return err
+		}
+		var fin []FinishedBatch
+		if len(f) > 0 {
+			// The authority: a record whose bit is set now, or whose
+			// batch finished (every bit set), was applied meanwhile.
+			for _, r := range f {
+				lb, ok := locked[r.BatchID]
+				if ok && (bitSet(lb.done, r.Index) || lb.status != "PROCESSING") {
+					if *raced == nil {
+						*raced = make(map[ledgerKey]bool)
+					}
+					(*raced)[ledgerKey{r.BatchID, r.Index}] = true
+				}
+			}
+			if *raced != nil {
+				return errApplyRaced
+			}
+			if err := insertLedger(ctx, tx, tenantID, f); err != nil {
+				return err
+			}
+			if *stored, err = storePending(ctx, tx, tenantID, f, now.Add(s.DeferTTL)); err != nil {
+				return err
+			}
+			if fin, err = updateCounters(ctx, tx, tenantID, f, created, now, locked); err != nil {
+				return err
+			}
+		}
+		m, err = finishLate(ctx, tx, tenantID, apply[len(f):], fin)
+		if err != nil {
+			return err
+		}
+		*fresh, *moved, *finished = f, m, fin
+		return nil
+	})
+}
+
+// lockedBatch is a batch row as read under its lock.
+type lockedBatch struct {
+	status string
+	total  int
+	done   []byte // the applied bitmap
+}
+
+// lockBatches locks the tenant's batches rows of recs in batch id order, so
+// that no two sink transactions (first verdicts and late matches alike) nor
+// a sink and a Deadline wait for each other in opposite orders, and returns
+// them as locked: their applied bitmaps are the authority on which records
+// have had their outcome.
+func lockBatches(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) (map[int64]lockedBatch, error) {
+	ids := make([]int64, 0, 4)
+	for _, r := range recs {
+		if !slices.Contains(ids, r.BatchID) {
+			ids = append(ids, r.BatchID)
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT batch_id, status, total, done FROM batches
+		WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE`, tenantID, ids)
+	if err != nil {
+		return nil, fmt.Errorf("sink: lock batches: %w", err)
+	}
+	out := make(map[int64]lockedBatch, len(ids))
+	for rows.Next() {
+		var id int64
+		var b lockedBatch
+		if err := rows.Scan(&id, &b.status, &b.total, &b.done); err != nil {
+			return nil, fmt.Errorf("sink: lock batches: %w", err)
+		}
+		out[id] = b
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: lock batches: %w", err)
+	}
+	return out, nil
 }
 
 // batchStates reads the batches of a chunk, by (tenant, batch id), aborting
@@ -296,7 +406,7 @@ func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessa
 	out := make(map[int64]batchState, len(ids))
 	stale := make(map[int64][]int64) // tenant -> its stale batches
 	rows, err := s.db.Query(ctx, `
-		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < $3
+		SELECT batch_id, tenant_id, status, aborted, total, accepted_at < $3, done
 		FROM batches WHERE tenant_id = ANY($1) AND batch_id = ANY($2)`, tenants, ids, time.Now().Add(-s.PendingTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("sink: read batches: %w", err)
@@ -304,7 +414,7 @@ func (s *PGStore) batchStates(ctx context.Context, recs []pipeline.ResolvedMessa
 	for rows.Next() {
 		var id int64
 		var st batchState
-		if err := rows.Scan(&id, &st.tenantID, &st.status, &st.aborted, &st.total, &st.stale); err != nil {
+		if err := rows.Scan(&id, &st.tenantID, &st.status, &st.aborted, &st.total, &st.stale, &st.done); err != nil {
 			return nil, fmt.Errorf("sink: read batches: %w", err)
 		}
 		if st.status == "PENDING" && st.stale {
@@ -349,67 +459,52 @@ func abortPending(ctx context.Context, db interface {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
-// insertLedger records each of one tenant's records once and returns those
-// that were new. ON CONFLICT DO NOTHING waits for a concurrent transaction
-// inserting the same position and then skips it, so a record is new to
-// exactly one transaction; no constraint name or SQLSTATE is inspected (a
-// distributed engine reports neither as PostgreSQL does).
-func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) ([]*pipeline.ResolvedMessage, error) {
-	n := len(recs)
-	if n == 0 {
-		return nil, nil
-	}
-	batchIDs := make([]int64, n)
-	indexes := make([]int32, n)
-	outcomes := make([]string, n)
-	reasons := make([]string, n)
-	matchedBy := make([]string, n)
-	customers := make([]int64, n)
-	refs := make([][]byte, n)
-	deferrals := make([]string, n)
-	for i, r := range recs {
-		if r.Outcome == pipeline.OutcomeNotFound && r.Pending != nil {
-			deferrals[i] = "PENDING"
+// insertLedger writes the ledger rows of one tenant's fresh records that
+// did not apply (every outcome but MATCHED, GROUP_LIMIT refusals included):
+// what the failures page, errorCounts and deferred matching read. A MATCHED
+// record writes no row: its bit in the batch's applied bitmap is its only
+// trace. Called under the batches rows' locks, after the records' bits were
+// found clear, so no row of them exists (a row is written only with its
+// bit) and the plain INSERT waits for nobody.
+func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) error {
+	var (
+		batchIDs                               []int64
+		indexes                                []int32
+		outcomes, reasons, matchedBy, deferral []string
+		customers                              []int64
+		refs                                   [][]byte
+	)
+	for _, r := range recs {
+		if r.Outcome == pipeline.OutcomeMatched {
+			continue
 		}
-		batchIDs[i], indexes[i] = r.BatchID, int32(r.Index)
-		outcomes[i], reasons[i], matchedBy[i] = string(r.Outcome), string(r.Reason), string(r.MatchedBy)
-		customers[i] = r.CustomerID
-		if r.Outcome != pipeline.OutcomeMatched && r.Ref != nil {
+		d := ""
+		if r.Outcome == pipeline.OutcomeNotFound && r.Pending != nil {
+			d = "PENDING"
+		}
+		var ref []byte
+		if r.Ref != nil {
 			b, err := json.Marshal(r.Ref)
 			if err != nil {
-				return nil, fmt.Errorf("sink: encode ref: %w", err)
+				return fmt.Errorf("sink: encode ref: %w", err)
 			}
-			refs[i] = b
+			ref = b
 		}
+		batchIDs, indexes = append(batchIDs, r.BatchID), append(indexes, int32(r.Index))
+		outcomes, reasons, matchedBy = append(outcomes, string(r.Outcome)), append(reasons, string(r.Reason)), append(matchedBy, string(r.MatchedBy))
+		customers, refs, deferral = append(customers, r.CustomerID), append(refs, ref), append(deferral, d)
 	}
-	rows, err := tx.Query(ctx, `
+	if len(batchIDs) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `
 		INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason, matched_by, customer_id, ref, deferral)
 		SELECT $1, b, i, o, nullif(r, ''), nullif(m, ''), nullif(c, 0), j, nullif(d, '')
-		FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[], $9::text[]) AS u(b, i, o, r, m, c, j, d)
-		ON CONFLICT DO NOTHING
-		RETURNING batch_id, rec_index`,
-		tenantID, batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs, deferrals)
-	if err != nil {
-		return nil, fmt.Errorf("sink: insert ledger: %w", err)
+		FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[], $9::text[]) AS u(b, i, o, r, m, c, j, d)`,
+		tenantID, batchIDs, indexes, outcomes, reasons, matchedBy, customers, refs, deferral); err != nil {
+		return fmt.Errorf("sink: insert ledger: %w", err)
 	}
-	inserted := make(map[ledgerKey]bool, n)
-	for rows.Next() {
-		var k ledgerKey
-		if err := rows.Scan(&k.batch, &k.index); err != nil {
-			return nil, fmt.Errorf("sink: insert ledger: %w", err)
-		}
-		inserted[k] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sink: insert ledger: %w", err)
-	}
-	fresh := recs[:0:0]
-	for _, r := range recs {
-		if inserted[ledgerKey{r.BatchID, r.Index}] {
-			fresh = append(fresh, r)
-		}
-	}
-	return fresh, nil
+	return nil
 }
 
 // groupLimitLockClass is the first key of the transaction-scoped advisory
@@ -419,11 +514,12 @@ func insertLedger(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeli
 const groupLimitLockClass = 0x67726f75 // "grou"
 
 // limitGroups enforces limit, the most visible groups per tenant, on recs,
-// one tenant's records new to the ledger in (batch id, record index) order.
+// one tenant's records new to the bitmap in (batch id, record index) order.
 // Each matched add that would make the tenant exceed the limit by creating
 // (or making visible) groups is replaced in recs by a copy that is INVALID
-// with pipeline.ReasonGroupLimit, and its ledger row is rewritten so; it
-// then creates no group and no membership, and counts as invalid. Records
+// with pipeline.ReasonGroupLimit (insertLedger then writes its ledger row,
+// finishLate expires a late one's); it creates no group and no
+// membership, and counts as invalid. Records
 // are judged in order, each against the groups of earlier ones, so which
 // records of a chunk pass is deterministic. The *ResolvedMessage values
 // themselves are never modified: Apply may run the chunk again.
@@ -482,8 +578,6 @@ func limitGroups(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipelin
 		return err
 	}
 	maps.Copy(visible, since)
-	var limitedBatches []int64
-	var limitedIndexes []int32
 	allotted := make(map[string]bool)
 	for i, r := range recs {
 		if r.Outcome != pipeline.OutcomeMatched || r.OptType != pipeline.OptAdd {
@@ -502,24 +596,12 @@ func limitGroups(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipelin
 			c := *r
 			c.Outcome, c.Reason, c.MatchedBy, c.CustomerID, c.Conflict, c.Groups = pipeline.OutcomeInvalid, pipeline.ReasonGroupLimit, "", 0, false, nil
 			recs[i] = &c
-			if !r.Late { // finishLate records a limited late match
-				limitedBatches, limitedIndexes = append(limitedBatches, r.BatchID), append(limitedIndexes, int32(r.Index))
-			}
 			continue
 		}
 		count += need
 		for _, g := range r.Groups {
 			allotted[g] = true
 		}
-	}
-	if len(limitedBatches) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `
-		UPDATE batch_records r SET outcome = 'INVALID', reason = 'GROUP_LIMIT', matched_by = NULL, customer_id = NULL
-		FROM unnest($2::bigint[], $3::int[]) AS u(b, i)
-		WHERE r.tenant_id = $1 AND r.batch_id = u.b AND r.rec_index = u.i`, tenantID, limitedBatches, limitedIndexes); err != nil {
-		return fmt.Errorf("sink: record group limit: %w", err)
 	}
 	return nil
 }
@@ -692,7 +774,9 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 }
 
 // updateCountersSQL adds one chunk's increments (arrays $4 on, one element
-// per batch of $3) to the tenant's ($1) batches still processing, finishing
+// per batch of $3) to the tenant's ($1) batches still processing, sets
+// their applied bitmaps (done, the last parameter: each batch's bitmap as
+// read under its lock with the chunk's bits set), finishing
 // as of $2 those whose every record has an outcome. matched_by is an
 // integer array indexed by kind ordinal (1-based in SQL); an element a row
 // lacks (a kind added after the row was written) reads as 0. Built from
@@ -709,6 +793,8 @@ func counterUpdate() string {
 		fmt.Fprintf(&params, ", $%d::int[]", 13+o)
 		fmt.Fprintf(&names, ", m%d", o)
 	}
+	fmt.Fprintf(&params, ", $%d::bytea[]", 13+pipeline.NumKinds)
+	names.WriteString(", done")
 	return `
 		UPDATE batches b SET
 			processed = b.processed + d.processed,
@@ -721,6 +807,7 @@ func counterUpdate() string {
 			groups_created = b.groups_created + d.groups_created,
 			conflicts = b.conflicts + d.conflicts,
 			deferred = b.deferred + d.deferred,
+			done = d.done,
 			status = CASE
 				WHEN b.processed + d.processed < b.total THEN b.status
 				WHEN b.success + d.success = b.total THEN 'SUCCESS'
@@ -771,13 +858,16 @@ func (c *counters) count(r *pipeline.ResolvedMessage) {
 }
 
 // updateCounters adds the chunk's increments to each of the tenant's
-// batches once, finishing, as of now, the batches whose every record now has
-// an outcome. Rows are locked in batch id order so concurrent sinks cannot
-// deadlock on them. The finish time is a parameter and the latency is
+// batches once and sets the records' bits in their applied bitmaps,
+// finishing, as of now, the batches whose every record now has an outcome.
+// The rows were locked by lockBatches (locked: as read then), so the
+// bitmaps written are the locked ones plus this chunk's bits. The finish time is a parameter and the latency is
 // computed here: on Citus an UPDATE of a distributed table may call no
 // volatile function, nor now() inside CASE or RETURNING.
-func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage, created map[int64]int, now time.Time) ([]FinishedBatch, error) {
+func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage, created map[int64]int, now time.Time,
+	locked map[int64]lockedBatch) ([]FinishedBatch, error) {
 	per := make(map[int64]*counters)
+	bits := make(map[int64][]byte)
 	var ids []int64
 	for _, r := range recs {
 		c := per[r.BatchID]
@@ -785,8 +875,15 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			c = &counters{}
 			per[r.BatchID] = c
 			ids = append(ids, r.BatchID)
+			lb := locked[r.BatchID]
+			done := make([]byte, max(len(lb.done), (lb.total+7)/8))
+			copy(done, lb.done)
+			bits[r.BatchID] = done
 		}
 		c.count(r)
+		if d := bits[r.BatchID]; r.Index/8 < len(d) {
+			d[r.Index/8] |= 1 << (r.Index % 8)
+		}
 	}
 	for id, n := range created {
 		if c := per[id]; c != nil {
@@ -805,13 +902,15 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			cols[9+o] = append(cols[9+o], v)
 		}
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE tenant_id = $1 AND batch_id = ANY($2) ORDER BY batch_id FOR UPDATE`, tenantID, ids); err != nil {
-		return nil, fmt.Errorf("sink: lock batches: %w", err)
+	done := make([][]byte, len(ids))
+	for i, id := range ids {
+		done[i] = bits[id]
 	}
 	args := []any{tenantID, now, ids}
 	for _, c := range cols {
 		args = append(args, c)
 	}
+	args = append(args, done)
 	rows, err := tx.Query(ctx, updateCountersSQL, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: update counters: %w", err)

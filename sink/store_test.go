@@ -318,3 +318,38 @@ func applyShuffled(t *testing.T, stores []*PGStore, msgs []pipeline.ResolvedMess
 		}
 	}
 }
+
+// The bitmap read under the batch row's lock is the authority: a record
+// whose bit another transaction set after Apply's unlocked read (here: a
+// record applied before, handed to applyTenant as if that read were stale)
+// is a duplicate. The transaction rolls back and runs again without it,
+// so neither its membership change nor its counters happen twice.
+func TestApplyRacedRecordIsDuplicate(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	newBatch(t, db, 1, 3, "PROCESSING")
+	apply(t, s, matched(1, 0, pipeline.OptAdd, 10, "vip"))
+	// Another group: had the stale copy applied, 10 would join it too.
+	stale, fresh := matched(1, 0, pipeline.OptAdd, 10, "other"), matched(1, 1, pipeline.OptAdd, 11, "vip")
+	res := ApplyResult{Outcomes: map[pipeline.Outcome]int{}}
+	if err := s.applyTenant(ctx, tenant, []*pipeline.ResolvedMessage{&stale, &fresh}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Applied != 1 || res.Duplicates != 1 || res.Outcomes[pipeline.OutcomeMatched] != 1 {
+		t.Fatalf("result %+v, want 1 applied, 1 duplicate", res)
+	}
+	if m := fmt.Sprint(members(t, db)); m != "[vip/10 vip/11]" {
+		t.Fatalf("members %s", m)
+	}
+	if b := readBatch(t, db, 1); b.processed != 2 || b.success != 2 || b.groupsCreated != 1 {
+		t.Fatalf("batch %+v", b)
+	}
+	if b := appliedBits(t, db, 1); b != "110/2" {
+		t.Fatalf("applied bits %s", b)
+	}
+	var groups int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM groups WHERE name = 'other'`).Scan(&groups); err != nil || groups != 0 {
+		t.Fatalf("group of the duplicate created: %d, %v", groups, err)
+	}
+}

@@ -42,6 +42,9 @@ func TestApplyOneTransactionPerTenant(t *testing.T) {
 	if err := db.QueryRow(ctx, `SELECT count(*) FROM batch_records WHERE tenant_id = $1`, other).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("the failed tenant has %d ledger rows, %v", n, err)
 	}
+	if b := appliedBits(t, db, 2); b != "00/0" {
+		t.Fatalf("the failed tenant's applied bits: %s", b)
+	}
 
 	chunk[2].Ref = &pipeline.RecordRef{ThirdID: "x"}
 	res, err := s.Apply(ctx, chunk)
@@ -52,7 +55,8 @@ func TestApplyOneTransactionPerTenant(t *testing.T) {
 		t.Fatalf("the other tenant's batch: %+v", got)
 	}
 	rows, err := db.Query(ctx, `
-		SELECT 'ledger', tenant_id, batch_id FROM batch_records
+		SELECT 'bits', tenant_id, bit_count(done) FROM batches
+		UNION ALL SELECT 'ledger', tenant_id, batch_id FROM batch_records
 		UNION ALL SELECT 'member', m.tenant_id, g.tenant_id FROM memberships m JOIN groups g USING (tenant_id, group_id)
 		UNION ALL SELECT 'outbox', tenant_id, batch_id FROM batch_events_outbox ORDER BY 1, 2, 3`)
 	if err != nil {
@@ -67,7 +71,8 @@ func TestApplyOneTransactionPerTenant(t *testing.T) {
 		}
 		got = append(got, fmt.Sprintf("%s %d/%d", kind, a, b))
 	}
-	want := "[ledger 1/1 ledger 1/1 ledger 2/2 ledger 2/2 member 1/1 member 1/1 member 2/2 outbox 1/1 outbox 2/2]"
+	// Matched records have their bits only; the NOT_FOUND one a row too.
+	want := "[bits 1/2 bits 2/2 ledger 2/2 member 1/1 member 1/1 member 2/2 outbox 1/1 outbox 2/2]"
 	if fmt.Sprint(got) != want {
 		t.Fatalf("rows by tenant:\n%v\nwant\n%s", got, want)
 	}

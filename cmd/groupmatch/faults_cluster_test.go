@@ -160,7 +160,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	if err := r.db.QueryRow(ctx, `SELECT count(*) FROM batches WHERE aborted`).Scan(&aborted); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.db.QueryRow(ctx, `SELECT count(*) FROM batch_records JOIN batches USING (tenant_id, batch_id) WHERE aborted`).Scan(&applied); err != nil || applied != 0 {
+	if err := r.db.QueryRow(ctx, abortedAppliedSQL).Scan(&applied); err != nil || applied != 0 {
 		t.Fatalf("%d records of aborted batches were applied (%v)", applied, err)
 	}
 	var dead int

@@ -1,0 +1,76 @@
+package schemas_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/groupmatch/groupmatch/schemas"
+	"github.com/groupmatch/groupmatch/schemas/schematest"
+)
+
+// Schema 11 derives the applied bitmap (batches.done) of every batch still
+// PROCESSING from its ledger rows, so a record redelivered after the
+// upgrade stays a duplicate; finished and PENDING batches keep an empty
+// one, the ledger rows stay, and running the migrations again changes
+// nothing.
+func TestAppliedBitmapUpgradeInPlace(t *testing.T) {
+	url := schematest.NewDatabase(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	schematest.SkipOnCitus(t, conn, "DROP SCHEMA public CASCADE would drop the extension with it")
+	ms, err := schemas.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public;
+		CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	later := 0
+	for _, m := range ms {
+		if m.Version >= 11 {
+			later++
+			continue
+		}
+		if _, err := conn.Exec(ctx, m.SQL); err != nil {
+			t.Fatalf("%s: %v", m.Name, err)
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batch 1 (20 records) is in flight with records 0, 3, 8, 9 and 19
+	// recorded; batch 2 of another tenant with none; batch 3 finished;
+	// batch 4 is PENDING.
+	if _, err := conn.Exec(ctx, `
+		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, processed, success, unmatched)
+		VALUES (1, 10, 'a', 'add', '{}', 'PROCESSING', 20, 5, 4, 1), (2, 20, 'a', 'add', '{}', 'PROCESSING', 3, 0, 0, 0),
+		       (3, 10, 'a', 'add', '{}', 'SUCCESS', 1, 1, 1, 0), (4, 10, 'a', 'add', '{}', 'PENDING', 2, 0, 0, 0);
+		INSERT INTO batch_records (tenant_id, batch_id, rec_index, outcome, reason)
+		VALUES (10, 1, 0, 'MATCHED', NULL), (10, 1, 3, 'MATCHED', NULL), (10, 1, 8, 'NOT_FOUND', 'NOT_FOUND'),
+		       (10, 1, 9, 'MATCHED', NULL), (10, 1, 19, 'MATCHED', NULL), (10, 3, 0, 'MATCHED', NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := schemas.Migrate(ctx, conn); err != nil || n != later {
+		t.Fatalf("upgrade applied %d, %v; want %d", n, err, later)
+	}
+	// Bit i is get_bit(done, i): byte i / 8, from its least significant bit.
+	const want = `1:\x090308 2:\x00 3:\x 4:\x`
+	var got string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(batch_id || ':' || done::text, ' ' ORDER BY batch_id) FROM batches`).Scan(&got); err != nil || got != want {
+		t.Errorf("done after the upgrade = %q, %v; want %q", got, err, want)
+	}
+	var rows int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM batch_records`).Scan(&rows); err != nil || rows != 6 {
+		t.Errorf("%d ledger rows after the upgrade, %v; want the 6 kept", rows, err)
+	}
+	if n, err := schemas.Migrate(ctx, conn); err != nil || n != 0 {
+		t.Fatalf("second run applied %d, %v", n, err)
+	}
+}
