@@ -4,10 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/groupmatch/groupmatch/schemas"
-	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
 // Schema 11 derives the applied bitmap (batches.done) of every batch still
@@ -16,35 +13,8 @@ import (
 // one, the ledger rows stay, and running the migrations again changes
 // nothing.
 func TestAppliedBitmapUpgradeInPlace(t *testing.T) {
-	url := schematest.NewDatabase(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	schematest.SkipOnCitus(t, conn, "DROP SCHEMA public CASCADE would drop the extension with it")
-	ms, err := schemas.Migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public;
-		CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	later := 0
-	for _, m := range ms {
-		if m.Version >= 11 {
-			later++
-			continue
-		}
-		if _, err := conn.Exec(ctx, m.SQL); err != nil {
-			t.Fatalf("%s: %v", m.Name, err)
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conn, later := schemaBefore(t, 11)
 	// Batch 1 (20 records) is in flight with records 0, 3, 8, 9 and 19
 	// recorded; batch 2 of another tenant with none; batch 3 finished;
 	// batch 4 is PENDING.

@@ -95,36 +95,8 @@ func TestTenantKeys(t *testing.T) {
 // columns are filled from the rows' batches and groups, rows that name no
 // tenant are dropped, and running the migrations again changes nothing.
 func TestTenantKeysUpgradeInPlace(t *testing.T) {
-	url := schematest.NewDatabase(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	schematest.SkipOnCitus(t, conn, "DROP SCHEMA public CASCADE would drop the extension with it")
-	ms, err := schemas.Migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Back to schema 5.
-	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public;
-		CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	later := 0
-	for _, m := range ms {
-		if m.Version >= 6 {
-			later++
-			continue
-		}
-		if _, err := conn.Exec(ctx, m.SQL); err != nil {
-			t.Fatalf("%s: %v", m.Name, err)
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conn, later := schemaBefore(t, 6)
 	if _, err := conn.Exec(ctx, `
 		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total)
 		VALUES (1, 10, 'a', 'add', '{}', 'PROCESSING', 2), (2, 20, 'b', 'add', '{}', 'SUCCESS', 1);

@@ -4,10 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/groupmatch/groupmatch/schemas"
-	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
 // Schema 9 upgrades the per-kind counters of existing batches in place:
@@ -15,35 +12,8 @@ import (
 // matched_by array, by kind ordinal, and running the migrations again
 // changes nothing.
 func TestMatchedByUpgradeInPlace(t *testing.T) {
-	url := schematest.NewDatabase(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	schematest.SkipOnCitus(t, conn, "DROP SCHEMA public CASCADE would drop the extension with it")
-	ms, err := schemas.Migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public;
-		CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	later := 0
-	for _, m := range ms {
-		if m.Version >= 9 {
-			later++
-			continue
-		}
-		if _, err := conn.Exec(ctx, m.SQL); err != nil {
-			t.Fatalf("%s: %v", m.Name, err)
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conn, later := schemaBefore(t, 9)
 	if _, err := conn.Exec(ctx, `
 		INSERT INTO batches (batch_id, tenant_id, appid, opt_type, params, status, total, processed, success,
 			matched_unionid, matched_openid, matched_phone, matched_id)
