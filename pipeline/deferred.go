@@ -3,7 +3,9 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // DefaultDeferTTL is how long a pending binding is kept (SPEC §13):
@@ -90,6 +92,12 @@ func DecodeDirectory(b []byte) (DirectoryMessage, error) {
 		return m, fmt.Errorf("%w: directory: bad type", ErrUndecodable)
 	case m.Value == "" || !knownKind(m.Kind):
 		return m, fmt.Errorf("%w: directory: bad kind or empty value", ErrUndecodable)
+	case utf8.RuneCountInString(m.Value) > MaxEmailLen || strings.IndexByte(m.Value, 0) >= 0:
+		// No normalised value of any kind is longer (email's limit is
+		// the largest) or holds NUL, which PostgreSQL text, where the
+		// re-matcher looks values up, cannot hold. (encoding/json has
+		// already replaced invalid UTF-8.)
+		return m, fmt.Errorf("%w: directory: value over %d characters or holding NUL", ErrUndecodable, MaxEmailLen)
 	case m.Type == DirectoryIdentity && m.CustomerID <= 0:
 		return m, fmt.Errorf("%w: directory: identity without customer", ErrUndecodable)
 	}

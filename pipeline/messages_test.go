@@ -214,17 +214,25 @@ func TestDirectoryRoundTrip(t *testing.T) {
 	if err != nil || got != m {
 		t.Fatalf("DecodeDirectory(%s) = %+v, %v; want %+v", b, got, err, m)
 	}
+	longest := DirectoryMessage{V: Version, Type: DirectoryRecheck, TenantID: 7, Kind: KindEmail, Value: strings.Repeat("é", MaxEmailLen)}
+	if b, _ := EncodeDirectory(longest); true {
+		if got, err := DecodeDirectory(b); err != nil || got != longest {
+			t.Errorf("a value of %d characters: %+v, %v", MaxEmailLen, got, err)
+		}
+	}
 	if string(DirectoryKey(m)) != string(RecordKey(7, KindPhone, "13800000000")) {
 		t.Error("DirectoryKey is not RecordKey of the identity")
 	}
 	for _, bad := range []string{
-		`{"v":1,"type":"identity","tenantId":7,"kind":"phone","value":"13800000000"}`,   // no customer
-		`{"v":1,"type":"other","tenantId":7,"kind":"phone","value":"1","customerId":1}`, // type
-		`{"v":1,"type":"recheck","tenantId":0,"kind":"phone","value":"1"}`,              // tenant
-		`{"v":1,"type":"recheck","tenantId":7,"kind":"email2","value":"1"}`,             // kind
-		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":""}`,               // value
-		`{"v":2,"type":"recheck","tenantId":7,"kind":"phone","value":"1"}`,              // version
-		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":"13800000000"`,     // syntax
+		`{"v":1,"type":"identity","tenantId":7,"kind":"phone","value":"13800000000"}`,                              // no customer
+		`{"v":1,"type":"other","tenantId":7,"kind":"phone","value":"1","customerId":1}`,                            // type
+		`{"v":1,"type":"recheck","tenantId":0,"kind":"phone","value":"1"}`,                                         // tenant
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"email2","value":"1"}`,                                        // kind
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":""}`,                                          // value
+		`{"v":2,"type":"recheck","tenantId":7,"kind":"phone","value":"1"}`,                                         // version
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":"13800000000"`,                                // syntax
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"email","value":"` + strings.Repeat("13800000000", 24) + `"}`, // 264 characters
+		`{"v":1,"type":"recheck","tenantId":7,"kind":"phone","value":"13800000000\u0000"}`,                         // NUL
 	} {
 		_, err := DecodeDirectory([]byte(bad))
 		if !errors.Is(err, ErrUndecodable) {
