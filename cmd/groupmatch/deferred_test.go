@@ -313,6 +313,10 @@ func TestDeferredMatchingEndToEnd(t *testing.T) {
 	_, token := s.app("defer", apps.ScopeGroup)
 	s.loadDirectory("defer", `{"customerId": 1, "thirdId": "crm-1", "phones": ["13800000001"]}`)
 	ctx := context.Background()
+	tenant, err := s.apps.EnsureTenant(ctx, "defer")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	a := s.postBatch(token, `{"publicParams": {"isMatching": true, "matchingType": 2, "identifyWay": 1, "optType": "add", "deferUnmatched": true},
 	 "data": [
@@ -329,7 +333,7 @@ func TestDeferredMatchingEndToEnd(t *testing.T) {
 		s.waitFinal(token, id, 15*time.Second)
 	}
 	var stored int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pending_bindings`).Scan(&stored); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pending_bindings WHERE tenant_id = $1`, tenant).Scan(&stored); err != nil {
 		t.Fatal(err)
 	}
 	if stored != 5 {
@@ -342,7 +346,7 @@ func TestDeferredMatchingEndToEnd(t *testing.T) {
 	d := s.postBatch(token, `{"publicParams": {"isMatching": false, "optType": "add"}, "data": [{"thirdId": "crm-new", "groups": "g5"}]}`)
 	s.waitFinal(token, d, 15*time.Second)
 	var created int64
-	if err := s.pool.QueryRow(ctx, `SELECT customer_id FROM customers WHERE third_id = 'crm-new'`).Scan(&created); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT customer_id FROM customers WHERE tenant_id = $1 AND third_id = 'crm-new'`, tenant).Scan(&created); err != nil {
 		t.Fatal(err)
 	}
 
@@ -356,7 +360,7 @@ func TestDeferredMatchingEndToEnd(t *testing.T) {
 			// A group a late add creates does not exist (404) until
 			// that add lands.
 			var visible bool
-			if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM groups WHERE name = $1 AND visible)`, g).Scan(&visible); err != nil {
+			if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM groups WHERE tenant_id = $1 AND name = $2 AND visible)`, tenant, g).Scan(&visible); err != nil {
 				t.Fatal(err)
 			}
 			if !visible {
@@ -390,7 +394,7 @@ func TestDeferredMatchingEndToEnd(t *testing.T) {
 		}
 	}
 	var left int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pending_bindings`).Scan(&left); err != nil || left != 1 {
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pending_bindings WHERE tenant_id = $1`, tenant).Scan(&left); err != nil || left != 1 {
 		t.Errorf("%d pending bindings left (%v), want 1 (batch C's)", left, err)
 	}
 }
