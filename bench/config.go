@@ -142,14 +142,15 @@ type Config struct {
 	// Partitions of the records and resolved topics of a self-started
 	// system's broker. Default 8. [--partitions]
 	Partitions int
-	// MatcherChunk, MatcherConsumers and SinkChunk are given to a
-	// self-started system's stages (MATCHER_CHUNK, MATCHER_CONSUMERS,
-	// SINK_CHUNK) and reported. No default here: the stages' defaults
-	// (matcher.DefaultMaxChunk, matcher.DefaultConsumers,
-	// sink.DefaultMaxChunk) are what cmd/groupmatch's flags default to, and
-	// bench does not import sink, whose tests import bench.
-	// [--matcher-chunk, --matcher-consumers, --sink-chunk]
-	MatcherChunk, MatcherConsumers, SinkChunk int
+	// MatcherChunk, MatcherConsumers, SinkChunk and SinkConsumers are
+	// given to a self-started system's stages (MATCHER_CHUNK,
+	// MATCHER_CONSUMERS, SINK_CHUNK, SINK_CONSUMERS) and reported. No
+	// default here: the stages' defaults (matcher.DefaultMaxChunk,
+	// matcher.DefaultConsumers, sink.DefaultMaxChunk,
+	// sink.DefaultConsumers) are what cmd/groupmatch's flags default to,
+	// and bench does not import sink, whose tests import bench.
+	// [--matcher-chunk, --matcher-consumers, --sink-chunk, --sink-consumers]
+	MatcherChunk, MatcherConsumers, SinkChunk, SinkConsumers int
 
 	// Executable is the groupmatch binary whose subcommands (broker,
 	// ingest, matcher, sink, dev) a self-started system runs. Required

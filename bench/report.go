@@ -62,6 +62,8 @@ type Setup struct {
 	MatcherChunk int      `json:"matcherChunk,omitempty"`
 	// MatcherConsumers is the consumer-group members per matcher process.
 	MatcherConsumers int `json:"matcherConsumers,omitempty"`
+	// SinkConsumers is the consumer-group members per sink process.
+	SinkConsumers int `json:"sinkConsumers,omitempty"`
 	SinkChunk        int `json:"sinkChunk,omitempty"`
 	DBMaxConns       int `json:"dbMaxConns,omitempty"`
 	// TenantRate is the per-tenant records quota a self-started ingest was
@@ -276,8 +278,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		s.Mode, s.Via, thousands(float64(wl.Customers)), thousands(float64(wl.Records)), wl.BatchSize, wl.Mix, wl.MatchRate, wl.DeleteShare,
 		wl.Groups, wl.GroupNames, s.Clients, rateText(s.Rate))
 	if s.Partitions > 0 {
-		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, %d consumers per matcher process, sink chunk %d, %d PostgreSQL connections per process, tenant rate %s\n",
-			s.Partitions, s.MatcherChunk, s.MatcherConsumers, s.SinkChunk, s.DBMaxConns, tenantRateText(s.TenantRate))
+		fmt.Fprintf(bw, "       %d partitions, matcher chunk %d, %d consumers per matcher process, sink chunk %d, %d consumers per sink process, %d PostgreSQL connections per process, tenant rate %s\n",
+			s.Partitions, s.MatcherChunk, s.MatcherConsumers, s.SinkChunk, s.SinkConsumers, s.DBMaxConns, tenantRateText(s.TenantRate))
 	}
 	if r.DirectorySeconds > 0 {
 		fmt.Fprintf(bw, "directory: %s customers loaded in %.1f s\n", thousands(float64(wl.Customers)), r.DirectorySeconds)

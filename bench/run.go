@@ -100,6 +100,7 @@ func run(ctx context.Context, cfg *Config, report *Report, stdout, stderr io.Wri
 		report.Setup.Partitions, report.Setup.MatcherChunk, report.Setup.SinkChunk, report.Setup.DBMaxConns =
 			cfg.Partitions, cfg.MatcherChunk, cfg.SinkChunk, cfg.DBMaxConns
 		report.Setup.MatcherConsumers = cfg.MatcherConsumers
+		report.Setup.SinkConsumers = cfg.SinkConsumers
 		report.Setup.TenantRate = cfg.TenantRate
 		fmt.Fprintf(stderr, "bench: starting the system (%s) on database %s\n", report.Setup.Mode, cfg.BenchDatabase)
 		sys, err = startSystem(ctx, cfg, dbURL, dir)

@@ -52,6 +52,7 @@ func startSystem(ctx context.Context, cfg *Config, dbURL, dir string) (*system, 
 	stageEnvs := append([]string{
 		"RATE_LIMIT=1e9", "RATE_BURST=1000000000",
 		"MATCHER_CHUNK=" + strconv.Itoa(cfg.MatcherChunk), "MATCHER_CONSUMERS=" + strconv.Itoa(cfg.MatcherConsumers),
+		"SINK_CONSUMERS=" + strconv.Itoa(cfg.SinkConsumers),
 		"SINK_CHUNK=" + strconv.Itoa(cfg.SinkChunk),
 	}, cfg.StageEnv()...)
 	stageArgs := []string{

@@ -9,7 +9,7 @@ import (
 )
 
 // Validate reports the first setting New cannot use: no brokers, a
-// negative MaxChunk or Linger, or topics given without the resolved or
+// negative MaxChunk, Linger or Consumers, or topics given without the resolved or
 // dead-letter topic.
 func (c *Config) Validate() error {
 	switch {
@@ -21,6 +21,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("sink: MaxChunk must not be negative, got %d", c.MaxChunk)
 	case c.Linger < 0:
 		return fmt.Errorf("sink: Linger must not be negative, got %s", c.Linger)
+	case c.Consumers < 0:
+		return fmt.Errorf("sink: Consumers must not be negative, got %d", c.Consumers)
 	}
 	return nil
 }

@@ -58,6 +58,7 @@ func TestConfigValidate(t *testing.T) {
 			"sink: Topics.Resolved and Topics.DLQ must both be set"},
 		{"stage: negative chunk", &Config{Brokers: b, MaxChunk: -1}, "sink: MaxChunk must not be negative, got -1"},
 		{"stage: negative linger", &Config{Brokers: b, Linger: -time.Second}, "sink: Linger must not be negative, got -1s"},
+		{"stage: negative consumers", &Config{Brokers: b, Consumers: -1}, "sink: Consumers must not be negative, got -1"},
 
 		{"relay: zero but brokers", &RelayConfig{Brokers: b}, ""},
 		{"relay: no brokers", &RelayConfig{}, "sink: relay: no brokers"},

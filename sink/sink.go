@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/redact"
@@ -28,6 +29,12 @@ type Config struct {
 	MaxChunk int
 	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
+	// Consumers is how many members of the consumer group the stage runs,
+	// each applying its own partitions' chunks in its own transactions;
+	// default DefaultConsumers (2), so that one writes memberships while
+	// another holds its batches' row locks or waits for Kafka. Members
+	// beyond the topic's partitions idle.
+	Consumers int
 	// Retry bounds retries of transient failures; the zero value retries
 	// until shutdown.
 	Retry  retry.Policy
@@ -39,17 +46,20 @@ const DefaultGroupID = "groupmatch-sink"
 
 // Stage is a running sink consumer.
 type Stage struct {
-	cfg      Config
-	store    Store
-	consumer *stream.Consumer
-	dlq      *kafka.Writer
-	metrics  *Metrics
-	log      *slog.Logger
+	cfg       Config
+	store     Store
+	consumers []*stream.Consumer
+	dlq       *kafka.Writer
+	metrics   *Metrics
+	log       *slog.Logger
 }
 
-// DefaultMaxChunk is Config.MaxChunk's default; cmd/groupmatch's
-// --sink-chunk defaults to it too.
-const DefaultMaxChunk = 2000
+// DefaultMaxChunk and DefaultConsumers are Config's defaults;
+// cmd/groupmatch's --sink-chunk and --sink-consumers default to them too.
+const (
+	DefaultMaxChunk  = 2000
+	DefaultConsumers = 2
+)
 
 // New returns a sink stage applying to store.
 func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
@@ -65,31 +75,47 @@ func New(cfg Config, store Store, metrics *Metrics) (*Stage, error) {
 	if cfg.MaxChunk == 0 {
 		cfg.MaxChunk = DefaultMaxChunk
 	}
+	if cfg.Consumers == 0 {
+		cfg.Consumers = DefaultConsumers
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := cfg.Logger.With("stage", "sink")
-	c, err := stream.NewConsumer(stream.ConsumerConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Resolved, Security: cfg.Security,
-		MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sink: %w", err)
-	}
-	return &Stage{
-		cfg: cfg, store: store, consumer: c, metrics: metrics, log: log,
+	s := &Stage{
+		cfg: cfg, store: store, metrics: metrics, log: log,
 		dlq: stream.NewWriter(cfg.Brokers, cfg.Topics.DLQ, cfg.Security),
-	}, nil
+	}
+	for range cfg.Consumers {
+		c, err := stream.NewConsumer(stream.ConsumerConfig{
+			Brokers: cfg.Brokers, GroupID: cfg.GroupID, Topic: cfg.Topics.Resolved, Security: cfg.Security,
+			MaxChunk: cfg.MaxChunk, Linger: cfg.Linger, Logger: log,
+		})
+		if err != nil {
+			s.dlq.Close()
+			return nil, fmt.Errorf("sink: %w", err)
+		}
+		s.consumers = append(s.consumers, c)
+	}
+	return s, nil
 }
 
-// Run consumes until ctx is done; see stream.Consumer.Run for shutdown.
+// Run consumes until ctx is done or a consumer fails, which stops the
+// others; see stream.Consumer.Run for shutdown. The members' transactions
+// run concurrently: Store.Apply's lock order keeps them from deadlocking,
+// and each record's bit in its batch's applied bitmap keeps its effect
+// once however the partitions move between members.
 func (s *Stage) Run(ctx context.Context) error {
 	defer s.dlq.Close()
-	return s.consumer.Run(ctx, s.handle)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range s.consumers {
+		g.Go(func() error { return c.Run(gctx, s.handle) })
+	}
+	return g.Wait()
 }
 
-// Consumer exposes the stage's consumer for lag and reader metrics.
-func (s *Stage) Consumer() *stream.Consumer { return s.consumer }
+// Consumers exposes the stage's consumers for lag and reader metrics.
+func (s *Stage) Consumers() []*stream.Consumer { return s.consumers }
 
 // Writers exposes the stage's producers for writer metrics.
 func (s *Stage) Writers() []*kafka.Writer { return []*kafka.Writer{s.dlq} }

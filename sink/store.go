@@ -640,17 +640,110 @@ type memberChange struct {
 	index   int
 }
 
+// groupUse is how a chunk uses one group name. A late match (SPEC §13)
+// creates groups too, but counts them for no batch: a batch's
+// groupsCreated is one of its first counters.
+type groupUse struct {
+	add      bool
+	addBatch int64 // the first batch adding to it; 0: only late matches do
+}
+
+// visibleGroupIDs returns the ids of those of the tenant's names that are
+// visible groups. It locks nothing: a visible group is never changed nor
+// deleted.
+func visibleGroupIDs(ctx context.Context, tx pgx.Tx, tenantID int64, names []string) (map[string]int64, error) {
+	ids := make(map[string]int64, len(names))
+	rows, err := tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2) AND visible`, tenantID, names)
+	if err != nil {
+		return nil, fmt.Errorf("sink: read groups: %w", err)
+	}
+	for rows.Next() {
+		var name string
+		var id int64
+		if err := rows.Scan(&name, &id); err != nil {
+			return nil, fmt.Errorf("sink: read groups: %w", err)
+		}
+		ids[name] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sink: read groups: %w", err)
+	}
+	return ids, nil
+}
+
+// upsertGroups creates or makes visible the groups of names (sorted; none
+// a visible group) as uses says, adding their ids to ids and, per batch,
+// the groups each made visible to created. A delete of a group nobody
+// added creates it invisibly, so its tombstones order later adds; an add
+// makes it visible ("created"). Every group named is locked until the
+// transaction ends, which the Pruner's deletion of invisible groups
+// relies on.
+func upsertGroups(ctx context.Context, tx pgx.Tx, tenantID int64, names []string, uses map[string]groupUse,
+	ids map[string]int64, created map[int64]int) error {
+	visible := make([]bool, len(names))
+	for i, n := range names {
+		visible[i] = uses[n].add
+	}
+	rows, err := tx.Query(ctx, `
+		INSERT INTO groups (tenant_id, name, visible)
+		SELECT $1, n, v FROM unnest($2::text[], $3::bool[]) AS u(n, v) ORDER BY n
+		ON CONFLICT (tenant_id, name) DO UPDATE SET visible = true
+		WHERE NOT groups.visible AND excluded.visible
+		RETURNING name, group_id, visible`, tenantID, names, visible)
+	if err != nil {
+		return fmt.Errorf("sink: upsert groups: %w", err)
+	}
+	got := 0
+	for rows.Next() {
+		var name string
+		var id int64
+		var vis bool
+		if err := rows.Scan(&name, &id, &vis); err != nil {
+			return fmt.Errorf("sink: upsert groups: %w", err)
+		}
+		ids[name] = id
+		got++
+		if vis && uses[name].addBatch != 0 {
+			created[uses[name].addBatch]++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sink: upsert groups: %w", err)
+	}
+	if got == len(names) {
+		return nil
+	}
+	// Invisible groups that only deletes name: the upsert locked them but
+	// returned nothing.
+	var rest []string
+	for _, n := range names {
+		if _, ok := ids[n]; !ok {
+			rest = append(rest, n)
+		}
+	}
+	rows, err = tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2)`, tenantID, rest)
+	if err != nil {
+		return fmt.Errorf("sink: read groups: %w", err)
+	}
+	for rows.Next() {
+		var name string
+		var id int64
+		if err := rows.Scan(&name, &id); err != nil {
+			return fmt.Errorf("sink: read groups: %w", err)
+		}
+		ids[name] = id
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sink: read groups: %w", err)
+	}
+	return nil
+}
+
 // applyMemberships creates the tenant's groups that adds name, then writes
 // each (group, customer) change guarded by position. It returns, per batch,
 // how many groups the batch made visible.
 func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipeline.ResolvedMessage) (map[int64]int, error) {
 	// Groups named, with the first batch that adds to each.
-	// A late match (SPEC §13) creates groups too, but counts them for no
-	// batch: a batch's groupsCreated is one of its first counters.
-	type groupUse struct {
-		add      bool
-		addBatch int64 // 0: only late matches add to it
-	}
 	uses := make(map[string]groupUse)
 	for _, r := range recs {
 		if r.Outcome != pipeline.OutcomeMatched {
@@ -672,58 +765,17 @@ func applyMemberships(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pi
 		return created, nil
 	}
 	names := slices.Sorted(maps.Keys(uses))
-	visible := make([]bool, len(names))
-	for i, n := range names {
-		visible[i] = uses[n].add
-	}
-	// A delete of a group nobody added creates it invisibly, so its
-	// tombstones order later adds; an add makes it visible ("created").
-	rows, err := tx.Query(ctx, `
-		INSERT INTO groups (tenant_id, name, visible)
-		SELECT $1, n, v FROM unnest($2::text[], $3::bool[]) AS u(n, v) ORDER BY n
-		ON CONFLICT (tenant_id, name) DO UPDATE SET visible = true
-		WHERE NOT groups.visible AND excluded.visible
-		RETURNING name, group_id, visible`, tenantID, names, visible)
+	// A visible group is never changed nor deleted (the Pruner deletes
+	// invisible ones only), so reading it takes no lock: concurrent sink
+	// transactions naming the same groups do not wait for each other here.
+	ids, err := visibleGroupIDs(ctx, tx, tenantID, names)
 	if err != nil {
-		return nil, fmt.Errorf("sink: upsert groups: %w", err)
+		return nil, err
 	}
-	ids := make(map[string]int64, len(names))
-	for rows.Next() {
-		var name string
-		var id int64
-		var vis bool
-		if err := rows.Scan(&name, &id, &vis); err != nil {
-			return nil, fmt.Errorf("sink: upsert groups: %w", err)
-		}
-		ids[name] = id
-		if vis && uses[name].addBatch != 0 {
-			created[uses[name].addBatch]++
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sink: upsert groups: %w", err)
-	}
-	if len(ids) < len(names) {
-		var rest []string
-		for _, n := range names {
-			if _, ok := ids[n]; !ok {
-				rest = append(rest, n)
-			}
-		}
-		rows, err := tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2)`, tenantID, rest)
-		if err != nil {
-			return nil, fmt.Errorf("sink: read groups: %w", err)
-		}
-		for rows.Next() {
-			var name string
-			var id int64
-			if err := rows.Scan(&name, &id); err != nil {
-				return nil, fmt.Errorf("sink: read groups: %w", err)
-			}
-			ids[name] = id
-		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("sink: read groups: %w", err)
+	names = slices.DeleteFunc(names, func(n string) bool { _, ok := ids[n]; return ok })
+	if len(names) > 0 {
+		if err := upsertGroups(ctx, tx, tenantID, names, uses, ids, created); err != nil {
+			return nil, err
 		}
 	}
 

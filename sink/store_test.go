@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -351,5 +352,63 @@ func TestApplyRacedRecordIsDuplicate(t *testing.T) {
 	var groups int
 	if err := db.QueryRow(ctx, `SELECT count(*) FROM groups WHERE name = 'other'`).Scan(&groups); err != nil || groups != 0 {
 		t.Fatalf("group of the duplicate created: %d, %v", groups, err)
+	}
+}
+
+// Concurrent sink transactions naming the same visible groups do not wait
+// for each other on the groups rows: while one transaction that applied a
+// chunk to groups g1 and g2 is still open, another chunk naming them (other
+// customers, another batch) applies and commits. A group only deletes name
+// is still created, invisibly, and locked, as the Pruner relies on.
+func TestApplyVisibleGroupsTakeNoLock(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	s := NewPGStore(db)
+	ctx := context.Background()
+	newBatch(t, db, 1, 2, "PROCESSING")
+	newBatch(t, db, 2, 2, "PROCESSING")
+	newBatch(t, db, 3, 2, "PROCESSING")
+	if _, err := s.Apply(ctx, []pipeline.ResolvedMessage{
+		matched(1, 0, pipeline.OptAdd, 1, "g1", "g2"), matched(1, 1, pipeline.OptAdd, 2, "g1"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	open := []*pipeline.ResolvedMessage{new(matched(2, 0, pipeline.OptAdd, 3, "g1", "g2")), new(matched(2, 1, pipeline.OptDelete, 4, "g2", "only-deleted"))}
+	if _, err := applyMemberships(ctx, tx, tenant, open); err != nil {
+		t.Fatal(err)
+	}
+
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := s.Apply(wait, []pipeline.ResolvedMessage{
+		matched(3, 0, pipeline.OptAdd, 5, "g1", "g2"), matched(3, 1, pipeline.OptDelete, 6, "g2"),
+	})
+	if err != nil {
+		t.Fatalf("a chunk naming visible groups waited for another transaction: %v", err)
+	}
+	if res.Applied != 2 {
+		t.Fatalf("applied %d records, want 2", res.Applied)
+	}
+	if r := readBatch(t, db, 3); r.status != "SUCCESS" || r.groupsCreated != 0 {
+		t.Fatalf("batch 3: %+v", r)
+	}
+
+	// The invisible group the open transaction created stays locked.
+	var locked bool
+	err = db.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM groups WHERE tenant_id = $1 AND name = 'only-deleted' FOR UPDATE SKIP LOCKED)`, tenant).Scan(&locked)
+	if err != nil || !locked {
+		t.Fatalf("the open transaction's invisible group is not locked (%v)", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var visible bool
+	if err := db.QueryRow(ctx, `SELECT visible FROM groups WHERE tenant_id = $1 AND name = 'only-deleted'`, tenant).Scan(&visible); err != nil || visible {
+		t.Fatalf("a group only a delete names: visible %v (%v), want invisible", visible, err)
 	}
 }

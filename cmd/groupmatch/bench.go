@@ -43,6 +43,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	f.o.addPartitions(fs)
 	fs.IntVar(&f.o.matcherChunk, "matcher-chunk", matcher.DefaultMaxChunk, "most records the matcher resolves together, for a self-started system (MATCHER_CHUNK)")
 	fs.IntVar(&f.o.matcherConsumers, "matcher-consumers", matcher.DefaultConsumers, "consumer-group members per matcher process, for a self-started system (MATCHER_CONSUMERS)")
+	fs.IntVar(&f.o.sinkConsumers, "sink-consumers", sink.DefaultConsumers, "consumer-group members per sink process, for a self-started system (SINK_CONSUMERS)")
 	fs.IntVar(&f.o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction, for a self-started system (SINK_CHUNK)")
 	fs.IntVar(&f.cfg.Workload.Customers, "customers", 1000000, "customers in the generated directory (BENCH_CUSTOMERS)")
 	fs.IntVar(&f.cfg.Workload.Records, "records", 2000000, "records to import in all (BENCH_RECORDS)")
@@ -98,6 +99,7 @@ func (f *benchFlags) config(stderr io.Writer) (bench.Config, error) {
 	cfg.TopicSpecs = topicSpecs(o, topicSettings{replication: 1})
 	cfg.MatcherGroup, cfg.RematchGroup = o.groupID(stageMatcher), o.groupID(rematcher)
 	cfg.Partitions, cfg.MatcherChunk, cfg.MatcherConsumers, cfg.SinkChunk = o.partitions, o.matcherChunk, o.matcherConsumers, o.sinkChunk
+	cfg.SinkConsumers = o.sinkConsumers
 	cfg.StopGrace = shutdownTimeout + 5*time.Second
 	cfg.Log = stderr
 	if cfg.Target != "" {

@@ -35,6 +35,7 @@ type options struct {
 	rateBurst        int
 	matcherChunk     int
 	matcherConsumers int
+	sinkConsumers    int
 	rematch          bool // run the re-matcher beside the matcher (SPEC §13)
 	sinkChunk        int
 	dbMaxConns       int
@@ -191,6 +192,7 @@ func (o *options) addStages(fs *flag.FlagSet, stages []string, defaultAddr, defa
 	}
 	if slices.Contains(stages, stageSink) {
 		fs.IntVar(&o.sinkChunk, "sink-chunk", sink.DefaultMaxChunk, "most records the sink applies in one transaction (SINK_CHUNK)")
+		fs.IntVar(&o.sinkConsumers, "sink-consumers", sink.DefaultConsumers, "consumer-group members a sink process runs, each applying its own partitions' chunks in its own transactions (SINK_CONSUMERS)")
 		fs.IntVar(&o.maxGroups, "max-groups-per-tenant", sink.DefaultMaxGroupsPerTenant, "most groups a tenant may have; an add that would create more leaves its record INVALID, reason GROUP_LIMIT (sink) (MAX_GROUPS_PER_TENANT)")
 		fs.DurationVar(&o.batchDeadline, "batch-deadline", sink.DefaultBatchDeadline, "age at which a batch still PROCESSING is finished, its records without an outcome counted failed (TIMED_OUT); the sink enforces it (BATCH_DEADLINE)")
 		o.addRetention(fs)

@@ -100,7 +100,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 	}
 	sinkCfg := sink.Config{
 		Brokers: brokers, Topics: topics, Security: sec, GroupID: o.groupID(stageSink),
-		MaxChunk: o.sinkChunk, Logger: log,
+		MaxChunk: o.sinkChunk, Consumers: o.sinkConsumers, Logger: log,
 	}
 	relayCfg := sink.RelayConfig{Brokers: brokers, Topics: topics, Security: sec,
 		EventsPerTenant: o.eventsPerTenant, Logger: log}
@@ -241,7 +241,7 @@ func runStages(ctx context.Context, o *options, stages []string, log *slog.Logge
 			return err
 		}
 		g.Go(func() error { return pruner.Run(gctx) })
-		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), []*stream.Consumer{s.Consumer()}, append(s.Writers(), relay.Writers()...)...)
+		observeStage(gctx, reg, o, sec, pool, log, stageSink, takeOtherLag(), s.Consumers(), append(s.Writers(), relay.Writers()...)...)
 		g.Go(func() error { return s.Run(gctx) })
 		g.Go(func() error { return relay.Run(gctx) })
 	}
