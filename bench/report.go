@@ -64,8 +64,8 @@ type Setup struct {
 	MatcherConsumers int `json:"matcherConsumers,omitempty"`
 	// SinkConsumers is the consumer-group members per sink process.
 	SinkConsumers int `json:"sinkConsumers,omitempty"`
-	SinkChunk        int `json:"sinkChunk,omitempty"`
-	DBMaxConns       int `json:"dbMaxConns,omitempty"`
+	SinkChunk     int `json:"sinkChunk,omitempty"`
+	DBMaxConns    int `json:"dbMaxConns,omitempty"`
 	// TenantRate is the per-tenant records quota a self-started ingest was
 	// given (TENANT_RATE); 0 is off.
 	TenantRate float64 `json:"tenantRate,omitempty"`
