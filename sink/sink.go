@@ -25,7 +25,7 @@ type Config struct {
 	// Security secures the Kafka connections; nil is plaintext.
 	Security *stream.Security
 	// MaxChunk is the most records applied in one transaction; default
-	// DefaultMaxChunk (2000).
+	// DefaultMaxChunk (4000).
 	MaxChunk int
 	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
 	Linger time.Duration
@@ -57,7 +57,7 @@ type Stage struct {
 // DefaultMaxChunk and DefaultConsumers are Config's defaults;
 // cmd/groupmatch's --sink-chunk and --sink-consumers default to them too.
 const (
-	DefaultMaxChunk  = 2000
+	DefaultMaxChunk  = 4000
 	DefaultConsumers = 2
 )
 

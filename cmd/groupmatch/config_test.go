@@ -149,7 +149,7 @@ func TestStageHelpListsItsOwnFlags(t *testing.T) {
 	own := map[string][]string{
 		"ingest":  {"rate-limit", "max-in-flight", "tenant-rate", "trusted-proxies", "events-per-tenant"},
 		"matcher": {"matcher-chunk", "matcher-consumers"},
-		"sink":    {"sink-chunk", "max-groups-per-tenant", "batch-deadline", "events-per-tenant"},
+		"sink":    {"sink-chunk", "sink-consumers", "max-groups-per-tenant", "batch-deadline", "events-per-tenant"},
 	}
 	for stage := range own {
 		listed := map[string]bool{}
