@@ -6,13 +6,19 @@
 #   3. lets user postgres in over loopback TCP without a password (Debian's
 #      default pg_hba.conf asks for one): a "trust" line for 127.0.0.1/32 and
 #      ::1/128, user postgres only, inserted once before Debian's own lines;
-#   4. starts the cluster (or reloads it when it already runs);
-#   5. fails loudly when PostgreSQL still does not accept the test user.
+#   4. gives the cluster the settings dev and bench are measured with
+#      (conf.d/groupmatch.conf: shared_buffers 1GB, above a million
+#      customers' look-up indexes; docs/performance.md);
+#   5. starts the cluster (restarts it when a setting needing a restart
+#      changed, else reloads it when it already runs);
+#   6. fails loudly when PostgreSQL still does not accept the test user.
 # Tests never skip for a missing database. Safe to run again.
 set -euo pipefail
 
+shared_buffers=1GB
 accepts() { psql -X -q -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; }
-if command -v psql >/dev/null 2>&1 && accepts; then exit 0; fi
+setting() { psql -X -q -w -At -h 127.0.0.1 -p 5432 -U postgres -d postgres -c "show $1" 2>/dev/null; }
+if command -v psql >/dev/null 2>&1 && accepts && [ "$(setting shared_buffers)" = "$shared_buffers" ]; then exit 0; fi
 
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "ensure-postgres: installing PostgreSQL from Debian" >&2
@@ -41,8 +47,20 @@ if ! grep -qF "$marker" "$hba"; then
   rm -f "$tmp"
 fi
 
+conf=/etc/postgresql/$version/main/conf.d/groupmatch.conf
+settings="# groupmatch: the settings dev and bench are measured with (docs/performance.md)
+shared_buffers = $shared_buffers"
+if [ "$(cat "$conf" 2>/dev/null)" != "$settings" ]; then
+  echo "ensure-postgres: writing $conf" >&2
+  mkdir -p "$(dirname "$conf")"
+  printf '%s\n' "$settings" >"$conf"
+fi
+
 status=$(pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="main" {print $4}')
-if [ "$status" = online ]; then
+if [ "$status" = online ] && [ "$(setting shared_buffers)" != "$shared_buffers" ]; then
+  echo "ensure-postgres: restarting cluster $version/main for shared_buffers $shared_buffers" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+elif [ "$status" = online ]; then
   pg_ctlcluster --skip-systemctl-redirect "$version" main reload
 else
   echo "ensure-postgres: starting cluster $version/main" >&2
@@ -50,7 +68,12 @@ else
 fi
 
 for _ in $(seq 1 30); do
-  if accepts; then exit 0; fi
+  if accepts; then
+    if [ "$(setting shared_buffers)" != "$shared_buffers" ]; then
+      echo "ensure-postgres: warning: shared_buffers is $(setting shared_buffers), not $shared_buffers (ALTER SYSTEM overrides conf.d): benchmarks will differ" >&2
+    fi
+    exit 0
+  fi
   sleep 1
 done
 echo "ensure-postgres: PostgreSQL does not accept user postgres on 127.0.0.1:5432; the tests need it" >&2

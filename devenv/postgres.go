@@ -348,6 +348,12 @@ func (pc *privateCluster) runningPort(ctx context.Context) (int, bool) {
 	return port, true
 }
 
+// privateSharedBuffers is the private cluster's shared_buffers: above the
+// look-up indexes of a million customers (~280 MB), the size dev and bench
+// are measured with (docs/performance.md). .ci/ensure-postgres.sh gives
+// the machine's cluster the same.
+const privateSharedBuffers = "1GB"
+
 // start starts the server on the remembered port, or on a free one if
 // that is taken, and remembers the port used.
 func (pc *privateCluster) start(ctx context.Context) error {
@@ -368,7 +374,7 @@ func (pc *privateCluster) start(ctx context.Context) error {
 		if len(sockDir) > maxSocketDirLen {
 			sockDir = ""
 		}
-		opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -k %s", port, shellQuote(sockDir))
+		opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c shared_buffers=%s -k %s", port, privateSharedBuffers, shellQuote(sockDir))
 		_, err := pc.runner.run(ctx, pc.pgCtl, "start", "-D", pc.dir, "-w", "-t", strconv.Itoa(int(readyTimeout/time.Second)),
 			"-l", filepath.Join(pc.dir, pgLogFile), "-o", opts)
 		if err == nil {

@@ -302,8 +302,11 @@ func TestEnsurePostgresPrivateCluster(t *testing.T) {
 		}
 	}
 
-	// 1. Created and started.
+	// 1. Created and started, with the settings dev is measured with.
 	p := start("first start")
+	if got := queryString(t, ctx, p.URL, "SHOW shared_buffers"); got != privateSharedBuffers {
+		t.Errorf("shared_buffers = %q, want %q", got, privateSharedBuffers)
+	}
 	execSQL(t, ctx, p.URL, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('hello')")
 	port := p.cluster.port
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "postgres", "PG_VERSION")); err != nil {
