@@ -7,8 +7,11 @@
 #      default pg_hba.conf asks for one): a "trust" line for 127.0.0.1/32 and
 #      ::1/128, user postgres only, inserted once before Debian's own lines;
 #   4. gives the cluster the settings dev and bench are measured with
-#      (conf.d/groupmatch.conf: shared_buffers 1GB, above a million
-#      customers' look-up indexes; docs/performance.md);
+#      (conf.d/groupmatch.conf, docs/performance.md): shared_buffers 1GB,
+#      above a million customers' look-up indexes; checkpoints at most
+#      every 8 GB of WAL or 15 minutes, and full-page images compressed,
+#      since each checkpoint makes the next write of every memberships
+#      index page a full-page image;
 #   5. starts the cluster (restarts it when a setting needing a restart
 #      changed, else reloads it when it already runs);
 #   6. fails loudly when PostgreSQL still does not accept the test user.
@@ -18,7 +21,11 @@ set -euo pipefail
 shared_buffers=1GB
 accepts() { psql -X -q -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; }
 setting() { psql -X -q -w -At -h 127.0.0.1 -p 5432 -U postgres -d postgres -c "show $1" 2>/dev/null; }
-if command -v psql >/dev/null 2>&1 && accepts && [ "$(setting shared_buffers)" = "$shared_buffers" ]; then exit 0; fi
+configured() {
+  [ "$(setting shared_buffers)" = "$shared_buffers" ] && [ "$(setting max_wal_size)" = 8GB ] &&
+    [ "$(setting checkpoint_timeout)" = 15min ] && [ "$(setting wal_compression)" = lz4 ]
+}
+if command -v psql >/dev/null 2>&1 && accepts && configured; then exit 0; fi
 
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "ensure-postgres: installing PostgreSQL from Debian" >&2
@@ -49,7 +56,10 @@ fi
 
 conf=/etc/postgresql/$version/main/conf.d/groupmatch.conf
 settings="# groupmatch: the settings dev and bench are measured with (docs/performance.md)
-shared_buffers = $shared_buffers"
+shared_buffers = $shared_buffers
+max_wal_size = 8GB
+checkpoint_timeout = 15min
+wal_compression = lz4"
 if [ "$(cat "$conf" 2>/dev/null)" != "$settings" ]; then
   echo "ensure-postgres: writing $conf" >&2
   mkdir -p "$(dirname "$conf")"
@@ -69,8 +79,8 @@ fi
 
 for _ in $(seq 1 30); do
   if accepts; then
-    if [ "$(setting shared_buffers)" != "$shared_buffers" ]; then
-      echo "ensure-postgres: warning: shared_buffers is $(setting shared_buffers), not $shared_buffers (ALTER SYSTEM overrides conf.d): benchmarks will differ" >&2
+    if ! configured; then
+      echo "ensure-postgres: warning: the server does not run with $conf (ALTER SYSTEM overrides conf.d): benchmarks will differ" >&2
     fi
     exit 0
   fi

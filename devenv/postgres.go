@@ -348,11 +348,15 @@ func (pc *privateCluster) runningPort(ctx context.Context) (int, bool) {
 	return port, true
 }
 
-// privateSharedBuffers is the private cluster's shared_buffers: above the
-// look-up indexes of a million customers (~280 MB), the size dev and bench
-// are measured with (docs/performance.md). .ci/ensure-postgres.sh gives
-// the machine's cluster the same.
-const privateSharedBuffers = "1GB"
+// privateSettings are the private cluster's settings beyond initdb's, the
+// ones dev and bench are measured with (docs/performance.md), which
+// .ci/ensure-postgres.sh gives the machine's cluster too: shared_buffers
+// above the look-up indexes of a million customers (~280 MB); checkpoints
+// at most every 8 GB of WAL or 15 minutes, full-page images compressed
+// (after each checkpoint, the next write of every memberships index page
+// logs the whole page). wal_compression is "on" (pglz), which every
+// server version accepts, where the machine's cluster has lz4.
+const privateSettings = "-c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c wal_compression=on"
 
 // start starts the server on the remembered port, or on a free one if
 // that is taken, and remembers the port used.
@@ -374,7 +378,7 @@ func (pc *privateCluster) start(ctx context.Context) error {
 		if len(sockDir) > maxSocketDirLen {
 			sockDir = ""
 		}
-		opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c shared_buffers=%s -k %s", port, privateSharedBuffers, shellQuote(sockDir))
+		opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 %s -k %s", port, privateSettings, shellQuote(sockDir))
 		_, err := pc.runner.run(ctx, pc.pgCtl, "start", "-D", pc.dir, "-w", "-t", strconv.Itoa(int(readyTimeout/time.Second)),
 			"-l", filepath.Join(pc.dir, pgLogFile), "-o", opts)
 		if err == nil {

@@ -304,8 +304,10 @@ func TestEnsurePostgresPrivateCluster(t *testing.T) {
 
 	// 1. Created and started, with the settings dev is measured with.
 	p := start("first start")
-	if got := queryString(t, ctx, p.URL, "SHOW shared_buffers"); got != privateSharedBuffers {
-		t.Errorf("shared_buffers = %q, want %q", got, privateSharedBuffers)
+	for setting, want := range map[string]string{"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "15min", "wal_compression": "pglz"} {
+		if got := queryString(t, ctx, p.URL, "SHOW "+setting); got != want {
+			t.Errorf("%s = %q, want %q", setting, got, want)
+		}
 	}
 	execSQL(t, ctx, p.URL, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('hello')")
 	port := p.cluster.port
