@@ -30,7 +30,7 @@ func TestEmails(t *testing.T) {
 	if err != nil || !res[0].Created {
 		t.Fatalf("FindOrCreate = %+v, %v", res, err)
 	}
-	got, err := dir.Lookup(ctx, []Key{
+	hits, err := dir.Lookup(ctx, []Key{
 		{a, pipeline.KindEmail, "alice@example.com"},
 		{a, pipeline.KindEmail, "shared@example.com"},
 		{a, pipeline.KindEmail, "new@example.com"},
@@ -53,7 +53,7 @@ func TestEmails(t *testing.T) {
 		{"new@example.com", []identity.Binding{{CustomerID: res[0].CustomerID, AppType: "YOUZAN", AppID: "shop1"}}},
 		{"Alice@Example.com", nil},
 	} {
-		if b := sortBindings(got[Key{a, pipeline.KindEmail, tt.value}]); !slices.Equal(b, tt.want) {
+		if b := sortBindings(hits.Bindings(a, pipeline.KindEmail, tt.value)); !slices.Equal(b, tt.want) {
 			t.Errorf("Lookup(%q) = %v, want %v", tt.value, b, tt.want)
 		}
 	}

@@ -67,65 +67,179 @@ func lookupQueries() map[pipeline.IdentityKind]string {
 }
 
 // lookupGroup is the distinct values of one kind of one tenant that a
-// Lookup asks about.
+// Lookup asks about, and once answered their bindings.
 type lookupGroup struct {
 	tenant int64
 	kind   pipeline.IdentityKind
 	values []string
 	index  map[string]int32 // value -> its position in values
+	// found[i] is the bindings of values[i], nil when none.
+	found [][]identity.Binding
+}
+
+// Hits is a Lookup's answer: the bindings of every value it was asked
+// about. Read-only once returned, so safe for concurrent readers.
+type Hits struct {
+	groups []*lookupGroup
+	byKey  map[groupKey]*lookupGroup // only when there are many groups
+}
+
+// groupKey names a lookupGroup.
+type groupKey struct {
+	tenant int64
+	kind   pipeline.IdentityKind
+}
+
+// manyGroups is the number of groups above which Hits finds a group by
+// map instead of by a scan: a chunk of one tenant has at most one group per
+// kind.
+const manyGroups = 8
+
+// Bindings returns the bindings of the tenant's value of kind, in any order
+// and possibly naming one customer several times (bound through several
+// applications); nil when it has none or was not asked about. The caller
+// must not modify the slice. A nil Hits has none.
+func (h *Hits) Bindings(tenant int64, kind pipeline.IdentityKind, value string) []identity.Binding {
+	if h == nil {
+		return nil
+	}
+	var g *lookupGroup
+	if h.byKey != nil {
+		g = h.byKey[groupKey{tenant, kind}]
+	} else {
+		for _, c := range h.groups {
+			if c.tenant == tenant && c.kind == kind {
+				g = c
+				break
+			}
+		}
+	}
+	if g == nil {
+		return nil
+	}
+	i, ok := g.index[value]
+	if !ok {
+		return nil
+	}
+	return g.found[i]
+}
+
+// Len returns the number of values with at least one binding.
+func (h *Hits) Len() int {
+	if h == nil {
+		return 0
+	}
+	n := 0
+	for _, g := range h.groups {
+		for _, f := range g.found {
+			if len(f) > 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Map returns the bindings of every value that has any, by key: a copy,
+// for tests and tools; the matcher reads Bindings.
+func (h *Hits) Map() map[Key][]identity.Binding {
+	out := make(map[Key][]identity.Binding, h.Len())
+	if h == nil {
+		return out
+	}
+	for _, g := range h.groups {
+		for i, f := range g.found {
+			if len(f) > 0 {
+				out[Key{TenantID: g.tenant, Kind: g.kind, Value: g.values[i]}] = f
+			}
+		}
+	}
+	return out
+}
+
+// HitsOf returns the Hits holding m's bindings: what a Directory that is
+// not PostgreSQL (a test's) answers.
+func HitsOf(m map[Key][]identity.Binding) *Hits {
+	b := newHitsBuilder(len(m))
+	for k, bs := range m {
+		g, _ := b.add(k)
+		g.found = append(g.found, bs)
+	}
+	return b.hits()
+}
+
+// hitsBuilder groups keys by tenant and kind.
+type hitsBuilder struct {
+	groups map[groupKey]*lookupGroup
+	order  []*lookupGroup
+	last   *lookupGroup // keys of one group tend to come together
+	hint   int          // expected keys, to size the groups' indexes
+}
+
+func newHitsBuilder(keys int) *hitsBuilder {
+	return &hitsBuilder{groups: make(map[groupKey]*lookupGroup, 4), hint: keys/len(lookupSQL) + 1}
+}
+
+// add adds k's value to its group, once, and returns the group and
+// whether the value is new to it.
+func (b *hitsBuilder) add(k Key) (*lookupGroup, bool) {
+	g := b.last
+	if g == nil || g.tenant != k.TenantID || g.kind != k.Kind {
+		gk := groupKey{k.TenantID, k.Kind}
+		g = b.groups[gk]
+		if g == nil {
+			g = &lookupGroup{tenant: k.TenantID, kind: k.Kind, index: make(map[string]int32, b.hint)}
+			b.groups[gk] = g
+			b.order = append(b.order, g)
+		}
+		b.last = g
+	}
+	if _, dup := g.index[k.Value]; dup {
+		return g, false
+	}
+	g.index[k.Value] = int32(len(g.values))
+	g.values = append(g.values, k.Value)
+	return g, true
+}
+
+func (b *hitsBuilder) hits() *Hits {
+	h := &Hits{groups: b.order}
+	if len(b.order) > manyGroups {
+		h.byKey = b.groups
+	}
+	return h
 }
 
 // Lookup sends one query per identity kind and tenant present, all in one
 // round trip, and decodes the rows without allocating a string per row.
-// The slices of the map share one backing array per query; the caller must
-// not append to them.
-func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (map[Key][]identity.Binding, error) {
-	type groupKey struct {
-		tenant int64
-		kind   pipeline.IdentityKind
-	}
-	groups := make(map[groupKey]*lookupGroup, 4)
-	var order []*lookupGroup
-	var last *lookupGroup // keys of one group tend to come together
+// The bindings of one query share one backing array.
+func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (*Hits, error) {
+	b := newHitsBuilder(len(keys))
 	for _, k := range keys {
-		g := last
-		if g == nil || g.tenant != k.TenantID || g.kind != k.Kind {
-			gk := groupKey{k.TenantID, k.Kind}
-			g = groups[gk]
-			if g == nil {
-				if _, ok := lookupSQL[k.Kind]; !ok {
-					return nil, fmt.Errorf("directory: lookup: unknown identity kind %q", k.Kind)
-				}
-				g = &lookupGroup{tenant: k.TenantID, kind: k.Kind, index: make(map[string]int32, len(keys)/len(lookupSQL)+1)}
-				groups[gk] = g
-				order = append(order, g)
-			}
-			last = g
+		if _, ok := lookupSQL[k.Kind]; !ok {
+			return nil, fmt.Errorf("directory: lookup: unknown identity kind %q", k.Kind)
 		}
-		if _, dup := g.index[k.Value]; !dup {
-			g.index[k.Value] = int32(len(g.values))
-			g.values = append(g.values, k.Value)
-		}
+		b.add(k)
 	}
-	out := make(map[Key][]identity.Binding, len(keys))
-	if len(order) == 0 {
-		return out, nil
+	if len(b.order) == 0 {
+		return b.hits(), nil
 	}
 	intern := make(map[string]string, 8)
 	batch := &pgx.Batch{}
-	for _, g := range order {
+	for _, g := range b.order {
 		g.sortValues()
+		g.found = make([][]identity.Binding, len(g.values))
 		if d.ObserveQuery != nil {
 			d.ObserveQuery(g.kind, len(g.values))
 		}
 		batch.Queue(lookupSQL[g.kind], g.tenant, g.values).Query(func(rows pgx.Rows) error {
-			return g.collect(rows, out, intern)
+			return g.collect(rows, intern)
 		})
 	}
 	if err := d.db.SendBatch(ctx, batch).Close(); err != nil {
 		return nil, fmt.Errorf("directory: lookup: %w", err)
 	}
-	return out, nil
+	return b.hits(), nil
 }
 
 // sortValues puts g's values in byte order, the order of the look-up
@@ -144,9 +258,9 @@ func (g *lookupGroup) sortValues() {
 	}
 }
 
-// collect reads the rows of g's query into out. intern holds the
+// collect reads the rows of g's query into g.found. intern holds the
 // application names seen so far, so that each is allocated once.
-func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]identity.Binding, intern map[string]string) error {
+func (g *lookupGroup) collect(rows pgx.Rows, intern map[string]string) error {
 	// A query that failed (the connection died, say) has no result to
 	// describe: FieldDescriptions would dereference nil.
 	if err := rows.Err(); err != nil {
@@ -158,11 +272,19 @@ func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]identity.Binding, int
 	bs := make([]identity.Binding, 0, len(g.values))
 	var started []bool // started[i]: a run of rows of value i began
 	scattered := false
+	cur := 0 // the rows come in index order, which is the values' (sortValues)
 	for rows.Next() {
 		raw := rows.RawValues()
-		i, ok := g.index[string(raw[0])]
-		if !ok {
-			return errors.New("directory returned a value it was not asked about")
+		for cur < len(g.values) && g.values[cur] < string(raw[0]) {
+			cur++
+		}
+		i := int32(cur)
+		if cur == len(g.values) || g.values[cur] != string(raw[0]) {
+			// Another order (a collation other than C's): ask the index.
+			var ok bool
+			if i, ok = g.index[string(raw[0])]; !ok {
+				return errors.New("directory returned a value it was not asked about")
+			}
 		}
 		id, err := decodeInt8(raw[1], fields[1].Format)
 		if err != nil {
@@ -203,7 +325,7 @@ func (g *lookupGroup) collect(rows pgx.Rows, out map[Key][]identity.Binding, int
 		for e < len(at) && at[e] == at[j] {
 			e++
 		}
-		out[Key{TenantID: g.tenant, Kind: g.kind, Value: g.values[at[j]]}] = bs[j:e:e]
+		g.found[at[j]] = bs[j:e:e]
 		j = e
 	}
 	return nil

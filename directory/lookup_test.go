@@ -78,10 +78,11 @@ func TestLookup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := dir.Lookup(context.Background(), tt.keys)
+			hits, err := dir.Lookup(context.Background(), tt.keys)
 			if err != nil {
 				t.Fatal(err)
 			}
+			got := hits.Map()
 			for k, bs := range got {
 				sortBindings(bs)
 				got[k] = bs
@@ -474,13 +475,14 @@ func TestFindOrCreateConcurrent(t *testing.T) {
 	if count != 200 {
 		t.Errorf("%d customers, want 200 (20 loaded, 80 + 100 created)", count)
 	}
-	got, err := NewPGDirectory(db).Lookup(ctx, []Key{
+	hits, err := NewPGDirectory(db).Lookup(ctx, []Key{
 		{b, pipeline.KindPhone, "13900000050"}, {b, pipeline.KindOpenID, "o-50"}, {b, pipeline.KindUnionID, "u-50"},
 		{a, pipeline.KindPhone, "13900000005"}, // crm-5 was loaded: found, not enriched
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := hits.Map()
 	bound := []identity.Binding{{CustomerID: ids[tk{b, "crm-50"}], AppType: "gzh", AppID: "wx1"}}
 	for _, k := range []Key{{b, pipeline.KindPhone, "13900000050"}, {b, pipeline.KindOpenID, "o-50"}, {b, pipeline.KindUnionID, "u-50"}} {
 		if !slices.Equal(got[k], bound) {
@@ -520,10 +522,11 @@ func TestFindOrCreate(t *testing.T) {
 	if !res[2].Created || res[2].CustomerID < 1<<52 || res[3] != (CreateResult{CustomerID: res[2].CustomerID}) {
 		t.Errorf("new thirdId twice: %+v, %+v; want one created, then found", res[2], res[3])
 	}
-	got, err := dir.Lookup(ctx, []Key{{a, pipeline.KindPhone, "13900000009"}, {a, pipeline.KindPhone, "13900000010"}, {a, pipeline.KindOpenID, "o9"}})
+	hits, err := dir.Lookup(ctx, []Key{{a, pipeline.KindPhone, "13900000009"}, {a, pipeline.KindPhone, "13900000010"}, {a, pipeline.KindOpenID, "o9"}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := hits.Map()
 	want := map[Key][]identity.Binding{
 		{a, pipeline.KindPhone, "13900000009"}: {{CustomerID: res[2].CustomerID}},
 		{a, pipeline.KindOpenID, "o9"}:         {{CustomerID: res[2].CustomerID}},
@@ -549,7 +552,7 @@ func (failedRows) Close()     {}
 // matcher (seen when PostgreSQL was stopped under load).
 func TestCollectFailedRows(t *testing.T) {
 	g := &lookupGroup{kind: pipeline.KindPhone, tenant: 1, index: map[string]int32{}}
-	if err := g.collect(failedRows{}, map[Key][]identity.Binding{}, map[string]string{}); err == nil {
+	if err := g.collect(failedRows{}, map[string]string{}); err == nil {
 		t.Fatal("collect of a failed result returned no error")
 	}
 }
@@ -600,28 +603,44 @@ func TestLookupGroupCollect(t *testing.T) {
 		{"a value not asked about", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("zzz", bin(1))}, nil, "not asked about"},
 		{"a bad id", fields(pgx.BinaryFormatCode, 2), [][][]byte{row("a", []byte{1, 2})}, nil, "bad bigint"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			g := &lookupGroup{tenant: 7, kind: pipeline.KindPhone, values: []string{"b", "a"}, index: map[string]int32{"b": 0, "a": 1}}
-			out := map[Key][]identity.Binding{}
-			err := g.collect(&fakeRows{fields: tt.fields, rows: tt.rows}, out, map[string]string{})
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := map[Key][]identity.Binding{}
-			for v, bs := range tt.want {
-				want[Key{7, pipeline.KindPhone, v}] = bs
-			}
-			if fmt.Sprint(out) != fmt.Sprint(want) {
-				t.Errorf("collected %v, want %v", out, want)
-			}
-		})
+	// The values in index order (sortValues), read with a cursor, and in
+	// another order, read through the index map.
+	for _, values := range [][]string{{"a", "b"}, {"b", "a"}} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/values %v", tt.name, values), func(t *testing.T) {
+				collectCase(t, values, tt.fields, tt.rows, tt.want, tt.wantErr)
+			})
+		}
+	}
+}
+
+// collectCase collects rows into a group asking about values and checks
+// the bindings found against want (by value), or the error against wantErr.
+func collectCase(t *testing.T, values []string, fields []pgconn.FieldDescription, rows [][][]byte,
+	want map[string][]identity.Binding, wantErr string) {
+	t.Helper()
+	g := &lookupGroup{tenant: 7, kind: pipeline.KindPhone, values: values, index: map[string]int32{},
+		found: make([][]identity.Binding, len(values))}
+	for i, v := range values {
+		g.index[v] = int32(i)
+	}
+	err := g.collect(&fakeRows{fields: fields, rows: rows}, map[string]string{})
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("err = %v, want %q", err, wantErr)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := (&Hits{groups: []*lookupGroup{g}}).Map()
+	wantKeys := map[Key][]identity.Binding{}
+	for v, bs := range want {
+		wantKeys[Key{7, pipeline.KindPhone, v}] = bs
+	}
+	if fmt.Sprint(got) != fmt.Sprint(wantKeys) {
+		t.Errorf("collected %v, want %v", got, wantKeys)
 	}
 }
 
@@ -638,4 +657,39 @@ func kindValues(m map[pipeline.IdentityKind]string) (v [pipeline.NumKinds]string
 func kindStore(k pipeline.IdentityKind) identity.Store {
 	e, _ := identity.Of(k)
 	return e.Directory
+}
+
+// Hits answers each (tenant, kind, value) it holds and nothing else, by a
+// scan of its groups or, with many groups, by map; a nil Hits answers
+// nothing.
+func TestHits(t *testing.T) {
+	for _, tenants := range []int64{1, 5} { // 4 groups per tenant: scanned, then mapped
+		m := map[Key][]identity.Binding{}
+		for tenant := int64(1); tenant <= tenants; tenant++ {
+			for i, kind := range []pipeline.IdentityKind{pipeline.KindPhone, pipeline.KindOpenID, pipeline.KindUnionID, pipeline.KindThirdID} {
+				m[Key{tenant, kind, "v"}] = []identity.Binding{{CustomerID: tenant*10 + int64(i)}}
+			}
+		}
+		h := HitsOf(m)
+		if (h.byKey != nil) != (len(h.groups) > manyGroups) {
+			t.Fatalf("%d groups: byKey set %t", len(h.groups), h.byKey != nil)
+		}
+		if h.Len() != len(m) || fmt.Sprint(h.Map()) != fmt.Sprint(m) {
+			t.Errorf("%d tenants: Map() = %v, want %v", tenants, h.Map(), m)
+		}
+		for k, want := range m {
+			if got := h.Bindings(k.TenantID, k.Kind, k.Value); !slices.Equal(got, want) {
+				t.Errorf("Bindings(%v) = %v, want %v", k, got, want)
+			}
+		}
+		for _, k := range []Key{{1, pipeline.KindPhone, "w"}, {tenants + 1, pipeline.KindPhone, "v"}, {1, pipeline.KindEmail, "v"}} {
+			if got := h.Bindings(k.TenantID, k.Kind, k.Value); got != nil {
+				t.Errorf("Bindings(%v) = %v, want none", k, got)
+			}
+		}
+	}
+	var none *Hits
+	if none.Bindings(1, pipeline.KindPhone, "v") != nil || none.Len() != 0 || len(none.Map()) != 0 {
+		t.Error("a nil Hits answers something")
+	}
 }

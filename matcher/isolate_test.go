@@ -50,7 +50,7 @@ func (d *poisonDirectory) BatchStates(_ context.Context, ids []BatchRef) (map[in
 	return out, nil
 }
 
-func (d *poisonDirectory) Lookup(_ context.Context, keys []directory.Key) (map[directory.Key][]identity.Binding, error) {
+func (d *poisonDirectory) Lookup(_ context.Context, keys []directory.Key) (*directory.Hits, error) {
 	d.mu.Lock()
 	d.calls++
 	d.mu.Unlock()
@@ -64,7 +64,7 @@ func (d *poisonDirectory) Lookup(_ context.Context, keys []directory.Key) (map[d
 			out[k] = []identity.Binding{{CustomerID: 1000 + n}}
 		}
 	}
-	return out, nil
+	return directory.HitsOf(out), nil
 }
 
 func (d *poisonDirectory) FindOrCreate(_ context.Context, reqs []directory.CreateRequest) ([]directory.CreateResult, error) {
@@ -222,7 +222,7 @@ func TestResolveIsolatesOnlyOnFailure(t *testing.T) {
 
 type failingDirectory struct{}
 
-func (failingDirectory) Lookup(context.Context, []directory.Key) (map[directory.Key][]identity.Binding, error) {
+func (failingDirectory) Lookup(context.Context, []directory.Key) (*directory.Hits, error) {
 	return nil, &pgconn.PgError{Code: "57P01"}
 }
 

@@ -153,12 +153,12 @@ func (s *Stage) Writers() []*kafka.Writer {
 
 // tenantHits is the Hits of one tenant over a chunk's look-up results.
 type tenantHits struct {
-	all    map[directory.Key][]identity.Binding
+	all    *directory.Hits
 	tenant int64
 }
 
 func (h tenantHits) Bindings(kind pipeline.IdentityKind, value string) []identity.Binding {
-	return h.all[directory.Key{TenantID: h.tenant, Kind: kind, Value: value}]
+	return h.all.Bindings(h.tenant, kind, value)
 }
 
 // item is one record of a chunk on its way through the stage.
@@ -406,6 +406,7 @@ func resolveChunk(ctx context.Context, dir Store, items []item, do func(op func(
 	keys := make([]directory.Key, 0, 2*len(items)) // a mixed stream carries about two keys a record
 	var creates []directory.CreateRequest
 	var createItems, closed []int
+	var kinds [numKinds]pipeline.IdentityKind
 	for i := range items {
 		it := &items[i]
 		p, n := it.msg.Params, &it.norm
@@ -424,11 +425,11 @@ func resolveChunk(ctx context.Context, dir Store, items []item, do func(op func(
 			createItems = append(createItems, i)
 			continue
 		}
-		for _, k := range n.Lookups(p) {
+		for _, k := range n.appendLookups(kinds[:0], p) {
 			keys = append(keys, directory.Key{TenantID: it.msg.TenantID, Kind: k, Value: n.Value(k)})
 		}
 	}
-	var hits map[directory.Key][]identity.Binding
+	var hits *directory.Hits
 	if len(keys) > 0 {
 		err := do(func() error {
 			var err error

@@ -382,25 +382,30 @@ func (n *Normalized) setMaskedRef(kinds *[numKinds]identity.Kind, shown *[numKin
 // identityType's kind; for fuzzy matching every kind of the identifyWay
 // order the record has a value of. The slice is new and owned by the caller.
 func (n *Normalized) Lookups(p pipeline.Params) []pipeline.IdentityKind {
+	return n.appendLookups(nil, p)
+}
+
+// appendLookups is Lookups appending to dst, so that a chunk's records
+// can share one buffer.
+func (n *Normalized) appendLookups(dst []pipeline.IdentityKind, p pipeline.Params) []pipeline.IdentityKind {
 	if n.Invalid != pipeline.ReasonNone {
-		return nil
+		return dst
 	}
 	switch {
 	case !p.IsMatching:
-		return []pipeline.IdentityKind{pipeline.KindThirdID}
+		return append(dst, pipeline.KindThirdID)
 	case !isFuzzy(p):
-		return []pipeline.IdentityKind{n.IdentityType}
+		return append(dst, n.IdentityType)
 	}
 	var inOrder [numKinds]bool
 	order, m := identity.FuzzyOrder(p.IdentifyWay)
 	for _, o := range order[:m] {
 		inOrder[o] = true
 	}
-	ks := make([]pipeline.IdentityKind, 0, numKinds)
 	for i, v := range n.values {
 		if v != "" && inOrder[i] {
-			ks = append(ks, kindsByIndex[i])
+			dst = append(dst, kindsByIndex[i])
 		}
 	}
-	return ks
+	return dst
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/groupmatch/groupmatch/directory"
-	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 )
 
@@ -36,7 +35,7 @@ type RematchStore interface {
 	// tenant, never one per key). A binding waits for an identity when
 	// pending_identities lists it under that (tenant, kind, value).
 	PendingFor(ctx context.Context, keys []directory.Key) ([]PendingBinding, error)
-	Lookup(ctx context.Context, keys []directory.Key) (map[directory.Key][]identity.Binding, error)
+	Lookup(ctx context.Context, keys []directory.Key) (*directory.Hits, error)
 }
 
 var _ RematchStore = (*PGStore)(nil)

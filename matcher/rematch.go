@@ -10,7 +10,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/groupmatch/groupmatch/directory"
-	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/redact"
 	"github.com/groupmatch/groupmatch/retry"
@@ -280,7 +279,7 @@ func Rematch(ctx context.Context, store RematchStore, dms []pipeline.DirectoryMe
 			lookups = append(lookups, directory.Key{TenantID: b.TenantID, Kind: k, Value: norms[i].Value(k)})
 		}
 	}
-	var hits map[directory.Key][]identity.Binding
+	var hits *directory.Hits
 	if len(lookups) > 0 {
 		if err := do(func() error {
 			var err error

@@ -211,7 +211,7 @@ func (f *fakeRematchStore) PendingFor(_ context.Context, keys []directory.Key) (
 	return out, nil
 }
 
-func (f *fakeRematchStore) Lookup(_ context.Context, keys []directory.Key) (map[directory.Key][]identity.Binding, error) {
+func (f *fakeRematchStore) Lookup(_ context.Context, keys []directory.Key) (*directory.Hits, error) {
 	f.lookupCall++
 	if f.lookupErr != nil {
 		return nil, f.lookupErr
@@ -222,7 +222,7 @@ func (f *fakeRematchStore) Lookup(_ context.Context, keys []directory.Key) (map[
 			out[k] = bs
 		}
 	}
-	return out, nil
+	return directory.HitsOf(out), nil
 }
 
 var direct = func(op func() error) error { return op() }

@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groupmatch/groupmatch/directory"
-	"github.com/groupmatch/groupmatch/identity"
 	"github.com/groupmatch/groupmatch/pipeline"
 	"github.com/groupmatch/groupmatch/retry"
 )
@@ -17,12 +16,11 @@ import (
 // Directory is what the matcher needs of the customer directory;
 // directory.PGDirectory is the PostgreSQL one.
 type Directory interface {
-	// Lookup returns every binding of the given keys; keys with none are
-	// absent from the map, and a key given several times is answered once.
-	// Implementations answer a whole chunk in one round trip, with one
-	// query per identity kind and tenant, never one per key. The map and
-	// its slices belong to the caller, who must not append to the slices.
-	Lookup(ctx context.Context, keys []directory.Key) (map[directory.Key][]identity.Binding, error)
+	// Lookup returns every binding of the given keys; a key given several
+	// times is answered once. Implementations answer a whole chunk in one
+	// round trip, with one query per identity kind and tenant, never one
+	// per key. The Hits belong to the caller, who must not modify them.
+	Lookup(ctx context.Context, keys []directory.Key) (*directory.Hits, error)
 	// FindOrCreate returns, for each request in order, the customer with
 	// that thirdId, creating it if the tenant has none. Concurrent calls
 	// naming the same (tenant, thirdId) create one customer.
