@@ -653,22 +653,29 @@ type groupUse struct {
 // deleted.
 func visibleGroupIDs(ctx context.Context, tx pgx.Tx, tenantID int64, names []string) (map[string]int64, error) {
 	ids := make(map[string]int64, len(names))
-	rows, err := tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2) AND visible`, tenantID, names)
+	err := readGroupIDs(ctx, tx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2) AND visible`, tenantID, names, ids)
+	return ids, err
+}
+
+// readGroupIDs adds to ids the (name, group_id) rows query returns for the
+// tenant ($1) and names ($2).
+func readGroupIDs(ctx context.Context, tx pgx.Tx, query string, tenantID int64, names []string, ids map[string]int64) error {
+	rows, err := tx.Query(ctx, query, tenantID, names)
 	if err != nil {
-		return nil, fmt.Errorf("sink: read groups: %w", err)
+		return fmt.Errorf("sink: read groups: %w", err)
 	}
 	for rows.Next() {
 		var name string
 		var id int64
 		if err := rows.Scan(&name, &id); err != nil {
-			return nil, fmt.Errorf("sink: read groups: %w", err)
+			return fmt.Errorf("sink: read groups: %w", err)
 		}
 		ids[name] = id
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sink: read groups: %w", err)
+		return fmt.Errorf("sink: read groups: %w", err)
 	}
-	return ids, nil
+	return nil
 }
 
 // upsertGroups creates or makes visible the groups of names (sorted; none
@@ -721,22 +728,7 @@ func upsertGroups(ctx context.Context, tx pgx.Tx, tenantID int64, names []string
 			rest = append(rest, n)
 		}
 	}
-	rows, err = tx.Query(ctx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2)`, tenantID, rest)
-	if err != nil {
-		return fmt.Errorf("sink: read groups: %w", err)
-	}
-	for rows.Next() {
-		var name string
-		var id int64
-		if err := rows.Scan(&name, &id); err != nil {
-			return fmt.Errorf("sink: read groups: %w", err)
-		}
-		ids[name] = id
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("sink: read groups: %w", err)
-	}
-	return nil
+	return readGroupIDs(ctx, tx, `SELECT name, group_id FROM groups WHERE tenant_id = $1 AND name = ANY($2)`, tenantID, rest, ids)
 }
 
 // applyMemberships creates the tenant's groups that adds name, then writes
