@@ -693,3 +693,57 @@ func TestHits(t *testing.T) {
 		t.Error("a nil Hits answers something")
 	}
 }
+
+// The look-ups run with their generic plans even in a session that forces
+// custom plans (as the stages' do), and leave the session's setting as it
+// was: pg_prepared_statements counts the plans of the connection's
+// prepared look-ups.
+func TestLookupUsesGenericPlans(t *testing.T) {
+	_, url := schematest.NewPool(t)
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // one session, whose prepared statements we read
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	db, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	a := ensureTenant(t, db, "a")
+	loadLines(t, db, a, `{"customerId": 1, "thirdId": "crm-1", "phones": ["13800000001"]}`)
+	dir := NewPGDirectory(db)
+	for range 3 {
+		hits, err := dir.Lookup(ctx, []Key{{a, pipeline.KindPhone, "13800000001"}, {a, pipeline.KindThirdID, "crm-1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hits.Len() != 2 {
+			t.Fatalf("found %v, want both values", hits.Map())
+		}
+	}
+	var generic, custom int64
+	var mode string
+	err = db.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0), current_setting('plan_cache_mode')
+		FROM pg_prepared_statements WHERE statement = ANY($1)`, lookupStatements()).Scan(&generic, &custom, &mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if generic != 6 || custom != 0 {
+		t.Errorf("look-ups planned %d times generic, %d custom; want 6 generic (2 queries × 3), none custom", generic, custom)
+	}
+	if mode != "force_custom_plan" {
+		t.Errorf("the session's plan_cache_mode is %q after Lookup, want force_custom_plan", mode)
+	}
+}
+
+// lookupStatements returns the text of every look-up statement.
+func lookupStatements() []string {
+	var out []string
+	for _, q := range lookupSQL {
+		out = append(out, q)
+	}
+	return out
+}
