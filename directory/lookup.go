@@ -162,7 +162,7 @@ func (h *Hits) Map() map[Key][]identity.Binding {
 func HitsOf(m map[Key][]identity.Binding) *Hits {
 	b := newHitsBuilder(len(m))
 	for k, bs := range m {
-		g, _ := b.add(k)
+		g := b.add(k) // each key once: found stays in step with values
 		g.found = append(g.found, bs)
 	}
 	return b.hits()
@@ -180,9 +180,8 @@ func newHitsBuilder(keys int) *hitsBuilder {
 	return &hitsBuilder{groups: make(map[groupKey]*lookupGroup, 4), hint: keys/len(lookupSQL) + 1}
 }
 
-// add adds k's value to its group, once, and returns the group and
-// whether the value is new to it.
-func (b *hitsBuilder) add(k Key) (*lookupGroup, bool) {
+// add adds k's value to its group, once, and returns the group.
+func (b *hitsBuilder) add(k Key) *lookupGroup {
 	g := b.last
 	if g == nil || g.tenant != k.TenantID || g.kind != k.Kind {
 		gk := groupKey{k.TenantID, k.Kind}
@@ -194,12 +193,11 @@ func (b *hitsBuilder) add(k Key) (*lookupGroup, bool) {
 		}
 		b.last = g
 	}
-	if _, dup := g.index[k.Value]; dup {
-		return g, false
+	if _, dup := g.index[k.Value]; !dup {
+		g.index[k.Value] = int32(len(g.values))
+		g.values = append(g.values, k.Value)
 	}
-	g.index[k.Value] = int32(len(g.values))
-	g.values = append(g.values, k.Value)
-	return g, true
+	return g
 }
 
 func (b *hitsBuilder) hits() *Hits {
