@@ -183,7 +183,7 @@ func (d *Deadline) finish(ctx context.Context, tenantID, batchID int64) (TimedOu
 			if !bitSet(done, i) {
 				missing = append(missing, int32(i))
 			}
-			full[i/8] |= 1 << (i % 8)
+			setBit(full, i)
 		}
 		out.Records = len(missing)
 		if len(missing) > 0 {

@@ -118,6 +118,11 @@ func bitSet(done []byte, i int) bool {
 	return i >= 0 && i/8 < len(done) && done[i/8]&(1<<(i%8)) != 0
 }
 
+// setBit sets record index i's bit in done, which must hold it.
+func setBit(done []byte, i int) {
+	done[i/8] |= 1 << (i % 8)
+}
+
 type ledgerKey struct {
 	batch int64
 	index int
@@ -250,16 +255,11 @@ func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipel
 			first = append(first, r)
 		}
 	}
-	var (
-		fresh, moved []*pipeline.ResolvedMessage
-		finished     []FinishedBatch
-		stored       int
-		raced        map[ledgerKey]bool
-	)
+	var t tenantTx
 	dups := 0
 	for {
-		raced = nil
-		err := s.applyTenantTx(ctx, tenantID, first, late, &fresh, &moved, &finished, &stored, &raced)
+		var err error
+		t, err = s.applyTenantTx(ctx, tenantID, first, late)
 		if !errors.Is(err, errApplyRaced) {
 			if err != nil {
 				return err
@@ -267,29 +267,40 @@ func (s *PGStore) applyTenant(ctx context.Context, tenantID int64, live []*pipel
 			break
 		}
 		// Each round drops at least one record: the loop ends.
-		first = slices.DeleteFunc(first, func(r *pipeline.ResolvedMessage) bool { return raced[ledgerKey{r.BatchID, r.Index}] })
-		dups += len(raced)
+		first = slices.DeleteFunc(first, func(r *pipeline.ResolvedMessage) bool { return t.raced[ledgerKey{r.BatchID, r.Index}] })
+		dups += len(t.raced)
 	}
-	res.Applied += len(fresh)
-	res.Duplicates += dups + len(late) - len(moved)
-	for _, r := range fresh {
+	res.Applied += len(t.fresh)
+	res.Duplicates += dups + len(late) - len(t.moved)
+	for _, r := range t.fresh {
 		res.Outcomes[r.Outcome]++
 	}
-	res.Finished = append(res.Finished, finished...)
-	res.PendingStored += stored
-	res.LateMatched += len(moved)
+	res.Finished = append(res.Finished, t.finished...)
+	res.PendingStored += t.stored
+	res.LateMatched += len(t.moved)
 	return nil
 }
 
+// tenantTx is what one try of applyTenant's transaction did: its first
+// verdicts recorded (fresh, as limitGroups left them), its late matches
+// applied (moved), the batches it finished and the pending bindings it
+// stored; or, when it rolled back with errApplyRaced, the records another
+// transaction had applied meanwhile (raced).
+type tenantTx struct {
+	fresh, moved []*pipeline.ResolvedMessage
+	finished     []FinishedBatch
+	stored       int
+	raced        map[ledgerKey]bool
+}
+
 // applyTenantTx is one try of applyTenant's transaction. It fails with
-// errApplyRaced, setting raced to the records concerned, when records of
+// errApplyRaced, naming the records concerned in raced, when records of
 // first had their outcomes recorded by another transaction meanwhile.
-func (s *PGStore) applyTenantTx(ctx context.Context, tenantID int64, first, late []*pipeline.ResolvedMessage,
-	fresh, moved *[]*pipeline.ResolvedMessage, finished *[]FinishedBatch, stored *int, raced *map[ledgerKey]bool) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+func (s *PGStore) applyTenantTx(ctx context.Context, tenantID int64, first, late []*pipeline.ResolvedMessage) (tenantTx, error) {
+	var t tenantTx
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		now := time.Now()
-		*fresh, *moved, *finished, *stored = nil, nil, nil, 0
-		var err error
+		t = tenantTx{}
 		m, err := claimLate(ctx, tx, tenantID, late, now)
 		if err != nil {
 			return err
@@ -322,19 +333,19 @@ func (s *PGStore) applyTenantTx(ctx context.Context, tenantID int64, first, late
 			for _, r := range f {
 				lb, ok := locked[r.BatchID]
 				if ok && (bitSet(lb.done, r.Index) || lb.status != "PROCESSING") {
-					if *raced == nil {
-						*raced = make(map[ledgerKey]bool)
+					if t.raced == nil {
+						t.raced = make(map[ledgerKey]bool)
 					}
-					(*raced)[ledgerKey{r.BatchID, r.Index}] = true
+					t.raced[ledgerKey{r.BatchID, r.Index}] = true
 				}
 			}
-			if *raced != nil {
+			if t.raced != nil {
 				return errApplyRaced
 			}
 			if err := insertLedger(ctx, tx, tenantID, f); err != nil {
 				return err
 			}
-			if *stored, err = storePending(ctx, tx, tenantID, f, now.Add(s.DeferTTL)); err != nil {
+			if t.stored, err = storePending(ctx, tx, tenantID, f, now.Add(s.DeferTTL)); err != nil {
 				return err
 			}
 			if fin, err = updateCounters(ctx, tx, tenantID, f, created, now, locked); err != nil {
@@ -345,9 +356,10 @@ func (s *PGStore) applyTenantTx(ctx context.Context, tenantID int64, first, late
 		if err != nil {
 			return err
 		}
-		*fresh, *moved, *finished = f, m, fin
+		t.fresh, t.moved, t.finished = f, m, fin
 		return nil
 	})
+	return t, err
 }
 
 // lockedBatch is a batch row as read under its lock.
@@ -925,8 +937,8 @@ func updateCounters(ctx context.Context, tx pgx.Tx, tenantID int64, recs []*pipe
 			bits[r.BatchID] = done
 		}
 		c.count(r)
-		if d := bits[r.BatchID]; r.Index/8 < len(d) {
-			d[r.Index/8] |= 1 << (r.Index % 8)
+		if d := bits[r.BatchID]; r.Index >= 0 && r.Index/8 < len(d) {
+			setBit(d, r.Index)
 		}
 	}
 	for id, n := range created {
