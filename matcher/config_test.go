@@ -25,15 +25,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative consumers", Config{Brokers: b, Consumers: -3}, "matcher: Consumers must not be negative, got -3"},
 		{"negative linger", Config{Brokers: b, Linger: -time.Millisecond}, "matcher: Linger must not be negative, got -1ms"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			switch {
-			case tc.want == "" && err != nil:
-				t.Errorf("Validate() = %v, want nil", err)
-			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-				t.Errorf("Validate() = %v, want %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkValidate(t, tc.cfg.Validate(), tc.want) })
 	}
 }
 
@@ -53,14 +45,17 @@ func TestRematchConfigValidate(t *testing.T) {
 		{"negative chunk", RematchConfig{Brokers: b, MaxChunk: -1}, "rematcher: MaxChunk must not be negative, got -1"},
 		{"negative linger", RematchConfig{Brokers: b, Linger: -time.Millisecond}, "rematcher: Linger must not be negative, got -1ms"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			switch {
-			case tc.want == "" && err != nil:
-				t.Errorf("Validate() = %v, want nil", err)
-			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-				t.Errorf("Validate() = %v, want %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkValidate(t, tc.cfg.Validate(), tc.want) })
+	}
+}
+
+// checkValidate fails t unless err is nil for want "", or holds want.
+func checkValidate(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Errorf("Validate() = %v, want nil", err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Errorf("Validate() = %v, want %q", err, want)
 	}
 }
