@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/stream"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -21,8 +22,11 @@ func TestConfigValidate(t *testing.T) {
 		{"no brokers", Config{}, "matcher: no brokers"},
 		{"topics without resolved", Config{Brokers: b, Topics: pipeline.Topics{Records: "r", DLQ: "d"}},
 			"matcher: Topics.Records, Topics.Resolved and Topics.DLQ must all be set"},
-		{"negative chunk", Config{Brokers: b, MaxChunk: -1}, "matcher: MaxChunk must not be negative, got -1"},
-		{"negative consumers", Config{Brokers: b, Consumers: -3}, "matcher: Consumers must not be negative, got -3"},
+		{"negative chunk", Config{Brokers: b, MaxChunk: -1}, "matcher: MaxChunk must be 0 to 50000, got -1"},
+		{"huge chunk", Config{Brokers: b, MaxChunk: 1 << 40}, "matcher: MaxChunk must be 0 to 50000, got 1099511627776"},
+		{"largest chunk", Config{Brokers: b, MaxChunk: stream.MaxChunkLimit}, ""},
+		{"negative consumers", Config{Brokers: b, Consumers: -3}, "matcher: Consumers must be 0 to 64, got -3"},
+		{"too many consumers", Config{Brokers: b, Consumers: 65}, "matcher: Consumers must be 0 to 64, got 65"},
 		{"negative linger", Config{Brokers: b, Linger: -time.Millisecond}, "matcher: Linger must not be negative, got -1ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { checkValidate(t, tc.cfg.Validate(), tc.want) })
@@ -42,7 +46,8 @@ func TestRematchConfigValidate(t *testing.T) {
 		{"no brokers", RematchConfig{}, "rematcher: no brokers"},
 		{"topics without directory", RematchConfig{Brokers: b, Topics: pipeline.Topics{Resolved: "r", DLQ: "d"}},
 			"rematcher: Topics.Directory, Topics.Resolved and Topics.DLQ must all be set"},
-		{"negative chunk", RematchConfig{Brokers: b, MaxChunk: -1}, "rematcher: MaxChunk must not be negative, got -1"},
+		{"negative chunk", RematchConfig{Brokers: b, MaxChunk: -1}, "rematcher: MaxChunk must be 0 to 50000, got -1"},
+		{"huge chunk", RematchConfig{Brokers: b, MaxChunk: 50001}, "rematcher: MaxChunk must be 0 to 50000, got 50001"},
 		{"negative linger", RematchConfig{Brokers: b, Linger: -time.Millisecond}, "rematcher: Linger must not be negative, got -1ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { checkValidate(t, tc.cfg.Validate(), tc.want) })

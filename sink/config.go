@@ -6,10 +6,11 @@ import (
 	"time"
 
 	"github.com/groupmatch/groupmatch/pipeline"
+	"github.com/groupmatch/groupmatch/stream"
 )
 
 // Validate reports the first setting New cannot use: no brokers, a
-// negative MaxChunk, Linger or Consumers, or topics given without the resolved or
+// MaxChunk or Consumers out of range, a negative Linger, or topics given without the resolved or
 // dead-letter topic.
 func (c *Config) Validate() error {
 	switch {
@@ -17,12 +18,12 @@ func (c *Config) Validate() error {
 		return errors.New("sink: no brokers")
 	case c.Topics != (pipeline.Topics{}) && (c.Topics.Resolved == "" || c.Topics.DLQ == ""):
 		return errors.New("sink: Topics.Resolved and Topics.DLQ must both be set; leave Topics zero for the default names")
-	case c.MaxChunk < 0:
-		return fmt.Errorf("sink: MaxChunk must not be negative, got %d", c.MaxChunk)
+	case c.MaxChunk < 0 || c.MaxChunk > stream.MaxChunkLimit:
+		return fmt.Errorf("sink: MaxChunk must be 0 to %d, got %d", stream.MaxChunkLimit, c.MaxChunk)
 	case c.Linger < 0:
 		return fmt.Errorf("sink: Linger must not be negative, got %s", c.Linger)
-	case c.Consumers < 0:
-		return fmt.Errorf("sink: Consumers must not be negative, got %d", c.Consumers)
+	case c.Consumers < 0 || c.Consumers > stream.MaxMembers:
+		return fmt.Errorf("sink: Consumers must be 0 to %d, got %d", stream.MaxMembers, c.Consumers)
 	}
 	return nil
 }

@@ -56,9 +56,11 @@ func TestConfigValidate(t *testing.T) {
 		{"stage: no brokers", &Config{}, "sink: no brokers"},
 		{"stage: topics without dlq", &Config{Brokers: b, Topics: pipeline.Topics{Resolved: "r"}},
 			"sink: Topics.Resolved and Topics.DLQ must both be set"},
-		{"stage: negative chunk", &Config{Brokers: b, MaxChunk: -1}, "sink: MaxChunk must not be negative, got -1"},
+		{"stage: negative chunk", &Config{Brokers: b, MaxChunk: -1}, "sink: MaxChunk must be 0 to 50000, got -1"},
+		{"stage: huge chunk", &Config{Brokers: b, MaxChunk: 1 << 40}, "sink: MaxChunk must be 0 to 50000, got 1099511627776"},
 		{"stage: negative linger", &Config{Brokers: b, Linger: -time.Second}, "sink: Linger must not be negative, got -1s"},
-		{"stage: negative consumers", &Config{Brokers: b, Consumers: -1}, "sink: Consumers must not be negative, got -1"},
+		{"stage: negative consumers", &Config{Brokers: b, Consumers: -1}, "sink: Consumers must be 0 to 64, got -1"},
+		{"stage: too many consumers", &Config{Brokers: b, Consumers: 1000000}, "sink: Consumers must be 0 to 64, got 1000000"},
 
 		{"relay: zero but brokers", &RelayConfig{Brokers: b}, ""},
 		{"relay: no brokers", &RelayConfig{}, "sink: relay: no brokers"},

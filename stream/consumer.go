@@ -41,9 +41,23 @@ type ConsumerConfig struct {
 	Logger       *slog.Logger
 }
 
-// Validate reports the first missing required field.
+// MaxChunkLimit is the largest MaxChunk a consumer takes: a chunk is held
+// in memory whole (and its channel and slice are allocated at that size),
+// so a mistyped setting must fail at start, not exhaust memory.
+const MaxChunkLimit = 50_000
+
+// MaxMembers is the most consumer-group members one stage process runs
+// (matcher and sink Config.Consumers): each holds a Kafka connection and
+// up to a chunk of messages, and members beyond the topic's partitions
+// idle.
+const MaxMembers = 64
+
+// Validate reports the first missing required field, or a MaxChunk over
+// MaxChunkLimit.
 func (c *ConsumerConfig) Validate() error {
 	switch {
+	case c.MaxChunk > MaxChunkLimit:
+		return fmt.Errorf("stream: consumer: MaxChunk must be at most %d, got %d", MaxChunkLimit, c.MaxChunk)
 	case len(c.Brokers) == 0:
 		return errors.New("stream: consumer: no brokers")
 	case c.GroupID == "":

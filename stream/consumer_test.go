@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -132,5 +133,18 @@ func waitOffsets(t *testing.T, brokers []string, group, topic string, want map[i
 			t.Fatalf("committed %v, want %v", got, want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A MaxChunk over MaxChunkLimit fails Validate rather than allocating a
+// channel and a slice of that size.
+func TestConsumerConfigChunkLimit(t *testing.T) {
+	c := stream.ConsumerConfig{Brokers: []string{"127.0.0.1:9092"}, GroupID: "g", Topic: "t", MaxChunk: stream.MaxChunkLimit}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("MaxChunk %d: %v", stream.MaxChunkLimit, err)
+	}
+	c.MaxChunk = stream.MaxChunkLimit + 1
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "MaxChunk must be at most 50000") {
+		t.Fatalf("MaxChunk %d: Validate() = %v", c.MaxChunk, err)
 	}
 }

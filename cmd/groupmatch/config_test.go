@@ -202,6 +202,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"topics"}, []string{"KAFKA_SASL_MECHANISM=BOGUS", "KAFKA_SASL_PASSWORD=pw-s3cret"}, 2},
 		{[]string{"ingest", "--rate-limit", "-1"}, nil, 2}, // Config.Validate: no restart fixes it
 		{[]string{"sink", "--sink-chunk", "-5"}, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/none"}, 2},
+		{[]string{"sink"}, []string{"SINK_CONSUMERS=100000", "DATABASE_URL=postgres://postgres@127.0.0.1:1/none"}, 2},
+		{[]string{"matcher", "--matcher-chunk", "99999999"}, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/none"}, 2},
 		{[]string{"migrate"}, []string{"DATABASE_URL=postgres://postgres:pw-s3cret@127.0.0.1:1/none?connect_timeout=5"}, 1},
 	} {
 		cmd := exec.Command(bin, tt.args...)
