@@ -351,12 +351,14 @@ func (pc *privateCluster) runningPort(ctx context.Context) (int, bool) {
 // privateSettings are the private cluster's settings beyond initdb's, the
 // ones dev and bench are measured with (docs/performance.md), which
 // .ci/ensure-postgres.sh gives the machine's cluster too: shared_buffers
-// above the look-up indexes of a million customers (~280 MB); checkpoints
-// at most every 8 GB of WAL or 15 minutes, full-page images compressed
-// (after each checkpoint, the next write of every memberships index page
-// logs the whole page). wal_compression is "on" (pglz), which every
-// server version accepts, where the machine's cluster has lz4.
-const privateSettings = "-c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c wal_compression=on"
+// above a million customers' directory, tables and indexes (~700 MB),
+// and the memberships of 15 million records (~2 GB, the latency run);
+// checkpoints at most every 8 GB of WAL or 15 minutes, full-page images
+// compressed (after each checkpoint, the next write of every memberships
+// index page logs the whole page). wal_compression is "on" (pglz), which every
+// server version accepts, where the machine's cluster has lz4. Huge pages
+// are PostgreSQL's default "try": used where root reserved them.
+const privateSettings = "-c shared_buffers=4GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c wal_compression=on"
 
 // start starts the server on the remembered port, or on a free one if
 // that is taken, and remembers the port used.

@@ -304,7 +304,7 @@ func TestEnsurePostgresPrivateCluster(t *testing.T) {
 
 	// 1. Created and started, with the settings dev is measured with.
 	p := start("first start")
-	for setting, want := range map[string]string{"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "15min", "wal_compression": "pglz"} {
+	for setting, want := range map[string]string{"shared_buffers": "4GB", "max_wal_size": "8GB", "checkpoint_timeout": "15min", "wal_compression": "pglz"} {
 		if got := queryString(t, ctx, p.URL, "SHOW "+setting); got != want {
 			t.Errorf("%s = %q, want %q", setting, got, want)
 		}
