@@ -48,8 +48,8 @@ type Config struct {
 	MaxChunk int
 	// Consumers is how many members of the consumer group the stage runs,
 	// each taking its own partitions and resolving its own chunks; default
-	// DefaultConsumers (2), so that one decodes and resolves while another
-	// waits for PostgreSQL or Kafka. Members beyond the topic's partitions
+	// DefaultConsumers (4), so that some decode and resolve while others
+	// wait for PostgreSQL or Kafka. Members beyond the topic's partitions
 	// idle.
 	Consumers int
 	// Linger is how long a chunk waits to fill; default 5 ms (stream's).
@@ -80,7 +80,7 @@ type Stage struct {
 // default to them too.
 const (
 	DefaultMaxChunk  = 2000
-	DefaultConsumers = 2
+	DefaultConsumers = 4
 )
 
 // New returns a matcher stage resolving against dir.

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/groupmatch/groupmatch/bench"
+	"github.com/groupmatch/groupmatch/matcher"
 	"github.com/groupmatch/groupmatch/schemas/schematest"
 )
 
@@ -157,7 +158,7 @@ func TestBenchStageMatcher(t *testing.T) {
 	if st == nil || r.Pipeline != nil || r.Baseline != nil {
 		t.Fatalf("report: stage %+v, pipeline %+v, baseline %+v", st, r.Pipeline, r.Baseline)
 	}
-	if st.Stage != "matcher" || st.Instances != 2 || st.Records != records || r.Setup.MatcherConsumers != 2 {
+	if st.Stage != "matcher" || st.Instances != 2 || st.Records != records || r.Setup.MatcherConsumers != matcher.DefaultConsumers {
 		t.Errorf("stage %+v, setup %+v", st, r.Setup)
 	}
 	if st.RecordsPerSec <= 0 || st.Seconds <= 0 || st.StartupSeconds < 0 || h.StageRecordsPerSec != st.RecordsPerSec {
