@@ -124,39 +124,6 @@ func (h *Hits) Bindings(tenant int64, kind pipeline.IdentityKind, value string) 
 	return g.found[i]
 }
 
-// Len returns the number of values with at least one binding.
-func (h *Hits) Len() int {
-	if h == nil {
-		return 0
-	}
-	n := 0
-	for _, g := range h.groups {
-		for _, f := range g.found {
-			if len(f) > 0 {
-				n++
-			}
-		}
-	}
-	return n
-}
-
-// Map returns the bindings of every value that has any, by key: a copy,
-// for tests and tools; the matcher reads Bindings.
-func (h *Hits) Map() map[Key][]identity.Binding {
-	out := make(map[Key][]identity.Binding, h.Len())
-	if h == nil {
-		return out
-	}
-	for _, g := range h.groups {
-		for i, f := range g.found {
-			if len(f) > 0 {
-				out[Key{TenantID: g.tenant, Kind: g.kind, Value: g.values[i]}] = f
-			}
-		}
-	}
-	return out
-}
-
 // HitsOf returns the Hits holding m's bindings: what a Directory that is
 // not PostgreSQL (a test's) answers.
 func HitsOf(m map[Key][]identity.Binding) *Hits {
@@ -225,9 +192,6 @@ const genericPlans = "SET LOCAL plan_cache_mode = force_generic_plan"
 func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (*Hits, error) {
 	b := newHitsBuilder(len(keys))
 	for _, k := range keys {
-		if _, ok := lookupSQL[k.Kind]; !ok {
-			return nil, fmt.Errorf("directory: lookup: unknown identity kind %q", k.Kind)
-		}
 		b.add(k)
 	}
 	if len(b.order) == 0 {
@@ -237,6 +201,9 @@ func (d *PGDirectory) Lookup(ctx context.Context, keys []Key) (*Hits, error) {
 	batch := &pgx.Batch{}
 	batch.Queue(genericPlans)
 	for _, g := range b.order {
+		if _, ok := lookupSQL[g.kind]; !ok { // checked once per group, not per key
+			return nil, fmt.Errorf("directory: lookup: unknown identity kind %q", g.kind)
+		}
 		g.sortValues()
 		g.found = make([][]identity.Binding, len(g.values))
 		if d.ObserveQuery != nil {

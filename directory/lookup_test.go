@@ -694,6 +694,22 @@ func TestHits(t *testing.T) {
 	}
 }
 
+// A key of a kind the directory does not keep fails the whole Lookup with
+// an error naming the kind, after the known kinds before it were grouped.
+func TestLookupUnknownKind(t *testing.T) {
+	db, _ := schematest.NewPool(t)
+	a := ensureTenant(t, db, "a")
+	hits, err := NewPGDirectory(db).Lookup(context.Background(), []Key{
+		{a, pipeline.KindPhone, "13800000001"}, {a, "shoe-size", "42"}, {a, "shoe-size", "43"},
+	})
+	if err == nil || !strings.Contains(err.Error(), `unknown identity kind "shoe-size"`) || hits != nil {
+		t.Fatalf("Lookup = %v, %v; want no hits and an error naming the kind", hits, err)
+	}
+	if strings.Contains(err.Error(), "42") {
+		t.Errorf("error %q shows a value", err)
+	}
+}
+
 // The look-ups run with their generic plans even in a session that forces
 // custom plans (as the stages' do), and leave the session's setting as it
 // was: pg_prepared_statements counts the plans of the connection's
