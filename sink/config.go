@@ -10,8 +10,9 @@ import (
 )
 
 // Validate reports the first setting New cannot use: no brokers, a
-// MaxChunk or Consumers out of range, a negative Linger, or topics given without the resolved or
-// dead-letter topic.
+// MaxChunk or Consumers out of range (stream.MaxChunkLimit,
+// stream.MaxMembers), a negative Linger, or topics given without the
+// resolved or dead-letter topic.
 func (c *Config) Validate() error {
 	switch {
 	case len(c.Brokers) == 0:
